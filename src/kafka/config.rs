@@ -1,0 +1,110 @@
+//! The `[kafka]` section: where the broker is and how topics are named and sized.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::{require_at_least, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]` of the Kafka cluster.
+    pub bootstrap_servers: String,
+    /// Topic names are `<topic_prefix>.<database>.<collection>`, like Debezium's.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of each collection topic (created at start when missing; an existing
+    /// topic with another count is an error, because it would reshuffle keys).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// `lz4` (default), `zstd`, `snappy`, `gzip` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// The largest message the topics accept (`max.message.bytes`, set on topics we create).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Where messages that cannot be produced or applied go, with the reason in headers.
+    /// Default: `<topic_prefix>-dead-letters` (outside the `<prefix>.` topic pattern).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// librdkafka properties passed through to every client (security.protocol, sasl.*,
+    /// ssl.*, ...). They win over docrepl's defaults.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    #[default]
+    Lz4,
+    Zstd,
+    Snappy,
+    Gzip,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "docrepl".into()
+}
+fn default_partitions() -> i32 {
+    8
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_max_message_bytes() -> usize {
+    1_048_576
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bootstrap_servers.trim().is_empty()
+            || self.bootstrap_servers.split(',').any(|s| !s.trim().contains(':'))
+        {
+            return Err(ConfigError::invalid(
+                "kafka.bootstrap_servers",
+                format!("expected host:port[,host:port...] (got {:?})", self.bootstrap_servers),
+            ));
+        }
+        if self.topic_prefix.is_empty()
+            || !self.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(ConfigError::invalid(
+                "kafka.topic_prefix",
+                "must be non-empty and use only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        require_at_least("kafka.partitions", self.partitions, 1)?;
+        require_at_least("kafka.replication_factor", self.replication_factor, 1)?;
+        require_at_least("kafka.max_message_bytes", self.max_message_bytes, 1024)?;
+        if self.max_message_bytes > 100 * 1024 * 1024 {
+            return Err(ConfigError::invalid("kafka.max_message_bytes", "must be at most 104857600 (100 MiB)"));
+        }
+        Ok(())
+    }
+
+    /// `<prefix>.<database>.<collection>`.
+    pub fn topic_for(&self, database: &str, collection: &str) -> String {
+        format!("{}.{}.{}", self.topic_prefix, database, collection)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dead-letters", self.topic_prefix))
+    }
+}

@@ -1,0 +1,72 @@
+//! Everything that talks to Kafka: client settings, topic administration, the producer
+//! the source uses and the consumer the sink uses.
+
+pub mod admin;
+mod config;
+
+pub use config::{Compression, KafkaConfig};
+
+use rdkafka::ClientConfig;
+
+/// Settings shared by every client: servers, then the operator's pass-through properties
+/// (security.protocol, sasl.*, ssl.*), which win over our defaults.
+pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &kafka.bootstrap_servers);
+    cc.set("client.id", "docrepl");
+    cc.set("socket.keepalive.enable", "true");
+    for (k, v) in &kafka.properties {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// Producer settings: idempotent, acks=all, compressed, batched for throughput, with a
+/// bounded in-memory queue, and Java-compatible key partitioning (murmur2) so our
+/// partitions match Debezium and Kafka Connect.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = base_client_config(kafka);
+    let mut defaults = vec![
+        ("enable.idempotence", "true".to_string()),
+        ("acks", "all".to_string()),
+        ("compression.type", kafka.compression.as_str().to_string()),
+        ("partitioner", "murmur2_random".to_string()),
+        ("linger.ms", "5".to_string()),
+        ("batch.num.messages", "10000".to_string()),
+        ("batch.size", "1000000".to_string()),
+        // Bounds librdkafka's queue: the process stays small even when the broker stalls.
+        ("queue.buffering.max.kbytes", "65536".to_string()),
+        ("queue.buffering.max.messages", "200000".to_string()),
+        ("message.max.bytes", (kafka.max_message_bytes + 4096).to_string()),
+        ("message.timeout.ms", "120000".to_string()),
+    ];
+    defaults.retain(|(k, _)| !kafka.properties.contains_key(*k));
+    for (k, v) in defaults {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// Consumer settings for a group: manual commits after the target acknowledged, and
+/// `auto.offset.reset=error` so an offset lost to retention stops the sink loudly.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: u64) -> ClientConfig {
+    let mut cc = base_client_config(kafka);
+    let mut defaults = vec![
+        ("group.id", group_id.to_string()),
+        ("enable.auto.commit", "false".to_string()),
+        ("enable.auto.offset.store", "false".to_string()),
+        ("auto.offset.reset", "error".to_string()),
+        ("session.timeout.ms", session_timeout_ms.to_string()),
+        ("heartbeat.interval.ms", (session_timeout_ms / 4).max(500).to_string()),
+        ("partition.assignment.strategy", "range,roundrobin".to_string()),
+        ("fetch.max.bytes", "52428800".to_string()),
+        ("max.partition.fetch.bytes", (kafka.max_message_bytes + 4096).max(1048576).to_string()),
+        // Bounds the prefetch queue per partition (librdkafka defaults to 64 MB).
+        ("queued.max.messages.kbytes", "16384".to_string()),
+    ];
+    defaults.retain(|(k, _)| !kafka.properties.contains_key(*k));
+    for (k, v) in defaults {
+        cc.set(k, v);
+    }
+    cc
+}

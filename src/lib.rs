@@ -1,0 +1,15 @@
+//! docrepl: a cross-region replicator for MongoDB-compatible databases through Kafka.
+//!
+//! The source side (`source`) turns change streams into Debezium MongoDB events; the sink
+//! side (`sink`) applies them to the target. `main.rs` is a thin CLI over this library.
+
+pub mod cli;
+pub mod config;
+pub mod debezium;
+pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod logging;
+pub mod redact;
+pub mod sink;
+pub mod source;

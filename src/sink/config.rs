@@ -1,0 +1,116 @@
+//! The `[sink]` section: which target cluster to write, which topics to read, and how to
+//! batch, pace and retry.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::{require_at_least, validate_mongo_uri, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Connection string of the target cluster.
+    pub uri: String,
+    /// Kafka consumer group; sink instances with the same group share the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topics to consume. Empty (default): every topic matching `^<topic_prefix>\.`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Most messages in one batch of one partition.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest wait to fill a batch, in milliseconds.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u64,
+    /// Write concern of every write: `"majority"` (default) or a number of nodes.
+    #[serde(default = "default_write_concern")]
+    pub write_concern: String,
+    /// Write-concern timeout in milliseconds.
+    #[serde(default = "default_wtimeout")]
+    pub write_timeout_ms: u64,
+    /// Ceiling on documents written per second by this process (0 = none).
+    #[serde(default)]
+    pub max_docs_per_sec: u32,
+    /// How long a duplicate-key error on a unique secondary index is retried before the
+    /// document goes to the dead-letter topic (order across documents is not kept, so such
+    /// a conflict often resolves itself).
+    #[serde(default = "default_duplicate_key_retry")]
+    pub duplicate_key_retry_ms: u64,
+    /// Longest pause between retries of a transient error.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// Kafka consumer session timeout: how fast a dead member's partitions move on.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u64,
+    /// Target names per source namespace: `"app.orders" = "app_copy.orders"`.
+    /// Namespaces not listed keep their names.
+    #[serde(default)]
+    pub namespace_map: BTreeMap<String, String>,
+    /// Replicate drop / rename events published by a source with `on_ddl = "replicate"`.
+    #[serde(default = "yes")]
+    pub apply_ddl: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_group() -> String {
+    "docrepl-sink".into()
+}
+fn default_batch_size() -> usize {
+    5000
+}
+fn default_batch_ms() -> u64 {
+    50
+}
+fn default_write_concern() -> String {
+    "majority".into()
+}
+fn default_wtimeout() -> u64 {
+    10_000
+}
+fn default_duplicate_key_retry() -> u64 {
+    30_000
+}
+fn default_max_backoff() -> u64 {
+    5_000
+}
+fn default_session_timeout() -> u64 {
+    10_000
+}
+
+impl SinkConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_mongo_uri("sink.uri", &self.uri)?;
+        if self.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid("sink.group_id", "must not be empty"));
+        }
+        require_at_least("sink.batch_size", self.batch_size, 1)?;
+        if self.batch_size > 100_000 {
+            return Err(ConfigError::invalid("sink.batch_size", "must be at most 100000 (MongoDB's statements per command)"));
+        }
+        require_at_least("sink.batch_ms", self.batch_ms, 1)?;
+        require_at_least("sink.session_timeout_ms", self.session_timeout_ms, 1000)?;
+        require_at_least("sink.max_backoff_ms", self.max_backoff_ms, 10)?;
+        if self.write_concern != "majority" && self.write_concern.parse::<u32>().is_err() {
+            return Err(ConfigError::invalid(
+                "sink.write_concern",
+                format!("expected \"majority\" or a number of nodes (got {:?})", self.write_concern),
+            ));
+        }
+        for (from, to) in &self.namespace_map {
+            for (what, ns) in [("source", from), ("target", to)] {
+                let ok = ns.split_once('.').is_some_and(|(d, c)| !d.is_empty() && !c.is_empty());
+                if !ok {
+                    return Err(ConfigError::invalid(
+                        format!("sink.namespace_map.{from:?}"),
+                        format!("{what} namespace {ns:?} must be \"database.collection\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! The `[source]` section: which cluster, database and collections to read, and how.
+
+use serde::Deserialize;
+
+use crate::config::{require_at_least, validate_mongo_uri, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connection string of the source cluster (DocumentDB: add `tls=true&tlsCAFile=…&retryWrites=false`).
+    pub uri: String,
+    /// The database to replicate.
+    pub database: String,
+    /// Collections to replicate; empty (the default) means every collection of the
+    /// database, including ones created later.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// Copy the existing documents (`op: r`) before streaming changes, when a collection
+    /// has no saved resume token.
+    #[serde(default = "yes")]
+    pub initial_copy: bool,
+    /// Documents per batch in the initial copy.
+    #[serde(default = "default_copy_batch")]
+    pub copy_batch_size: u32,
+    /// What to do when the saved resume token is no longer in the change stream history.
+    #[serde(default)]
+    pub on_history_lost: HistoryLostPolicy,
+    /// What to do with drop / rename / dropDatabase events.
+    #[serde(default)]
+    pub on_ddl: DdlPolicy,
+    /// Send a tombstone (null value) after each delete, for log compaction.
+    #[serde(default = "yes")]
+    pub tombstones: bool,
+    /// What to do with an event larger than `kafka.max_message_bytes`.
+    #[serde(default)]
+    pub on_oversize: OversizePolicy,
+    /// The logical server name written to `source.name` (Debezium's `topic.prefix`).
+    /// Default: `kafka.topic_prefix`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How often resume tokens are saved (after Kafka acknowledged the events before them).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+    /// Where checkpoints and leases live. Default: the `docrepl` database of the source cluster.
+    #[serde(default)]
+    pub state: StateStoreConfig,
+    /// How long a reader's lease on a collection lasts without renewal.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_ms: u64,
+    /// The name this instance uses in leases; default `<hostname>-<pid>`.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateStoreConfig {
+    /// Connection string of the cluster that keeps checkpoints and leases; default: `source.uri`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default = "default_state_db")]
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryLostPolicy {
+    /// Stop the reader with an error naming the collection and the token's age.
+    #[default]
+    Fail,
+    /// Start a fresh initial copy of the collection.
+    Recopy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DdlPolicy {
+    /// Log and count the event; the target keeps its data.
+    #[default]
+    Ignore,
+    /// Publish it so the sink drops / renames on the target too.
+    Replicate,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OversizePolicy {
+    /// Send the key and the reason (not the document) to the dead-letter topic, and go on.
+    #[default]
+    DeadLetter,
+    /// Stop the reader with an error naming the `_id`.
+    Fail,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_copy_batch() -> u32 {
+    2000
+}
+fn default_checkpoint_interval() -> u64 {
+    1000
+}
+fn default_lease_ttl() -> u64 {
+    10_000
+}
+fn default_state_db() -> String {
+    "docrepl".into()
+}
+
+impl Default for StateStoreConfig {
+    fn default() -> Self {
+        StateStoreConfig { uri: None, database: default_state_db() }
+    }
+}
+
+impl SourceConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_mongo_uri("source.uri", &self.uri)?;
+        if let Some(uri) = &self.state.uri {
+            validate_mongo_uri("source.state.uri", uri)?;
+        }
+        validate_db_name("source.database", &self.database)?;
+        validate_db_name("source.state.database", &self.state.database)?;
+        for (i, c) in self.collections.iter().enumerate() {
+            if c.is_empty() || c.starts_with("system.") || c.contains('$') {
+                return Err(ConfigError::invalid(
+                    format!("source.collections[{i}]"),
+                    format!("{c:?} is not a collection that can be replicated"),
+                ));
+            }
+        }
+        require_at_least("source.copy_batch_size", self.copy_batch_size, 1)?;
+        require_at_least("source.checkpoint_interval_ms", self.checkpoint_interval_ms, 10)?;
+        require_at_least("source.lease_ttl_ms", self.lease_ttl_ms, 2000)?;
+        Ok(())
+    }
+
+    pub fn state_uri(&self) -> &str {
+        self.state.uri.as_deref().unwrap_or(&self.uri)
+    }
+
+}
+
+pub(crate) fn validate_db_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 63 || name.contains(['/', '\\', '.', ' ', '"', '$']) {
+        return Err(ConfigError::invalid(key, format!("{name:?} is not a valid database name")));
+    }
+    Ok(())
+}
