@@ -10,6 +10,8 @@ pub mod event;
 pub mod http;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
+pub mod mongo;
 pub mod redact;
 pub mod sink;
 pub mod source;

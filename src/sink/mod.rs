@@ -3,5 +3,6 @@
 //! the target acknowledged.
 
 mod config;
+pub mod fold;
 
 pub use config::SinkConfig;

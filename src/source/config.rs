@@ -102,7 +102,7 @@ fn default_checkpoint_interval() -> u64 {
     1000
 }
 fn default_lease_ttl() -> u64 {
-    10_000
+    12_000
 }
 fn default_state_db() -> String {
     "docrepl".into()

@@ -1,7 +1,232 @@
 //! The source service: one reader task per collection turns an initial copy and then a
 //! change stream into Debezium events on the collection's topic, saving resume tokens
-//! only after Kafka acknowledged everything before them.
+//! only after Kafka acknowledged everything before them. A lease per collection makes
+//! exactly one instance read it; the others wait as standbys.
 
+mod checkpoint;
 mod config;
+mod convert;
+mod lease;
+pub mod reader;
+pub mod watermark;
 
-pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+
+pub use checkpoint::{CheckpointStore, CHECKPOINTS, LEASES};
+pub use config::{HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
+pub use lease::LeaseStore;
+use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
+
+use crate::config::Config;
+use crate::kafka::admin::TopicAdmin;
+use crate::metrics as m;
+use crate::mongo;
+
+/// How often "every collection" mode looks for new collections.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the source service until `shutdown` is cancelled or a reader fails for good.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let src = config.source.as_ref().context("the [source] section is missing")?;
+    let client = mongo::connect(&src.uri, "source.uri").await?;
+    let rs = mongo::replica_set_name(&client, "source.uri").await?;
+    let state_client = match &src.state.uri {
+        Some(uri) if uri != &src.uri => mongo::connect(uri, "source.state.uri").await?,
+        _ => client.clone(),
+    };
+    let state_db = state_client.database(&src.state.database);
+    let name = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
+    let instance = src
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into()), std::process::id()));
+    let ttl = Duration::from_millis(src.lease_ttl_ms);
+
+    let admin = TopicAdmin::new(&config.kafka)?;
+    let dead_letter_topic = config.kafka.dead_letter_topic();
+    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &[]).await?;
+
+    // A message not delivered within this time fails (and the reader restarts from its
+    // saved token), so nothing this instance queued can land after its lease has ended.
+    let delivery_timeout = ttl * 2 / 5;
+    let producer: FutureProducer = crate::kafka::producer_config(&config.kafka)
+        .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+        .create()
+        .context("cannot create the Kafka producer")?;
+
+    let ctx = Arc::new(ReaderContext {
+        client: client.clone(),
+        producer: producer.clone(),
+        config: src.clone(),
+        max_message_bytes: config.kafka.max_message_bytes,
+        dead_letter_topic,
+        checkpoints: CheckpointStore::new(&state_db, &name),
+        name: name.clone(),
+        rs,
+        instance: instance.clone(),
+    });
+    let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
+    info!(instance = %instance, database = %src.database, "source service started");
+
+    let mut readers = JoinSet::new();
+    let mut started = BTreeSet::new();
+    let mut discovery = tokio::time::interval(DISCOVERY_INTERVAL);
+    let mut failure: Option<anyhow::Error> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = discovery.tick() => {
+                let wanted = match collections_to_read(&client, src).await {
+                    Ok(w) => w,
+                    Err(e) => { warn!("cannot list the source's collections: {e:#}"); continue; }
+                };
+                for coll in wanted {
+                    if started.contains(&coll) {
+                        continue;
+                    }
+                    let topic = config.kafka.topic_for(&src.database, &coll);
+                    let topic_configs = [("max.message.bytes", config.kafka.max_message_bytes.to_string())];
+                    admin.ensure_topic(&topic, config.kafka.partitions, config.kafka.replication_factor, &topic_configs).await?;
+                    let reader = Reader::new(Arc::clone(&ctx), &coll, topic);
+                    let span = tracing::info_span!("reader", collection = %format!("{}.{}", src.database, coll));
+                    readers.spawn(supervise(reader, leases.clone(), format!("{}.{}", src.database, coll), shutdown.clone()).instrument(span));
+                    started.insert(coll);
+                }
+            }
+            Some(done) = readers.join_next(), if !readers.is_empty() => {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => { failure = Some(e.into()); break; }
+                    Err(e) => { failure = Some(anyhow::anyhow!("a reader task panicked: {e}")); break; }
+                }
+            }
+        }
+    }
+    shutdown.cancel();
+    let stop_deadline = Instant::now() + Duration::from_secs(9);
+    while let Ok(Some(done)) = tokio::time::timeout_at(stop_deadline, readers.join_next()).await {
+        if let Ok(Err(e)) = done {
+            failure.get_or_insert(e.into());
+        }
+    }
+    readers.abort_all();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The collections to read: the configured list, or every collection of the database
+/// except system collections and docrepl's own bookkeeping.
+async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig) -> anyhow::Result<Vec<String>> {
+    if !src.collections.is_empty() {
+        return Ok(src.collections.clone());
+    }
+    let names = client.database(&src.database).list_collection_names().await?;
+    let state_here = src.state.database == src.database && src.state.uri.as_ref().is_none_or(|u| u == &src.uri);
+    Ok(names
+        .into_iter()
+        .filter(|n| !n.starts_with("system."))
+        .filter(|n| !(state_here && (n == CHECKPOINTS || n == LEASES)))
+        .collect())
+}
+
+/// Holds the collection's lease while reading it; waits as standby while another
+/// instance holds it; restarts the reader after transient errors.
+async fn supervise(reader: Reader, leases: LeaseStore, ns: String, shutdown: CancellationToken) -> Result<(), ReaderError> {
+    let mut backoff = Duration::from_millis(200);
+    let mut standby_logged = false;
+    while !shutdown.is_cancelled() {
+        let deadline = match leases.acquire(&ns).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                if !standby_logged {
+                    info!(ns = %ns, "another instance holds the lease: standing by");
+                    standby_logged = true;
+                }
+                sleep_or_shutdown(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(ns = %ns, "cannot reach the lease store: {e}");
+                sleep_or_shutdown(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        standby_logged = false;
+        info!(ns = %ns, "lease acquired: reading");
+        metrics::gauge!(m::SOURCE_READER_ACTIVE, "collection" => ns.clone()).set(1.0);
+        let (tx, rx) = watch::channel(deadline);
+        let stop_renewing = CancellationToken::new();
+        let renewer = tokio::spawn(renew(leases.clone(), ns.clone(), tx, stop_renewing.clone()));
+        let result = reader.run(rx, &shutdown).await;
+        stop_renewing.cancel();
+        let _ = renewer.await;
+        metrics::gauge!(m::SOURCE_READER_ACTIVE, "collection" => ns.clone()).set(0.0);
+        match result {
+            Ok(ReaderExit::Shutdown) => {
+                if let Err(e) = leases.release(&ns).await {
+                    warn!(ns = %ns, "cannot release the lease (a standby takes over when it expires): {e}");
+                }
+                return Ok(());
+            }
+            Ok(ReaderExit::LeaseLost) => {
+                warn!(ns = %ns, "lease not renewed in time: stopped producing; will try to take it again");
+            }
+            Err(e) if e.is_fatal() => {
+                error!(ns = %ns, "{e}");
+                return Err(e);
+            }
+            Err(e) => {
+                metrics::counter!(m::SOURCE_READER_RESTARTS, "collection" => ns.clone()).increment(1);
+                warn!(ns = %ns, "reader stopped: {e}; restarting from the last saved resume token in {backoff:?}");
+                sleep_or_shutdown(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        }
+        backoff = Duration::from_millis(200);
+    }
+    Ok(())
+}
+
+/// Renews the lease every sixth of its lifetime and publishes the new deadline. When a
+/// renewal fails the deadline simply stays where it was, and the reader stops there.
+async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Instant>, stop: CancellationToken) {
+    let every = leases.ttl() / 6;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match leases.acquire(&ns).await {
+            Ok(Some(deadline)) => {
+                let _ = tx.send(deadline);
+            }
+            Ok(None) => {
+                warn!(ns = %ns, "lease taken over by another instance");
+                return;
+            }
+            Err(e) => warn!(ns = %ns, "lease renewal failed: {e}"),
+        }
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

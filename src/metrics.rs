@@ -1,0 +1,76 @@
+//! Every metric docrepl exports, named in one place (the README lists them too).
+//! Labels: `collection` (`db.coll`) on the source side; `topic` and `partition` on the sink.
+
+/// Counter: change events read from the source (initial copy and change streams).
+pub const SOURCE_EVENTS_READ: &str = "docrepl_source_events_read_total";
+/// Counter: events Kafka acknowledged.
+pub const SOURCE_EVENTS_PUBLISHED: &str = "docrepl_source_events_published_total";
+/// Counter: events too large for the topic (sent to the dead-letter topic or fatal).
+pub const SOURCE_OVERSIZE: &str = "docrepl_source_oversize_events_total";
+/// Counter: drop / rename / dropDatabase / invalidate events seen.
+pub const SOURCE_DDL_EVENTS: &str = "docrepl_source_ddl_events_total";
+/// Counter: checkpoints saved.
+pub const SOURCE_CHECKPOINTS: &str = "docrepl_source_checkpoints_saved_total";
+/// Gauge: seconds between now and the cluster time of the newest event read.
+pub const SOURCE_LAG_SECONDS: &str = "docrepl_source_lag_seconds";
+/// Gauge: seconds since the cluster time the saved resume token covers.
+pub const SOURCE_TOKEN_AGE_SECONDS: &str = "docrepl_source_resume_token_age_seconds";
+/// Gauge: 1 while this instance holds the collection's lease and reads it.
+pub const SOURCE_READER_ACTIVE: &str = "docrepl_source_reader_active";
+/// Counter: reader restarts after an error.
+pub const SOURCE_READER_RESTARTS: &str = "docrepl_source_reader_restarts_total";
+
+/// Counter: messages consumed by the sink.
+pub const SINK_MESSAGES: &str = "docrepl_sink_messages_total";
+/// Counter: documents written (upserts + deletes + patches) to the target.
+pub const SINK_DOCS_WRITTEN: &str = "docrepl_sink_docs_written_total";
+/// Counter: messages sent to the dead-letter topic.
+pub const SINK_DEAD_LETTERS: &str = "docrepl_sink_dead_letters_total";
+/// Histogram: messages per batch.
+pub const SINK_BATCH_SIZE: &str = "docrepl_sink_batch_size";
+/// Histogram: seconds one batch write took (all its commands).
+pub const SINK_WRITE_SECONDS: &str = "docrepl_sink_write_seconds";
+/// Counter: write retries after transient errors.
+pub const SINK_RETRIES: &str = "docrepl_sink_write_retries_total";
+/// Gauge: messages between the committed offset and the partition's high watermark.
+pub const SINK_CONSUMER_LAG: &str = "docrepl_sink_consumer_lag_messages";
+/// Gauge: seconds between now and the source cluster time of the newest applied event.
+pub const SINK_LAG_SECONDS: &str = "docrepl_sink_lag_seconds";
+
+/// Every name above, for `/metrics` tests and the README.
+pub const ALL: &[&str] = &[
+    SOURCE_EVENTS_READ,
+    SOURCE_EVENTS_PUBLISHED,
+    SOURCE_OVERSIZE,
+    SOURCE_DDL_EVENTS,
+    SOURCE_CHECKPOINTS,
+    SOURCE_LAG_SECONDS,
+    SOURCE_TOKEN_AGE_SECONDS,
+    SOURCE_READER_ACTIVE,
+    SOURCE_READER_RESTARTS,
+    SINK_MESSAGES,
+    SINK_DOCS_WRITTEN,
+    SINK_DEAD_LETTERS,
+    SINK_BATCH_SIZE,
+    SINK_WRITE_SECONDS,
+    SINK_RETRIES,
+    SINK_CONSUMER_LAG,
+    SINK_LAG_SECONDS,
+];
+
+/// Seconds from a cluster time (seconds since the epoch) to now.
+pub fn seconds_since(cluster_secs: u32) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    (now - cluster_secs as f64).max(0.0)
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

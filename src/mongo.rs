@@ -1,0 +1,52 @@
+//! Connecting to a MongoDB-compatible cluster with bounded waits and clear errors.
+
+use std::time::Duration;
+
+use bson::doc;
+
+use crate::redact::redact_uri;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("`{key}` is not a usable connection string ({uri}): {message}")]
+    BadUri { key: String, uri: String, message: String },
+    #[error("cannot reach the cluster at {uri} (`{key}`) within 10 s: {message}. Check the address, that the server runs, the network path, TLS options and credentials")]
+    Unreachable { key: String, uri: String, message: String },
+    #[error("the cluster at {uri} (`{key}`) is not a replica set; change streams need one (a single node works: start mongod with --replSet and run replSetInitiate)")]
+    NotReplicaSet { key: String, uri: String },
+}
+
+/// Parses `uri`, connects and pings, waiting at most about 10 s.
+pub async fn connect(uri: &str, key: &str) -> Result<mongodb::Client, ConnectError> {
+    let redacted = redact_uri(uri);
+    let mut opts = mongodb::options::ClientOptions::parse(uri).await.map_err(|e| ConnectError::BadUri {
+        key: key.into(),
+        uri: redacted.clone(),
+        message: e.to_string(),
+    })?;
+    opts.server_selection_timeout.get_or_insert(Duration::from_secs(10));
+    opts.connect_timeout.get_or_insert(Duration::from_secs(5));
+    opts.app_name.get_or_insert_with(|| "docrepl".into());
+    let client = mongodb::Client::with_options(opts).map_err(|e| ConnectError::BadUri {
+        key: key.into(),
+        uri: redacted.clone(),
+        message: e.to_string(),
+    })?;
+    client
+        .database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .map_err(|e| ConnectError::Unreachable { key: key.into(), uri: redacted, message: e.to_string() })?;
+    Ok(client)
+}
+
+/// The replica set name (`hello.setName`), or an error saying change streams need one.
+pub async fn replica_set_name(client: &mongodb::Client, key: &str) -> Result<String, ConnectError> {
+    let hello = client.database("admin").run_command(doc! {"hello": 1}).await.map_err(|e| {
+        ConnectError::Unreachable { key: key.into(), uri: String::new(), message: e.to_string() }
+    })?;
+    hello
+        .get_str("setName")
+        .map(str::to_string)
+        .map_err(|_| ConnectError::NotReplicaSet { key: key.into(), uri: String::new() })
+}

@@ -1,0 +1,84 @@
+//! Saved positions per collection, in the `checkpoints` collection of the state database
+//! (by default the `docrepl` database of the source cluster). A checkpoint is either a
+//! resume token or, right after an initial copy, the cluster time to start the stream at.
+
+use bson::{doc, Bson, Document, Timestamp};
+use mongodb::options::ReplaceOptions;
+use mongodb::Collection;
+
+/// Where to pick up a collection's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Position {
+    /// A resume token (the `_id` of the last event covered, or a post-batch token).
+    Token(Bson),
+    /// The initial copy finished; stream from this cluster time.
+    StartAt(Timestamp),
+}
+
+/// A saved position and the cluster time it corresponds to (for age and lag reports).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub position: Position,
+    /// Cluster time of the newest event the position covers, when known.
+    pub event_time: Option<Timestamp>,
+}
+
+#[derive(Clone)]
+pub struct CheckpointStore {
+    coll: Collection<Document>,
+    /// Distinguishes sources that share one state database (their `source.name`).
+    scope: String,
+}
+
+impl CheckpointStore {
+    pub fn new(db: &mongodb::Database, scope: &str) -> Self {
+        CheckpointStore { coll: db.collection(CHECKPOINTS), scope: scope.to_string() }
+    }
+
+    fn key(&self, ns: &str) -> String {
+        format!("{}/{}", self.scope, ns)
+    }
+
+    pub async fn load(&self, ns: &str) -> mongodb::error::Result<Option<Checkpoint>> {
+        let Some(d) = self.coll.find_one(doc! {"_id": self.key(ns)}).await? else {
+            return Ok(None);
+        };
+        let event_time = d.get_timestamp("event_time").ok();
+        let position = match (d.get("resume_token"), d.get_timestamp("start_at")) {
+            (Some(t), _) if *t != Bson::Null => Position::Token(t.clone()),
+            (_, Ok(ts)) => Position::StartAt(ts),
+            _ => return Ok(None),
+        };
+        Ok(Some(Checkpoint { position, event_time }))
+    }
+
+    pub async fn save(&self, ns: &str, cp: &Checkpoint, instance: &str) -> mongodb::error::Result<()> {
+        let (token, start_at) = match &cp.position {
+            Position::Token(t) => (t.clone(), Bson::Null),
+            Position::StartAt(ts) => (Bson::Null, Bson::Timestamp(*ts)),
+        };
+        let replacement = doc! {
+            "_id": self.key(ns),
+            "resume_token": token,
+            "start_at": start_at,
+            "event_time": cp.event_time.map(Bson::Timestamp).unwrap_or(Bson::Null),
+            "saved_at": bson::DateTime::now(),
+            "saved_by": instance,
+        };
+        self.coll
+            .replace_one(doc! {"_id": self.key(ns)}, replacement)
+            .with_options(ReplaceOptions::builder().upsert(true).build())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a collection's position (before a fresh initial copy).
+    pub async fn clear(&self, ns: &str) -> mongodb::error::Result<()> {
+        self.coll.delete_one(doc! {"_id": self.key(ns)}).await?;
+        Ok(())
+    }
+}
+
+/// Names of docrepl's own bookkeeping collections: never replicated.
+pub const CHECKPOINTS: &str = "checkpoints";
+pub const LEASES: &str = "leases";

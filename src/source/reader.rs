@@ -1,0 +1,597 @@
+//! One collection's reader: initial copy (when there is no checkpoint), then the change
+//! stream, each event encoded as a Debezium envelope and produced to the collection's
+//! topic. Reading and encoding run in one task, producing and acknowledgement tracking
+//! in another, joined by a bounded channel; the resume token is saved only over the
+//! acknowledged prefix (see `watermark`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, Bson, RawDocumentBuf, Timestamp};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::FullDocumentType;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::checkpoint::{Checkpoint, CheckpointStore, Position};
+use super::convert::{describe_id, Origin, StreamItem};
+use super::watermark::AckWatermark;
+use super::{HistoryLostPolicy, OversizePolicy, SourceConfig};
+use crate::debezium;
+use crate::metrics as m;
+
+/// Most events handed to the producer and not yet acknowledged, per reader.
+const MAX_IN_FLIGHT: usize = 100_000;
+/// Bytes a Kafka record needs beyond its key and value (headers, framing).
+const RECORD_OVERHEAD: usize = 512;
+/// Documents whose update events would near MongoDB's 16 MB event limit lose their
+/// `updateDescription` on the server (the full document still carries the change).
+const LARGE_DOCUMENT_BYTES: i64 = 8 * 1024 * 1024;
+
+/// Everything a reader needs, shared by the readers of one process.
+pub struct ReaderContext {
+    pub client: mongodb::Client,
+    pub producer: FutureProducer,
+    pub config: SourceConfig,
+    pub max_message_bytes: usize,
+    pub dead_letter_topic: String,
+    pub checkpoints: CheckpointStore,
+    pub name: String,
+    pub rs: String,
+    pub instance: String,
+}
+
+/// Why a reader stopped without an error.
+#[derive(Debug, PartialEq)]
+pub enum ReaderExit {
+    Shutdown,
+    /// The lease could not be renewed in time: stopped producing, a standby may take over.
+    LeaseLost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("change stream history lost for {ns}: the saved position (cluster time {token_time}, {age}) is no longer in the source's change stream history, so changes after it cannot be read. Set source.on_history_lost = \"recopy\" to start a fresh initial copy, or clear the checkpoint. Server said: {message}")]
+    HistoryLost { ns: String, token_time: String, age: String, message: String },
+    #[error("an event for _id {id} in {ns} is {size} bytes, over kafka.max_message_bytes ({max}); raise kafka.max_message_bytes (and the broker's limit) or set source.on_oversize = \"dead_letter\"")]
+    Oversize { ns: String, id: String, size: usize, max: usize },
+    #[error("Kafka did not acknowledge an event of {ns}: {message}; restarting from the last saved resume token")]
+    Delivery { ns: String, message: String },
+    #[error("source cluster error on {ns}: {source}")]
+    Mongo { ns: String, source: mongodb::error::Error },
+    #[error("cannot save the checkpoint of {ns}: {source}")]
+    Checkpoint { ns: String, source: mongodb::error::Error },
+    #[error("cannot encode an event of {ns}: {message}")]
+    Encode { ns: String, message: String },
+}
+
+impl ReaderError {
+    /// Errors a restart cannot fix: the service stops loudly.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ReaderError::HistoryLost { .. } | ReaderError::Oversize { .. })
+    }
+}
+
+/// MongoDB reports lost history as ChangeStreamHistoryLost (286) or
+/// ChangeStreamFatalError (280); DocumentDB uses its own codes and messages.
+pub fn is_history_lost(e: &mongodb::error::Error) -> bool {
+    if let mongodb::error::ErrorKind::Command(c) = e.kind.as_ref() {
+        if matches!(c.code, 286 | 280 | 136) {
+            return true;
+        }
+    }
+    let text = e.to_string();
+    text.contains("ChangeStreamHistoryLost")
+        || text.contains("resume point may no longer be in the oplog")
+        || text.contains("no longer in the change stream log")
+}
+
+/// One message for the producer side of the reader.
+enum Outgoing {
+    /// Records for one change event (the event, and a tombstone after a delete), all to
+    /// `topic`. `token` covers the event once every record is acknowledged.
+    Event { records: Vec<(Vec<u8>, Option<Vec<u8>>)>, token: Option<Bson>, event_time: Option<Timestamp> },
+    /// An event too large for the topic: its key and the reason go to the dead-letter topic.
+    DeadLetter { key: Vec<u8>, reason: String, token: Option<Bson>, event_time: Option<Timestamp> },
+    /// The stream's post-batch resume token: covers everything read so far.
+    Idle(Bson),
+    /// The read side finished (copy done, stream invalidated) or failed.
+    Done(Result<ReadEnd, ReaderError>),
+}
+
+#[derive(Debug)]
+enum ReadEnd {
+    CopyDone,
+    Invalidated(Option<Timestamp>),
+}
+
+enum PumpEnd {
+    Read(ReadEnd),
+    Exit(ReaderExit),
+}
+
+pub struct Reader {
+    ctx: Arc<ReaderContext>,
+    origin: Origin,
+    topic: String,
+    ns: String,
+}
+
+impl Reader {
+    pub fn new(ctx: Arc<ReaderContext>, coll: &str, topic: String) -> Self {
+        let ns = format!("{}.{}", ctx.config.database, coll);
+        let origin = Origin {
+            ns: crate::event::Namespace::new(&ctx.config.database, coll),
+            name: ctx.name.clone(),
+            rs: ctx.rs.clone(),
+        };
+        Reader { ctx, origin, topic, ns }
+    }
+
+    fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
+        move |source| ReaderError::Mongo { ns: self.ns.clone(), source }
+    }
+
+    /// Runs until shutdown, lease loss or an error. `lease` carries the local deadline
+    /// until which this instance may produce.
+    pub async fn run(&self, lease: watch::Receiver<Instant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
+        loop {
+            let checkpoint = self
+                .ctx
+                .checkpoints
+                .load(&self.ns)
+                .await
+                .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+            let mut checkpoint = match checkpoint {
+                Some(cp) => cp,
+                None => {
+                    let at = self.cluster_time().await?;
+                    if self.ctx.config.initial_copy {
+                        if let Some(exit) = self.initial_copy(at, &lease, shutdown).await? {
+                            return Ok(exit);
+                        }
+                    }
+                    let cp = Checkpoint { position: Position::StartAt(at), event_time: Some(at) };
+                    self.save(&cp).await?;
+                    cp
+                }
+            };
+            loop {
+                match self.stream(&checkpoint, &lease, shutdown).await {
+                    Ok(PumpEnd::Exit(exit)) => return Ok(exit),
+                    Ok(PumpEnd::Read(ReadEnd::Invalidated(at))) => {
+                        // The collection was dropped or renamed. Keep listening from just after
+                        // the invalidate: a re-created collection is picked up again.
+                        let at = at.map(|t| Timestamp { time: t.time, increment: t.increment + 1 });
+                        let at = match at {
+                            Some(t) => t,
+                            None => self.cluster_time().await?,
+                        };
+                        info!(ns = %self.ns, "change stream invalidated (drop or rename); listening for a re-created collection");
+                        checkpoint = Checkpoint { position: Position::StartAt(at), event_time: Some(at) };
+                        self.save(&checkpoint).await?;
+                    }
+                    // Only a copy ends this way; reload the checkpoint to be safe.
+                    Ok(PumpEnd::Read(ReadEnd::CopyDone)) => break,
+                    Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
+                        warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy (source.on_history_lost = \"recopy\")");
+                        self.ctx
+                            .checkpoints
+                            .clear(&self.ns)
+                            .await
+                            .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// The source's current cluster time: the copy starts after it and the stream at it.
+    async fn cluster_time(&self) -> Result<Timestamp, ReaderError> {
+        let reply = self
+            .ctx
+            .client
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(self.mongo_err())?;
+        let ts = reply
+            .get_timestamp("operationTime")
+            .ok()
+            .or_else(|| reply.get_document("$clusterTime").ok().and_then(|c| c.get_timestamp("clusterTime").ok()));
+        ts.ok_or_else(|| ReaderError::Encode { ns: self.ns.clone(), message: "the source reported no cluster time (is it a replica set?)".into() })
+    }
+
+    async fn save(&self, cp: &Checkpoint) -> Result<(), ReaderError> {
+        self.ctx
+            .checkpoints
+            .save(&self.ns, cp, &self.ctx.instance)
+            .await
+            .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        metrics::counter!(m::SOURCE_CHECKPOINTS, "collection" => self.ns.clone()).increment(1);
+        if let Some(t) = cp.event_time {
+            metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => self.ns.clone()).set(m::seconds_since(t.time));
+        }
+        Ok(())
+    }
+
+    /// Copies every document (`op: r`, in `_id` order). Returns `Some(exit)` when stopped
+    /// early; the copy is then redone at the next start (its writes are idempotent).
+    async fn initial_copy(
+        &self,
+        at: Timestamp,
+        lease: &watch::Receiver<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<ReaderExit>, ReaderError> {
+        info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment);
+        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
+        let cursor = coll
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .batch_size(self.ctx.config.copy_batch_size)
+            .await
+            .map_err(self.mongo_err())?;
+        let (tx, rx) = mpsc::channel(4096);
+        let origin = self.origin.clone();
+        let encoder = self.encoder();
+        let ns = self.ns.clone();
+        let read = tokio::spawn(async move {
+            let mut cursor = cursor;
+            let mut copied = 0u64;
+            loop {
+                let item = match cursor.try_next().await {
+                    Ok(Some(doc)) => match origin.snapshot_read(doc, at) {
+                        Ok(ev) => {
+                            copied += 1;
+                            encoder.encode(&ev, None)
+                        }
+                        Err(message) => Outgoing::Done(Err(ReaderError::Encode { ns: ns.clone(), message })),
+                    },
+                    Ok(None) => {
+                        info!(ns = %ns, copied, "initial copy read every document");
+                        Outgoing::Done(Ok(ReadEnd::CopyDone))
+                    }
+                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo { ns: ns.clone(), source })),
+                };
+                let last = matches!(item, Outgoing::Done(_));
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let result = self.pump(rx, None, lease, shutdown).await;
+        read.abort();
+        match result? {
+            PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
+            PumpEnd::Read(ReadEnd::Invalidated(_)) => Ok(None),
+            PumpEnd::Exit(exit) => Ok(Some(exit)),
+        }
+    }
+
+    /// Streams changes from `checkpoint` until stopped.
+    async fn stream(
+        &self,
+        checkpoint: &Checkpoint,
+        lease: &watch::Receiver<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Result<PumpEnd, ReaderError> {
+        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
+        let mut watch = coll
+            .watch()
+            .pipeline(change_stream_pipeline())
+            .full_document(FullDocumentType::UpdateLookup)
+            .batch_size(2000)
+            .max_await_time(Duration::from_millis(500));
+        match &checkpoint.position {
+            Position::Token(t) => {
+                let token: ResumeToken = bson::from_bson(t.clone())
+                    .map_err(|e| ReaderError::Encode { ns: self.ns.clone(), message: format!("saved resume token is unreadable: {e}") })?;
+                watch = watch.resume_after(token);
+            }
+            Position::StartAt(ts) => watch = watch.start_at_operation_time(*ts),
+        }
+        let stream = match watch.await {
+            Ok(s) => s,
+            Err(e) => return Err(self.classify_open_error(e, checkpoint)),
+        };
+        info!(ns = %self.ns, topic = %self.topic, "streaming changes");
+        let (tx, rx) = mpsc::channel(4096);
+        let origin = self.origin.clone();
+        let encoder = self.encoder();
+        let ns = self.ns.clone();
+        let read = tokio::spawn(async move {
+            let mut stream = stream;
+            let mut last_idle: Option<Bson> = None;
+            loop {
+                let item = match stream.next_if_any().await {
+                    Ok(Some(ev)) => {
+                        let token = bson::to_bson(&ev.id).ok();
+                        metrics::counter!(m::SOURCE_EVENTS_READ, "collection" => ns.clone()).increment(1);
+                        match origin.convert(ev) {
+                            StreamItem::Change(ev) => {
+                                if let Some(t) = ev.source.ts_ms.checked_div(1000) {
+                                    metrics::gauge!(m::SOURCE_LAG_SECONDS, "collection" => ns.clone()).set(m::seconds_since(t as u32));
+                                }
+                                encoder.encode(&ev, token)
+                            }
+                            StreamItem::Ddl { kind, to, cluster_time } => {
+                                warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (the target keeps its data)");
+                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind).increment(1);
+                                match token {
+                                    Some(t) => Outgoing::Idle(t),
+                                    None => continue,
+                                }
+                            }
+                            StreamItem::Invalidate { cluster_time } => {
+                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => "Invalidate").increment(1);
+                                Outgoing::Done(Ok(ReadEnd::Invalidated(cluster_time)))
+                            }
+                            StreamItem::Skipped(kind) => {
+                                info!(ns = %ns, kind = %kind, "change stream event type not replicated; skipped");
+                                match token {
+                                    Some(t) => Outgoing::Idle(t),
+                                    None => continue,
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        let token = stream.resume_token().and_then(|t| bson::to_bson(&t).ok());
+                        match token {
+                            Some(t) if last_idle.as_ref() != Some(&t) => {
+                                last_idle = Some(t.clone());
+                                Outgoing::Idle(t)
+                            }
+                            _ => continue,
+                        }
+                    }
+                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo { ns: ns.clone(), source })),
+                };
+                let last = matches!(item, Outgoing::Done(_));
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let result = self.pump(rx, checkpoint.event_time, lease, shutdown).await;
+        read.abort();
+        match result {
+            Err(ReaderError::Mongo { source, .. }) if is_history_lost(&source) => Err(self.history_lost(source, checkpoint)),
+            other => other,
+        }
+    }
+
+    fn classify_open_error(&self, e: mongodb::error::Error, checkpoint: &Checkpoint) -> ReaderError {
+        if is_history_lost(&e) {
+            self.history_lost(e, checkpoint)
+        } else {
+            ReaderError::Mongo { ns: self.ns.clone(), source: e }
+        }
+    }
+
+    fn history_lost(&self, e: mongodb::error::Error, checkpoint: &Checkpoint) -> ReaderError {
+        let (token_time, age) = match checkpoint.event_time {
+            Some(t) => (format!("{}.{}", t.time, t.increment), format!("{:.0} s old", m::seconds_since(t.time))),
+            None => ("unknown".into(), "age unknown".into()),
+        };
+        ReaderError::HistoryLost { ns: self.ns.clone(), token_time, age, message: e.to_string() }
+    }
+
+    fn encoder(&self) -> Encoder {
+        Encoder {
+            ns: self.ns.clone(),
+            tombstones: self.ctx.config.tombstones,
+            max_bytes: self.ctx.max_message_bytes,
+            oversize: self.ctx.config.on_oversize,
+        }
+    }
+
+    /// Produces what the read side sends, tracks acknowledgements, saves checkpoints.
+    async fn pump(
+        &self,
+        mut rx: mpsc::Receiver<Outgoing>,
+        mut event_time: Option<Timestamp>,
+        lease: &watch::Receiver<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Result<PumpEnd, ReaderError> {
+        let mut watermark: AckWatermark<(Bson, Option<Timestamp>)> = AckWatermark::new();
+        let mut deliveries = FuturesUnordered::new();
+        let mut saved: Option<Bson> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut read_end: Option<ReadEnd> = None;
+        let exit = loop {
+            if read_end.is_some() && deliveries.is_empty() {
+                break None;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Some(ReaderExit::Shutdown),
+                Some((seq, result)) = deliveries.next(), if !deliveries.is_empty() => {
+                    let result: Result<(), String> = result;
+                    match result {
+                        Ok(()) => {
+                            watermark.acked(seq);
+                            metrics::counter!(m::SOURCE_EVENTS_PUBLISHED, "collection" => self.ns.clone()).increment(1);
+                        }
+                        Err(message) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message }),
+                    }
+                }
+                _ = tick.tick() => {
+                    if Instant::now() >= *lease.borrow() {
+                        break Some(ReaderExit::LeaseLost);
+                    }
+                    self.checkpoint_if_newer(&watermark, &mut saved).await?;
+                }
+                item = rx.recv(), if read_end.is_none() && deliveries.len() < MAX_IN_FLIGHT => {
+                    let Some(item) = item else {
+                        return Err(ReaderError::Encode { ns: self.ns.clone(), message: "the read side stopped unexpectedly".into() });
+                    };
+                    // A replaced reader must fall silent before its successor starts.
+                    if Instant::now() >= *lease.borrow() {
+                        break Some(ReaderExit::LeaseLost);
+                    }
+                    match item {
+                        Outgoing::Event { records, token, event_time: t } => {
+                            event_time = t.or(event_time);
+                            let n = records.len();
+                            for (i, (key, value)) in records.into_iter().enumerate() {
+                                let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
+                                let seq = watermark.sent(token);
+                                let fut = self.send(&self.topic, &key, value.as_deref(), None).await?;
+                                deliveries.push(fut.map(move |r| (seq, r)).boxed());
+                            }
+                        }
+                        Outgoing::DeadLetter { key, reason, token, event_time: t } => {
+                            event_time = t.or(event_time);
+                            metrics::counter!(m::SOURCE_OVERSIZE, "collection" => self.ns.clone()).increment(1);
+                            warn!(ns = %self.ns, %reason, "event too large for the topic: sent to the dead-letter topic");
+                            let seq = watermark.sent(token.map(|tk| (tk, event_time)));
+                            let headers = OwnedHeaders::new()
+                                .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
+                                .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
+                            let fut = self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers)).await?;
+                            deliveries.push(fut.map(move |r| (seq, r)).boxed());
+                        }
+                        Outgoing::Idle(token) => watermark.idle_token((token, event_time)),
+                        Outgoing::Done(Ok(end)) => read_end = Some(end),
+                        Outgoing::Done(Err(e)) => return Err(e),
+                    }
+                }
+            }
+        };
+        // Stopping: let what is in flight be acknowledged (bounded by the producer's
+        // message timeout), then save the position it reached.
+        let drain_deadline = Instant::now() + Duration::from_secs(8);
+        while !deliveries.is_empty() {
+            match tokio::time::timeout_at(drain_deadline, deliveries.next()).await {
+                Ok(Some((seq, Ok(())))) => watermark.acked(seq),
+                Ok(Some((_, Err(message)))) => {
+                    warn!(ns = %self.ns, %message, "delivery failed while stopping; the next start resends from the saved token");
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.checkpoint_if_newer(&watermark, &mut saved).await?;
+        Ok(match exit {
+            Some(exit) => PumpEnd::Exit(exit),
+            None => PumpEnd::Read(read_end.unwrap_or(ReadEnd::CopyDone)),
+        })
+    }
+
+    async fn checkpoint_if_newer(
+        &self,
+        watermark: &AckWatermark<(Bson, Option<Timestamp>)>,
+        saved: &mut Option<Bson>,
+    ) -> Result<(), ReaderError> {
+        if let Some((token, event_time)) = watermark.safe_token() {
+            if saved.as_ref() != Some(token) {
+                let cp = Checkpoint { position: Position::Token(token.clone()), event_time: *event_time };
+                self.save(&cp).await?;
+                *saved = Some(token.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one record to librdkafka, waiting (without blocking the runtime) while its
+    /// bounded queue is full. The returned future resolves when the broker acknowledged.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<futures::future::BoxFuture<'static, Result<(), String>>, ReaderError> {
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+            if let Some(v) = value {
+                record = record.payload(v);
+            }
+            if let Some(h) = headers.clone() {
+                record = record.headers(h);
+            }
+            match self.ctx.producer.send_result(record) {
+                Ok(delivery) => {
+                    return Ok(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((e, _))) => Err(e.to_string()),
+                            Err(_) => Err("the producer was dropped".to_string()),
+                        }
+                    }
+                    .boxed())
+                }
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message: e.to_string() }),
+            }
+        }
+    }
+}
+
+/// The change stream pipeline. A document near 16 MB would make its update event (full
+/// document + patch) exceed MongoDB's event limit and kill the stream on that event for
+/// good (mongod 6.0 cannot split events), so such events lose their patch on the server.
+pub fn change_stream_pipeline() -> Vec<bson::Document> {
+    vec![doc! {"$set": {"updateDescription": {"$cond": {
+        "if": {"$gt": [{"$bsonSize": {"$ifNull": ["$fullDocument", {}]}}, LARGE_DOCUMENT_BYTES]},
+        "then": "$$REMOVE",
+        "else": "$updateDescription",
+    }}}}]
+}
+
+/// Encodes events into Kafka records (pure CPU work, done on the read side).
+#[derive(Clone)]
+struct Encoder {
+    ns: String,
+    tombstones: bool,
+    max_bytes: usize,
+    oversize: OversizePolicy,
+}
+
+impl Encoder {
+    fn encode(&self, ev: &crate::event::ChangeEvent, token: Option<Bson>) -> Outgoing {
+        let event_time = Some(Timestamp { time: (ev.source.ts_ms / 1000) as u32, increment: ev.source.ord });
+        let key = debezium::encode_key(&ev.id);
+        let value = match debezium::encode_value(ev, m::now_ms()) {
+            Ok(v) => v,
+            Err(e) => return Outgoing::Done(Err(ReaderError::Encode { ns: self.ns.clone(), message: e.to_string() })),
+        };
+        let size = key.len() + value.len() + RECORD_OVERHEAD;
+        if size > self.max_bytes {
+            let id = describe_id(&ev.id);
+            return match self.oversize {
+                OversizePolicy::Fail => {
+                    Outgoing::Done(Err(ReaderError::Oversize { ns: self.ns.clone(), id, size, max: self.max_bytes }))
+                }
+                OversizePolicy::DeadLetter => Outgoing::DeadLetter {
+                    key,
+                    reason: format!(
+                        "event ({} op) for _id {id} in {} is {size} bytes, over kafka.max_message_bytes ({})",
+                        ev.op.code(),
+                        self.ns,
+                        self.max_bytes
+                    ),
+                    token,
+                    event_time,
+                },
+            };
+        }
+        let mut records = vec![(key.clone(), Some(value))];
+        if self.tombstones && ev.op == crate::event::Op::Delete {
+            records.push((key, None));
+        }
+        Outgoing::Event { records, token, event_time }
+    }
+}

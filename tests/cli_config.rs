@@ -1,0 +1,106 @@
+//! Bad configuration at start: each case gives one clear line naming the key and what is
+//! expected, and exit code 2, without touching any server.
+
+use std::process::Command;
+
+const GOOD: &str = r#"
+[source]
+uri = "mongodb://127.0.0.1:27117/?replicaSet=rs-source"
+database = "app"
+collections = ["orders"]
+
+[sink]
+uri = "mongodb://127.0.0.1:27217/?replicaSet=rs-target"
+
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+"#;
+
+/// Runs `docrepl <cmd> --config <file with text> --check` and returns (exit code, stderr, stdout).
+fn check(cmd: &str, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docrepl.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_docrepl"));
+    command.args([cmd, "--config"]).arg(&path).arg("--check");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn good_config_passes_check_and_hides_secrets() {
+    let text = GOOD.replace("mongodb://127.0.0.1:27217", "mongodb://writer:topsecret@127.0.0.1:27217");
+    let (code, err, out) = check("run", &text, &[("DOCREPL_KAFKA__PROPERTIES__SASL_PASSWORD", "kafkapw")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config OK"), "{out}");
+    assert!(out.contains("writer:***@"), "{out}");
+    assert!(!out.contains("topsecret") && !out.contains("kafkapw"), "{out}");
+}
+
+#[test]
+fn unknown_key_names_the_key() {
+    let text = GOOD.replace("[kafka]", "[kafka]\npartitons = 8");
+    let (code, err, _) = check("source", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`kafka`") && err.contains("unknown field `partitons`") && err.contains("partitions"), "{err}");
+}
+
+#[test]
+fn missing_required_key_names_it() {
+    let text = GOOD.replace("database = \"app\"\n", "");
+    let (code, err, _) = check("source", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`source`") && err.contains("missing field `database`"), "{err}");
+}
+
+#[test]
+fn bad_uri_is_explained() {
+    let text = GOOD.replace("mongodb://127.0.0.1:27117", "mongo://127.0.0.1:27117");
+    let (code, err, _) = check("source", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("source.uri") && err.contains("expected mongodb://"), "{err}");
+}
+
+#[test]
+fn impossible_value_from_env_is_rejected() {
+    let (code, err, _) = check("sink", GOOD, &[("DOCREPL_KAFKA__PARTITIONS", "0")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("kafka.partitions") && err.contains("at least 1 (got 0)"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = GOOD.replace("[kafka]", "[kafka]\npartitions = \"eight\"");
+    let (code, err, _) = check("sink", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("kafka.partitions") && err.contains("expected i32"), "{err}");
+}
+
+#[test]
+fn missing_file_and_bad_toml() {
+    let out = Command::new(env!("CARGO_BIN_EXE_docrepl"))
+        .args(["source", "--config", "/nonexistent/docrepl.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/docrepl.toml"));
+
+    let (code, err, _) = check("source", "[kafka\nbootstrap_servers = 1", &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not valid TOML"), "{err}");
+}
+
+#[test]
+fn sink_needs_its_section() {
+    let text = GOOD.split("[sink]").next().unwrap().to_string() + "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n";
+    let (code, err, _) = check("sink", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("[sink] is required"), "{err}");
+}
