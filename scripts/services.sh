@@ -48,11 +48,12 @@ start_broker() {
   port_open "$BROKER_PORT" && die "port $BROKER_PORT (for the broker) is taken by another process; stop it or set DOCREPL_BROKER_PORT"
   [ -x "$NISSHI_BIN" ] || die "nisshi not installed: run scripts/setup.sh first"
   mkdir -p "$dir"
-  local storage="sqlite://$dir/broker.db"
+  # nisshi reads the sqlite path relative to its working directory, so it runs in $dir.
+  local storage="sqlite://broker.db"
   [ "${DOCREPL_BROKER_STORAGE:-sqlite}" = memory ] && storage="memory://nisshi/"
-  nohup "$NISSHI_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+  (cd "$dir" && exec nohup "$NISSHI_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$storage" \
-    >>"$dir/broker.log" 2>&1 </dev/null &
+    >>"$dir/broker.log" 2>&1 </dev/null) &
   echo $! >"$pidf"
   for _ in $(seq 1 100); do
     port_open "$BROKER_PORT" && { log "broker: 127.0.0.1:$BROKER_PORT ($storage, pid $(cat "$pidf"))"; return; }

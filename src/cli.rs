@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Config, ConfigError, Role};
+use crate::sink::ReplayFrom;
 
 #[derive(Debug, Parser)]
 #[command(name = "docrepl", version, about = "Cross-region replicator for MongoDB-compatible databases through Kafka")]
@@ -97,15 +100,82 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::logging::init(&config.log);
-    let name = match cli.command {
-        Command::Source(_) => "source",
-        Command::Sink(_) => "sink",
-        Command::Run(_) => "run",
-        Command::Loadgen(_) => "loadgen",
-        Command::Verify(_) => "verify",
-        Command::Status(_) => "status",
+    match cli.command {
+        Command::Source(_) => serve(|shutdown| async move { crate::source::run(&config, shutdown).await }),
+        Command::Sink(a) => {
+            let replay = match (a.from_beginning, a.from_timestamp) {
+                (true, _) => Some(ReplayFrom::Beginning),
+                (_, Some(t)) => Some(ReplayFrom::Time(t)),
+                _ => None,
+            };
+            serve(|shutdown| async move { crate::sink::run(&config, replay, shutdown).await })
+        }
+        Command::Run(_) => serve(|shutdown| async move { run_both(&config, shutdown).await }),
+        Command::Loadgen(_) => not_implemented("loadgen"),
+        Command::Verify(_) => not_implemented("verify"),
+        Command::Status(_) => not_implemented("status"),
+    }
+}
+
+/// Runs a service on a multi-threaded runtime until SIGTERM/SIGINT or failure.
+/// Exit 0 after a graceful stop, 1 after an error (printed as one clear line).
+fn serve<F, Fut>(service: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("docrepl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    not_implemented(name)
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        service(shutdown).await
+    });
+    // Do not wait for stray blocking tasks (a stuck connection attempt) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("docrepl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stop requested: finishing in-flight work");
+    shutdown.cancel();
+}
+
+/// `docrepl run`: source and sink side by side; if one fails, both stop.
+async fn run_both(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let source = async {
+        let r = crate::source::run(config, shutdown.clone()).await;
+        shutdown.cancel();
+        r
+    };
+    let sink = async {
+        let r = crate::sink::run(config, None, shutdown.clone()).await;
+        shutdown.cancel();
+        r
+    };
+    let (a, b) = tokio::join!(source, sink);
+    a.and(b)
 }
 
 fn not_implemented(name: &str) -> ExitCode {

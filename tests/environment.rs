@@ -52,10 +52,10 @@ async fn keyed_messages_stay_in_one_partition_through_a_consumer_group() {
         let payload = format!("message {i}");
         *sent.entry(key.clone()).or_default() += 1;
         let record = FutureRecord::to(&topic).key(&key).payload(&payload);
-        deliveries.push(producer.send(record, Duration::from_secs(30)));
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
     }
     for d in deliveries {
-        d.await.expect("delivery").expect("delivery ok");
+        d.await.expect("delivery").map_err(|(e, _)| e).expect("delivery ok");
     }
 
     let consumer: StreamConsumer =

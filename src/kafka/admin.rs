@@ -43,9 +43,11 @@ impl TopicAdmin {
         let client = Arc::clone(&self.client);
         let name = topic.to_string();
         // fetch_metadata blocks: keep it off the runtime's worker threads.
+        // Asks for every topic: a metadata request naming one topic may make a broker
+        // auto-create it with its own default partition count.
         let metadata = tokio::task::spawn_blocking(move || {
-            client.inner().fetch_metadata(Some(&name), ADMIN_TIMEOUT).map(|m| {
-                m.topics().first().and_then(|t| match t.error() {
+            client.inner().fetch_metadata(None, ADMIN_TIMEOUT).map(|m| {
+                m.topics().iter().find(|t| t.name() == name).and_then(|t| match t.error() {
                     Some(_) => None,
                     None if t.partitions().is_empty() => None,
                     None => Some(t.partitions().len() as i32),

@@ -15,6 +15,8 @@ pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
     cc.set("bootstrap.servers", &kafka.bootstrap_servers);
     cc.set("client.id", "docrepl");
     cc.set("socket.keepalive.enable", "true");
+    // Topics are created deliberately (with the configured partition count), never by accident.
+    cc.set("allow.auto.create.topics", "false");
     for (k, v) in &kafka.properties {
         cc.set(k, v);
     }

@@ -3,6 +3,59 @@
 //! the target acknowledged.
 
 mod config;
+pub mod dead_letter;
+pub mod errors;
 pub mod fold;
+pub mod group;
+pub mod worker;
+pub mod writer;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 pub use config::SinkConfig;
+pub use group::ReplayFrom;
+
+use crate::config::Config;
+use crate::kafka::admin::TopicAdmin;
+
+/// Runs the sink until `shutdown` is cancelled or an error the operator must act on.
+pub async fn run(config: &Config, replay: Option<ReplayFrom>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sink = config.sink.as_ref().context("the [sink] section is missing")?;
+    let client = crate::mongo::connect(&sink.uri, "sink.uri").await?;
+
+    let dead_letter_topic = config.kafka.dead_letter_topic();
+    TopicAdmin::new(&config.kafka)?
+        .ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &[])
+        .await?;
+    let producer: FutureProducer =
+        crate::kafka::producer_config(&config.kafka).create().context("cannot create the dead-letter producer")?;
+    let writer = writer::Writer::new(client, &sink.write_concern, sink.write_timeout_ms);
+    let worker_ctx = Arc::new(worker::WorkerContext::new(
+        writer,
+        dead_letter::DeadLetters::new(producer, dead_letter_topic),
+        sink.clone(),
+    ));
+    let subscription = if sink.topics.is_empty() {
+        vec![format!("^{}\\..*", regex_escape(&config.kafka.topic_prefix))]
+    } else {
+        sink.topics.clone()
+    };
+    let consumer_config = crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms);
+    let runtime = tokio::runtime::Handle::current();
+    info!(group = %sink.group_id, "sink service started");
+    tokio::task::spawn_blocking(move || {
+        group::run_member(consumer_config, subscription, worker_ctx, runtime, replay, shutdown)
+    })
+    .await
+    .context("the consumer thread panicked")?
+    .map_err(Into::into)
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().flat_map(|c| if "\\.+*?()|[]{}^$".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
+}

@@ -47,23 +47,27 @@ impl LeaseStore {
         let sent_at = Instant::now();
         let id = format!("{}/{}", self.scope, ns);
         let ttl_ms = self.ttl.as_millis() as i64;
-        let filter = doc! {
+        let update = vec![doc! {"$set": {
+            "owner": &self.instance,
+            "expires_at": {"$add": ["$$NOW", ttl_ms]},
+            "renewed_at": "$$NOW",
+        }}];
+        // Renew our own lease, or take over one that has expired.
+        let renew = doc! {
             "_id": &id,
             "$or": [
                 {"owner": &self.instance},
                 {"$expr": {"$lt": ["$expires_at", "$$NOW"]}},
             ],
         };
-        let update = vec![doc! {"$set": {
-            "owner": &self.instance,
-            "expires_at": {"$add": ["$$NOW", ttl_ms]},
-            "renewed_at": "$$NOW",
-        }}];
-        let result = self.coll.update_one(filter, update).upsert(true).await;
-        match result {
+        if self.coll.update_one(renew, update.clone()).await?.matched_count == 1 {
+            return Ok(Some(sent_at + produce_window(self.ttl)));
+        }
+        // No lease document yet: create it. If another instance holds one, the filter does
+        // not match and the upsert's insert fails on the duplicate _id.
+        let create = doc! {"_id": &id, "owner": {"$exists": false}};
+        match self.coll.update_one(create, update).upsert(true).await {
             Ok(_) => Ok(Some(sent_at + produce_window(self.ttl))),
-            // The filter did not match (someone else holds a live lease), so the upsert
-            // tried to insert a second document with the same _id.
             Err(e) if is_duplicate_key(&e) => Ok(None),
             Err(e) => Err(e),
         }

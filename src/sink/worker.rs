@@ -1,0 +1,255 @@
+//! One partition's worker: takes a batch (size and time bounds), decodes it, folds it per
+//! document, writes it (retrying transient errors with backoff and jitter), dead-letters
+//! what can never be applied, and only then publishes the offset to commit.
+//! When told to stop (partition revoked, shutdown) it never starts another write or
+//! retry: a late retry landing after the new owner wrote newer versions would leave the
+//! target stale for good.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use rdkafka::message::{Message, OwnedMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::dead_letter::{DeadLetter, DeadLetters};
+use super::errors::ErrorClass;
+use super::fold::{fold, FoldedDoc};
+use super::writer::{DocFailure, Writer};
+use super::SinkConfig;
+use crate::debezium::{self, Decoded};
+use crate::event::Namespace;
+use crate::metrics as m;
+
+/// State a worker shares with the consumer thread (which commits) and `/status`.
+#[derive(Debug)]
+pub struct PartitionShared {
+    pub topic: String,
+    pub partition: i32,
+    /// Set by the consumer thread: finish or abandon the batch in hand, then exit.
+    pub stop: CancellationToken,
+    /// The next offset to commit (last applied + 1), or -1 before the first batch.
+    pub applied: AtomicI64,
+    /// Set by the worker as its very last act.
+    pub finished: AtomicBool,
+    pub last_batch_size: AtomicU64,
+    pub docs_written: AtomicU64,
+}
+
+impl PartitionShared {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        PartitionShared {
+            topic: topic.to_string(),
+            partition,
+            stop: CancellationToken::new(),
+            applied: AtomicI64::new(-1),
+            finished: AtomicBool::new(false),
+            last_batch_size: AtomicU64::new(0),
+            docs_written: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What every worker of a process shares.
+pub struct WorkerContext {
+    pub writer: Writer,
+    pub dead_letters: DeadLetters,
+    pub config: SinkConfig,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    namespace_map: BTreeMap<String, Namespace>,
+}
+
+impl WorkerContext {
+    pub fn new(writer: Writer, dead_letters: DeadLetters, config: SinkConfig) -> Self {
+        let limiter = NonZeroU32::new(config.max_docs_per_sec).map(|r| RateLimiter::direct(Quota::per_second(r)));
+        let namespace_map = config
+            .namespace_map
+            .iter()
+            .filter_map(|(from, to)| to.split_once('.').map(|(d, c)| (from.clone(), Namespace::new(d, c))))
+            .collect();
+        WorkerContext { writer, dead_letters, config, limiter, namespace_map }
+    }
+
+    fn target(&self, ns: &Namespace) -> Namespace {
+        self.namespace_map.get(&ns.to_string()).cloned().unwrap_or_else(|| ns.clone())
+    }
+}
+
+/// The batch was abandoned (stop requested while the target kept failing): nothing of it
+/// is committed, so the next owner of the partition replays it.
+#[derive(Debug)]
+struct Abandoned;
+
+pub async fn run(ctx: Arc<WorkerContext>, shared: Arc<PartitionShared>, mut rx: mpsc::Receiver<OwnedMessage>) {
+    let batch_size = ctx.config.batch_size;
+    let batch_wait = Duration::from_millis(ctx.config.batch_ms);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + batch_wait;
+        while batch.len() < batch_size {
+            match rx.try_recv() {
+                Ok(m) => {
+                    batch.push(m);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => break,
+                m = rx.recv() => match m { Some(m) => batch.push(m), None => break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let last_offset = batch.last().map(|m| m.offset()).unwrap_or(-1);
+        match apply_batch(&ctx, &shared, &batch).await {
+            Ok(()) => shared.applied.store(last_offset + 1, Ordering::SeqCst),
+            Err(Abandoned) => break,
+        }
+    }
+    shared.finished.store(true, Ordering::SeqCst);
+}
+
+async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[OwnedMessage]) -> Result<(), Abandoned> {
+    let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
+    metrics::counter!(m::SINK_MESSAGES, &labels).increment(batch.len() as u64);
+    metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(batch.len() as f64);
+    shared.last_batch_size.store(batch.len() as u64, Ordering::Relaxed);
+
+    let mut events = Vec::with_capacity(batch.len());
+    let mut undecodable: Vec<(usize, String)> = Vec::new();
+    let mut newest_ts_ms = 0;
+    for (i, msg) in batch.iter().enumerate() {
+        match debezium::decode(msg.key(), msg.payload(), msg.topic()) {
+            Ok(Decoded::Event(e)) => {
+                newest_ts_ms = newest_ts_ms.max(e.source.ts_ms);
+                events.push((i, e));
+            }
+            Ok(Decoded::Tombstone) => {}
+            Err(e) => undecodable.push((i, format!("undecodable message: {e}"))),
+        }
+    }
+    let docs = fold(events);
+    pace(ctx, docs.len()).await;
+
+    let started = Instant::now();
+    let failures = write_with_retry(ctx, shared, &docs).await?;
+    metrics::histogram!(m::SINK_WRITE_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+    let written = (docs.len() - failures.len()) as u64;
+    metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
+    shared.docs_written.fetch_add(written, Ordering::Relaxed);
+    if newest_ts_ms > 0 {
+        metrics::gauge!(m::SINK_LAG_SECONDS, &labels).set(m::seconds_since((newest_ts_ms / 1000) as u32));
+    }
+
+    let mut letters: Vec<(usize, String)> = undecodable;
+    for f in failures.values() {
+        let reason = format!("the target refused the document (code {}, {:?}): {}", f.code, f.class, f.message);
+        letters.extend(docs[f.doc].messages.iter().map(|&i| (i, reason.clone())));
+    }
+    letters.sort_by_key(|(i, _)| *i);
+    for (i, reason) in letters {
+        let msg = &batch[i];
+        warn!(topic = %msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "sending message to the dead-letter topic");
+        let letter = DeadLetter {
+            key: msg.key(),
+            value: msg.payload(),
+            reason: &reason,
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        };
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = ctx.dead_letters.send(&letter).await {
+            warn!("{e}; retrying");
+            if sleep_unless_stopped(&shared.stop, backoff).await.is_err() {
+                return Err(Abandoned);
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the rate limiter (governor refuses requests over its burst, so ask in parts).
+async fn pace(ctx: &WorkerContext, docs: usize) {
+    let Some(limiter) = &ctx.limiter else { return };
+    let burst = ctx.config.max_docs_per_sec.max(1) as usize;
+    let mut left = docs;
+    while left > 0 {
+        let n = left.min(burst);
+        if let Some(n) = NonZeroU32::new(n as u32) {
+            let _ = limiter.until_n_ready(n).await;
+        }
+        left -= n;
+    }
+}
+
+/// Writes the folded batch until every document is applied or known to be poison.
+/// Returns the poison failures by document position.
+async fn write_with_retry(
+    ctx: &WorkerContext,
+    shared: &PartitionShared,
+    docs: &[FoldedDoc],
+) -> Result<HashMap<usize, DocFailure>, Abandoned> {
+    let mut poison: HashMap<usize, DocFailure> = HashMap::new();
+    let started = Instant::now();
+    let duplicate_key_budget = Duration::from_millis(ctx.config.duplicate_key_retry_ms);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let target = |ns: &Namespace| ctx.target(ns);
+        let skip = |i: usize| poison.contains_key(&i);
+        let retry = match ctx.writer.write(docs, &skip, &target).await {
+            Ok(outcome) => {
+                let mut retry = false;
+                for f in outcome.failures {
+                    match f.class {
+                        ErrorClass::Poison => {
+                            poison.insert(f.doc, f);
+                        }
+                        ErrorClass::DuplicateKey if started.elapsed() >= duplicate_key_budget => {
+                            poison.insert(f.doc, f);
+                        }
+                        ErrorClass::DuplicateKey | ErrorClass::Transient => {
+                            debug!(code = f.code, "retrying a refused statement: {}", f.message);
+                            retry = true;
+                        }
+                    }
+                }
+                retry
+            }
+            Err(e) => {
+                warn!(topic = %shared.topic, partition = shared.partition, "{e}; retrying in {backoff:?}");
+                true
+            }
+        };
+        if !retry {
+            return Ok(poison);
+        }
+        metrics::counter!(m::SINK_RETRIES, "topic" => shared.topic.clone(), "partition" => shared.partition.to_string()).increment(1);
+        sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
+        backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
+    }
+}
+
+/// Sleeps `base` ± 25 % jitter, or returns `Err` at once when stop was requested.
+async fn sleep_unless_stopped(stop: &CancellationToken, base: Duration) -> Result<(), ()> {
+    let jitter = rand::rng().random_range(0.75..1.25);
+    tokio::select! {
+        _ = stop.cancelled() => Err(()),
+        _ = tokio::time::sleep(base.mul_f64(jitter)) => Ok(()),
+    }
+}

@@ -1,0 +1,278 @@
+//! Writes a folded batch to the target in as few round trips as possible: per target
+//! collection one `update` command carrying every upsert (`ordered: false` is safe: each
+//! `_id` occurs once), one `delete` command, and, for documents known only by patches,
+//! `update` commands in rounds (round k holds each document's k-th patch statement, so one
+//! document's patches apply in order). Commands are split under 16 MiB and 100,000
+//! statements; the write concern travels in each command; per-statement `writeErrors`
+//! and `writeConcernError` are read out of replies that still say `ok: 1`.
+
+use std::collections::BTreeMap;
+
+use bson::{rawdoc, Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf};
+
+use super::errors::{classify_code, classify_command_error, ErrorClass};
+use super::fold::{DocAction, FoldedDoc};
+use crate::event::{Namespace, UpdateDescription};
+
+/// Largest command we build (the server takes 16 MiB + 16 KiB).
+const MAX_COMMAND_BYTES: usize = 15 * 1024 * 1024;
+/// The server's limit on statements per write command.
+const MAX_STATEMENTS: usize = 100_000;
+
+/// A statement the target refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocFailure {
+    /// Position of the document in the folded batch.
+    pub doc: usize,
+    pub code: i32,
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+/// A failure of a whole command: the batch is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("write to {ns} failed: {source}")]
+    Command { ns: String, source: mongodb::error::Error, class: ErrorClass },
+    #[error("write concern not satisfied on {ns}: {message} (code {code})")]
+    WriteConcern { ns: String, code: i32, message: String },
+}
+
+impl CommandError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CommandError::Command { class, .. } => *class,
+            CommandError::WriteConcern { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Statements the target applied (upserts, deletes, patch statements).
+    pub statements: usize,
+    pub failures: Vec<DocFailure>,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    client: mongodb::Client,
+    write_concern: Document,
+}
+
+impl Writer {
+    pub fn new(client: mongodb::Client, w: &str, wtimeout_ms: u64) -> Self {
+        let w = match w.parse::<i32>() {
+            Ok(n) => Bson::Int32(n),
+            Err(_) => Bson::String(w.to_string()),
+        };
+        Writer { client, write_concern: bson::doc! {"w": w, "wtimeout": wtimeout_ms as i64} }
+    }
+
+    /// Writes `docs` (only those whose positions are in `include`, when given), each to the
+    /// namespace `target(ns)`.
+    pub async fn write(
+        &self,
+        docs: &[FoldedDoc],
+        skip: &(dyn Fn(usize) -> bool + Sync),
+        target: &(dyn Fn(&Namespace) -> Namespace + Sync),
+    ) -> Result<WriteOutcome, CommandError> {
+        let mut by_ns: BTreeMap<Namespace, Vec<usize>> = BTreeMap::new();
+        for (i, d) in docs.iter().enumerate() {
+            if !skip(i) {
+                by_ns.entry(target(&d.ns)).or_default().push(i);
+            }
+        }
+        let mut outcome = WriteOutcome::default();
+        for (ns, positions) in by_ns {
+            let mut upserts = Vec::new();
+            let mut deletes = Vec::new();
+            let mut patched = Vec::new();
+            for &i in &positions {
+                let d = &docs[i];
+                let id = id_raw(&d.id);
+                match &d.action {
+                    DocAction::Upsert(raw) => {
+                        let mut s = RawDocumentBuf::new();
+                        s.append("q", rawdoc! {"_id": id});
+                        s.append_ref("u", raw.as_ref());
+                        s.append("upsert", true);
+                        upserts.push((i, s));
+                    }
+                    DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id}, "limit": 1})),
+                    DocAction::Patch(patches) => patched.push((i, patch_statements(&id, patches))),
+                }
+            }
+            self.run(&ns, "update", "updates", upserts, &mut outcome).await?;
+            self.run(&ns, "delete", "deletes", deletes, &mut outcome).await?;
+            // Round k: the k-th statement of every patched document not failed yet.
+            let rounds = patched.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+            for k in 0..rounds {
+                let failed: Vec<usize> = outcome.failures.iter().map(|f| f.doc).collect();
+                let round: Vec<(usize, RawDocumentBuf)> = patched
+                    .iter()
+                    .filter(|(i, _)| !failed.contains(i))
+                    .filter_map(|(i, s)| s.get(k).map(|st| (*i, st.clone())))
+                    .collect();
+                self.run(&ns, "update", "updates", round, &mut outcome).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Sends `statements` as one or more `command` commands.
+    async fn run(
+        &self,
+        ns: &Namespace,
+        command: &str,
+        field: &str,
+        statements: Vec<(usize, RawDocumentBuf)>,
+        outcome: &mut WriteOutcome,
+    ) -> Result<(), CommandError> {
+        let db = self.client.database(&ns.db);
+        for chunk in split(statements) {
+            let mut array = RawArrayBuf::new();
+            for (_, s) in &chunk {
+                array.push(s.clone());
+            }
+            let mut cmd = RawDocumentBuf::new();
+            cmd.append(command, ns.coll.as_str());
+            cmd.append(field, array);
+            cmd.append("ordered", false);
+            cmd.append(
+                "writeConcern",
+                RawDocumentBuf::from_document(&self.write_concern).unwrap_or_default(),
+            );
+            let reply = match db.run_raw_command(cmd).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let class = classify_command_error(&e);
+                    // A single statement too large for any command: that document is poison.
+                    if class == ErrorClass::Poison && chunk.len() == 1 {
+                        outcome.failures.push(DocFailure { doc: chunk[0].0, code: error_code(&e), message: e.to_string(), class });
+                        continue;
+                    }
+                    return Err(CommandError::Command { ns: ns.to_string(), source: e, class });
+                }
+            };
+            let mut failed_here = 0;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                for err in errors.iter().filter_map(Bson::as_document) {
+                    let index = err.get_i32("index").unwrap_or(0) as usize;
+                    let code = err.get_i32("code").unwrap_or(0);
+                    let message = err.get_str("errmsg").unwrap_or_default().to_string();
+                    if let Some((doc, _)) = chunk.get(index) {
+                        outcome.failures.push(DocFailure { doc: *doc, code, message, class: classify_code(code) });
+                        failed_here += 1;
+                    }
+                }
+            }
+            if let Ok(wce) = reply.get_document("writeConcernError") {
+                return Err(CommandError::WriteConcern {
+                    ns: ns.to_string(),
+                    code: wce.get_i32("code").unwrap_or(0),
+                    message: wce.get_str("errmsg").unwrap_or_default().to_string(),
+                });
+            }
+            outcome.statements += chunk.len() - failed_here;
+        }
+        Ok(())
+    }
+}
+
+fn error_code(e: &mongodb::error::Error) -> i32 {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => c.code,
+        _ => 0,
+    }
+}
+
+fn id_raw(id: &Bson) -> RawBson {
+    RawBson::try_from(id.clone()).unwrap_or(RawBson::Null)
+}
+
+/// Splits statements into commands under the size and count limits.
+fn split(statements: Vec<(usize, RawDocumentBuf)>) -> Vec<Vec<(usize, RawDocumentBuf)>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for s in statements {
+        let len = s.1.as_bytes().len() + 16;
+        if !current.is_empty() && (bytes + len > MAX_COMMAND_BYTES || current.len() >= MAX_STATEMENTS) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += len;
+        current.push(s);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// The server-side statements of a sequence of patches: per patch, the truncations
+/// (`$push` with an empty `$each` and `$slice`) first, then `$set`/`$unset`. They are two
+/// statements because `$set` of `a.2` and a truncation of `a` conflict in one update.
+pub fn patch_statements(id: &RawBson, patches: &[UpdateDescription]) -> Vec<RawDocumentBuf> {
+    let mut out = Vec::new();
+    for p in patches {
+        if !p.truncated_arrays.is_empty() {
+            let mut push = Document::new();
+            for t in &p.truncated_arrays {
+                push.insert(t.field.clone(), bson::doc! {"$each": [], "$slice": t.size as i64});
+            }
+            out.push(statement(id, bson::doc! {"$push": push}));
+        }
+        let mut update = Document::new();
+        if !p.updated_fields.is_empty() {
+            update.insert("$set", p.updated_fields.clone());
+        }
+        if !p.removed_fields.is_empty() {
+            let unset: Document = p.removed_fields.iter().map(|f| (f.clone(), Bson::String(String::new()))).collect();
+            update.insert("$unset", unset);
+        }
+        if !update.is_empty() {
+            out.push(statement(id, update));
+        }
+    }
+    out
+}
+
+fn statement(id: &RawBson, update: Document) -> RawDocumentBuf {
+    let mut s = RawDocumentBuf::new();
+    s.append("q", rawdoc! {"_id": id.clone()});
+    s.append("u", RawDocumentBuf::from_document(&update).unwrap_or_default());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::TruncatedArray;
+
+    #[test]
+    fn split_respects_count_and_size() {
+        let small: Vec<_> = (0..10).map(|i| (i, rawdoc! {"i": i as i32})).collect();
+        assert_eq!(split(small).len(), 1);
+        let big = RawDocumentBuf::from_document(&bson::doc! {"b": "x".repeat(6 * 1024 * 1024)}).unwrap();
+        let three: Vec<_> = (0..3).map(|i| (i, big.clone())).collect();
+        assert_eq!(split(three).iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn truncation_goes_before_set() {
+        let p = UpdateDescription {
+            updated_fields: bson::doc! {"a.2": 1},
+            removed_fields: vec!["x".into()],
+            truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 3 }],
+        };
+        let s = patch_statements(&RawBson::Int32(1), &[p]);
+        assert_eq!(s.len(), 2);
+        let first = s[0].to_document().unwrap();
+        assert!(first.get_document("u").unwrap().contains_key("$push"));
+        let second = s[1].to_document().unwrap();
+        let u = second.get_document("u").unwrap();
+        assert!(u.contains_key("$set") && u.contains_key("$unset"));
+    }
+}
