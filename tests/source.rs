@@ -1,0 +1,271 @@
+//! The source service against a real mongod replica set and a real broker: envelopes and
+//! partitioning, the initial copy + stream handoff, kill -9 + restart, lost history, DDL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use rdkafka::message::{Message, OwnedMessage};
+use serde_json::Value;
+
+use common::{consume, Setup};
+
+/// Java's murmur2 (what Kafka's default partitioner and Debezium use).
+fn murmur2(data: &[u8]) -> i32 {
+    let seed: u32 = 0x9747b28c;
+    let m: u32 = 0x5bd1e995;
+    let r = 24;
+    let len = data.len();
+    let mut h: u32 = seed ^ (len as u32);
+    let chunks = len / 4;
+    for i in 0..chunks {
+        let mut k = u32::from_le_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]);
+        k = k.wrapping_mul(m);
+        k ^= k >> r;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    let tail = &data[chunks * 4..];
+    if tail.len() >= 3 {
+        h ^= (tail[2] as u32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as u32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as u32;
+        h = h.wrapping_mul(m);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(m);
+    h ^= h >> 15;
+    h as i32
+}
+
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fffffff) % partitions
+}
+
+fn json(m: &OwnedMessage) -> Option<Value> {
+    m.payload().map(|p| serde_json::from_slice(p).expect("value is JSON"))
+}
+
+fn key_id(m: &OwnedMessage) -> String {
+    let k: Value = serde_json::from_slice(m.key().expect("key")).expect("key is JSON");
+    k["id"].as_str().expect("key.id").to_string()
+}
+
+#[tokio::test]
+async fn change_events_become_debezium_envelopes_in_the_key_partition() {
+    let setup = Setup::new("env");
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("orders");
+    coll.insert_one(doc! {"_id": 0, "seed": true}).await.unwrap();
+    let mut source = setup.spawn("source", &[]);
+
+    // The initial copy produced `r` for _id 0; wait until the stream is open.
+    let topic = setup.topic("orders");
+    consume(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let oid = bson::oid::ObjectId::new();
+    coll.insert_one(doc! {"_id": oid, "n": 1i64, "arr": [1, 2, 3, 4]}).await.unwrap();
+    coll.update_one(doc! {"_id": oid}, doc! {"$set": {"n": 2i64, "new": "x"}}).await.unwrap();
+    coll.update_one(doc! {"_id": oid}, vec![doc! {"$set": {"arr": {"$slice": ["$arr", 2]}}}]).await.unwrap();
+    coll.replace_one(doc! {"_id": oid}, doc! {"_id": oid, "replaced": true}).await.unwrap();
+    coll.delete_one(doc! {"_id": oid}).await.unwrap();
+    for i in 1..=50 {
+        coll.insert_one(doc! {"_id": format!("s{i}")}).await.unwrap();
+    }
+
+    let msgs = consume(&topic, Duration::from_secs(60), |m| m.len() >= 1 + 6 + 50).await;
+    assert!(source.wait_exit(Duration::from_millis(10)).is_none(), "source exited early:\n{}", source.log_text());
+
+    assert!(msgs.len() >= 57, "only {} messages:\n{}", msgs.len(), source.log_text());
+    let seed = msgs.iter().find(|m| key_id(m) == "0").expect("the copied document");
+    let first = json(seed).unwrap();
+    assert_eq!(first["op"], "r");
+    assert_eq!(first["source"]["snapshot"], "true");
+
+    let oid_key = format!("{{\"$oid\":\"{}\"}}", oid.to_hex());
+    let mine: Vec<&OwnedMessage> = msgs.iter().filter(|m| key_id(m) == oid_key).collect();
+    let ops: Vec<String> = mine.iter().map(|m| json(m).map(|v| v["op"].as_str().unwrap().to_string()).unwrap_or("tombstone".into())).collect();
+    assert_eq!(ops, ["c", "u", "u", "u", "d", "tombstone"]);
+    let partitions: HashSet<i32> = mine.iter().map(|m| m.partition()).collect();
+    assert_eq!(partitions.len(), 1, "one document's events in one partition");
+    let key = mine[0].key().unwrap();
+    assert_eq!(mine[0].partition(), java_partition(key, 8), "partitioned like Java clients (murmur2)");
+    assert_eq!(std::str::from_utf8(key).unwrap(), format!("{{\"id\":{}}}", serde_json::to_string(&oid_key).unwrap()));
+
+    let create = json(mine[0]).unwrap();
+    let after: Value = serde_json::from_str(create["after"].as_str().unwrap()).unwrap();
+    assert_eq!(after["n"], serde_json::json!({"$numberLong": "1"}), "canonical Extended JSON");
+    assert_eq!(create["source"]["connector"], "mongodb");
+    assert_eq!(create["source"]["db"], setup.db.as_str());
+    assert_eq!(create["source"]["collection"], "orders");
+    assert_eq!(create["source"]["rs"], "rs-source");
+    assert!(create["source"]["ts_ms"].as_i64().unwrap() > 0);
+
+    let update = json(mine[1]).unwrap();
+    let desc = &update["updateDescription"];
+    let updated: Value = serde_json::from_str(desc["updatedFields"].as_str().unwrap()).unwrap();
+    assert_eq!(updated["n"], serde_json::json!({"$numberLong": "2"}));
+    assert_eq!(updated["new"], "x");
+    assert!(update["after"].is_string(), "update carries the looked-up full document");
+
+    let truncate = json(mine[2]).unwrap();
+    assert_eq!(truncate["updateDescription"]["truncatedArrays"], serde_json::json!([{"field": "arr", "size": 2}]));
+
+    let replace = json(mine[3]).unwrap();
+    let after: Value = serde_json::from_str(replace["after"].as_str().unwrap()).unwrap();
+    assert_eq!(after["replaced"], true);
+
+    let delete = json(mine[4]).unwrap();
+    assert!(delete["after"].is_null());
+    assert!(mine[5].payload().is_none(), "tombstone after the delete");
+
+    // String keys are quoted, as Debezium writes them.
+    assert!(msgs.iter().any(|m| key_id(m) == "\"s1\""));
+    assert_eq!(source.terminate(Duration::from_secs(15)), Some(0), "SIGTERM exits 0:\n{}", source.log_text());
+}
+
+/// The initial copy and the stream that follows it miss nothing while writes go on.
+#[tokio::test]
+async fn initial_copy_hands_over_to_the_stream_without_a_gap() {
+    let setup = Setup::new("copy");
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("items");
+    let docs: Vec<Document> = (0..20_000).map(|i| doc! {"_id": i, "v": "x".repeat(50)}).collect();
+    coll.insert_many(docs).await.unwrap();
+
+    let writer = {
+        let coll = coll.clone();
+        tokio::spawn(async move {
+            for i in 20_000..25_000 {
+                coll.insert_one(doc! {"_id": i}).await.unwrap();
+                if i % 1000 == 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _source = setup.spawn("source", &[]);
+    writer.await.unwrap();
+
+    let msgs = consume(&setup.topic("items"), Duration::from_secs(120), |m| {
+        m.iter().map(key_id).collect::<HashSet<_>>().len() >= 25_000
+    })
+    .await;
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
+    let missing: Vec<i32> = (0..25_000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
+    assert!(missing.is_empty(), "missing _ids (first 10): {missing:?}");
+}
+
+/// kill -9 at any moment and a restart lose no event (duplicates are allowed).
+#[tokio::test]
+async fn kill_9_and_restart_loses_nothing() {
+    let setup = Setup::new("kill");
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("events");
+    coll.insert_one(doc! {"_id": -1}).await.unwrap();
+    let mut source = setup.spawn("source", &[]);
+    consume(&setup.topic("events"), Duration::from_secs(60), |m| !m.is_empty()).await;
+
+    let writer = {
+        let coll = coll.clone();
+        tokio::spawn(async move {
+            for chunk in 0..30 {
+                let docs: Vec<Document> = (0..200).map(|i| doc! {"_id": chunk * 200 + i}).collect();
+                coll.insert_many(docs).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    source.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The lease of the killed instance must expire before the new one reads.
+    let _source = setup.spawn("source", &[]);
+    writer.await.unwrap();
+
+    let msgs = consume(&setup.topic("events"), Duration::from_secs(120), |m| {
+        m.iter().map(key_id).collect::<HashSet<_>>().len() >= 6001
+    })
+    .await;
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
+    let missing: Vec<i32> = (-1..6000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
+    assert!(missing.is_empty(), "events lost across kill -9 (first 10 missing _ids): {missing:?}");
+}
+
+/// drop and rename are reported, never crash the reader; a re-created collection is read again.
+#[tokio::test]
+async fn drop_and_rename_do_not_crash_the_reader() {
+    let mut setup = Setup::new("ddl");
+    setup.source_extra = "collections = [\"c\"]".into();
+    let client = common::mongo(&common::source_uri()).await;
+    let db = client.database(&setup.db);
+    db.collection::<Document>("c").insert_one(doc! {"_id": 1}).await.unwrap();
+    let mut source = setup.spawn("source", &[]);
+    let topic = setup.topic("c");
+    consume(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    db.collection::<Document>("c").drop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    db.collection::<Document>("c").insert_one(doc! {"_id": 2}).await.unwrap();
+    client
+        .database("admin")
+        .run_command(doc! {"renameCollection": format!("{}.c", setup.db), "to": format!("{}.c2", setup.db)})
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    db.collection::<Document>("c").insert_one(doc! {"_id": 3}).await.unwrap();
+
+    let msgs = consume(&topic, Duration::from_secs(60), |m| {
+        let ids: HashSet<String> = m.iter().map(key_id).collect();
+        ids.contains("2") && ids.contains("3")
+    })
+    .await;
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
+    assert!(ids.contains("2") && ids.contains("3"), "events after drop/rename: {ids:?}\n{}", source.log_text());
+    assert!(source.wait_exit(Duration::from_millis(10)).is_none(), "reader crashed:\n{}", source.log_text());
+    let log = source.log_text();
+    assert!(log.contains("DDL event") && log.contains("invalidated"), "{log}");
+}
+
+/// Keys decoded back by the sink's decoder match the documents' _ids.
+#[tokio::test]
+async fn every_bson_type_round_trips_through_the_topic() {
+    let setup = Setup::new("types");
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("t");
+    let original = doc! {
+        "_id": bson::oid::ObjectId::new(),
+        "i64": i64::MAX,
+        "dec": "-1.2345678901234567890123456789E+100".parse::<bson::Decimal128>().unwrap(),
+        "old": bson::DateTime::from_millis(-2_208_988_800_000),
+        "bin": bson::Binary { subtype: bson::spec::BinarySubtype::UserDefined(0x85), bytes: vec![1, 2, 3] },
+        "re": bson::Regex { pattern: "a+".into(), options: "im".into() },
+        "ts": bson::Timestamp { time: 5, increment: 6 },
+        "min": Bson::MinKey, "max": Bson::MaxKey,
+        "nested": {"ключ": [[1.5f64, -0.0f64], {"x": Bson::Null}]},
+    };
+    coll.insert_one(original.clone()).await.unwrap();
+    let _source = setup.spawn("source", &[]);
+    let msgs = consume(&setup.topic("t"), Duration::from_secs(60), |m| !m.is_empty()).await;
+    let m = &msgs[0];
+    let decoded = docrepl::debezium::decode(m.key(), m.payload(), m.topic()).unwrap();
+    let docrepl::debezium::Decoded::Event(ev) = decoded else { panic!("tombstone") };
+    let stored = client
+        .database(&setup.db)
+        .collection::<bson::RawDocumentBuf>("t")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.after.unwrap().as_bytes(), stored.as_bytes(), "byte-for-byte equal BSON");
+}
