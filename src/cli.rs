@@ -27,9 +27,9 @@ pub enum Command {
     /// Run source and sink in one process (the local demo).
     Run(ServiceArgs),
     /// Insert (or mix inserts/updates/deletes) into a collection to load-test the pipe.
-    Loadgen(ServiceArgs),
+    Loadgen(LoadgenCommand),
     /// Compare a source and a target collection: counts and per-document checksums.
-    Verify(ServiceArgs),
+    Verify(VerifyCommand),
     /// Print a running service's /status as a table.
     Status(StatusArgs),
 }
@@ -54,6 +54,22 @@ pub struct SinkArgs {
     /// Rebuild the target from the first message at or after this time (RFC 3339).
     #[arg(long, value_parser = parse_rfc3339)]
     pub from_timestamp: Option<std::time::SystemTime>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadgenCommand {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub args: crate::loadgen::LoadgenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyCommand {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub args: crate::verify::VerifyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -88,7 +104,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Source(a) => (a, Role::Source),
         Command::Sink(a) => (&a.service, Role::Sink),
         Command::Run(a) => (a, Role::Both),
-        Command::Loadgen(a) | Command::Verify(a) => (a, Role::Tool),
+        Command::Loadgen(a) => (&a.service, Role::Tool),
+        Command::Verify(a) => (&a.service, Role::Tool),
         Command::Status(_) => return not_implemented("status"),
     };
     let config = match load_config(args, role) {
@@ -111,8 +128,22 @@ pub fn run(cli: Cli) -> ExitCode {
             serve(|shutdown| async move { crate::sink::run(&config, replay, shutdown).await })
         }
         Command::Run(_) => serve(|shutdown| async move { run_both(&config, shutdown).await }),
-        Command::Loadgen(_) => not_implemented("loadgen"),
-        Command::Verify(_) => not_implemented("verify"),
+        Command::Loadgen(c) => serve(|_| async move { crate::loadgen::run(&config, &c.args).await }),
+        Command::Verify(c) => {
+            let mut code = 2;
+            let exit = serve(|_| {
+                let code = &mut code;
+                async move {
+                    *code = crate::verify::run(&config, &c.args).await?;
+                    Ok(())
+                }
+            });
+            if exit == ExitCode::SUCCESS {
+                ExitCode::from(code)
+            } else {
+                ExitCode::from(2)
+            }
+        }
         Command::Status(_) => not_implemented("status"),
     }
 }
@@ -141,7 +172,6 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("docrepl: error: {e:#}");
             ExitCode::FAILURE
         }

@@ -1,0 +1,295 @@
+//! `docrepl verify`: compares a source and a target collection. Exact counts, then both
+//! sides walked in `_id` order at once (streaming: memory does not grow with the
+//! collection), each document's canonical BSON bytes hashed and compared. Reports the
+//! first missing, extra and differing `_id`s with totals. Exit 0 equal, 1 different, 2 error.
+
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bson::{doc, Bson, RawDocumentBuf};
+use clap::Args;
+use futures::TryStreamExt;
+
+use crate::config::Config;
+use crate::debezium::id_relaxed_json;
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Collections to compare; default: `source.collections` (or every collection of
+    /// `source.database` when that list is empty).
+    #[arg(long = "collection")]
+    pub collections: Vec<String>,
+    /// How many `_id`s of each kind to print.
+    #[arg(long, default_value_t = 10)]
+    pub show: usize,
+    /// Re-check until equal or this many seconds passed (for "caught up" checks in scripts).
+    #[arg(long, value_name = "SECS")]
+    pub wait_for_quiet: Option<u64>,
+}
+
+/// What a comparison found for one collection.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Report {
+    pub namespace: String,
+    pub source_count: u64,
+    pub target_count: u64,
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub differing: Vec<String>,
+    pub missing_total: u64,
+    pub extra_total: u64,
+    pub differing_total: u64,
+}
+
+impl Report {
+    pub fn equal(&self) -> bool {
+        self.missing_total == 0 && self.extra_total == 0 && self.differing_total == 0 && self.source_count == self.target_count
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.equal() { "EQUAL" } else { "DIFFERENT" };
+        writeln!(
+            f,
+            "{}: {verdict} (source {} docs, target {} docs; missing {}, extra {}, differing {})",
+            self.namespace, self.source_count, self.target_count, self.missing_total, self.extra_total, self.differing_total
+        )?;
+        for (what, ids) in [("missing in target", &self.missing), ("extra in target", &self.extra), ("differing", &self.differing)] {
+            if !ids.is_empty() {
+                writeln!(f, "  {what}: {}", ids.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs verify; returns the process exit code (0 equal, 1 different).
+pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
+    let src = config.source.as_ref().context("verify needs the [source] section")?;
+    let sink = config.sink.as_ref().context("verify needs the [sink] section")?;
+    let source = crate::mongo::connect(&src.uri, "source.uri").await?;
+    let target = crate::mongo::connect(&sink.uri, "sink.uri").await?;
+    let collections = if !args.collections.is_empty() {
+        args.collections.clone()
+    } else if !src.collections.is_empty() {
+        src.collections.clone()
+    } else {
+        let mut names = source.database(&src.database).list_collection_names().await?;
+        names.retain(|n| !n.starts_with("system.") && !(src.state.database == src.database && (n == "checkpoints" || n == "leases")));
+        names.sort();
+        names
+    };
+    let deadline = args.wait_for_quiet.map(|s| Instant::now() + Duration::from_secs(s));
+    loop {
+        let mut all_equal = true;
+        let mut text = String::new();
+        for coll in &collections {
+            let ns = crate::event::Namespace::new(&src.database, coll);
+            let target_ns = sink
+                .namespace_map
+                .get(&ns.to_string())
+                .and_then(|t| t.split_once('.'))
+                .map(|(d, c)| crate::event::Namespace::new(d, c))
+                .unwrap_or_else(|| ns.clone());
+            let report = compare(&source, &ns, &target, &target_ns, args.show).await?;
+            all_equal &= report.equal();
+            text.push_str(&report.to_string());
+        }
+        let retry = !all_equal && deadline.is_some_and(|d| Instant::now() < d);
+        if !retry {
+            print!("{text}");
+            return Ok(if all_equal { 0 } else { 1 });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Compares one collection on both sides.
+pub async fn compare(
+    source: &mongodb::Client,
+    source_ns: &crate::event::Namespace,
+    target: &mongodb::Client,
+    target_ns: &crate::event::Namespace,
+    show: usize,
+) -> anyhow::Result<Report> {
+    let a = source.database(&source_ns.db).collection::<RawDocumentBuf>(&source_ns.coll);
+    let b = target.database(&target_ns.db).collection::<RawDocumentBuf>(&target_ns.coll);
+    let mut report = Report {
+        namespace: source_ns.to_string(),
+        // Exact counts: estimates are wrong after an unclean shutdown.
+        source_count: a.count_documents(doc! {}).await?,
+        target_count: b.count_documents(doc! {}).await?,
+        ..Default::default()
+    };
+    let mut ca = a.find(doc! {}).sort(doc! {"_id": 1}).batch_size(5000).await?;
+    let mut cb = b.find(doc! {}).sort(doc! {"_id": 1}).batch_size(5000).await?;
+    let mut da = ca.try_next().await?;
+    let mut db = cb.try_next().await?;
+    loop {
+        let order = match (&da, &db) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => compare_bson(&id_of(x), &id_of(y)),
+        };
+        match order {
+            Ordering::Less => {
+                note(&mut report.missing, &mut report.missing_total, da.as_ref(), show);
+                da = ca.try_next().await?;
+            }
+            Ordering::Greater => {
+                note(&mut report.extra, &mut report.extra_total, db.as_ref(), show);
+                db = cb.try_next().await?;
+            }
+            Ordering::Equal => {
+                if let (Some(x), Some(y)) = (&da, &db) {
+                    if checksum(x) != checksum(y) {
+                        note(&mut report.differing, &mut report.differing_total, da.as_ref(), show);
+                    }
+                }
+                da = ca.try_next().await?;
+                db = cb.try_next().await?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn note(list: &mut Vec<String>, total: &mut u64, doc: Option<&RawDocumentBuf>, show: usize) {
+    *total += 1;
+    if list.len() < show {
+        if let Some(d) = doc {
+            list.push(id_relaxed_json(&id_of(d)));
+        }
+    }
+}
+
+fn id_of(doc: &RawDocumentBuf) -> Bson {
+    doc.get("_id").ok().flatten().and_then(|v| Bson::try_from(v).ok()).unwrap_or(Bson::Null)
+}
+
+/// A hash of the document's BSON bytes (field order and exact types included).
+pub fn checksum(doc: &RawDocumentBuf) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    doc.as_bytes().hash(&mut h);
+    h.finish()
+}
+
+/// MongoDB's sort order across BSON types (MinKey < null < numbers < strings < objects <
+/// arrays < binary < ObjectId < bool < date < timestamp < regex < MaxKey), and within a type.
+pub fn compare_bson(a: &Bson, b: &Bson) -> Ordering {
+    let (ra, rb) = (type_rank(a), type_rank(b));
+    if ra != rb {
+        return ra.cmp(&rb);
+    }
+    match (a, b) {
+        (x, y) if ra == 3 => number(x).partial_cmp(&number(y)).unwrap_or(Ordering::Equal),
+        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Bson::Document(x), Bson::Document(y)) => {
+            for (ex, ey) in x.iter().zip(y.iter()) {
+                let o = type_rank(ex.1)
+                    .cmp(&type_rank(ey.1))
+                    .then_with(|| ex.0.as_bytes().cmp(ey.0.as_bytes()))
+                    .then_with(|| compare_bson(ex.1, ey.1));
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Bson::Array(x), Bson::Array(y)) => {
+            for (ex, ey) in x.iter().zip(y.iter()) {
+                let o = compare_bson(ex, ey);
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Bson::Binary(x), Bson::Binary(y)) => x
+            .bytes
+            .len()
+            .cmp(&y.bytes.len())
+            .then_with(|| u8::from(x.subtype).cmp(&u8::from(y.subtype)))
+            .then_with(|| x.bytes.cmp(&y.bytes)),
+        (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
+        (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
+        (Bson::DateTime(x), Bson::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
+        (Bson::Timestamp(x), Bson::Timestamp(y)) => (x.time, x.increment).cmp(&(y.time, y.increment)),
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
+            x.pattern.cmp(&y.pattern).then_with(|| x.options.cmp(&y.options))
+        }
+        _ => Ordering::Equal,
+    }
+}
+
+fn type_rank(b: &Bson) -> u8 {
+    match b {
+        Bson::MinKey => 1,
+        Bson::Null | Bson::Undefined => 2,
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => 3,
+        Bson::String(_) | Bson::Symbol(_) => 4,
+        Bson::Document(_) => 5,
+        Bson::Array(_) => 6,
+        Bson::Binary(_) => 7,
+        Bson::ObjectId(_) => 8,
+        Bson::Boolean(_) => 9,
+        Bson::DateTime(_) => 10,
+        Bson::Timestamp(_) => 11,
+        Bson::RegularExpression(_) => 12,
+        Bson::DbPointer(_) => 13,
+        Bson::JavaScriptCode(_) => 14,
+        Bson::JavaScriptCodeWithScope(_) => 15,
+        Bson::MaxKey => 16,
+    }
+}
+
+fn number(b: &Bson) -> f64 {
+    match b {
+        Bson::Int32(i) => *i as f64,
+        Bson::Int64(i) => *i as f64,
+        Bson::Double(d) => *d,
+        Bson::Decimal128(d) => d.to_string().parse().unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_sort_like_mongodb() {
+        let mut v = vec![
+            Bson::MaxKey,
+            Bson::Boolean(true),
+            Bson::ObjectId(bson::oid::ObjectId::from_bytes([1; 12])),
+            Bson::String("b".into()),
+            Bson::Int64(10),
+            Bson::Double(2.5),
+            Bson::Int32(3),
+            Bson::Null,
+            Bson::MinKey,
+            Bson::String("a".into()),
+        ];
+        v.sort_by(compare_bson);
+        assert_eq!(
+            v,
+            vec![
+                Bson::MinKey,
+                Bson::Null,
+                Bson::Double(2.5),
+                Bson::Int32(3),
+                Bson::Int64(10),
+                Bson::String("a".into()),
+                Bson::String("b".into()),
+                Bson::ObjectId(bson::oid::ObjectId::from_bytes([1; 12])),
+                Bson::Boolean(true),
+                Bson::MaxKey,
+            ]
+        );
+    }
+}
