@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Role};
 use crate::sink::ReplayFrom;
+use crate::status::StatusBoard;
 
 #[derive(Debug, Parser)]
 #[command(name = "docrepl", version, about = "Cross-region replicator for MongoDB-compatible databases through Kafka")]
@@ -77,6 +78,9 @@ pub struct StatusArgs {
     /// Base URL of the service's HTTP listener.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Bearer token, when the service sets http.bearer_token.
+    #[arg(long, env = "DOCREPL_STATUS_TOKEN")]
+    pub token: Option<String>,
 }
 
 fn parse_rfc3339(s: &str) -> Result<std::time::SystemTime, String> {
@@ -106,7 +110,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(a) => (a, Role::Both),
         Command::Loadgen(a) => (&a.service, Role::Tool),
         Command::Verify(a) => (&a.service, Role::Tool),
-        Command::Status(_) => return not_implemented("status"),
+        Command::Status(a) => {
+            return match crate::status_cli::run(&a.url, a.token.as_deref()) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("docrepl status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     let config = match load_config(args, role) {
         Ok(c) => c,
@@ -118,14 +133,22 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     crate::logging::init(&config.log);
     match cli.command {
-        Command::Source(_) => serve(|shutdown| async move { crate::source::run(&config, shutdown).await }),
+        Command::Source(_) => serve(|shutdown| async move {
+            let board = StatusBoard::new("source");
+            crate::http::start(&config.http, board.clone(), shutdown.clone()).await?;
+            crate::source::run(&config, board, shutdown).await
+        }),
         Command::Sink(a) => {
             let replay = match (a.from_beginning, a.from_timestamp) {
                 (true, _) => Some(ReplayFrom::Beginning),
                 (_, Some(t)) => Some(ReplayFrom::Time(t)),
                 _ => None,
             };
-            serve(|shutdown| async move { crate::sink::run(&config, replay, shutdown).await })
+            serve(|shutdown| async move {
+                let board = StatusBoard::new("sink");
+                crate::http::start(&config.http, board.clone(), shutdown.clone()).await?;
+                crate::sink::run(&config, replay, board, shutdown).await
+            })
         }
         Command::Run(_) => serve(|shutdown| async move { run_both(&config, shutdown).await }),
         Command::Loadgen(c) => serve(|_| async move { crate::loadgen::run(&config, &c.args).await }),
@@ -144,7 +167,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         }
-        Command::Status(_) => not_implemented("status"),
+        // Answered above, before any config is loaded.
+        Command::Status(_) => ExitCode::SUCCESS,
     }
 }
 
@@ -194,13 +218,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 
 /// `docrepl run`: source and sink side by side; if one fails, both stop.
 async fn run_both(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let board = StatusBoard::new("source+sink");
+    crate::http::start(&config.http, board.clone(), shutdown.clone()).await?;
     let source = async {
-        let r = crate::source::run(config, shutdown.clone()).await;
+        let r = crate::source::run(config, board.clone(), shutdown.clone()).await;
         shutdown.cancel();
         r
     };
     let sink = async {
-        let r = crate::sink::run(config, None, shutdown.clone()).await;
+        let r = crate::sink::run(config, None, board.clone(), shutdown.clone()).await;
         shutdown.cancel();
         r
     };
@@ -208,7 +234,3 @@ async fn run_both(config: &Config, shutdown: CancellationToken) -> anyhow::Resul
     a.and(b)
 }
 
-fn not_implemented(name: &str) -> ExitCode {
-    eprintln!("docrepl {name}: not implemented yet");
-    ExitCode::from(3)
-}

@@ -46,7 +46,6 @@ async fn mixed_load(coll: &mongodb::Collection<Document>, seed: u64, ops: usize)
 async fn wait_equal(setup: &Setup, coll: &str, within: Duration) {
     let source = common::mongo(&common::source_uri()).await;
     let target = common::mongo(&common::target_uri()).await;
-    let mut last = (0, 0);
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let a = documents(&source, &setup.db, coll).await;
@@ -54,10 +53,9 @@ async fn wait_equal(setup: &Setup, coll: &str, within: Duration) {
         if a == b {
             return;
         }
-        last = (a.len(), b.len());
         if tokio::time::Instant::now() > deadline {
             let differing = a.iter().zip(b.iter()).find(|(x, y)| x != y).map(|(x, y)| (x.0.clone(), y.0.clone()));
-            panic!("target not equal to source after {within:?}: {} vs {} documents; first difference {differing:?}", last.0, last.1);
+            panic!("target not equal to source after {within:?}: {} vs {} documents; first difference {differing:?}", a.len(), b.len());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

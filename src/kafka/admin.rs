@@ -24,6 +24,7 @@ pub enum TopicError {
 }
 
 /// A handle on the cluster's admin API.
+#[derive(Clone)]
 pub struct TopicAdmin {
     client: Arc<AdminClient<DefaultClientContext>>,
     servers: String,
@@ -57,6 +58,14 @@ impl TopicAdmin {
         .await
         .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
         metadata.map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })
+    }
+
+    /// True when the broker answers a metadata request.
+    pub async fn reachable(&self) -> bool {
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, Duration::from_secs(2)).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
     /// Creates `topic` with `partitions` when missing; checks the count when present.

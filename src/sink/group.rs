@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use super::worker::{self, PartitionShared, WorkerContext};
 use crate::metrics as m;
+use crate::status::{PartitionStatus, StatusBoard};
 
 /// How long a revoke waits for a worker to finish its write before going on anyway.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
@@ -265,6 +266,7 @@ pub fn run_member(
     worker_ctx: Arc<WorkerContext>,
     runtime: tokio::runtime::Handle,
     replay: Option<ReplayFrom>,
+    board: StatusBoard,
     shutdown: CancellationToken,
 ) -> Result<(), GroupError> {
     let channel_capacity = (worker_ctx.config.batch_size * 2).max(1024);
@@ -281,7 +283,10 @@ pub fn run_member(
     info!(subscription = ?subscription, "sink joined the consumer group");
 
     let mut last_commit = Instant::now();
-    let mut last_lag = Instant::now();
+    let mut last_lag = Instant::now() - Duration::from_secs(60);
+    let mut last_status = Instant::now();
+    let mut watermarks: HashMap<(String, i32), i64> = HashMap::new();
+    let mut rates = RateTracker::default();
     let result = loop {
         if shutdown.is_cancelled() {
             break Ok(());
@@ -310,8 +315,12 @@ pub fn run_member(
             last_commit = Instant::now();
         }
         if last_lag.elapsed() >= Duration::from_secs(5) {
-            report_lag(&consumer);
+            watermarks = report_lag(&consumer);
             last_lag = Instant::now();
+        }
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            board.set_partitions(rates.snapshot(&consumer.context().partitions(), &watermarks));
+            last_status = Instant::now();
         }
     };
     // Leaving: workers finish or abandon their batch, applied offsets are committed.
@@ -320,11 +329,53 @@ pub fn run_member(
     result
 }
 
-fn report_lag(consumer: &BaseConsumer<GroupContext>) {
+/// Reads each assigned partition's high watermark and publishes the consumer lag.
+fn report_lag(consumer: &BaseConsumer<GroupContext>) -> HashMap<(String, i32), i64> {
+    let mut highs = HashMap::new();
     for (topic, partition, committed, _, _) in consumer.context().partitions() {
         if let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2)) {
             let lag = if committed >= 0 { (high - committed).max(0) } else { high };
-            metrics::gauge!(m::SINK_CONSUMER_LAG, "topic" => topic, "partition" => partition.to_string()).set(lag as f64);
+            metrics::gauge!(m::SINK_CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string()).set(lag as f64);
+            highs.insert((topic, partition), high);
         }
+    }
+    highs
+}
+
+/// Turns cumulative per-partition document counts into rates for `/status`.
+#[derive(Default)]
+struct RateTracker {
+    previous: HashMap<(String, i32), (u64, Instant)>,
+}
+
+impl RateTracker {
+    fn snapshot(
+        &mut self,
+        partitions: &[(String, i32, i64, u64, u64)],
+        highs: &HashMap<(String, i32), i64>,
+    ) -> std::collections::BTreeMap<String, PartitionStatus> {
+        let now = Instant::now();
+        let mut out = std::collections::BTreeMap::new();
+        for (topic, partition, committed, last_batch, written) in partitions {
+            let key = (topic.clone(), *partition);
+            let rate = match self.previous.get(&key) {
+                Some((before, at)) => (written.saturating_sub(*before)) as f64 / now.duration_since(*at).as_secs_f64().max(1e-3),
+                None => 0.0,
+            };
+            self.previous.insert(key.clone(), (*written, now));
+            let high = highs.get(&key).copied();
+            out.insert(
+                format!("{topic}/{partition}"),
+                PartitionStatus {
+                    committed_offset: *committed,
+                    high_watermark: high,
+                    consumer_lag: high.map(|h| if *committed >= 0 { (h - committed).max(0) } else { h }),
+                    last_batch_size: *last_batch,
+                    docs_written: *written,
+                    docs_per_second: rate,
+                },
+            );
+        }
+        out
     }
 }

@@ -22,16 +22,26 @@ pub use group::ReplayFrom;
 
 use crate::config::Config;
 use crate::kafka::admin::TopicAdmin;
+use crate::status::StatusBoard;
 
 /// Runs the sink until `shutdown` is cancelled or an error the operator must act on.
-pub async fn run(config: &Config, replay: Option<ReplayFrom>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    replay: Option<ReplayFrom>,
+    board: StatusBoard,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sink = config.sink.as_ref().context("the [sink] section is missing")?;
     let client = crate::mongo::connect(&sink.uri, "sink.uri").await?;
 
     let dead_letter_topic = config.kafka.dead_letter_topic();
-    TopicAdmin::new(&config.kafka)?
-        .ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &[])
-        .await?;
+    let admin = TopicAdmin::new(&config.kafka)?;
+    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &[]).await?;
+    board.set_sink_ready(true);
+    {
+        let board = board.clone();
+        tokio::spawn(crate::health::watch(client.clone(), admin, move |ok| board.set_sink_ready(ok), shutdown.clone()));
+    }
     let producer: FutureProducer =
         crate::kafka::producer_config(&config.kafka).create().context("cannot create the dead-letter producer")?;
     let writer = writer::Writer::new(client, &sink.write_concern, sink.write_timeout_ms);
@@ -39,6 +49,7 @@ pub async fn run(config: &Config, replay: Option<ReplayFrom>, shutdown: Cancella
         writer,
         dead_letter::DeadLetters::new(producer, dead_letter_topic),
         sink.clone(),
+        board.clone(),
     ));
     let subscription = if sink.topics.is_empty() {
         vec![format!("^{}\\..*", regex_escape(&config.kafka.topic_prefix))]
@@ -49,7 +60,7 @@ pub async fn run(config: &Config, replay: Option<ReplayFrom>, shutdown: Cancella
     let runtime = tokio::runtime::Handle::current();
     info!(group = %sink.group_id, "sink service started");
     tokio::task::spawn_blocking(move || {
-        group::run_member(consumer_config, subscription, worker_ctx, runtime, replay, shutdown)
+        group::run_member(consumer_config, subscription, worker_ctx, runtime, replay, board, shutdown)
     })
     .await
     .context("the consumer thread panicked")?

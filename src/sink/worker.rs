@@ -63,18 +63,19 @@ pub struct WorkerContext {
     pub dead_letters: DeadLetters,
     pub config: SinkConfig,
     pub limiter: Option<DefaultDirectRateLimiter>,
+    pub board: crate::status::StatusBoard,
     namespace_map: BTreeMap<String, Namespace>,
 }
 
 impl WorkerContext {
-    pub fn new(writer: Writer, dead_letters: DeadLetters, config: SinkConfig) -> Self {
+    pub fn new(writer: Writer, dead_letters: DeadLetters, config: SinkConfig, board: crate::status::StatusBoard) -> Self {
         let limiter = NonZeroU32::new(config.max_docs_per_sec).map(|r| RateLimiter::direct(Quota::per_second(r)));
         let namespace_map = config
             .namespace_map
             .iter()
             .filter_map(|(from, to)| to.split_once('.').map(|(d, c)| (from.clone(), Namespace::new(d, c))))
             .collect();
-        WorkerContext { writer, dead_letters, config, limiter, namespace_map }
+        WorkerContext { writer, dead_letters, config, limiter, board, namespace_map }
     }
 
     fn target(&self, ns: &Namespace) -> Namespace {
@@ -180,6 +181,7 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
             }
             backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
         }
+        ctx.board.add_dead_letters(1);
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ pub use lease::LeaseStore;
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
 use crate::config::Config;
+use crate::status::StatusBoard;
 use crate::kafka::admin::TopicAdmin;
 use crate::metrics as m;
 use crate::mongo;
@@ -36,7 +37,7 @@ use crate::mongo;
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the source service until `shutdown` is cancelled or a reader fails for good.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToken) -> anyhow::Result<()> {
     let src = config.source.as_ref().context("the [source] section is missing")?;
     let client = mongo::connect(&src.uri, "source.uri").await?;
     let rs = mongo::replica_set_name(&client, "source.uri").await?;
@@ -74,7 +75,13 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         name: name.clone(),
         rs,
         instance: instance.clone(),
+        board: board.clone(),
     });
+    board.set_source_ready(true);
+    {
+        let board = board.clone();
+        tokio::spawn(crate::health::watch(client.clone(), admin.clone(), move |ok| board.set_source_ready(ok), shutdown.clone()));
+    }
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
     info!(instance = %instance, database = %src.database, "source service started");
 
@@ -99,7 +106,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
                     admin.ensure_topic(&topic, config.kafka.partitions, config.kafka.replication_factor, &topic_configs).await?;
                     let reader = Reader::new(Arc::clone(&ctx), &coll, topic);
                     let span = tracing::info_span!("reader", collection = %format!("{}.{}", src.database, coll));
-                    readers.spawn(supervise(reader, leases.clone(), format!("{}.{}", src.database, coll), shutdown.clone()).instrument(span));
+                    let ns = format!("{}.{}", src.database, coll);
+                    readers.spawn(supervise(reader, leases.clone(), ns, board.clone(), shutdown.clone()).instrument(span));
                     started.insert(coll);
                 }
             }
@@ -144,13 +152,24 @@ async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig) -> an
 
 /// Holds the collection's lease while reading it; waits as standby while another
 /// instance holds it; restarts the reader after transient errors.
-async fn supervise(reader: Reader, leases: LeaseStore, ns: String, shutdown: CancellationToken) -> Result<(), ReaderError> {
+async fn supervise(
+    reader: Reader,
+    leases: LeaseStore,
+    ns: String,
+    board: StatusBoard,
+    shutdown: CancellationToken,
+) -> Result<(), ReaderError> {
     let mut backoff = Duration::from_millis(200);
     let mut standby_logged = false;
     while !shutdown.is_cancelled() {
         let deadline = match leases.acquire(&ns).await {
             Ok(Some(d)) => d,
             Ok(None) => {
+                let holder = leases.holder(&ns).await.ok().flatten();
+                board.update_collection(&ns, |c| {
+                    c.state = "standby".into();
+                    c.lease_holder = holder;
+                });
                 if !standby_logged {
                     info!(ns = %ns, "another instance holds the lease: standing by");
                     standby_logged = true;
@@ -167,6 +186,10 @@ async fn supervise(reader: Reader, leases: LeaseStore, ns: String, shutdown: Can
         };
         standby_logged = false;
         info!(ns = %ns, "lease acquired: reading");
+        board.update_collection(&ns, |c| {
+            c.state = "starting".into();
+            c.lease_holder = Some(leases.instance().to_string());
+        });
         metrics::gauge!(m::SOURCE_READER_ACTIVE, "collection" => ns.clone()).set(1.0);
         let (tx, rx) = watch::channel(deadline);
         let stop_renewing = CancellationToken::new();
@@ -187,11 +210,20 @@ async fn supervise(reader: Reader, leases: LeaseStore, ns: String, shutdown: Can
             }
             Err(e) if e.is_fatal() => {
                 error!(ns = %ns, "{e}");
+                board.update_collection(&ns, |c| {
+                    c.state = "failed".into();
+                    c.last_error = Some(e.to_string());
+                });
                 return Err(e);
             }
             Err(e) => {
                 metrics::counter!(m::SOURCE_READER_RESTARTS, "collection" => ns.clone()).increment(1);
                 warn!(ns = %ns, "reader stopped: {e}; restarting from the last saved resume token in {backoff:?}");
+                board.update_collection(&ns, |c| {
+                    c.state = "restarting".into();
+                    c.last_error = Some(e.to_string());
+                });
+                board.error(format!("{ns}: {e}"));
                 sleep_or_shutdown(backoff, &shutdown).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;

@@ -45,6 +45,7 @@ pub struct ReaderContext {
     pub name: String,
     pub rs: String,
     pub instance: String,
+    pub board: crate::status::StatusBoard,
 }
 
 /// Why a reader stopped without an error.
@@ -109,6 +110,22 @@ enum Outgoing {
 enum ReadEnd {
     CopyDone,
     Invalidated(Option<Timestamp>),
+}
+
+/// Which part of a reader's life the pump serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copy,
+    Stream,
+}
+
+impl Phase {
+    fn state(self) -> &'static str {
+        match self {
+            Phase::Copy => "copying",
+            Phase::Stream => "streaming",
+        }
+    }
 }
 
 enum PumpEnd {
@@ -219,6 +236,7 @@ impl Reader {
         metrics::counter!(m::SOURCE_CHECKPOINTS, "collection" => self.ns.clone()).increment(1);
         if let Some(t) = cp.event_time {
             metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => self.ns.clone()).set(m::seconds_since(t.time));
+            self.ctx.board.update_collection(&self.ns, |c| c.checkpoint_time = Some(t.time));
         }
         Ok(())
     }
@@ -267,7 +285,7 @@ impl Reader {
                 }
             }
         });
-        let result = self.pump(rx, None, lease, shutdown).await;
+        let result = self.pump(rx, None, Phase::Copy, lease, shutdown).await;
         read.abort();
         match result? {
             PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
@@ -316,12 +334,7 @@ impl Reader {
                         let token = bson::to_bson(&ev.id).ok();
                         metrics::counter!(m::SOURCE_EVENTS_READ, "collection" => ns.clone()).increment(1);
                         match origin.convert(ev) {
-                            StreamItem::Change(ev) => {
-                                if let Some(t) = ev.source.ts_ms.checked_div(1000) {
-                                    metrics::gauge!(m::SOURCE_LAG_SECONDS, "collection" => ns.clone()).set(m::seconds_since(t as u32));
-                                }
-                                encoder.encode(&ev, token)
-                            }
+                            StreamItem::Change(ev) => encoder.encode(&ev, token),
                             StreamItem::Ddl { kind, to, cluster_time } => {
                                 warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (the target keeps its data)");
                                 metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind).increment(1);
@@ -361,7 +374,7 @@ impl Reader {
                 }
             }
         });
-        let result = self.pump(rx, checkpoint.event_time, lease, shutdown).await;
+        let result = self.pump(rx, checkpoint.event_time, Phase::Stream, lease, shutdown).await;
         read.abort();
         match result {
             Err(ReaderError::Mongo { source, .. }) if is_history_lost(&source) => Err(self.history_lost(source, checkpoint)),
@@ -399,6 +412,7 @@ impl Reader {
         &self,
         mut rx: mpsc::Receiver<Outgoing>,
         mut event_time: Option<Timestamp>,
+        phase: Phase,
         lease: &watch::Receiver<Instant>,
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
@@ -408,6 +422,10 @@ impl Reader {
         let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_end: Option<ReadEnd> = None;
+        // Counted locally and shown on the status board once per tick (cheap per event).
+        let mut acked_since_tick = 0u64;
+        let mut caught_up = false;
+        self.ctx.board.update_collection(&self.ns, |c| c.state = phase.state().into());
         let exit = loop {
             if read_end.is_some() && deliveries.is_empty() {
                 break None;
@@ -420,7 +438,7 @@ impl Reader {
                     match result {
                         Ok(()) => {
                             watermark.acked(seq);
-                            metrics::counter!(m::SOURCE_EVENTS_PUBLISHED, "collection" => self.ns.clone()).increment(1);
+                            acked_since_tick += 1;
                         }
                         Err(message) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message }),
                     }
@@ -430,6 +448,7 @@ impl Reader {
                         break Some(ReaderExit::LeaseLost);
                     }
                     self.checkpoint_if_newer(&watermark, &mut saved).await?;
+                    self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
                 }
                 item = rx.recv(), if read_end.is_none() && deliveries.len() < MAX_IN_FLIGHT => {
                     let Some(item) = item else {
@@ -442,6 +461,7 @@ impl Reader {
                     match item {
                         Outgoing::Event { records, token, event_time: t } => {
                             event_time = t.or(event_time);
+                            caught_up = false;
                             let n = records.len();
                             for (i, (key, value)) in records.into_iter().enumerate() {
                                 let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
@@ -461,7 +481,10 @@ impl Reader {
                             let fut = self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers)).await?;
                             deliveries.push(fut.map(move |r| (seq, r)).boxed());
                         }
-                        Outgoing::Idle(token) => watermark.idle_token((token, event_time)),
+                        Outgoing::Idle(token) => {
+                            caught_up = true;
+                            watermark.idle_token((token, event_time));
+                        }
                         Outgoing::Done(Ok(end)) => read_end = Some(end),
                         Outgoing::Done(Err(e)) => return Err(e),
                     }
@@ -482,10 +505,29 @@ impl Reader {
             }
         }
         self.checkpoint_if_newer(&watermark, &mut saved).await?;
+        self.show_progress(phase, acked_since_tick, event_time, caught_up);
         Ok(match exit {
             Some(exit) => PumpEnd::Exit(exit),
             None => PumpEnd::Read(read_end.unwrap_or(ReadEnd::CopyDone)),
         })
+    }
+
+    /// Publishes counters to metrics and the status board (once per tick, not per event).
+    fn show_progress(&self, phase: Phase, acked: u64, event_time: Option<Timestamp>, caught_up: bool) {
+        metrics::counter!(m::SOURCE_EVENTS_PUBLISHED, "collection" => self.ns.clone()).increment(acked);
+        let lag = if caught_up { Some(0.0) } else { event_time.map(|t| m::seconds_since(t.time)) };
+        if let Some(lag) = lag {
+            metrics::gauge!(m::SOURCE_LAG_SECONDS, "collection" => self.ns.clone()).set(lag);
+        }
+        self.ctx.board.update_collection(&self.ns, |c| {
+            c.events_published += acked;
+            if phase == Phase::Copy {
+                c.copied += acked;
+            } else {
+                c.last_event_time = event_time.map(|t| t.time).or(c.last_event_time);
+                c.lag_seconds = lag;
+            }
+        });
     }
 
     async fn checkpoint_if_newer(

@@ -249,7 +249,6 @@ pub async fn consume(
     mut done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
 ) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::Message;
     let kafka = kafka_config("unused", 8);
     let consumer: StreamConsumer = docrepl::kafka::consumer_config(&kafka, &unique("reader"), 6000)
         .set("auto.offset.reset", "earliest")

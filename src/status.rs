@@ -1,0 +1,149 @@
+//! The shared picture of what this process is doing, served as `/status`: per collection
+//! on the source side, per partition on the sink side. Readers and workers update it;
+//! the HTTP handler only reads it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// One source collection's reader, as `/status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectionStatus {
+    /// `starting`, `standby`, `copying`, `streaming`, `restarting` or `failed`.
+    pub state: String,
+    /// Who holds the collection's lease, when known.
+    pub lease_holder: Option<String>,
+    pub events_published: u64,
+    /// Documents sent by the initial copy so far.
+    pub copied: u64,
+    /// Source cluster time (seconds) of the newest event read.
+    pub last_event_time: Option<u32>,
+    /// Seconds the newest event read is behind the source's clock.
+    pub lag_seconds: Option<f64>,
+    /// Source cluster time covered by the saved resume token: the recovery point up to
+    /// which every change is in Kafka.
+    pub checkpoint_time: Option<u32>,
+    /// Seconds since `checkpoint_time` (compare with the change stream retention window).
+    pub resume_token_age_seconds: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+/// One assigned partition's worker, as `/status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionStatus {
+    pub committed_offset: i64,
+    pub high_watermark: Option<i64>,
+    pub consumer_lag: Option<i64>,
+    pub last_batch_size: u64,
+    pub docs_written: u64,
+    pub docs_per_second: f64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    collections: BTreeMap<String, CollectionStatus>,
+    partitions: BTreeMap<String, PartitionStatus>,
+    dead_letters: u64,
+    errors: Vec<String>,
+    source_ready: Option<bool>,
+    sink_ready: Option<bool>,
+}
+
+/// Cheap to clone; every clone shows the same board.
+#[derive(Debug, Clone)]
+pub struct StatusBoard {
+    role: &'static str,
+    started: Instant,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub version: &'static str,
+    pub role: &'static str,
+    pub uptime_seconds: u64,
+    pub ready: bool,
+    pub collections: BTreeMap<String, CollectionStatus>,
+    pub partitions: BTreeMap<String, PartitionStatus>,
+    pub dead_letters: u64,
+    pub recent_errors: Vec<String>,
+}
+
+impl StatusBoard {
+    pub fn new(role: &'static str) -> Self {
+        StatusBoard { role, started: Instant::now(), inner: Arc::new(Mutex::new(Inner::default())) }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> Option<R> {
+        self.inner.lock().ok().map(|mut g| f(&mut g))
+    }
+
+    pub fn update_collection(&self, ns: &str, f: impl FnOnce(&mut CollectionStatus)) {
+        self.with(|i| f(i.collections.entry(ns.to_string()).or_default()));
+    }
+
+    pub fn set_partitions(&self, partitions: BTreeMap<String, PartitionStatus>) {
+        self.with(|i| i.partitions = partitions);
+    }
+
+    pub fn add_dead_letters(&self, n: u64) {
+        self.with(|i| i.dead_letters += n);
+    }
+
+    /// Keeps the last 20 errors (already redacted by whoever reports them).
+    pub fn error(&self, message: String) {
+        self.with(|i| {
+            i.errors.push(message);
+            let excess = i.errors.len().saturating_sub(20);
+            i.errors.drain(..excess);
+        });
+    }
+
+    pub fn set_source_ready(&self, ready: bool) {
+        self.with(|i| i.source_ready = Some(ready));
+    }
+
+    pub fn set_sink_ready(&self, ready: bool) {
+        self.with(|i| i.sink_ready = Some(ready));
+    }
+
+    /// Ready when every side this process runs reported itself connected.
+    pub fn ready(&self) -> bool {
+        self.with(|i| {
+            let sides = [i.source_ready, i.sink_ready];
+            sides.iter().any(Option::is_some) && sides.iter().all(|s| s.unwrap_or(true))
+        })
+        .unwrap_or(false)
+    }
+
+    pub fn report(&self) -> StatusReport {
+        let ready = self.ready();
+        let (collections, partitions, dead_letters, recent_errors) = self
+            .with(|i| (i.collections.clone(), i.partitions.clone(), i.dead_letters, i.errors.clone()))
+            .unwrap_or_default();
+        let collections = collections
+            .into_iter()
+            .map(|(k, mut c)| {
+                c.resume_token_age_seconds = c.checkpoint_time.map(seconds_since);
+                (k, c)
+            })
+            .collect();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION"),
+            role: self.role,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            ready,
+            collections,
+            partitions,
+            dead_letters,
+            recent_errors,
+        }
+    }
+}
+
+fn seconds_since(cluster_secs: u32) -> f64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+    (now - cluster_secs as f64).max(0.0)
+}
