@@ -53,6 +53,18 @@ fn json(m: &OwnedMessage) -> Option<Value> {
     m.payload().map(|p| serde_json::from_slice(p).expect("value is JSON"))
 }
 
+/// A `consume` stop condition: true once `n` distinct keys were seen (incremental, so a
+/// large topic is not re-parsed for every message).
+fn distinct_keys_at_least(n: usize) -> impl FnMut(&[OwnedMessage]) -> bool {
+    let mut ids = HashSet::new();
+    let mut seen = 0;
+    move |m| {
+        ids.extend(m[seen..].iter().map(key_id));
+        seen = m.len();
+        ids.len() >= n
+    }
+}
+
 fn key_id(m: &OwnedMessage) -> String {
     let k: Value = serde_json::from_slice(m.key().expect("key")).expect("key is JSON");
     k["id"].as_str().expect("key.id").to_string()
@@ -156,10 +168,7 @@ async fn initial_copy_hands_over_to_the_stream_without_a_gap() {
     let _source = setup.spawn("source", &[]);
     writer.await.unwrap();
 
-    let msgs = consume(&setup.topic("items"), Duration::from_secs(120), |m| {
-        m.iter().map(key_id).collect::<HashSet<_>>().len() >= 25_000
-    })
-    .await;
+    let msgs = consume(&setup.topic("items"), Duration::from_secs(120), distinct_keys_at_least(25_000)).await;
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
     let missing: Vec<i32> = (0..25_000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
     assert!(missing.is_empty(), "missing _ids (first 10): {missing:?}");
@@ -192,10 +201,7 @@ async fn kill_9_and_restart_loses_nothing() {
     let _source = setup.spawn("source", &[]);
     writer.await.unwrap();
 
-    let msgs = consume(&setup.topic("events"), Duration::from_secs(120), |m| {
-        m.iter().map(key_id).collect::<HashSet<_>>().len() >= 6001
-    })
-    .await;
+    let msgs = consume(&setup.topic("events"), Duration::from_secs(120), distinct_keys_at_least(6001)).await;
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
     let missing: Vec<i32> = (-1..6000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
     assert!(missing.is_empty(), "events lost across kill -9 (first 10 missing _ids): {missing:?}");

@@ -65,6 +65,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: 
         ("max.partition.fetch.bytes", (kafka.max_message_bytes + 4096).max(1048576).to_string()),
         // Bounds the prefetch queue per partition (librdkafka defaults to 64 MB).
         ("queued.max.messages.kbytes", "16384".to_string()),
+        // A pattern subscription finds topics of new collections on a metadata refresh
+        // (librdkafka's default is every 5 minutes).
+        ("topic.metadata.refresh.interval.ms", "5000".to_string()),
     ];
     defaults.retain(|(k, _)| !kafka.properties.contains_key(*k));
     for (k, v) in defaults {

@@ -252,6 +252,7 @@ pub async fn consume(
     let kafka = kafka_config("unused", 8);
     let consumer: StreamConsumer = docrepl::kafka::consumer_config(&kafka, &unique("reader"), 6000)
         .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "1000")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
