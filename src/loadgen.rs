@@ -160,7 +160,13 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
             );
         }
         let top = coll.find_one(doc! {}).sort(doc! {"_id": -1}).await?;
-        first_id = top.and_then(|d| d.get("_id").and_then(Bson::as_i64)).map(|i| i + 1).unwrap_or(0);
+        let top_id = top.and_then(|d| match d.get("_id") {
+            Some(Bson::Int32(i)) => Some(*i as i64),
+            Some(Bson::Int64(i)) => Some(*i),
+            Some(Bson::Double(f)) => Some(*f as i64),
+            _ => None,
+        });
+        first_id = top_id.map(|i| i + 1).unwrap_or(0);
     }
 
     let progress = Progress::new(args.count);
@@ -203,7 +209,7 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
                 };
                 if let Err(e) = result {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("batch at {start} failed: {e}");
+                    tracing::warn!("batch at {start} failed: {}", short_error(&e));
                 }
                 progress.add(n);
             }
@@ -220,6 +226,23 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
         if stop.load(Ordering::SeqCst) { " (stopped early)" } else { "" }
     );
     Ok(())
+}
+
+/// One line for a failed batch: the first write error and how many there were.
+fn short_error(e: &mongodb::error::Error) -> String {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => match m.write_errors.as_deref() {
+            Some([first, ..]) => format!(
+                "{} of the batch's documents refused, first: {} (code {})",
+                m.write_errors.as_ref().map(Vec::len).unwrap_or(0),
+                first.message,
+                first.code
+            ),
+            _ => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
 }
 
 async fn pace(limiter: &governor::DefaultDirectRateLimiter, n: u64) {

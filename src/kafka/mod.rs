@@ -38,7 +38,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         ("batch.size", "1000000".to_string()),
         // Bounds librdkafka's queue: the process stays small even when the broker stalls.
         ("queue.buffering.max.kbytes", "65536".to_string()),
-        ("queue.buffering.max.messages", "200000".to_string()),
+        ("queue.buffering.max.messages", "100000".to_string()),
         ("message.max.bytes", (kafka.max_message_bytes + 4096).to_string()),
         ("message.timeout.ms", "120000".to_string()),
     ];

@@ -48,14 +48,8 @@ pub struct SinkConfig {
     /// Namespaces not listed keep their names.
     #[serde(default)]
     pub namespace_map: BTreeMap<String, String>,
-    /// Replicate drop / rename events published by a source with `on_ddl = "replicate"`.
-    #[serde(default = "yes")]
-    pub apply_ddl: bool,
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_group() -> String {
     "docrepl-sink".into()
 }

@@ -25,9 +25,6 @@ pub struct SourceConfig {
     /// What to do when the saved resume token is no longer in the change stream history.
     #[serde(default)]
     pub on_history_lost: HistoryLostPolicy,
-    /// What to do with drop / rename / dropDatabase events.
-    #[serde(default)]
-    pub on_ddl: DdlPolicy,
     /// Send a tombstone (null value) after each delete, for log compaction.
     #[serde(default = "yes")]
     pub tombstones: bool,
@@ -70,16 +67,6 @@ pub enum HistoryLostPolicy {
     Fail,
     /// Start a fresh initial copy of the collection.
     Recopy,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum DdlPolicy {
-    /// Log and count the event; the target keeps its data.
-    #[default]
-    Ignore,
-    /// Publish it so the sink drops / renames on the target too.
-    Replicate,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

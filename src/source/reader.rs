@@ -26,8 +26,11 @@ use super::{HistoryLostPolicy, OversizePolicy, SourceConfig};
 use crate::debezium;
 use crate::metrics as m;
 
-/// Most events handed to the producer and not yet acknowledged, per reader.
-const MAX_IN_FLIGHT: usize = 100_000;
+/// Most events handed to the producer and not yet acknowledged, per reader. Kept small
+/// enough that the broker drains them well within the producer's delivery timeout (a
+/// fraction of the lease): a slow broker (sqlite storage: ~38k msg/s) must not make
+/// queued messages time out.
+const MAX_IN_FLIGHT: usize = 20_000;
 /// Bytes a Kafka record needs beyond its key and value (headers, framing).
 const RECORD_OVERHEAD: usize = 512;
 /// Documents whose update events would near MongoDB's 16 MB event limit lose their

@@ -160,6 +160,10 @@ pub struct Proc {
 }
 
 impl Proc {
+    pub fn from_child(child: Child, log: PathBuf) -> Proc {
+        Proc { child: Some(child), log }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -282,4 +286,123 @@ pub async fn documents(client: &mongodb::Client, db: &str, coll: &str) -> Vec<(S
             (id, d.as_bytes().to_vec())
         })
         .collect()
+}
+
+/// A mongod of a test's own (single-node replica set on its own port and data folder),
+/// for tests that stop or restart a server; stopped when dropped.
+pub struct OwnMongod {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnMongod {
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?replicaSet=rs-own{}", self.port, self.port)
+    }
+
+    /// Starts mongod (binary from DOCREPL_MONGOD_BIN, set by scripts/test.sh) and
+    /// initiates its replica set.
+    pub async fn start(port: u16) -> OwnMongod {
+        let mut m = OwnMongod { port, dir: tempfile::tempdir().expect("tempdir"), child: None };
+        m.launch();
+        let client = mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
+            .await
+            .expect("client");
+        let init = bson::doc! {"replSetInitiate": {"_id": format!("rs-own{port}"), "members": [{"_id": 0, "host": format!("127.0.0.1:{port}")}]}};
+        let mut tries = 0;
+        while let Err(e) = client.database("admin").run_command(init.clone()).await {
+            tries += 1;
+            assert!(tries < 100, "cannot initiate the test mongod on {port}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        m.wait_primary().await;
+        m
+    }
+
+    fn launch(&mut self) {
+        let bin = std::env::var("DOCREPL_MONGOD_BIN").unwrap_or_else(|_| {
+            format!("{}/.cache/docrepl/mongod-6.0.5/bin/mongod", std::env::var("HOME").unwrap_or_default())
+        });
+        let log = std::fs::File::create(self.dir.path().join("mongod.log")).expect("log");
+        std::fs::create_dir_all(self.dir.path().join("db")).expect("db dir");
+        let child = Command::new(bin)
+            .args(["--bind_ip", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--replSet", &format!("rs-own{}", self.port), "--wiredTigerCacheSizeGB", "0.25", "--oplogSize", "990"])
+            .arg("--dbpath")
+            .arg(self.dir.path().join("db"))
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mongod (run scripts/setup.sh)");
+        self.child = Some(child);
+    }
+
+    pub async fn wait_primary(&self) {
+        let client = mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port))
+            .await
+            .expect("client");
+        for _ in 0..300 {
+            if let Ok(hello) = client.database("admin").run_command(bson::doc! {"hello": 1}).await {
+                if hello.get_bool("isWritablePrimary").unwrap_or(false) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("test mongod on {} did not become primary", self.port);
+    }
+
+    /// kill -9 (or a clean stop when `clean`).
+    pub fn stop(&mut self, clean: bool) {
+        if let Some(mut c) = self.child.take() {
+            if clean {
+                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            } else {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop(true);
+        self.launch();
+        self.wait_primary().await;
+    }
+}
+
+impl Drop for OwnMongod {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// The address a docrepl process logged for its status listener.
+pub async fn status_addr(proc_: &Proc) -> String {
+    for _ in 0..150 {
+        let log = proc_.log_text();
+        if let Some(rest) = log.split("status listening on http://").nth(1) {
+            if let Some(addr) = rest.split("/status").next() {
+                return addr.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no status listener in the log:\n{}", proc_.log_text());
+}
+
+/// A plain HTTP GET on loopback: (status code, body).
+pub async fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the status listener");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
 }

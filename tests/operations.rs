@@ -1,0 +1,115 @@
+//! Operating docrepl: `/status` and `/metrics` move as events flow, `/readyz` follows the
+//! target's availability, bearer tokens guard the endpoints, secrets never show, and
+//! SIGTERM stops cleanly.
+
+mod common;
+
+use std::time::Duration;
+
+use bson::{doc, Document};
+use serde_json::Value;
+
+use common::{http_get, status_addr, Setup};
+
+#[tokio::test]
+async fn status_and_metrics_follow_the_events() {
+    let mut setup = Setup::new("ops");
+    setup.kafka_extra = "[kafka.properties]\n\"sasl.password\" = \"kafka-secret-pw\"".into();
+    let token = "status-token-123";
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 0}).await.unwrap();
+    // The bearer token goes in [http]; the config writer puts [http] last.
+    let mut run = {
+        let path = setup.config();
+        let text = std::fs::read_to_string(&path).unwrap() + &format!("bearer_token = {token:?}\n");
+        std::fs::write(&path, text).unwrap();
+        let log = setup.dir.path().join("run.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        common::Proc::from_child(child, log)
+    };
+    let addr = status_addr(&run).await;
+
+    assert_eq!(http_get(&addr, "/healthz", None).await.0, 200);
+    assert_eq!(http_get(&addr, "/status", None).await.0, 401, "/status needs the bearer token");
+    assert_eq!(http_get(&addr, "/metrics", Some("wrong")).await.0, 401);
+
+    coll.insert_many((1..=500).map(|i| doc! {"_id": i})).await.unwrap();
+    let ns = format!("{}.c", setup.db);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        let (code, body) = http_get(&addr, "/status", Some(token)).await;
+        let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let published = status["collections"][&ns]["events_published"].as_u64().unwrap_or(0);
+        let written: u64 = status["partitions"]
+            .as_object()
+            .map(|p| p.values().filter_map(|v| v["docs_written"].as_u64()).sum())
+            .unwrap_or(0);
+        if code == 200 && published >= 501 && written >= 501 {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "status never showed 501 published and written: {status}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(last["role"], "source+sink");
+    assert_eq!(last["ready"], true);
+    assert_eq!(http_get(&addr, "/readyz", None).await.0, 200);
+
+    let (code, metrics) = http_get(&addr, "/metrics", Some(token)).await;
+    assert_eq!(code, 200);
+    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not Prometheus text: {line}");
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(docrepl::metrics::ALL.iter().any(|m| name.starts_with(m)), "undocumented metric {name}");
+    }
+    for name in [
+        docrepl::metrics::SOURCE_EVENTS_PUBLISHED,
+        docrepl::metrics::SOURCE_CHECKPOINTS,
+        docrepl::metrics::SINK_DOCS_WRITTEN,
+        docrepl::metrics::SINK_MESSAGES,
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(metrics.contains(&format!("{}_bucket", docrepl::metrics::SINK_WRITE_SECONDS)), "histograms have buckets");
+
+    // No secret in /status, /metrics or the log.
+    let (_, status) = http_get(&addr, "/status", Some(token)).await;
+    for text in [&status, &metrics, &run.log_text()] {
+        assert!(!text.contains("kafka-secret-pw") && !text.contains(token), "a secret leaked");
+    }
+    assert_eq!(run.terminate(Duration::from_secs(15)), Some(0), "SIGTERM exits 0:\n{}", run.log_text());
+}
+
+/// `/readyz` turns unready while the target mongod is down and ready after it is back.
+#[tokio::test]
+async fn readyz_follows_the_target() {
+    let mut target = common::OwnMongod::start(27417).await;
+    let setup = Setup::new("ready");
+    let path = setup.config();
+    let text = std::fs::read_to_string(&path).unwrap().replace(&common::target_uri(), &target.uri());
+    std::fs::write(&path, text).unwrap();
+    let log = setup.dir.path().join("sink.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl"))
+        .args(["sink", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut sink = common::Proc::from_child(child, log);
+    let addr = status_addr(&sink).await;
+    common::eventually(Duration::from_secs(30), "ready", || async { http_get(&addr, "/readyz", None).await.0 == 200 }).await;
+    target.stop(true);
+    common::eventually(Duration::from_secs(30), "unready without the target", || async { http_get(&addr, "/readyz", None).await.0 == 503 }).await;
+    assert_eq!(http_get(&addr, "/healthz", None).await.0, 200, "still alive");
+    target.restart().await;
+    common::eventually(Duration::from_secs(60), "ready again", || async { http_get(&addr, "/readyz", None).await.0 == 200 }).await;
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
+}
