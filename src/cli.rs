@@ -191,15 +191,18 @@ where
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         service(shutdown).await
     });
-    // Do not wait for stray blocking tasks (a stuck connection attempt) at exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("docrepl: error: {e:#}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Everything that matters is flushed and saved by now. Exit without tearing the
+    // runtime down: a driver task still waking up during teardown would only add noise.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -12,7 +12,9 @@
 //! `updateDescription`.
 
 use bson::{Bson, Document, RawDocumentBuf};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{
@@ -131,8 +133,7 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
 
 /// A raw BSON document as a canonical Extended JSON v2 string, field order kept.
 pub fn raw_to_canonical_json(raw: &RawDocumentBuf) -> Result<String, EncodeError> {
-    let doc = raw.to_document().map_err(|e| EncodeError::InvalidBson(e.to_string()))?;
-    Ok(Bson::Document(doc).into_canonical_extjson().to_string())
+    crate::extjson::canonical_document(raw).map_err(|e| EncodeError::InvalidBson(e.to_string()))
 }
 
 #[derive(Serialize)]
@@ -189,29 +190,79 @@ struct SourceOut<'a> {
 // Decoding
 // ---------------------------------------------------------------------------------------
 
+/// The value as it arrives, parsed in one pass without building a JSON tree for the
+/// envelope (the hot path of the sink). Unknown fields are ignored.
+#[derive(Deserialize)]
+struct EnvelopeIn<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(default)]
+    after: Option<Value>,
+    #[serde(rename = "updateDescription", default)]
+    update_description: Option<Value>,
+    #[serde(borrow, default)]
+    source: Option<SourceIn<'a>>,
+    /// Connect's JSON converter with schemas: the event is the payload.
+    #[serde(borrow, default)]
+    payload: Option<Box<EnvelopeIn<'a>>>,
+    #[serde(default)]
+    schema: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+struct SourceIn<'a> {
+    #[serde(borrow, default)]
+    db: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    collection: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    rs: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts_ms: Option<i64>,
+    #[serde(default)]
+    ord: Option<i64>,
+    #[serde(default)]
+    snapshot: Option<Value>,
+    #[serde(default)]
+    lsid: Option<Value>,
+    #[serde(rename = "txnNumber", default)]
+    txn_number: Option<i64>,
+}
+
 /// Decodes one message. `topic` names the namespace when the value has no `source` block.
 pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<Decoded, DecodeError> {
     let value = match value {
         None => return Ok(Decoded::Tombstone),
         Some(v) => v,
     };
-    let root: Value = serde_json::from_slice(value).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-    let mut obj = match unwrap_connect_envelope(root) {
-        Value::Null => return Ok(Decoded::Tombstone),
-        Value::Object(o) => o,
-        _ => return Err(DecodeError::NotAnObject),
-    };
+    let text = std::str::from_utf8(value).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    if text.trim() == "null" {
+        return Ok(Decoded::Tombstone);
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError::NotAnObject);
+    }
+    let mut envelope: EnvelopeIn<'_> =
+        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    if envelope.schema.is_some() {
+        match envelope.payload.take() {
+            Some(payload) => envelope = *payload,
+            None => return Ok(Decoded::Tombstone),
+        }
+    }
 
-    let op_code = obj.get("op").and_then(Value::as_str).ok_or(DecodeError::MissingField("op"))?;
+    let op_code = envelope.op.as_deref().ok_or(DecodeError::MissingField("op"))?;
     let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;
 
-    let after = match obj.remove("after") {
+    let after = match envelope.after.take() {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if op != Op::Delete => Some(parse_extjson_document(&s, "after")?),
         Some(Value::String(_)) => None,
         Some(_) => return Err(DecodeError::MissingField("after")),
     };
-    let update = match obj.remove("updateDescription") {
+    let update = match envelope.update_description.take() {
         None | Some(Value::Null) => None,
         Some(Value::Object(u)) => Some(decode_update_description(u)?),
         Some(_) => return Err(DecodeError::MissingField("updateDescription")),
@@ -226,8 +277,8 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
         Some(id) => id.clone(),
         None => decode_key_id(key)?,
     };
-    let source = obj.get("source").and_then(Value::as_object);
-    let ns = namespace_of(source, topic)?;
+    let source = envelope.source.unwrap_or_default();
+    let ns = namespace_of(&source, topic)?;
     let source = decode_source(source);
     let after = match after {
         Some(doc) => Some(
@@ -310,9 +361,8 @@ fn decode_update_description(mut u: Map<String, Value>) -> Result<UpdateDescript
     Ok(UpdateDescription { updated_fields, removed_fields, truncated_arrays })
 }
 
-fn namespace_of(source: Option<&Map<String, Value>>, topic: &str) -> Result<Namespace, DecodeError> {
-    let field = |name: &str| source.and_then(|s| s.get(name)).and_then(Value::as_str);
-    if let (Some(db), Some(coll)) = (field("db"), field("collection")) {
+fn namespace_of(source: &SourceIn<'_>, topic: &str) -> Result<Namespace, DecodeError> {
+    if let (Some(db), Some(coll)) = (source.db.as_deref(), source.collection.as_deref()) {
         return Ok(Namespace::new(db, coll));
     }
     let mut parts = topic.splitn(3, '.');
@@ -324,25 +374,25 @@ fn namespace_of(source: Option<&Map<String, Value>>, topic: &str) -> Result<Name
     }
 }
 
-fn decode_source(source: Option<&Map<String, Value>>) -> SourceInfo {
-    let str_field = |name: &str| {
-        source.and_then(|s| s.get(name)).and_then(Value::as_str).unwrap_or_default().to_string()
-    };
-    let int_field = |name: &str| source.and_then(|s| s.get(name)).and_then(Value::as_i64);
-    let snapshot = match source.and_then(|s| s.get("snapshot")) {
+fn decode_source(source: SourceIn<'_>) -> SourceInfo {
+    let snapshot = match &source.snapshot {
         Some(Value::String(s)) if s == "true" => SnapshotMarker::Yes,
         Some(Value::String(s)) if s == "last" => SnapshotMarker::Last,
         Some(Value::Bool(true)) => SnapshotMarker::Yes,
         _ => SnapshotMarker::No,
     };
     SourceInfo {
-        name: str_field("name"),
-        rs: str_field("rs"),
-        ts_ms: int_field("ts_ms").unwrap_or(0),
-        ord: int_field("ord").unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+        name: source.name.map(Cow::into_owned).unwrap_or_default(),
+        rs: source.rs.map(Cow::into_owned).unwrap_or_default(),
+        ts_ms: source.ts_ms.unwrap_or(0),
+        ord: source.ord.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
         snapshot,
-        lsid: source.and_then(|s| s.get("lsid")).and_then(Value::as_str).map(str::to_string),
-        txn_number: int_field("txnNumber"),
+        lsid: match source.lsid {
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        },
+        txn_number: source.txn_number,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod debezium;
 pub mod event;
+pub mod extjson;
 pub mod health;
 pub mod http;
 pub mod kafka;

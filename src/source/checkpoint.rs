@@ -79,6 +79,32 @@ impl CheckpointStore {
     }
 }
 
+/// The cluster time a MongoDB resume token stands for: its `_data` KeyString starts with
+/// a Timestamp (type byte 0x82, then seconds and increment, big-endian). `None` for
+/// tokens of another shape (DocumentDB's differ).
+pub fn token_cluster_time(token: &Bson) -> Option<Timestamp> {
+    let data = token.as_document()?.get_str("_data").ok()?;
+    if data.len() < 18 || !data.starts_with("82") {
+        return None;
+    }
+    let time = u32::from_str_radix(data.get(2..10)?, 16).ok()?;
+    let increment = u32::from_str_radix(data.get(10..18)?, 16).ok()?;
+    Some(Timestamp { time, increment })
+}
+
 /// Names of docrepl's own bookkeeping collections: never replicated.
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const LEASES: &str = "leases";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_time_of_a_mongodb_token() {
+        let token = doc! {"_data": "826B00EA26000000042B022C0100296E5A1004BDCBFD80049549B88D039977A0537EF446645F696400646B00EA26B8510FFF174271530004"};
+        let ts = token_cluster_time(&Bson::Document(token)).unwrap();
+        assert_eq!(ts, Timestamp { time: 0x6B00EA26, increment: 4 });
+        assert_eq!(token_cluster_time(&Bson::Document(doc! {"_data": "zz"})), None);
+    }
+}

@@ -486,6 +486,8 @@ impl Reader {
                         }
                         Outgoing::Idle(token) => {
                             caught_up = true;
+                            // An idle stream's token still moves with the cluster clock.
+                            event_time = super::checkpoint::token_cluster_time(&token).or(event_time);
                             watermark.idle_token((token, event_time));
                         }
                         Outgoing::Done(Ok(end)) => read_end = Some(end),

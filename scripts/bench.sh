@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on this machine: `scripts/bench.sh [N]` (default 1,000,000).
+# Runs its own services on their own ports (broker in memory mode) and measures:
+#   ceiling   loadgen straight into the target cluster (the fastest these documents go in)
+#   source    docrepl source alone draining an N-document backlog into the topic (8 partitions)
+#   sink      docrepl sink alone applying those N events (8 partitions), then with 1 partition
+#   drain     source + sink (docrepl run) started after N inserts: until verify says equal
+# plus peak RSS and CPU seconds per million documents of each docrepl process.
+# Prints one table and saves it as Markdown and JSON under benches/results/.
+set -euo pipefail
+N="${1:-${N:-1000000}}"
+# Own ports and data folder: the bench never touches the demo's or the tests' services.
+export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/bench"
+export DOCREPL_SOURCE_PORT=28117 DOCREPL_TARGET_PORT=28217 DOCREPL_BROKER_PORT=19192
+export DOCREPL_BROKER_STORAGE=memory
+. "$(dirname "$0")/lib.sh"
+cd "$DOCREPL_ROOT"
+
+"$DOCREPL_ROOT/scripts/setup.sh"
+"$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true
+rm -rf "$DOCREPL_DATA"
+"$DOCREPL_ROOT/scripts/services.sh" start
+trap '"$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true' EXIT
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DOCREPL_CACHE/target}"
+cargo build --release --quiet
+BIN="$CARGO_TARGET_DIR/release/docrepl"
+WORK="$DOCREPL_DATA/run"
+mkdir -p "$WORK" "$DOCREPL_ROOT/benches/results"
+
+# config PREFIX PARTITIONS HTTP_PORT GROUP
+config() {
+  cat >"$WORK/$1.toml" <<EOF
+[source]
+uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
+database = "bench"
+collections = ["docs"]
+[sink]
+uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
+group_id = "$4"
+[kafka]
+bootstrap_servers = "127.0.0.1:$BROKER_PORT"
+topic_prefix = "$1"
+partitions = $2
+[http]
+listen = "127.0.0.1:$3"
+[log]
+level = "info"
+EOF
+  echo "$WORK/$1.toml"
+}
+
+now() { date +%s.%N; }
+secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+rate() { python3 -c "import sys; n,t=float(sys.argv[1]),float(sys.argv[2]); print(f'{n/t:.0f}')" "$1" "$2"; }
+# published PORT: events the source on that status port has published.
+published() { curl -sf "http://127.0.0.1:$1/status" | python3 -c "import json,sys; s=json.load(sys.stdin); print(sum(c.get('events_published',0) for c in s['collections'].values()))" 2>/dev/null || echo 0; }
+target_count() { "$PY" -c "
+import sys
+from pymongo import MongoClient
+print(MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['bench'][sys.argv[1]].count_documents({}))" "$1" 2>/dev/null || echo 0; }
+published_at_least() { [ "$(published "$1")" -ge "$2" ]; }
+target_at_least() { [ "$(target_count "$1")" -ge "$2" ]; }
+# proc_stats PID: "peak_rss_mb cpu_seconds"
+proc_stats() {
+  local rss ticks hz
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
+  ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  hz=$(getconf CLK_TCK)
+  python3 -c "print(f'{$rss/1024:.0f} {$ticks/$hz:.1f}')"
+}
+wait_for() { # CMD... : polls until it succeeds (bounded by 30 minutes)
+  local deadline=$(( $(date +%s) + 1800 ))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for: $*"
+    sleep 0.2
+  done
+}
+stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+PY="$PYTHON_VENV/bin/python"
+"$PY" -c 'import sys' # the venv from setup.sh
+
+log "1/4 ceiling: $N documents straight into the target"
+CFG=$(config b8 8 18201 g8)
+ceiling=$("$BIN" loadgen --config "$CFG" --target --collection ceiling -n "$N" --database bench | sed -E 's/.* = ([0-9]+) docs\/s.*/\1/')
+
+log "2/4 source: a change-stream backlog of $N inserts into the topic"
+# Open the stream on the empty collection once (saves its position), stop, then insert:
+# the next start catches up through the change stream, as after an outage.
+"$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['bench'].create_collection('docs')"
+"$BIN" source --config "$CFG" 2>"$WORK/source0.log" & SRC=$!
+wait_for grep -q "streaming changes" "$WORK/source0.log"
+sleep 2
+stop_pid $SRC
+"$BIN" loadgen --config "$CFG" --collection docs -n "$N" --database bench --append >/dev/null
+t0=$(now)
+"$BIN" source --config "$CFG" 2>"$WORK/source.log" & SRC=$!
+wait_for published_at_least 18201 "$N"
+t1=$(now)
+read -r src_rss src_cpu < <(proc_stats $SRC)
+stop_pid $SRC
+source_rate=$(rate "$N" "$(secs "$t0" "$t1")")
+
+log "3/4 sink: applying $N events from 8 partitions"
+t0=$(now)
+"$BIN" sink --config "$CFG" 2>"$WORK/sink.log" & SNK=$!
+wait_for target_at_least docs "$N"
+t1=$(now)
+read -r snk_rss snk_cpu < <(proc_stats $SNK)
+stop_pid $SNK
+sink8_rate=$(rate "$N" "$(secs "$t0" "$t1")")
+
+log "    and from 1 partition"
+CFG1=$(config b1 1 18202 g1)
+"$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['bench']['docs'].drop()"
+"$BIN" source --config "$CFG1" 2>"$WORK/source1.log" & SRC=$!
+wait_for published_at_least 18202 "$N"
+stop_pid $SRC
+t0=$(now)
+"$BIN" sink --config "$CFG1" 2>"$WORK/sink1.log" & SNK=$!
+wait_for target_at_least docs "$N"
+t1=$(now)
+stop_pid $SNK
+sink1_rate=$(rate "$N" "$(secs "$t0" "$t1")")
+
+log "4/4 drain: source + sink together on a fresh $N-document backlog"
+"$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['bench']['docs'].drop()"
+CFGD=$(config bd 8 18203 gd)
+t0=$(now)
+"$BIN" run --config "$CFGD" 2>"$WORK/run.log" & RUN=$!
+wait_for "$BIN" verify --config "$CFGD" --collection docs >/dev/null
+t1=$(now)
+read -r run_rss run_cpu < <(proc_stats $RUN)
+stop_pid $RUN
+drain_secs=$(secs "$t0" "$t1")
+drain_rate=$(rate "$N" "$drain_secs")
+ratio=$(python3 -c "print(f'{$drain_rate/$ceiling:.2f}')")
+per_m() { python3 -c "print(f'{$1*1e6/$N:.1f}')"; }
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+md="$DOCREPL_ROOT/benches/results/bench-$N-$stamp.md"
+cat >"$md" <<EOF
+docrepl end-to-end benchmark, N = $N small documents ($(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, mongod 6.0.5 x2, nisshi memory broker, all on loopback)
+
+| measure | value |
+|---|---|
+| ceiling: loadgen into the target (docs/s) | $ceiling |
+| source alone: backlog into the topic, 8 partitions (events/s) | $source_rate |
+| sink alone: 8 partitions (docs/s) | $sink8_rate |
+| sink alone: 1 partition (docs/s) | $sink1_rate |
+| drain: source + sink in one process until verify equal (docs/s) | $drain_rate ($drain_secs s) |
+| drain / ceiling | $ratio |
+| source: peak RSS (MB), CPU s per million | $src_rss, $(per_m "$src_cpu") |
+| sink: peak RSS (MB), CPU s per million | $snk_rss, $(per_m "$snk_cpu") |
+| run (both): peak RSS (MB), CPU s per million | $run_rss, $(per_m "$run_cpu") |
+EOF
+cat >"${md%.md}.json" <<EOF
+{"n": $N, "ceiling_docs_per_s": $ceiling, "source_events_per_s": $source_rate, "sink8_docs_per_s": $sink8_rate,
+ "sink1_docs_per_s": $sink1_rate, "drain_docs_per_s": $drain_rate, "drain_seconds": $drain_secs, "drain_over_ceiling": $ratio,
+ "source_peak_rss_mb": $src_rss, "source_cpu_s": $src_cpu, "sink_peak_rss_mb": $snk_rss, "sink_cpu_s": $snk_cpu,
+ "run_peak_rss_mb": $run_rss, "run_cpu_s": $run_cpu}
+EOF
+cat "$md"
