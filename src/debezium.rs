@@ -258,7 +258,7 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
 
     let after = match envelope.after.take() {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if op != Op::Delete => Some(parse_extjson_document(&s, "after")?),
+        Some(Value::String(s)) if op != Op::Delete => Some(parse_extjson_raw(&s, "after")?),
         Some(Value::String(_)) => None,
         Some(_) => return Err(DecodeError::MissingField("after")),
     };
@@ -273,20 +273,13 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
         _ => {}
     }
 
-    let id = match after.as_ref().and_then(|d| d.get("_id")) {
-        Some(id) => id.clone(),
+    let id = match after.as_ref().and_then(|d| d.get("_id").ok().flatten()) {
+        Some(id) => Bson::try_from(id).map_err(|e| DecodeError::ExtJson { field: "after._id", message: e.to_string() })?,
         None => decode_key_id(key)?,
     };
     let source = envelope.source.unwrap_or_default();
     let ns = namespace_of(&source, topic)?;
     let source = decode_source(source);
-    let after = match after {
-        Some(doc) => Some(
-            RawDocumentBuf::from_document(&doc)
-                .map_err(|e| DecodeError::ExtJson { field: "after", message: e.to_string() })?,
-        ),
-        None => None,
-    };
     Ok(Decoded::Event(ChangeEvent { op, ns, id, after, update, source }))
 }
 
@@ -393,6 +386,16 @@ fn decode_source(source: SourceIn<'_>) -> SourceInfo {
             Some(other) => Some(other.to_string()),
         },
         txn_number: source.txn_number,
+    }
+}
+
+/// Parses an Extended JSON document (canonical, relaxed or legacy) straight into raw BSON.
+pub fn parse_extjson_raw(text: &str, field: &'static str) -> Result<RawDocumentBuf, DecodeError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => crate::extjson::document_from_value(&o)
+            .map_err(|e| DecodeError::ExtJson { field, message: e.to_string() }),
+        Ok(_) => Err(DecodeError::ExtJson { field, message: "not a JSON object".into() }),
+        Err(e) => Err(DecodeError::ExtJson { field, message: e.to_string() }),
     }
 }
 

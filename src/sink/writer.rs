@@ -131,9 +131,12 @@ impl Writer {
     ) -> Result<(), CommandError> {
         let db = self.client.database(&ns.db);
         for chunk in split(statements) {
+            // Statements move into the command; only their batch positions stay behind.
+            let mut positions = Vec::with_capacity(chunk.len());
             let mut array = RawArrayBuf::new();
-            for (_, s) in &chunk {
-                array.push(s.clone());
+            for (position, statement) in chunk {
+                positions.push(position);
+                array.push(statement);
             }
             let mut cmd = RawDocumentBuf::new();
             cmd.append(command, ns.coll.as_str());
@@ -148,8 +151,8 @@ impl Writer {
                 Err(e) => {
                     let class = classify_command_error(&e);
                     // A single statement too large for any command: that document is poison.
-                    if class == ErrorClass::Poison && chunk.len() == 1 {
-                        outcome.failures.push(DocFailure { doc: chunk[0].0, code: error_code(&e), message: e.to_string(), class });
+                    if class == ErrorClass::Poison && positions.len() == 1 {
+                        outcome.failures.push(DocFailure { doc: positions[0], code: error_code(&e), message: e.to_string(), class });
                         continue;
                     }
                     return Err(CommandError::Command { ns: ns.to_string(), source: e, class });
@@ -161,7 +164,7 @@ impl Writer {
                     let index = err.get_i32("index").unwrap_or(0) as usize;
                     let code = err.get_i32("code").unwrap_or(0);
                     let message = err.get_str("errmsg").unwrap_or_default().to_string();
-                    if let Some((doc, _)) = chunk.get(index) {
+                    if let Some(doc) = positions.get(index) {
                         outcome.failures.push(DocFailure { doc: *doc, code, message, class: classify_code(code) });
                         failed_here += 1;
                     }
@@ -174,7 +177,7 @@ impl Writer {
                     message: wce.get_str("errmsg").unwrap_or_default().to_string(),
                 });
             }
-            outcome.statements += chunk.len() - failed_here;
+            outcome.statements += positions.len() - failed_here;
         }
         Ok(())
     }
