@@ -152,21 +152,8 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Run(_) => serve(|shutdown| async move { run_both(&config, shutdown).await }),
         Command::Loadgen(c) => serve(|_| async move { crate::loadgen::run(&config, &c.args).await }),
-        Command::Verify(c) => {
-            let mut code = 2;
-            let exit = serve(|_| {
-                let code = &mut code;
-                async move {
-                    *code = crate::verify::run(&config, &c.args).await?;
-                    Ok(())
-                }
-            });
-            if exit == ExitCode::SUCCESS {
-                ExitCode::from(code)
-            } else {
-                ExitCode::from(2)
-            }
-        }
+        // verify: 0 equal, 1 different, 2 could not compare.
+        Command::Verify(c) => serve_with_codes(2, |_| async move { crate::verify::run(&config, &c.args).await }),
         // Answered above, before any config is loaded.
         Command::Status(_) => ExitCode::SUCCESS,
     }
@@ -178,6 +165,16 @@ fn serve<F, Fut>(service: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    serve_with_codes(1, |shutdown| async move { service(shutdown).await.map(|()| 0) })
+}
+
+/// Like `serve`, for commands whose success has several exit codes; `on_error` is the
+/// code after an error.
+fn serve_with_codes<F, Fut>(on_error: i32, service: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u8>>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -192,10 +189,10 @@ where
         service(shutdown).await
     });
     let code = match result {
-        Ok(()) => 0,
+        Ok(code) => i32::from(code),
         Err(e) => {
             eprintln!("docrepl: error: {e:#}");
-            1
+            on_error
         }
     };
     // Everything that matters is flushed and saved by now. Exit without tearing the
