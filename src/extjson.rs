@@ -288,6 +288,13 @@ mod tests {
     }
 
     #[test]
+    fn subnormal_doubles_survive() {
+        let d = doc! {"a": 1.084429303587137e-308f64, "b": 5e-324f64};
+        let raw = RawDocumentBuf::from_document(&d).unwrap();
+        assert_eq!(parse(&canonical_document(&raw).unwrap()).as_bytes(), raw.as_bytes());
+    }
+
+    #[test]
     fn reads_relaxed_and_legacy_like_bson() {
         let text = r#"{"_id": 5, "big": 9007199254740993, "f": 1.5, "d": {"$date": "2024-01-02T03:04:05.006Z"}, "legacy": {"$date": -1}, "bin": {"$binary": "AAE=", "$type": "80"}, "re": {"$regex": "a", "$options": "i"}, "nan": {"$numberDouble": "NaN"}, "x": {"$oid": "65976a473f3a210c022ffc55"}}"#;
         let mut value: serde_json::Value = serde_json::from_str(text).unwrap();

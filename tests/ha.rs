@@ -8,14 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use rdkafka::message::{Message, OwnedMessage};
-
-use common::{consume, Setup};
-
-fn key_id(m: &OwnedMessage) -> String {
-    let k: serde_json::Value = serde_json::from_slice(m.key().unwrap_or(b"{}")).unwrap_or_default();
-    k["id"].as_str().unwrap_or_default().to_string()
-}
+use common::{consume, key_id, Setup};
 
 #[tokio::test]
 async fn standby_source_takes_over_after_kill_9_without_loss() {

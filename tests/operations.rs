@@ -20,20 +20,10 @@ async fn status_and_metrics_follow_the_events() {
     let coll = client.database(&setup.db).collection::<Document>("c");
     coll.insert_one(doc! {"_id": 0}).await.unwrap();
     // The bearer token goes in [http]; the config writer puts [http] last.
-    let mut run = {
-        let path = setup.config();
-        let text = std::fs::read_to_string(&path).unwrap() + &format!("bearer_token = {token:?}\n");
-        std::fs::write(&path, text).unwrap();
-        let log = setup.dir.path().join("run.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        common::Proc::from_child(child, log)
-    };
+    let path = setup.config();
+    let text = std::fs::read_to_string(&path).unwrap() + &format!("bearer_token = {token:?}\n");
+    std::fs::write(&path, text).unwrap();
+    let mut run = setup.spawn_with("run", &path, &[]);
     let addr = status_addr(&run).await;
 
     assert_eq!(http_get(&addr, "/healthz", None).await.0, 200);
@@ -95,15 +85,7 @@ async fn readyz_follows_the_target() {
     let path = setup.config();
     let text = std::fs::read_to_string(&path).unwrap().replace(&common::target_uri(), &target.uri());
     std::fs::write(&path, text).unwrap();
-    let log = setup.dir.path().join("sink.log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl"))
-        .args(["sink", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut sink = common::Proc::from_child(child, log);
+    let mut sink = setup.spawn_with("sink", &path, &[]);
     let addr = status_addr(&sink).await;
     common::eventually(Duration::from_secs(30), "ready", || async { http_get(&addr, "/readyz", None).await.0 == 200 }).await;
     target.stop(true);

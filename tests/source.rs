@@ -10,7 +10,7 @@ use bson::{doc, Bson, Document};
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::Value;
 
-use common::{consume, Setup};
+use common::{consume, key_id, Setup};
 
 /// Java's murmur2 (what Kafka's default partitioner and Debezium use).
 fn murmur2(data: &[u8]) -> i32 {
@@ -65,10 +65,6 @@ fn distinct_keys_at_least(n: usize) -> impl FnMut(&[OwnedMessage]) -> bool {
     }
 }
 
-fn key_id(m: &OwnedMessage) -> String {
-    let k: Value = serde_json::from_slice(m.key().expect("key")).expect("key is JSON");
-    k["id"].as_str().expect("key.id").to_string()
-}
 
 #[tokio::test]
 async fn change_events_become_debezium_envelopes_in_the_key_partition() {

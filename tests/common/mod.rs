@@ -136,13 +136,17 @@ listen = "127.0.0.1:0"
     /// Starts `docrepl <command> --config <this config> [args]`; its log goes to a file
     /// in the test's directory (printed when the process is dropped after a failure).
     pub fn spawn(&self, command: &str, args: &[&str]) -> Proc {
-        let config = self.config();
+        self.spawn_with(command, &self.config(), args)
+    }
+
+    /// Like `spawn`, with a config file the test wrote or edited itself.
+    pub fn spawn_with(&self, command: &str, config: &Path, args: &[&str]) -> Proc {
         let log = self.dir.path().join(format!("{command}-{}.log", unique("")));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_docrepl"))
             .arg(command)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .args(args)
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
@@ -160,10 +164,6 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn from_child(child: Child, log: PathBuf) -> Proc {
-        Proc { child: Some(child), log }
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -244,6 +244,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The `id` of a Debezium key (`{"id":"..."}`), or "" when there is none.
+pub fn key_id(m: &rdkafka::message::OwnedMessage) -> String {
+    use rdkafka::Message;
+    let k: serde_json::Value = serde_json::from_slice(m.key().unwrap_or(b"{}")).unwrap_or_default();
+    k["id"].as_str().unwrap_or_default().to_string()
 }
 
 /// Reads `topic` from the beginning until `done(messages so far)` or `within` passes.
