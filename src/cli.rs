@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Role};
+use crate::config::{Config, Role};
 use crate::sink::ReplayFrom;
 use crate::status::StatusBoard;
 
@@ -92,14 +92,10 @@ pub fn load_config(args: &ServiceArgs, role: Role) -> Result<Config, ExitCode> {
     match Config::load(&args.config, role) {
         Ok(c) => Ok(c),
         Err(e) => {
-            report_config_error(&e);
+            eprintln!("docrepl: {e}");
             Err(ExitCode::from(2))
         }
     }
-}
-
-fn report_config_error(e: &ConfigError) {
-    eprintln!("docrepl: {e}");
 }
 
 /// Runs the parsed command and returns the process exit code.

@@ -196,6 +196,8 @@ impl GroupContext {
         if let Some(msg) = msg {
             match workers.get_mut(&(msg.topic().to_string(), msg.partition())) {
                 Some(w) => w.pending.push_back(msg),
+                // A message fetched before its partition was revoked: not ours to apply or
+                // commit; the partition's new owner reads it again.
                 None => return,
             }
         }
