@@ -32,6 +32,24 @@ fn num(v: &Value, key: &str) -> String {
     }
 }
 
+/// One section: a row per entry of `rows` (a JSON object), its name first, then the
+/// `(header, field, width)` columns. Nothing when there are no rows.
+fn table(out: &mut String, rows: &Value, name: (&str, usize), columns: &[(&str, &str, usize)]) {
+    let Some(rows) = rows.as_object().filter(|r| !r.is_empty()) else { return };
+    out.push_str(&format!("\n{:<w$}", name.0, w = name.1));
+    for (header, _, width) in columns {
+        out.push_str(&format!(" {header:>width$}"));
+    }
+    out.push('\n');
+    for (row_name, row) in rows {
+        out.push_str(&format!("{row_name:<w$}", w = name.1));
+        for (_, field, width) in columns {
+            out.push_str(&format!(" {:>width$}", num(row, field)));
+        }
+        out.push('\n');
+    }
+}
+
 /// The report as aligned text.
 pub fn render(status: &Value) -> String {
     let mut out = format!(
@@ -42,40 +60,18 @@ pub fn render(status: &Value) -> String {
         num(status, "uptime_seconds"),
         num(status, "dead_letters"),
     );
-    if let Some(colls) = status["collections"].as_object().filter(|c| !c.is_empty()) {
-        out.push_str(&format!(
-            "\n{:<32} {:<10} {:>12} {:>10} {:>9} {:>14}\n",
-            "COLLECTION", "STATE", "PUBLISHED", "COPIED", "LAG s", "TOKEN AGE s"
-        ));
-        for (name, c) in colls {
-            out.push_str(&format!(
-                "{:<32} {:<10} {:>12} {:>10} {:>9} {:>14}\n",
-                name,
-                num(c, "state"),
-                num(c, "events_published"),
-                num(c, "copied"),
-                num(c, "lag_seconds"),
-                num(c, "resume_token_age_seconds"),
-            ));
-        }
-    }
-    if let Some(parts) = status["partitions"].as_object().filter(|p| !p.is_empty()) {
-        out.push_str(&format!(
-            "\n{:<40} {:>12} {:>10} {:>8} {:>12} {:>10}\n",
-            "PARTITION", "COMMITTED", "LAG", "BATCH", "WRITTEN", "DOCS/s"
-        ));
-        for (name, p) in parts {
-            out.push_str(&format!(
-                "{:<40} {:>12} {:>10} {:>8} {:>12} {:>10}\n",
-                name,
-                num(p, "committed_offset"),
-                num(p, "consumer_lag"),
-                num(p, "last_batch_size"),
-                num(p, "docs_written"),
-                num(p, "docs_per_second"),
-            ));
-        }
-    }
+    table(
+        &mut out,
+        &status["collections"],
+        ("COLLECTION", 32),
+        &[("STATE", "state", 10), ("PUBLISHED", "events_published", 12), ("COPIED", "copied", 10), ("LAG s", "lag_seconds", 9), ("TOKEN AGE s", "resume_token_age_seconds", 14)],
+    );
+    table(
+        &mut out,
+        &status["partitions"],
+        ("PARTITION", 40),
+        &[("COMMITTED", "committed_offset", 12), ("LAG", "consumer_lag", 10), ("BATCH", "last_batch_size", 8), ("WRITTEN", "docs_written", 12), ("DOCS/s", "docs_per_second", 10)],
+    );
     if let Some(errors) = status["recent_errors"].as_array().filter(|e| !e.is_empty()) {
         out.push_str("\nrecent errors:\n");
         for e in errors {
@@ -83,4 +79,23 @@ pub fn render(status: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_collections_and_partitions() {
+        let status = serde_json::json!({
+            "version": "0.1.0", "role": "source+sink", "ready": true, "uptime_seconds": 5, "dead_letters": 0,
+            "collections": {"app.orders": {"state": "streaming", "events_published": 42, "copied": 10, "lag_seconds": 0.0, "resume_token_age_seconds": 1.5}},
+            "partitions": {"docrepl.app.orders/0": {"committed_offset": 42, "consumer_lag": 0, "last_batch_size": 7, "docs_written": 42, "docs_per_second": 12.5}},
+            "recent_errors": [],
+        });
+        let text = render(&status);
+        assert!(text.contains("role source+sink, ready"), "{text}");
+        assert!(text.contains("COLLECTION") && text.contains("app.orders") && text.contains("streaming"), "{text}");
+        assert!(text.contains("PARTITION") && text.contains("docrepl.app.orders/0") && text.contains("12.5"), "{text}");
+    }
 }

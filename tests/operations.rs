@@ -82,9 +82,7 @@ async fn status_and_metrics_follow_the_events() {
 async fn readyz_follows_the_target() {
     let mut target = common::OwnMongod::start(27417).await;
     let setup = Setup::new("ready");
-    let path = setup.config();
-    let text = std::fs::read_to_string(&path).unwrap().replace(&common::target_uri(), &target.uri());
-    std::fs::write(&path, text).unwrap();
+    let path = setup.config_with_target(&target.uri());
     let mut sink = setup.spawn_with("sink", &path, &[]);
     let addr = status_addr(&sink).await;
     common::eventually(Duration::from_secs(30), "ready", || async { http_get(&addr, "/readyz", None).await.0 == 200 }).await;

@@ -31,9 +31,7 @@ async fn produce_creates(setup: &Setup, coll: &str, ids: std::ops::Range<i32>) {
 async fn sigterm_while_the_target_is_down_exits_0_and_loses_nothing() {
     let mut target = common::OwnMongod::start(27517).await;
     let setup = Setup::new("term");
-    let path = setup.config();
-    let text = std::fs::read_to_string(&path).unwrap().replace(&common::target_uri(), &target.uri());
-    std::fs::write(&path, text).unwrap();
+    let path = setup.config_with_target(&target.uri());
     produce_creates(&setup, "c", 0..100).await;
     let mut sink = setup.spawn_with("sink", &path, &[]);
     let client = common::mongo(&target.uri()).await;

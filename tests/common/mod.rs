@@ -128,9 +128,21 @@ listen = "127.0.0.1:0"
             sink_extra = self.sink_extra,
             kafka_extra = self.kafka_extra,
         );
+        // Written aside and renamed: a process started a moment ago may be reading it.
         let path = self.dir.path().join("docrepl.toml");
-        std::fs::write(&path, text).expect("write config");
+        let tmp = self.dir.path().join(format!("docrepl.toml.{}", unique("")));
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &path).expect("rename config");
         path
+    }
+
+    /// Writes the config with the sink pointed at `target_uri` (a test's own mongod).
+    pub fn config_with_target(&self, uri: &str) -> PathBuf {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).expect("config").replace(&target_uri(), uri);
+        let own = self.dir.path().join("docrepl-own-target.toml");
+        std::fs::write(&own, text).expect("write config");
+        own
     }
 
     /// Starts `docrepl <command> --config <this config> [args]`; its log goes to a file
