@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -126,7 +126,7 @@ impl StatusBoard {
         let collections = collections
             .into_iter()
             .map(|(k, mut c)| {
-                c.resume_token_age_seconds = c.checkpoint_time.map(seconds_since);
+                c.resume_token_age_seconds = c.checkpoint_time.map(crate::metrics::seconds_since);
                 (k, c)
             })
             .collect();
@@ -141,9 +141,4 @@ impl StatusBoard {
             recent_errors,
         }
     }
-}
-
-fn seconds_since(cluster_secs: u32) -> f64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-    (now - cluster_secs as f64).max(0.0)
 }

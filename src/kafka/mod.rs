@@ -9,14 +9,23 @@ pub use config::{Compression, KafkaConfig};
 use rdkafka::ClientConfig;
 
 /// Settings shared by every client: servers, then the operator's pass-through properties
-/// (security.protocol, sasl.*, ssl.*), which win over our defaults.
+/// (security.protocol, sasl.*, ssl.*).
 pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
+    client_config(kafka, Vec::new())
+}
+
+/// The shared settings, then a client kind's `defaults`, then the operator's properties,
+/// which win over both.
+fn client_config(kafka: &KafkaConfig, defaults: Vec<(&str, String)>) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &kafka.bootstrap_servers);
     cc.set("client.id", "docrepl");
     cc.set("socket.keepalive.enable", "true");
     // Topics are created deliberately (with the configured partition count), never by accident.
     cc.set("allow.auto.create.topics", "false");
+    for (k, v) in defaults {
+        cc.set(k, v);
+    }
     for (k, v) in &kafka.properties {
         cc.set(k, v);
     }
@@ -27,8 +36,7 @@ pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
 /// bounded in-memory queue, and Java-compatible key partitioning (murmur2) so our
 /// partitions match Debezium and Kafka Connect.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cc = base_client_config(kafka);
-    let mut defaults = vec![
+    let defaults = vec![
         ("enable.idempotence", "true".to_string()),
         ("acks", "all".to_string()),
         ("compression.type", kafka.compression.as_str().to_string()),
@@ -42,18 +50,13 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         ("message.max.bytes", (kafka.max_message_bytes + 4096).to_string()),
         ("message.timeout.ms", "120000".to_string()),
     ];
-    defaults.retain(|(k, _)| !kafka.properties.contains_key(*k));
-    for (k, v) in defaults {
-        cc.set(k, v);
-    }
-    cc
+    client_config(kafka, defaults)
 }
 
 /// Consumer settings for a group: manual commits after the target acknowledged, and
 /// `auto.offset.reset=error` so an offset lost to retention stops the sink loudly.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: u64) -> ClientConfig {
-    let mut cc = base_client_config(kafka);
-    let mut defaults = vec![
+    let defaults = vec![
         ("group.id", group_id.to_string()),
         ("enable.auto.commit", "false".to_string()),
         ("enable.auto.offset.store", "false".to_string()),
@@ -69,9 +72,5 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: 
         // (librdkafka's default is every 5 minutes).
         ("topic.metadata.refresh.interval.ms", "5000".to_string()),
     ];
-    defaults.retain(|(k, _)| !kafka.properties.contains_key(*k));
-    for (k, v) in defaults {
-        cc.set(k, v);
-    }
-    cc
+    client_config(kafka, defaults)
 }
