@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod mongo;
+pub mod pacer;
 pub mod redact;
 pub mod sink;
 pub mod source;

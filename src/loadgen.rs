@@ -3,7 +3,6 @@
 //! and replaces over existing `_id`s for correctness runs. Deterministic with `--seed`.
 
 use std::io::IsTerminal;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bson::{doc, Bson, Document};
 use clap::{Args, ValueEnum};
-use governor::{Quota, RateLimiter};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -178,7 +176,7 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let limiter = NonZeroU32::new(args.rate).map(|r| Arc::new(RateLimiter::direct(Quota::per_second(r))));
+    let limiter = crate::pacer::Pacer::per_second(args.rate).map(Arc::new);
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -196,8 +194,8 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
                     break;
                 }
                 let n = (batch as u64).min(count - start);
-                if let Some(l) = &limiter {
-                    pace(l, n).await;
+                if let Some(pacer) = &limiter {
+                    pacer.take(n).await;
                 }
                 let result = match mix {
                     None => {
@@ -242,20 +240,6 @@ fn short_error(e: &mongodb::error::Error) -> String {
             _ => e.to_string(),
         },
         _ => e.to_string(),
-    }
-}
-
-async fn pace(limiter: &governor::DefaultDirectRateLimiter, n: u64) {
-    // governor refuses a request larger than its burst: ask in pieces.
-    let mut left = n;
-    while left > 0 {
-        let step = left.min(100) as u32;
-        if let Some(step_nz) = NonZeroU32::new(step) {
-            if limiter.until_n_ready(step_nz).await.is_err() {
-                limiter.until_ready().await;
-            }
-        }
-        left -= step as u64;
     }
 }
 

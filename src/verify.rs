@@ -77,8 +77,7 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
     } else if !src.collections.is_empty() {
         src.collections.clone()
     } else {
-        let mut names = source.database(&src.database).list_collection_names().await?;
-        names.retain(|n| !n.starts_with("system.") && !(src.state.database == src.database && (n == "checkpoints" || n == "leases")));
+        let mut names = crate::source::collections_to_read(&source, src).await?;
         names.sort();
         names
     };
@@ -88,12 +87,7 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
         let mut text = String::new();
         for coll in &collections {
             let ns = crate::event::Namespace::new(&src.database, coll);
-            let target_ns = sink
-                .namespace_map
-                .get(&ns.to_string())
-                .and_then(|t| t.split_once('.'))
-                .map(|(d, c)| crate::event::Namespace::new(d, c))
-                .unwrap_or_else(|| ns.clone());
+            let target_ns = sink.target_namespace(&ns);
             let report = compare(&source, &ns, &target, &target_ns, args.show).await?;
             all_equal &= report.equal();
             text.push_str(&report.to_string());

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::{require_at_least, validate_mongo_uri, ConfigError};
+use crate::event::Namespace;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,16 @@ fn default_session_timeout() -> u64 {
 }
 
 impl SinkConfig {
+    /// Where documents of the source namespace `ns` are written (`namespace_map`, or the
+    /// same names).
+    pub fn target_namespace(&self, ns: &Namespace) -> Namespace {
+        self.namespace_map
+            .get(&ns.to_string())
+            .and_then(|t| t.split_once('.'))
+            .map(|(db, coll)| Namespace::new(db, coll))
+            .unwrap_or_else(|| ns.clone())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_mongo_uri("sink.uri", &self.uri)?;
         if self.group_id.trim().is_empty() {

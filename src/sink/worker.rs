@@ -5,13 +5,11 @@
 //! retry: a late retry landing after the new owner wrote newer versions would leave the
 //! target stale for good.
 
-use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::mpsc;
@@ -62,24 +60,14 @@ pub struct WorkerContext {
     pub writer: Writer,
     pub dead_letters: DeadLetters,
     pub config: SinkConfig,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub pacer: Option<crate::pacer::Pacer>,
     pub board: crate::status::StatusBoard,
-    namespace_map: BTreeMap<String, Namespace>,
 }
 
 impl WorkerContext {
     pub fn new(writer: Writer, dead_letters: DeadLetters, config: SinkConfig, board: crate::status::StatusBoard) -> Self {
-        let limiter = NonZeroU32::new(config.max_docs_per_sec).map(|r| RateLimiter::direct(Quota::per_second(r)));
-        let namespace_map = config
-            .namespace_map
-            .iter()
-            .filter_map(|(from, to)| to.split_once('.').map(|(d, c)| (from.clone(), Namespace::new(d, c))))
-            .collect();
-        WorkerContext { writer, dead_letters, config, limiter, board, namespace_map }
-    }
-
-    fn target(&self, ns: &Namespace) -> Namespace {
-        self.namespace_map.get(&ns.to_string()).cloned().unwrap_or_else(|| ns.clone())
+        let pacer = crate::pacer::Pacer::per_second(config.max_docs_per_sec);
+        WorkerContext { writer, dead_letters, config, pacer, board }
     }
 }
 
@@ -144,7 +132,9 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
         }
     }
     let docs = fold(events);
-    pace(ctx, docs.len()).await;
+    if let Some(pacer) = &ctx.pacer {
+        pacer.take(docs.len() as u64).await;
+    }
 
     let started = Instant::now();
     let failures = write_with_retry(ctx, shared, &docs).await?;
@@ -186,20 +176,6 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
     Ok(())
 }
 
-/// Waits for the rate limiter (governor refuses requests over its burst, so ask in parts).
-async fn pace(ctx: &WorkerContext, docs: usize) {
-    let Some(limiter) = &ctx.limiter else { return };
-    let burst = ctx.config.max_docs_per_sec.max(1) as usize;
-    let mut left = docs;
-    while left > 0 {
-        let n = left.min(burst);
-        if let Some(n) = NonZeroU32::new(n as u32) {
-            let _ = limiter.until_n_ready(n).await;
-        }
-        left -= n;
-    }
-}
-
 /// Writes the folded batch until every document is applied or known to be poison.
 /// Returns the poison failures by document position.
 async fn write_with_retry(
@@ -212,7 +188,7 @@ async fn write_with_retry(
     let duplicate_key_budget = Duration::from_millis(ctx.config.duplicate_key_retry_ms);
     let mut backoff = Duration::from_millis(50);
     loop {
-        let target = |ns: &Namespace| ctx.target(ns);
+        let target = |ns: &Namespace| ctx.config.target_namespace(ns);
         let skip = |i: usize| poison.contains_key(&i);
         let retry = match ctx.writer.write(docs, &skip, &target).await {
             Ok(outcome) => {

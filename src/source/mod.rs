@@ -137,7 +137,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
 
 /// The collections to read: the configured list, or every collection of the database
 /// except system collections and docrepl's own bookkeeping.
-async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig) -> anyhow::Result<Vec<String>> {
+pub async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig) -> anyhow::Result<Vec<String>> {
     if !src.collections.is_empty() {
         return Ok(src.collections.clone());
     }
