@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use common::{consume, key_id, Setup};
+use common::{consume, distinct_keys_at_least, key_id, Setup};
 
 #[tokio::test]
 async fn standby_source_takes_over_after_kill_9_without_loss() {
@@ -27,16 +27,7 @@ async fn standby_source_takes_over_after_kill_9_without_loss() {
     .await;
     assert!(!b.log_text().contains("lease acquired"), "only one instance reads a collection");
 
-    let writer = {
-        let coll = coll.clone();
-        tokio::spawn(async move {
-            for chunk in 0..40 {
-                let docs: Vec<Document> = (0..100).map(|i| doc! {"_id": chunk * 100 + i}).collect();
-                coll.insert_many(docs).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let writer = common::spawn_inserts(&coll, 40, 100);
     tokio::time::sleep(Duration::from_secs(1)).await;
     a.kill9();
     let killed = Instant::now();
@@ -45,14 +36,8 @@ async fn standby_source_takes_over_after_kill_9_without_loss() {
     assert!(takeover < Duration::from_secs(15), "takeover took {takeover:?}");
     writer.await.unwrap();
 
-    let mut ids = HashSet::new();
-    let mut seen = 0;
-    consume(&setup.topic("c"), Duration::from_secs(90), |m| {
-        ids.extend(m[seen..].iter().map(key_id));
-        seen = m.len();
-        ids.len() >= 4001
-    })
-    .await;
+    let msgs = consume(&setup.topic("c"), Duration::from_secs(90), distinct_keys_at_least(4001)).await;
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
     let missing: Vec<i32> = (-1..4000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
     assert!(missing.is_empty(), "lost across the takeover (first 10): {missing:?}\n{}", b.log_text());
 }

@@ -10,7 +10,7 @@ use bson::{doc, Bson, Document};
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::Value;
 
-use common::{consume, key_id, Setup};
+use common::{consume, distinct_keys_at_least, key_id, Setup};
 
 /// Java's murmur2 (what Kafka's default partitioner and Debezium use).
 fn murmur2(data: &[u8]) -> i32 {
@@ -52,19 +52,6 @@ fn java_partition(key: &[u8], partitions: i32) -> i32 {
 fn json(m: &OwnedMessage) -> Option<Value> {
     m.payload().map(|p| serde_json::from_slice(p).expect("value is JSON"))
 }
-
-/// A `consume` stop condition: true once `n` distinct keys were seen (incremental, so a
-/// large topic is not re-parsed for every message).
-fn distinct_keys_at_least(n: usize) -> impl FnMut(&[OwnedMessage]) -> bool {
-    let mut ids = HashSet::new();
-    let mut seen = 0;
-    move |m| {
-        ids.extend(m[seen..].iter().map(key_id));
-        seen = m.len();
-        ids.len() >= n
-    }
-}
-
 
 #[tokio::test]
 async fn change_events_become_debezium_envelopes_in_the_key_partition() {
@@ -180,16 +167,7 @@ async fn kill_9_and_restart_loses_nothing() {
     let mut source = setup.spawn("source", &[]);
     consume(&setup.topic("events"), Duration::from_secs(60), |m| !m.is_empty()).await;
 
-    let writer = {
-        let coll = coll.clone();
-        tokio::spawn(async move {
-            for chunk in 0..30 {
-                let docs: Vec<Document> = (0..200).map(|i| doc! {"_id": chunk * 200 + i}).collect();
-                coll.insert_many(docs).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let writer = common::spawn_inserts(&coll, 30, 200);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     source.kill9();
     tokio::time::sleep(Duration::from_millis(1500)).await;

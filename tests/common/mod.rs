@@ -265,6 +265,35 @@ pub fn key_id(m: &rdkafka::message::OwnedMessage) -> String {
     k["id"].as_str().unwrap_or_default().to_string()
 }
 
+/// A `consume` stop condition: true once `n` distinct keys were seen (incremental, so a
+/// large topic is not re-parsed for every message).
+pub fn distinct_keys_at_least(n: usize) -> impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool {
+    let mut ids = std::collections::HashSet::new();
+    let mut seen = 0;
+    move |m| {
+        ids.extend(m[seen..].iter().map(key_id));
+        seen = m.len();
+        ids.len() >= n
+    }
+}
+
+/// Inserts `_id`s `0..chunks * per_chunk` in `chunks` batches, 100 ms apart, in the
+/// background: load that keeps going while a test kills something.
+pub fn spawn_inserts(
+    coll: &mongodb::Collection<bson::Document>,
+    chunks: i32,
+    per_chunk: i32,
+) -> tokio::task::JoinHandle<()> {
+    let coll = coll.clone();
+    tokio::spawn(async move {
+        for chunk in 0..chunks {
+            let docs: Vec<bson::Document> = (0..per_chunk).map(|i| bson::doc! {"_id": chunk * per_chunk + i}).collect();
+            coll.insert_many(docs).await.expect("insert");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// Reads `topic` from the beginning until `done(messages so far)` or `within` passes.
 pub async fn consume(
     topic: &str,
