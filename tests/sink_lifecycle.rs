@@ -1,13 +1,17 @@
 //! The sink's life cycle: SIGTERM while the target is down abandons the uncommitted batch
-//! (replayed at the next start) and exits 0; `--from-beginning` rebuilds a target from
-//! what the topic retains.
+//! (replayed at the next start) and exits 0; `--from-beginning` and `--from-timestamp`
+//! rebuild a target from what the topic retains; a committed offset that retention
+//! deleted stops the sink with the partition named; the docs/s ceiling holds.
 
 mod common;
 
 use std::time::Duration;
 
 use bson::{doc, Document};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 
 use common::Setup;
 
@@ -80,4 +84,88 @@ async fn from_beginning_rebuilds_the_target() {
         coll.count_documents(doc! {}).await.unwrap_or(0) == 50
     })
     .await;
+}
+
+#[tokio::test]
+async fn from_timestamp_replays_only_what_came_after() {
+    let setup = Setup::new("fromts");
+    produce_creates(&setup, "c", 0..40).await;
+    // Kafka timestamps are milliseconds; keep clear of the boundary on both sides.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let from = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    produce_creates(&setup, "c", 40..70).await;
+
+    let from = humantime::format_rfc3339_millis(from).to_string();
+    let mut sink = setup.spawn("sink", &["--from-timestamp", &from]);
+    let target = common::mongo(&common::target_uri()).await;
+    let coll = target.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(60), "the later events applied", || async {
+        coll.count_documents(doc! {"_id": {"$gte": 40}}).await.unwrap_or(0) == 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(coll.count_documents(doc! {"_id": {"$lt": 40}}).await.unwrap(), 0, "events before {from} were replayed");
+    assert_eq!(sink.terminate(Duration::from_secs(10)), Some(0), "{}", sink.log_text());
+}
+
+#[tokio::test]
+async fn a_committed_offset_deleted_by_retention_stops_the_sink_naming_the_partition() {
+    let setup = Setup::new("retention");
+    produce_creates(&setup, "c", 0..40).await;
+    let target = common::mongo(&common::target_uri()).await;
+    let coll = target.database(&setup.db).collection::<Document>("c");
+    let mut sink = setup.spawn("sink", &[]);
+    common::eventually(Duration::from_secs(60), "applied", || async { coll.count_documents(doc! {}).await.unwrap_or(0) == 40 }).await;
+    assert_eq!(sink.terminate(Duration::from_secs(10)), Some(0));
+
+    // While the sink is down more events arrive, and retention deletes everything the
+    // topic holds: the committed offsets now point before the earliest kept record.
+    produce_creates(&setup, "c", 40..80).await;
+    let topic = setup.topic("c");
+    let admin: AdminClient<DefaultClientContext> =
+        docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8)).create().unwrap();
+    let mut everything = TopicPartitionList::new();
+    for p in 0..8 {
+        everything.add_partition_offset(&topic, p, Offset::End).unwrap();
+    }
+    admin.delete_records(&everything, &AdminOptions::new()).await.expect("delete records");
+
+    let mut sink = setup.spawn("sink", &[]);
+    let code = sink.wait_exit(Duration::from_secs(60));
+    let log = sink.log_text();
+    assert!(matches!(code, Some(c) if c != 0), "the sink must stop with an error, got {code:?}:\n{log}");
+    assert!(log.contains("retention") && log.contains(&format!("topic {topic} partition")), "the error names the partition:\n{log}");
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 40, "nothing jumped ahead silently");
+}
+
+#[tokio::test]
+async fn the_docs_per_second_ceiling_holds() {
+    let mut setup = Setup::new("rate");
+    setup.sink_extra = "max_docs_per_sec = 100".into();
+    produce_creates(&setup, "c", 0..500).await;
+    let target = common::mongo(&common::target_uri()).await;
+    let coll = target.database(&setup.db).collection::<Document>("c");
+    let mut sink = setup.spawn("sink", &[]);
+    // At 100/s with a bucket of 100, the last of 500 documents is written at least 4 s
+    // after the first is allowed. Measured from the last moment the target was still
+    // empty (half of that, for a first write that is slow to become visible); without a
+    // ceiling the whole backlog lands in one batch, within one poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut last_empty = std::time::Instant::now();
+    let all_at = loop {
+        let n = coll.count_documents(doc! {}).await.unwrap_or(0);
+        let now = std::time::Instant::now();
+        if n == 0 {
+            last_empty = now;
+        }
+        if n == 500 {
+            break now;
+        }
+        assert!(now < deadline, "only {n} of 500 documents after 90 s:\n{}", sink.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = all_at - last_empty;
+    assert!(took >= Duration::from_secs(2), "500 documents at max_docs_per_sec = 100 landed within {took:?}");
+    assert_eq!(sink.terminate(Duration::from_secs(10)), Some(0));
 }

@@ -300,12 +300,12 @@ pub fn run_member(
             Some(Err(KafkaError::MessageConsumption(code)))
                 if matches!(code, RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) =>
             {
-                break Err(GroupError::RetentionPassed(format!("{code}")));
+                break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &code.to_string())));
             }
             Some(Err(e)) => {
                 let text = e.to_string();
                 if text.contains("auto.offset.reset") || text.contains("Offset out of range") {
-                    break Err(GroupError::RetentionPassed(text));
+                    break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &text)));
                 }
                 warn!("consumer: {e}");
                 None
@@ -332,6 +332,31 @@ pub fn run_member(
 }
 
 /// Reads each assigned partition's high watermark and publishes the consumer lag.
+/// Names the partitions whose committed offset is below the broker's earliest offset:
+/// librdkafka's out-of-range error carries only a code, and the operator needs the topic
+/// and partition to decide what to rebuild.
+fn lost_partitions(consumer: &BaseConsumer<GroupContext>, error: &str) -> String {
+    let assignment = match consumer.assignment() {
+        Ok(tpl) => tpl,
+        Err(_) => return format!("a partition ({error})"),
+    };
+    let committed = consumer.committed_offsets(assignment, Duration::from_secs(5)).ok();
+    let mut lost = Vec::new();
+    for e in committed.iter().flat_map(|tpl| tpl.elements()) {
+        let Offset::Offset(at) = e.offset() else { continue };
+        if let Ok((low, _)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) {
+            if at < low {
+                lost.push(format!("topic {} partition {} (committed offset {at}, earliest kept {low})", e.topic(), e.partition()));
+            }
+        }
+    }
+    if lost.is_empty() {
+        format!("a partition ({error})")
+    } else {
+        lost.join(", ")
+    }
+}
+
 fn report_lag(consumer: &BaseConsumer<GroupContext>) -> HashMap<(String, i32), i64> {
     let mut highs = HashMap::new();
     for (topic, partition, committed, _, _) in consumer.context().partitions() {
