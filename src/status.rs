@@ -39,12 +39,26 @@ pub struct PartitionStatus {
     pub last_batch_size: u64,
     pub docs_written: u64,
     pub docs_per_second: f64,
+    /// Source time of the newest event applied from this partition.
+    pub applied_source_time: Option<String>,
+}
+
+/// How far the target is for one topic (one source collection), over the partitions
+/// this sink member holds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TopicRecovery {
+    pub partitions_held: usize,
+    /// Source time up to which the target holds every change of the topic (RFC 3339);
+    /// with several group members, the group's point is the earliest of theirs.
+    pub recovery_point: Option<String>,
+    pub recovery_point_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     collections: BTreeMap<String, CollectionStatus>,
     partitions: BTreeMap<String, PartitionStatus>,
+    topics: BTreeMap<String, TopicRecovery>,
     dead_letters: u64,
     errors: Vec<String>,
     source_ready: Option<bool>,
@@ -67,6 +81,8 @@ pub struct StatusReport {
     pub ready: bool,
     pub collections: BTreeMap<String, CollectionStatus>,
     pub partitions: BTreeMap<String, PartitionStatus>,
+    /// Sink side: the recovery point per topic.
+    pub topics: BTreeMap<String, TopicRecovery>,
     pub dead_letters: u64,
     pub recent_errors: Vec<String>,
 }
@@ -84,8 +100,11 @@ impl StatusBoard {
         self.with(|i| f(i.collections.entry(ns.to_string()).or_default()));
     }
 
-    pub fn set_partitions(&self, partitions: BTreeMap<String, PartitionStatus>) {
-        self.with(|i| i.partitions = partitions);
+    pub fn set_partitions(&self, partitions: BTreeMap<String, PartitionStatus>, topics: BTreeMap<String, TopicRecovery>) {
+        self.with(|i| {
+            i.partitions = partitions;
+            i.topics = topics;
+        });
     }
 
     pub fn add_dead_letters(&self, n: u64) {
@@ -120,8 +139,8 @@ impl StatusBoard {
 
     pub fn report(&self) -> StatusReport {
         let ready = self.ready();
-        let (collections, partitions, dead_letters, recent_errors) = self
-            .with(|i| (i.collections.clone(), i.partitions.clone(), i.dead_letters, i.errors.clone()))
+        let (collections, partitions, topics, dead_letters, recent_errors) = self
+            .with(|i| (i.collections.clone(), i.partitions.clone(), i.topics.clone(), i.dead_letters, i.errors.clone()))
             .unwrap_or_default();
         let collections = collections
             .into_iter()
@@ -137,6 +156,7 @@ impl StatusBoard {
             ready,
             collections,
             partitions,
+            topics,
             dead_letters,
             recent_errors,
         }

@@ -72,6 +72,12 @@ pub fn render(status: &Value) -> String {
         ("PARTITION", 40),
         &[("COMMITTED", "committed_offset", 12), ("LAG", "consumer_lag", 10), ("BATCH", "last_batch_size", 8), ("WRITTEN", "docs_written", 12), ("DOCS/s", "docs_per_second", 10)],
     );
+    table(
+        &mut out,
+        &status["topics"],
+        ("TOPIC", 40),
+        &[("PARTITIONS", "partitions_held", 11), ("RECOVERY POINT", "recovery_point", 26), ("BEHIND s", "recovery_point_age_seconds", 10)],
+    );
     if let Some(errors) = status["recent_errors"].as_array().filter(|e| !e.is_empty()) {
         out.push_str("\nrecent errors:\n");
         for e in errors {
@@ -91,11 +97,13 @@ mod tests {
             "version": "0.1.0", "role": "source+sink", "ready": true, "uptime_seconds": 5, "dead_letters": 0,
             "collections": {"app.orders": {"state": "streaming", "events_published": 42, "copied": 10, "lag_seconds": 0.0, "resume_token_age_seconds": 1.5}},
             "partitions": {"docrepl.app.orders/0": {"committed_offset": 42, "consumer_lag": 0, "last_batch_size": 7, "docs_written": 42, "docs_per_second": 12.5}},
+            "topics": {"docrepl.app.orders": {"partitions_held": 1, "recovery_point": "2026-11-21T02:00:00.000Z", "recovery_point_age_seconds": 0.5}},
             "recent_errors": [],
         });
         let text = render(&status);
         assert!(text.contains("role source+sink, ready"), "{text}");
         assert!(text.contains("COLLECTION") && text.contains("app.orders") && text.contains("streaming"), "{text}");
         assert!(text.contains("PARTITION") && text.contains("docrepl.app.orders/0") && text.contains("12.5"), "{text}");
+        assert!(text.contains("RECOVERY POINT") && text.contains("2026-11-21T02:00:00.000Z"), "{text}");
     }
 }

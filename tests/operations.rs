@@ -30,8 +30,11 @@ async fn status_and_metrics_follow_the_events() {
     assert_eq!(http_get(&addr, "/status", None).await.0, 401, "/status needs the bearer token");
     assert_eq!(http_get(&addr, "/metrics", Some("wrong")).await.0, 401);
 
+    // Source event times are whole seconds: one second of slack.
+    let inserted_at = std::time::SystemTime::now() - Duration::from_secs(1);
     coll.insert_many((1..=500).map(|i| doc! {"_id": i})).await.unwrap();
     let ns = format!("{}.c", setup.db);
+    let topic = setup.topic("c");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let last = loop {
         let (code, body) = http_get(&addr, "/status", Some(token)).await;
@@ -41,10 +44,11 @@ async fn status_and_metrics_follow_the_events() {
             .as_object()
             .map(|p| p.values().filter_map(|v| v["docs_written"].as_u64()).sum())
             .unwrap_or(0);
-        if code == 200 && published >= 501 && written >= 501 {
+        let recovered = status["topics"][&topic]["recovery_point"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
+        if code == 200 && published >= 501 && written >= 501 && recovered.is_some_and(|t| t >= inserted_at) {
             break status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "status never showed 501 published and written: {status}");
+        assert!(tokio::time::Instant::now() < deadline, "status never showed 501 published and written, with the recovery point past the inserts: {status}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(last["role"], "source+sink");

@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::progress::{PartitionProgress, RateTracker};
 use super::worker::{self, PartitionShared, WorkerContext};
 use crate::metrics as m;
-use crate::status::{PartitionStatus, StatusBoard};
+use crate::status::StatusBoard;
 
 /// How long a revoke waits for a worker to finish its write before going on anyway.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
@@ -117,10 +118,11 @@ impl GroupContext {
         }
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(15)) {
             Ok(committed) => {
+                // Made explicit (same effect on assign) so the worker row starts from
+                // the committed offset rather than "nothing committed".
                 for e in committed.elements() {
-                    if e.offset() == Offset::Invalid {
-                        let _ = tpl.set_partition_offset(e.topic(), e.partition(), Offset::Beginning);
-                    }
+                    let start = if e.offset() == Offset::Invalid { Offset::Beginning } else { e.offset() };
+                    let _ = tpl.set_partition_offset(e.topic(), e.partition(), start);
                 }
             }
             Err(e) => warn!("cannot read committed offsets: {e}"),
@@ -144,7 +146,11 @@ impl GroupContext {
                 rx,
             )));
             info!("partition assigned: worker started");
-            workers.insert(key, Worker { shared, tx, pending: VecDeque::new(), paused: false, committed: -1 });
+            let committed = match e.offset() {
+                Offset::Offset(n) => n,
+                _ => -1,
+            };
+            workers.insert(key, Worker { shared, tx, pending: VecDeque::new(), paused: false, committed });
         }
     }
 
@@ -242,21 +248,20 @@ impl GroupContext {
     }
 
     /// Snapshot of the assigned partitions for `/status`.
-    pub fn partitions(&self) -> Vec<(String, i32, i64, u64, u64)> {
+    pub fn partitions(&self) -> Vec<PartitionProgress> {
         let Ok(workers) = self.workers.lock() else { return Vec::new() };
         let mut v: Vec<_> = workers
             .iter()
-            .map(|((t, p), w)| {
-                (
-                    t.clone(),
-                    *p,
-                    w.committed,
-                    w.shared.last_batch_size.load(Ordering::Relaxed),
-                    w.shared.docs_written.load(Ordering::Relaxed),
-                )
+            .map(|((t, p), w)| PartitionProgress {
+                topic: t.clone(),
+                partition: *p,
+                committed: w.committed,
+                last_batch_size: w.shared.last_batch_size.load(Ordering::Relaxed),
+                docs_written: w.shared.docs_written.load(Ordering::Relaxed),
+                applied_source_ms: w.shared.applied_source_ms.load(Ordering::Relaxed),
             })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         v
     }
 }
@@ -321,7 +326,8 @@ pub fn run_member(
             last_lag = Instant::now();
         }
         if last_status.elapsed() >= Duration::from_secs(1) {
-            board.set_partitions(rates.snapshot(&consumer.context().partitions(), &watermarks));
+            let (partitions, topics) = rates.snapshot(&consumer.context().partitions(), &watermarks);
+            board.set_partitions(partitions, topics);
             last_status = Instant::now();
         }
     };
@@ -359,50 +365,12 @@ fn lost_partitions(consumer: &BaseConsumer<GroupContext>, error: &str) -> String
 
 fn report_lag(consumer: &BaseConsumer<GroupContext>) -> HashMap<(String, i32), i64> {
     let mut highs = HashMap::new();
-    for (topic, partition, committed, _, _) in consumer.context().partitions() {
-        if let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2)) {
-            let lag = if committed >= 0 { (high - committed).max(0) } else { high };
-            metrics::gauge!(m::SINK_CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string()).set(lag as f64);
-            highs.insert((topic, partition), high);
+    for p in consumer.context().partitions() {
+        if let Ok((_, high)) = consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(2)) {
+            let lag = if p.committed >= 0 { (high - p.committed).max(0) } else { high };
+            metrics::gauge!(m::SINK_CONSUMER_LAG, "topic" => p.topic.clone(), "partition" => p.partition.to_string()).set(lag as f64);
+            highs.insert((p.topic, p.partition), high);
         }
     }
     highs
-}
-
-/// Turns cumulative per-partition document counts into rates for `/status`.
-#[derive(Default)]
-struct RateTracker {
-    previous: HashMap<(String, i32), (u64, Instant)>,
-}
-
-impl RateTracker {
-    fn snapshot(
-        &mut self,
-        partitions: &[(String, i32, i64, u64, u64)],
-        highs: &HashMap<(String, i32), i64>,
-    ) -> std::collections::BTreeMap<String, PartitionStatus> {
-        let now = Instant::now();
-        let mut out = std::collections::BTreeMap::new();
-        for (topic, partition, committed, last_batch, written) in partitions {
-            let key = (topic.clone(), *partition);
-            let rate = match self.previous.get(&key) {
-                Some((before, at)) => (written.saturating_sub(*before)) as f64 / now.duration_since(*at).as_secs_f64().max(1e-3),
-                None => 0.0,
-            };
-            self.previous.insert(key.clone(), (*written, now));
-            let high = highs.get(&key).copied();
-            out.insert(
-                format!("{topic}/{partition}"),
-                PartitionStatus {
-                    committed_offset: *committed,
-                    high_watermark: high,
-                    consumer_lag: high.map(|h| if *committed >= 0 { (h - committed).max(0) } else { h }),
-                    last_batch_size: *last_batch,
-                    docs_written: *written,
-                    docs_per_second: rate,
-                },
-            );
-        }
-        out
-    }
 }

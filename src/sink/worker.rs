@@ -39,6 +39,8 @@ pub struct PartitionShared {
     pub finished: AtomicBool,
     pub last_batch_size: AtomicU64,
     pub docs_written: AtomicU64,
+    /// Source `ts_ms` of the newest event applied (0: none yet), for the recovery point.
+    pub applied_source_ms: AtomicU64,
 }
 
 impl PartitionShared {
@@ -51,6 +53,7 @@ impl PartitionShared {
             finished: AtomicBool::new(false),
             last_batch_size: AtomicU64::new(0),
             docs_written: AtomicU64::new(0),
+            applied_source_ms: AtomicU64::new(0),
         }
     }
 }
@@ -143,6 +146,7 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
     metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
     shared.docs_written.fetch_add(written, Ordering::Relaxed);
     if newest_ts_ms > 0 {
+        shared.applied_source_ms.fetch_max(newest_ts_ms.max(0) as u64, Ordering::Relaxed);
         metrics::gauge!(m::SINK_LAG_SECONDS, &labels).set(m::seconds_since((newest_ts_ms / 1000) as u32));
     }
 
