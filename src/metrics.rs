@@ -15,6 +15,9 @@ pub const SOURCE_CHECKPOINTS: &str = "docrepl_source_checkpoints_saved_total";
 pub const SOURCE_LAG_SECONDS: &str = "docrepl_source_lag_seconds";
 /// Gauge: seconds since the cluster time the saved resume token covers.
 pub const SOURCE_TOKEN_AGE_SECONDS: &str = "docrepl_source_resume_token_age_seconds";
+/// Gauge: seconds of change history the source keeps (oldest oplog entry's age, or
+/// `source.history_retention_hours`): the limit for the resume-token age.
+pub const SOURCE_HISTORY_WINDOW_SECONDS: &str = "docrepl_source_history_window_seconds";
 /// Gauge: 1 while this instance holds the collection's lease and reads it.
 pub const SOURCE_READER_ACTIVE: &str = "docrepl_source_reader_active";
 /// Counter: reader restarts after an error.
@@ -46,6 +49,7 @@ pub const ALL: &[&str] = &[
     SOURCE_CHECKPOINTS,
     SOURCE_LAG_SECONDS,
     SOURCE_TOKEN_AGE_SECONDS,
+    SOURCE_HISTORY_WINDOW_SECONDS,
     SOURCE_READER_ACTIVE,
     SOURCE_READER_RESTARTS,
     SINK_MESSAGES,

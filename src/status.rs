@@ -63,6 +63,7 @@ struct Inner {
     errors: Vec<String>,
     source_ready: Option<bool>,
     sink_ready: Option<bool>,
+    history_window_seconds: Option<f64>,
 }
 
 /// Cheap to clone; every clone shows the same board.
@@ -79,6 +80,9 @@ pub struct StatusReport {
     pub role: &'static str,
     pub uptime_seconds: u64,
     pub ready: bool,
+    /// Source side: seconds of change history the source keeps; a resume token older
+    /// than this cannot be resumed.
+    pub history_window_seconds: Option<f64>,
     pub collections: BTreeMap<String, CollectionStatus>,
     pub partitions: BTreeMap<String, PartitionStatus>,
     /// Sink side: the recovery point per topic.
@@ -120,6 +124,10 @@ impl StatusBoard {
         });
     }
 
+    pub fn set_history_window(&self, seconds: Option<f64>) {
+        self.with(|i| i.history_window_seconds = seconds);
+    }
+
     pub fn set_source_ready(&self, ready: bool) {
         self.with(|i| i.source_ready = Some(ready));
     }
@@ -139,8 +147,10 @@ impl StatusBoard {
 
     pub fn report(&self) -> StatusReport {
         let ready = self.ready();
-        let (collections, partitions, topics, dead_letters, recent_errors) = self
-            .with(|i| (i.collections.clone(), i.partitions.clone(), i.topics.clone(), i.dead_letters, i.errors.clone()))
+        let (collections, partitions, topics, dead_letters, recent_errors, history_window_seconds) = self
+            .with(|i| {
+                (i.collections.clone(), i.partitions.clone(), i.topics.clone(), i.dead_letters, i.errors.clone(), i.history_window_seconds)
+            })
             .unwrap_or_default();
         let collections = collections
             .into_iter()
@@ -154,6 +164,7 @@ impl StatusBoard {
             role: self.role,
             uptime_seconds: self.started.elapsed().as_secs(),
             ready,
+            history_window_seconds,
             collections,
             partitions,
             topics,

@@ -60,6 +60,9 @@ pub fn render(status: &Value) -> String {
         num(status, "uptime_seconds"),
         num(status, "dead_letters"),
     );
+    if status["history_window_seconds"].is_number() {
+        out.push_str(&format!("source change history kept: {} s (compare TOKEN AGE)\n", num(status, "history_window_seconds")));
+    }
     table(
         &mut out,
         &status["collections"],

@@ -52,6 +52,7 @@ async fn status_and_metrics_follow_the_events() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(last["role"], "source+sink");
+    assert!(last["history_window_seconds"].as_f64().is_some_and(|w| w > 0.0), "the oplog window is measured: {last}");
     assert_eq!(last["ready"], true);
     assert_eq!(http_get(&addr, "/readyz", None).await.0, 200);
 

@@ -47,6 +47,10 @@ pub struct SourceConfig {
     /// The name this instance uses in leases; default `<hostname>-<pid>`.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// How many hours of change history the source keeps. Needed on DocumentDB (its
+    /// `change_stream_log_retention_duration`); on MongoDB the oplog's span is measured.
+    #[serde(default)]
+    pub history_retention_hours: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +124,11 @@ impl SourceConfig {
         require_at_least("source.copy_batch_size", self.copy_batch_size, 1)?;
         require_at_least("source.checkpoint_interval_ms", self.checkpoint_interval_ms, 10)?;
         require_at_least("source.lease_ttl_ms", self.lease_ttl_ms, 2000)?;
+        if let Some(h) = self.history_retention_hours {
+            if !(h > 0.0 && h.is_finite()) {
+                return Err(ConfigError::invalid("source.history_retention_hours", format!("{h} is not a positive number of hours")));
+            }
+        }
         Ok(())
     }
 

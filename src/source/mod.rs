@@ -6,6 +6,7 @@
 mod checkpoint;
 mod config;
 mod convert;
+pub mod history;
 mod lease;
 pub mod reader;
 pub mod watermark;
@@ -82,6 +83,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         let board = board.clone();
         tokio::spawn(crate::health::watch(client.clone(), admin.clone(), move |ok| board.set_source_ready(ok), shutdown.clone()));
     }
+    tokio::spawn(history::watch(client.clone(), src.history_retention_hours, board.clone(), shutdown.clone()));
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
     info!(instance = %instance, database = %src.database, "source service started");
 
