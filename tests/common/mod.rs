@@ -342,21 +342,47 @@ pub struct OwnMongod {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra mongod arguments (TLS, ...).
+    args: Vec<String>,
+    /// Extra connection-string options clients need (`tls=true&tlsCAFile=...`).
+    uri_options: String,
 }
 
 impl OwnMongod {
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?replicaSet=rs-own{}", self.port, self.port)
+        format!("mongodb://127.0.0.1:{}/?replicaSet=rs-own{}{}", self.port, self.port, self.extra_options())
+    }
+
+    fn direct_uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true{}", self.port, self.extra_options())
+    }
+
+    fn extra_options(&self) -> String {
+        if self.uri_options.is_empty() {
+            String::new()
+        } else {
+            format!("&{}", self.uri_options)
+        }
     }
 
     /// Starts mongod (binary from DOCREPL_MONGOD_BIN, set by scripts/test.sh) and
     /// initiates its replica set.
     pub async fn start(port: u16) -> OwnMongod {
-        let mut m = OwnMongod { port, dir: tempfile::tempdir().expect("tempdir"), child: None };
+        Self::start_with(port, Vec::new(), "").await
+    }
+
+    /// Like `start`, with extra mongod arguments and the connection-string options
+    /// clients then need.
+    pub async fn start_with(port: u16, args: Vec<String>, uri_options: &str) -> OwnMongod {
+        let mut m = OwnMongod {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            args,
+            uri_options: uri_options.to_string(),
+        };
         m.launch();
-        let client = mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
-            .await
-            .expect("client");
+        let client = mongodb::Client::with_uri_str(m.direct_uri()).await.expect("client");
         let init = bson::doc! {"replSetInitiate": {"_id": format!("rs-own{port}"), "members": [{"_id": 0, "host": format!("127.0.0.1:{port}")}]}};
         let mut tries = 0;
         while let Err(e) = client.database("admin").run_command(init.clone()).await {
@@ -377,6 +403,7 @@ impl OwnMongod {
         let child = Command::new(bin)
             .args(["--bind_ip", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--replSet", &format!("rs-own{}", self.port), "--wiredTigerCacheSizeGB", "0.25", "--oplogSize", "990"])
+            .args(&self.args)
             .arg("--dbpath")
             .arg(self.dir.path().join("db"))
             .stdout(log)
@@ -387,9 +414,7 @@ impl OwnMongod {
     }
 
     pub async fn wait_primary(&self) {
-        let client = mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port))
-            .await
-            .expect("client");
+        let client = mongodb::Client::with_uri_str(self.direct_uri()).await.expect("client");
         for _ in 0..300 {
             if let Ok(hello) = client.database("admin").run_command(bson::doc! {"hello": 1}).await {
                 if hello.get_bool("isWritablePrimary").unwrap_or(false) {
