@@ -1,6 +1,7 @@
 //! High availability of the source: two instances with one config; exactly one reads a
 //! collection (lease), the other stands by and takes over after a kill -9 of the active
-//! one, from the last saved token, without loss.
+//! one, from the last saved token, without loss; a holder cut off from the lease store
+//! falls silent before its lease could pass to anyone.
 
 mod common;
 
@@ -40,4 +41,50 @@ async fn standby_source_takes_over_after_kill_9_without_loss() {
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
     let missing: Vec<i32> = (-1..4000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
     assert!(missing.is_empty(), "lost across the takeover (first 10): {missing:?}\n{}", b.log_text());
+}
+
+/// A holder cut off from the lease store stops producing before its lease could expire
+/// (so a successor never overlaps with it), and goes on without loss once the store is
+/// back. The lease store is a mongod of the test's own (`source.state.uri`), stopped
+/// while inserts keep coming.
+#[tokio::test]
+async fn a_holder_cut_off_from_the_lease_store_falls_silent_before_its_lease_ends() {
+    let mut state = common::OwnMongod::start(27717).await;
+    let mut setup = Setup::new("fence");
+    setup.source_extra = format!("collections = [\"c\"]\n[source.state]\nuri = {:?}", state.uri());
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    coll.insert_one(doc! {"_id": -1}).await.unwrap();
+    let source = setup.spawn("source", &[]);
+    consume(&setup.topic("c"), Duration::from_secs(60), |m| !m.is_empty()).await;
+
+    // 12 s of inserts; the lease store goes away 2 s in.
+    let writer = common::spawn_inserts(&coll, 100, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    state.stop(false);
+    let cut_at = std::time::SystemTime::now();
+    writer.await.unwrap();
+    let lease_ttl = Duration::from_millis(6000); // Setup's source.lease_ttl_ms
+
+    let msgs = consume(&setup.topic("c"), Duration::from_secs(15), |_| false).await;
+    let produced_at = |m: &rdkafka::message::OwnedMessage| {
+        use rdkafka::Message;
+        m.timestamp().to_millis().map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+    };
+    let last = msgs.iter().filter_map(produced_at).max().expect("messages have timestamps");
+    assert!(
+        last <= cut_at + lease_ttl,
+        "produced {:?} after the lease store went away (a successor may take over after {lease_ttl:?}):\n{}",
+        last.duration_since(cut_at).unwrap_or_default(),
+        source.log_text()
+    );
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
+    assert!(ids.len() < 5001, "every insert was published although the lease could not be renewed");
+
+    // The store is back: the reader renews, resumes from its saved token, loses nothing.
+    state.restart().await;
+    let msgs = consume(&setup.topic("c"), Duration::from_secs(120), distinct_keys_at_least(5001)).await;
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
+    let missing: Vec<i32> = (-1..5000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
+    assert!(missing.is_empty(), "lost after the lease store came back (first 10): {missing:?}\n{}", source.log_text());
 }
