@@ -52,6 +52,8 @@ pub enum DecodeError {
     EmptyUpdate,
     #[error("cannot tell the namespace: no `source.db`/`source.collection` and topic {0:?} is not <prefix>.<db>.<collection>")]
     MissingNamespace(String),
+    #[error("a truncate event (op \"t\") that is not docrepl's resync marker: truncates are not replicated")]
+    ForeignTruncate,
 }
 
 /// What one message on the topic means.
@@ -60,6 +62,22 @@ pub enum Decoded {
     /// A tombstone (null value) after a delete: only for log compaction, nothing to apply.
     Tombstone,
     Event(ChangeEvent),
+    /// docrepl's resync marker: the source lost its change history and re-copies the
+    /// collection; the sink clears this partition's share of the target first.
+    Resync(ResyncMarker),
+}
+
+/// Sent by the source to every partition of a collection's topic before a fresh copy
+/// that replaces lost change history (`on_history_lost = "recopy"`). Documents deleted
+/// while the history was lost would otherwise stay on the target for good: the sink
+/// deletes the target documents whose key maps to this partition, then the copy (which
+/// follows in the same partition) puts back every document that still exists. Written
+/// as a Debezium truncate (`op: "t"`) with a `docrepl.resync` block saying which share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncMarker {
+    pub ns: Namespace,
+    pub partition: i32,
+    pub partitions: i32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,6 +147,24 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
         transaction: None,
     };
     serde_json::to_vec(&value).map_err(|e| EncodeError::InvalidBson(e.to_string()))
+}
+
+/// Key and value of the resync marker for one partition (see [`ResyncMarker`]). The key
+/// is never a document key, so compaction keeps one marker per partition.
+pub fn encode_resync_marker(marker: &ResyncMarker, source: &SourceInfo, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let key = serde_json::json!({"docrepl_resync": marker.partition}).to_string().into_bytes();
+    let value = serde_json::json!({
+        "before": null,
+        "after": null,
+        "source": {
+            "version": VERSION, "connector": CONNECTOR, "name": source.name, "ts_ms": source.ts_ms,
+            "snapshot": "true", "db": marker.ns.db, "collection": marker.ns.coll, "rs": source.rs,
+        },
+        "op": "t",
+        "ts_ms": now_ms,
+        "docrepl": {"resync": {"partition": marker.partition, "partitions": marker.partitions}},
+    });
+    (key, value.to_string().into_bytes())
 }
 
 /// A raw BSON document as a canonical Extended JSON v2 string, field order kept.
@@ -207,6 +243,9 @@ struct EnvelopeIn<'a> {
     payload: Option<Box<EnvelopeIn<'a>>>,
     #[serde(default)]
     schema: Option<serde::de::IgnoredAny>,
+    /// docrepl's own control data (the resync marker).
+    #[serde(default)]
+    docrepl: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +293,9 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
     }
 
     let op_code = envelope.op.as_deref().ok_or(DecodeError::MissingField("op"))?;
+    if op_code == "t" {
+        return decode_resync(&envelope, topic);
+    }
     let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;
 
     let after = match envelope.after.take() {
@@ -281,6 +323,25 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
     let ns = namespace_of(&source, topic)?;
     let source = decode_source(source);
     Ok(Decoded::Event(ChangeEvent { op, ns, id, after, update, source }))
+}
+
+/// A truncate is applied only as docrepl's resync marker: a truncate from another
+/// producer names no partition share, and clearing a whole collection from one partition's
+/// worker while the others apply newer events would lose them.
+fn decode_resync(envelope: &EnvelopeIn<'_>, topic: &str) -> Result<Decoded, DecodeError> {
+    let resync = envelope.docrepl.as_ref().and_then(|d| d.get("resync")).ok_or(DecodeError::ForeignTruncate)?;
+    let number = |field: &'static str| {
+        resync.get(field).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok()).ok_or(DecodeError::MissingField(field))
+    };
+    let (partition, partitions) = (number("partition")?, number("partitions")?);
+    if partitions < 1 || !(0..partitions).contains(&partition) {
+        return Err(DecodeError::MissingField("docrepl.resync.partition"));
+    }
+    let ns = match &envelope.source {
+        Some(source) => namespace_of(source, topic)?,
+        None => namespace_of(&SourceIn::default(), topic)?,
+    };
+    Ok(Decoded::Resync(ResyncMarker { ns, partition, partitions }))
 }
 
 /// Debezium's JSON converter with `schemas.enable=true` wraps values in
@@ -492,7 +553,7 @@ mod tests {
         let value = encode_value(ev, 1).unwrap();
         match decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap() {
             Decoded::Event(e) => e,
-            Decoded::Tombstone => panic!("tombstone"),
+            other => panic!("not an event: {other:?}"),
         }
     }
 
@@ -606,5 +667,26 @@ mod tests {
         assert_eq!(id_fold_key(&Bson::Int32(5)), id_fold_key(&Bson::Int64(5)));
         assert_eq!(id_fold_key(&Bson::Double(5.0)), id_fold_key(&Bson::Int64(5)));
         assert_ne!(id_fold_key(&Bson::String("5".into())), id_fold_key(&Bson::Int32(5)));
+    }
+
+    #[test]
+    fn resync_markers_round_trip_and_foreign_truncates_are_refused() {
+        let marker = ResyncMarker { ns: Namespace::new("app", "orders"), partition: 3, partitions: 8 };
+        let source = SourceInfo {
+            name: "docrepl".into(),
+            rs: "rs0".into(),
+            ts_ms: 1_700_000_000_000,
+            ord: 1,
+            snapshot: SnapshotMarker::Yes,
+            lsid: None,
+            txn_number: None,
+        };
+        let (key, value) = encode_resync_marker(&marker, &source, 1);
+        assert_eq!(decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap(), Decoded::Resync(marker));
+
+        let foreign = br#"{"op":"t","source":{"db":"app","collection":"orders"}}"#;
+        assert!(matches!(decode(None, Some(foreign), "docrepl.app.orders"), Err(DecodeError::ForeignTruncate)));
+        let out_of_range = br#"{"op":"t","source":{"db":"app","collection":"orders"},"docrepl":{"resync":{"partition":8,"partitions":8}}}"#;
+        assert!(decode(None, Some(out_of_range), "docrepl.app.orders").is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod config;
+pub mod partitioner;
 
 pub use config::{Compression, KafkaConfig};
 

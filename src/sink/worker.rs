@@ -22,8 +22,8 @@ use super::errors::ErrorClass;
 use super::fold::{fold, FoldedDoc};
 use super::writer::{DocFailure, Writer};
 use super::SinkConfig;
-use crate::debezium::{self, Decoded};
-use crate::event::Namespace;
+use crate::debezium::{self, Decoded, ResyncMarker};
+use crate::event::{ChangeEvent, Namespace};
 use crate::metrics as m;
 
 /// State a worker shares with the consumer thread (which commits) and `/status`.
@@ -121,40 +121,31 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
     metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(batch.len() as f64);
     shared.last_batch_size.store(batch.len() as u64, Ordering::Relaxed);
 
-    let mut events = Vec::with_capacity(batch.len());
-    let mut undecodable: Vec<(usize, String)> = Vec::new();
+    // Events are written in segments: a resync marker is a barrier (what came before it
+    // is written, then the partition's share is cleared, then what follows is written).
+    let mut segment = Vec::with_capacity(batch.len());
+    let mut letters: Vec<(usize, String)> = Vec::new();
     let mut newest_ts_ms = 0;
     for (i, msg) in batch.iter().enumerate() {
         match debezium::decode(msg.key(), msg.payload(), msg.topic()) {
             Ok(Decoded::Event(e)) => {
                 newest_ts_ms = newest_ts_ms.max(e.source.ts_ms);
-                events.push((i, e));
+                segment.push((i, e));
             }
             Ok(Decoded::Tombstone) => {}
-            Err(e) => undecodable.push((i, format!("undecodable message: {e}"))),
+            Ok(Decoded::Resync(marker)) => {
+                write_events(ctx, shared, std::mem::take(&mut segment), &mut letters).await?;
+                resync(ctx, shared, &marker).await?;
+            }
+            Err(e) => letters.push((i, format!("undecodable message: {e}"))),
         }
     }
-    let docs = fold(events);
-    if let Some(pacer) = &ctx.pacer {
-        pacer.take(docs.len() as u64).await;
-    }
-
-    let started = Instant::now();
-    let failures = write_with_retry(ctx, shared, &docs).await?;
-    metrics::histogram!(m::SINK_WRITE_SECONDS, &labels).record(started.elapsed().as_secs_f64());
-    let written = (docs.len() - failures.len()) as u64;
-    metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
-    shared.docs_written.fetch_add(written, Ordering::Relaxed);
+    write_events(ctx, shared, segment, &mut letters).await?;
     if newest_ts_ms > 0 {
         shared.applied_source_ms.fetch_max(newest_ts_ms.max(0) as u64, Ordering::Relaxed);
         metrics::gauge!(m::SINK_LAG_SECONDS, &labels).set(m::seconds_since((newest_ts_ms / 1000) as u32));
     }
 
-    let mut letters: Vec<(usize, String)> = undecodable;
-    for f in failures.values() {
-        let reason = format!("the target refused the document (code {}, {:?}): {}", f.code, f.class, f.message);
-        letters.extend(docs[f.doc].messages.iter().map(|&i| (i, reason.clone())));
-    }
     letters.sort_by_key(|(i, _)| *i);
     for (i, reason) in letters {
         let msg = &batch[i];
@@ -178,6 +169,55 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
         ctx.board.add_dead_letters(1);
     }
     Ok(())
+}
+
+/// Folds and writes one segment of a batch; documents the target refuses for good are
+/// added to `letters` (by message position) with the reason.
+async fn write_events(
+    ctx: &WorkerContext,
+    shared: &PartitionShared,
+    events: Vec<(usize, ChangeEvent)>,
+    letters: &mut Vec<(usize, String)>,
+) -> Result<(), Abandoned> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
+    let docs = fold(events);
+    if let Some(pacer) = &ctx.pacer {
+        pacer.take(docs.len() as u64).await;
+    }
+    let started = Instant::now();
+    let failures = write_with_retry(ctx, shared, &docs).await?;
+    metrics::histogram!(m::SINK_WRITE_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+    let written = (docs.len() - failures.len()) as u64;
+    metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
+    shared.docs_written.fetch_add(written, Ordering::Relaxed);
+    for f in failures.values() {
+        let reason = format!("the target refused the document (code {}, {:?}): {}", f.code, f.class, f.message);
+        letters.extend(docs[f.doc].messages.iter().map(|&i| (i, reason.clone())));
+    }
+    Ok(())
+}
+
+/// Clears the partition's share of the target collection for a resync marker, retrying
+/// until it succeeds or the worker is told to stop.
+async fn resync(ctx: &WorkerContext, shared: &PartitionShared, marker: &ResyncMarker) -> Result<(), Abandoned> {
+    let ns = ctx.config.target_namespace(&marker.ns);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions).await {
+            Ok(deleted) => {
+                warn!(target = %ns, partition = marker.partition, deleted, "resync marker: the source lost its change history and re-copies; cleared this partition's share of the target");
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(target = %ns, partition = marker.partition, "resync marker: {e}; retrying in {backoff:?}");
+                sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
+                backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
+            }
+        }
+    }
 }
 
 /// Writes the folded batch until every document is applied or known to be poison.

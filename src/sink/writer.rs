@@ -13,6 +13,7 @@ use bson::{rawdoc, Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf};
 use super::errors::{classify_code, classify_command_error, ErrorClass};
 use super::fold::{DocAction, FoldedDoc};
 use crate::event::{Namespace, UpdateDescription};
+use crate::kafka::partitioner::partition_for_key;
 
 /// Largest command we build (the server takes 16 MiB + 16 KiB).
 const MAX_COMMAND_BYTES: usize = 15 * 1024 * 1024;
@@ -118,6 +119,46 @@ impl Writer {
             }
         }
         Ok(outcome)
+    }
+
+    /// Deletes the documents of `ns` whose Kafka key falls in `partition` of
+    /// `partitions` (a resync marker's share: see `debezium::ResyncMarker`). Scans the
+    /// `_id`s and deletes in chunks, so memory stays bounded. Returns how many it deleted.
+    pub async fn clear_partition_share(&self, ns: &Namespace, partition: i32, partitions: i32) -> Result<u64, CommandError> {
+        use futures::TryStreamExt;
+        let failed = |source: mongodb::error::Error| {
+            let class = classify_command_error(&source);
+            CommandError::Command { ns: ns.to_string(), source, class }
+        };
+        let coll = self.client.database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+        let mut cursor = coll.find(bson::doc! {}).projection(bson::doc! {"_id": 1}).batch_size(10_000).await.map_err(failed)?;
+        let mut chunk: Vec<(usize, RawDocumentBuf)> = Vec::new();
+        let mut deleted = 0u64;
+        loop {
+            let next = cursor.try_next().await.map_err(failed)?;
+            let id = next.as_ref().and_then(|d| d.get("_id").ok().flatten()).map(|id| id.to_raw_bson());
+            if let Some(id) = id {
+                let mine = Bson::try_from(id.clone())
+                    .map(|b| partition_for_key(&crate::debezium::encode_key(&b), partitions) == partition)
+                    .unwrap_or(false);
+                if mine {
+                    chunk.push((chunk.len(), rawdoc! {"q": {"_id": id}, "limit": 1}));
+                }
+            }
+            if chunk.len() >= 10_000 || (next.is_none() && !chunk.is_empty()) {
+                let n = chunk.len() as u64;
+                let mut outcome = WriteOutcome::default();
+                self.run(ns, "delete", "deletes", std::mem::take(&mut chunk), &mut outcome).await?;
+                if let Some(f) = outcome.failures.first() {
+                    // Deleting by `_id` has no document-level reason to fail: treat as transient.
+                    return Err(CommandError::WriteConcern { ns: ns.to_string(), code: f.code, message: f.message.clone() });
+                }
+                deleted += n;
+            }
+            if next.is_none() {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Sends `statements` as one or more `command` commands.

@@ -71,6 +71,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         producer: producer.clone(),
         config: src.clone(),
         max_message_bytes: config.kafka.max_message_bytes,
+        partitions: config.kafka.partitions,
         dead_letter_topic,
         checkpoints: CheckpointStore::new(&state_db, &name),
         name: name.clone(),

@@ -43,6 +43,8 @@ pub struct ReaderContext {
     pub producer: FutureProducer,
     pub config: SourceConfig,
     pub max_message_bytes: usize,
+    /// Partitions of every collection topic (resync markers go to each).
+    pub partitions: i32,
     pub dead_letter_topic: String,
     pub checkpoints: CheckpointStore,
     pub name: String,
@@ -201,6 +203,11 @@ impl Reader {
                     Ok(PumpEnd::Read(ReadEnd::CopyDone)) => break,
                     Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
                         warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy (source.on_history_lost = \"recopy\")");
+                        // The markers first, the checkpoint cleared after they are acknowledged:
+                        // a crash in between finds the lost history again and resends them.
+                        if let Some(exit) = self.send_resync_markers(&lease).await? {
+                            return Ok(exit);
+                        }
                         self.ctx
                             .checkpoints
                             .clear(&self.ns)
@@ -212,6 +219,41 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Tells the sinks to clear the collection before the fresh copy: one resync marker
+    /// per partition (see `debezium::ResyncMarker`), each acknowledged by Kafka.
+    async fn send_resync_markers(&self, lease: &watch::Receiver<Instant>) -> Result<Option<ReaderExit>, ReaderError> {
+        let at = self.cluster_time().await?;
+        let source = crate::event::SourceInfo {
+            name: self.ctx.name.clone(),
+            rs: self.ctx.rs.clone(),
+            ts_ms: i64::from(at.time) * 1000,
+            ord: at.increment,
+            snapshot: crate::event::SnapshotMarker::Yes,
+            lsid: None,
+            txn_number: None,
+        };
+        let markers: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..self.ctx.partitions)
+            .map(|partition| {
+                let marker = debezium::ResyncMarker { ns: self.origin.ns.clone(), partition, partitions: self.ctx.partitions };
+                let (key, value) = debezium::encode_resync_marker(&marker, &source, m::now_ms());
+                (partition, key, value)
+            })
+            .collect();
+        for (partition, key, value) in &markers {
+            if Instant::now() >= *lease.borrow() {
+                return Ok(Some(ReaderExit::LeaseLost));
+            }
+            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(*partition).key(key).payload(value);
+            self.ctx
+                .producer
+                .send(record, Duration::from_secs(0))
+                .await
+                .map_err(|(e, _)| ReaderError::Delivery { ns: self.ns.clone(), message: format!("resync marker not delivered: {e}") })?;
+        }
+        info!(ns = %self.ns, partitions = self.ctx.partitions, "resync markers delivered: sinks clear the collection before the fresh copy");
+        Ok(None)
     }
 
     /// The source's current cluster time: the copy starts after it and the stream at it.
