@@ -65,7 +65,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: 
         ("session.timeout.ms", session_timeout_ms.to_string()),
         ("heartbeat.interval.ms", (session_timeout_ms / 4).max(500).to_string()),
         ("partition.assignment.strategy", "range,roundrobin".to_string()),
-        ("fetch.max.bytes", "52428800".to_string()),
+        // At least one whole message of the largest size the topics take.
+        ("fetch.max.bytes", (kafka.max_message_bytes + 4096).max(52_428_800).to_string()),
         ("max.partition.fetch.bytes", (kafka.max_message_bytes + 4096).max(1048576).to_string()),
         // Bounds the prefetch queue per partition (librdkafka defaults to 64 MB).
         ("queued.max.messages.kbytes", "16384".to_string()),
