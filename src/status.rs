@@ -18,6 +18,8 @@ pub struct CollectionStatus {
     pub events_published: u64,
     /// Documents sent by the initial copy so far.
     pub copied: u64,
+    /// The collection's estimated document count when the copy started.
+    pub copy_total: Option<u64>,
     /// Source cluster time (seconds) of the newest event read.
     pub last_event_time: Option<u32>,
     /// Seconds the newest event read is behind the source's clock.
@@ -102,6 +104,10 @@ impl StatusBoard {
 
     pub fn update_collection(&self, ns: &str, f: impl FnOnce(&mut CollectionStatus)) {
         self.with(|i| f(i.collections.entry(ns.to_string()).or_default()));
+    }
+
+    pub fn collection(&self, ns: &str) -> Option<CollectionStatus> {
+        self.with(|i| i.collections.get(ns).cloned()).flatten()
     }
 
     pub fn set_partitions(&self, partitions: BTreeMap<String, PartitionStatus>, topics: BTreeMap<String, TopicRecovery>) {

@@ -279,3 +279,35 @@ async fn every_bson_type_round_trips_through_the_topic() {
         .unwrap();
     assert_eq!(ev.after.unwrap().as_bytes(), stored.as_bytes(), "byte-for-byte equal BSON");
 }
+
+/// An initial copy interrupted by kill -9 goes on from the last `_id` Kafka acknowledged
+/// instead of starting over: the first document is published once, every one at least once.
+#[tokio::test]
+async fn an_interrupted_copy_resumes_after_the_last_acknowledged_id() {
+    let mut setup = Setup::new("resume");
+    setup.source_extra = "collections = [\"c\"]\ncopy_batch_size = 500".into();
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    for chunk in 0..6 {
+        coll.insert_many((0..10_000).map(|i| doc! {"_id": chunk * 10_000 + i, "pad": "some payload to copy"})).await.unwrap();
+    }
+    let checkpoints = client.database("docrepl").collection::<Document>("checkpoints");
+    let key = format!("{}/{}.c", setup.prefix, setup.db);
+    let mut source = setup.spawn("source", &[]);
+    common::eventually(Duration::from_secs(60), "a saved copy position", || async {
+        let cp = checkpoints.find_one(doc! {"_id": &key}).await.ok().flatten();
+        cp.is_some_and(|d| d.get_i32("copy_after").is_ok_and(|after| after > 0))
+    })
+    .await;
+    source.kill9();
+    let cp = checkpoints.find_one(doc! {"_id": &key}).await.unwrap().unwrap();
+    let after = cp.get_i32("copy_after").unwrap();
+    assert!(after < 59_999, "the copy finished before the kill (after {after}); the test needs it mid-way");
+
+    let _source = setup.spawn("source", &[]);
+    let msgs = consume(&setup.topic("c"), Duration::from_secs(180), distinct_keys_at_least(60_000)).await;
+    let ids: HashSet<String> = msgs.iter().map(key_id).collect();
+    assert_eq!(ids.len(), 60_000, "every document copied");
+    let first = msgs.iter().filter(|m| key_id(m) == "0").count();
+    assert_eq!(first, 1, "the copy started over instead of resuming after _id {after}");
+}

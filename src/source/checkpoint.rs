@@ -1,6 +1,7 @@
 //! Saved positions per collection, in the `checkpoints` collection of the state database
-//! (by default the `docrepl` database of the source cluster). A checkpoint is either a
-//! resume token or, right after an initial copy, the cluster time to start the stream at.
+//! (by default the `docrepl` database of the source cluster). A checkpoint is a resume
+//! token, the cluster time to start the stream at (right after an initial copy), or an
+//! initial copy in progress (so an interrupted copy goes on where it stopped).
 
 use bson::{doc, Bson, Document, Timestamp};
 use mongodb::options::ReplaceOptions;
@@ -13,6 +14,9 @@ pub enum Position {
     Token(Bson),
     /// The initial copy finished; stream from this cluster time.
     StartAt(Timestamp),
+    /// An initial copy that started at cluster time `at` is under way; Kafka holds every
+    /// document up to `_id` `after` (in `_id` order), none yet when `None`.
+    Copying { at: Timestamp, after: Option<Bson> },
 }
 
 /// A saved position and the cluster time it corresponds to (for age and lag reports).
@@ -44,23 +48,27 @@ impl CheckpointStore {
             return Ok(None);
         };
         let event_time = d.get_timestamp("event_time").ok();
-        let position = match (d.get("resume_token"), d.get_timestamp("start_at")) {
-            (Some(t), _) if *t != Bson::Null => Position::Token(t.clone()),
-            (_, Ok(ts)) => Position::StartAt(ts),
+        let position = match (d.get("resume_token"), d.get_timestamp("start_at"), d.get_timestamp("copy_at")) {
+            (Some(t), _, _) if *t != Bson::Null => Position::Token(t.clone()),
+            (_, Ok(ts), _) => Position::StartAt(ts),
+            (_, _, Ok(at)) => Position::Copying { at, after: d.get("copy_after").filter(|b| **b != Bson::Null).cloned() },
             _ => return Ok(None),
         };
         Ok(Some(Checkpoint { position, event_time }))
     }
 
     pub async fn save(&self, ns: &str, cp: &Checkpoint, instance: &str) -> mongodb::error::Result<()> {
-        let (token, start_at) = match &cp.position {
-            Position::Token(t) => (t.clone(), Bson::Null),
-            Position::StartAt(ts) => (Bson::Null, Bson::Timestamp(*ts)),
+        let (token, start_at, copy_at, copy_after) = match &cp.position {
+            Position::Token(t) => (t.clone(), Bson::Null, Bson::Null, Bson::Null),
+            Position::StartAt(ts) => (Bson::Null, Bson::Timestamp(*ts), Bson::Null, Bson::Null),
+            Position::Copying { at, after } => (Bson::Null, Bson::Null, Bson::Timestamp(*at), after.clone().unwrap_or(Bson::Null)),
         };
         let replacement = doc! {
             "_id": self.key(ns),
             "resume_token": token,
             "start_at": start_at,
+            "copy_at": copy_at,
+            "copy_after": copy_after,
             "event_time": cp.event_time.map(Bson::Timestamp).unwrap_or(Bson::Null),
             "saved_at": bson::DateTime::now(),
             "saved_by": instance,

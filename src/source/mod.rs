@@ -6,6 +6,7 @@
 mod checkpoint;
 mod config;
 mod convert;
+mod copy_progress;
 pub mod history;
 mod lease;
 pub mod reader;

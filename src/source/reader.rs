@@ -120,14 +120,15 @@ enum ReadEnd {
 /// Which part of a reader's life the pump serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Copy,
+    /// The initial copy that started at this cluster time.
+    Copy { at: Timestamp },
     Stream,
 }
 
 impl Phase {
     fn state(self) -> &'static str {
         match self {
-            Phase::Copy => "copying",
+            Phase::Copy { .. } => "copying",
             Phase::Stream => "streaming",
         }
     }
@@ -170,20 +171,30 @@ impl Reader {
                 .load(&self.ns)
                 .await
                 .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
-            let mut checkpoint = match checkpoint {
-                Some(cp) => cp,
+            let copy = match &checkpoint {
+                Some(Checkpoint { position: Position::Copying { at, after }, .. }) => Some((*at, after.clone())),
+                Some(_) => None,
+                None if self.ctx.config.initial_copy => {
+                    // Saved before the first document goes out: an interrupted copy goes on
+                    // from the same cluster time, so the stream after it misses nothing.
+                    let at = self.cluster_time().await?;
+                    self.save(&Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }).await?;
+                    Some((at, None))
+                }
                 None => {
                     let at = self.cluster_time().await?;
-                    if self.ctx.config.initial_copy {
-                        if let Some(exit) = self.initial_copy(at, &lease, shutdown).await? {
-                            return Ok(exit);
-                        }
-                    }
-                    let cp = Checkpoint { position: Position::StartAt(at), event_time: Some(at) };
-                    self.save(&cp).await?;
-                    cp
+                    self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }).await?;
+                    continue;
                 }
             };
+            if let Some((at, after)) = copy {
+                if let Some(exit) = self.initial_copy(at, after, &lease, shutdown).await? {
+                    return Ok(exit);
+                }
+                self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }).await?;
+                continue;
+            }
+            let Some(mut checkpoint) = checkpoint else { continue };
             loop {
                 match self.stream(&checkpoint, &lease, shutdown).await {
                     Ok(PumpEnd::Exit(exit)) => return Ok(exit),
@@ -286,22 +297,34 @@ impl Reader {
         Ok(())
     }
 
-    /// Copies every document (`op: r`, in `_id` order). Returns `Some(exit)` when stopped
-    /// early; the copy is then redone at the next start (its writes are idempotent).
+    /// Copies every document (`op: r`, in `_id` order), after `after` when resuming an
+    /// interrupted copy. Returns `Some(exit)` when stopped early; the saved position then
+    /// says how far Kafka holds the copy, and the next start goes on from there.
     async fn initial_copy(
         &self,
         at: Timestamp,
+        after: Option<Bson>,
         lease: &watch::Receiver<Instant>,
         shutdown: &CancellationToken,
     ) -> Result<Option<ReaderExit>, ReaderError> {
-        info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment);
         let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
-        let cursor = coll
-            .find(doc! {})
-            .sort(doc! {"_id": 1})
-            .batch_size(self.ctx.config.copy_batch_size)
-            .await
-            .map_err(self.mongo_err())?;
+        let total = coll.estimated_document_count().await.ok();
+        self.ctx.board.update_collection(&self.ns, |c| {
+            c.copy_total = total;
+            c.copied = 0;
+        });
+        let mut find = coll.find(doc! {}).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
+        match &after {
+            // `min` walks the `_id` index from that key across every BSON type (a `$gt`
+            // filter would only see `_id`s of the same type); the key itself is skipped below.
+            Some(id) => {
+                info!(ns = %self.ns, "initial copy resuming after _id {} (cluster time {}.{})", describe_id(id), at.time, at.increment);
+                find = find.hint(mongodb::options::Hint::Keys(doc! {"_id": 1})).min(doc! {"_id": id.clone()});
+            }
+            None => info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment),
+        }
+        let cursor = find.await.map_err(self.mongo_err())?;
+        let progress = super::copy_progress::show(self.ctx.board.clone(), self.ns.clone(), total);
         let (tx, rx) = mpsc::channel(4096);
         let origin = self.origin.clone();
         let encoder = self.encoder();
@@ -312,9 +335,13 @@ impl Reader {
             loop {
                 let item = match cursor.try_next().await {
                     Ok(Some(doc)) => match origin.snapshot_read(doc, at) {
+                        Ok(ev) if Some(&ev.id) == after.as_ref() => continue,
                         Ok(ev) => {
                             copied += 1;
-                            encoder.encode(&ev, None)
+                            // The `_id` is the copy's position: saved once Kafka acknowledged it
+                            // and everything before it.
+                            let position = Some(ev.id.clone());
+                            encoder.encode(&ev, position)
                         }
                         Err(message) => Outgoing::Done(Err(ReaderError::Encode { ns: ns.clone(), message })),
                     },
@@ -330,8 +357,9 @@ impl Reader {
                 }
             }
         });
-        let result = self.pump(rx, None, Phase::Copy, lease, shutdown).await;
+        let result = self.pump(rx, None, Phase::Copy { at }, lease, shutdown).await;
         read.abort();
+        progress.finish();
         match result? {
             PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
             PumpEnd::Read(ReadEnd::Invalidated(_)) => Ok(None),
@@ -360,6 +388,8 @@ impl Reader {
                 watch = watch.resume_after(token);
             }
             Position::StartAt(ts) => watch = watch.start_at_operation_time(*ts),
+            // `run` finishes a copy before it streams.
+            Position::Copying { at, .. } => watch = watch.start_at_operation_time(*at),
         }
         let stream = match watch.await {
             Ok(s) => s,
@@ -492,7 +522,7 @@ impl Reader {
                     if Instant::now() >= *lease.borrow() {
                         break Some(ReaderExit::LeaseLost);
                     }
-                    self.checkpoint_if_newer(&watermark, &mut saved).await?;
+                    self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
                     self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
                 }
                 item = rx.recv(), if read_end.is_none() && deliveries.len() < MAX_IN_FLIGHT => {
@@ -551,7 +581,7 @@ impl Reader {
                 Ok(None) | Err(_) => break,
             }
         }
-        self.checkpoint_if_newer(&watermark, &mut saved).await?;
+        self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
         self.show_progress(phase, acked_since_tick, event_time, caught_up);
         Ok(match exit {
             Some(exit) => PumpEnd::Exit(exit),
@@ -568,7 +598,7 @@ impl Reader {
         }
         self.ctx.board.update_collection(&self.ns, |c| {
             c.events_published += acked;
-            if phase == Phase::Copy {
+            if matches!(phase, Phase::Copy { .. }) {
                 c.copied += acked;
             } else {
                 c.last_event_time = event_time.map(|t| t.time).or(c.last_event_time);
@@ -577,14 +607,21 @@ impl Reader {
         });
     }
 
+    /// Saves the newest position Kafka acknowledged with everything before it: a resume
+    /// token while streaming, the last copied `_id` during the copy.
     async fn checkpoint_if_newer(
         &self,
+        phase: Phase,
         watermark: &AckWatermark<(Bson, Option<Timestamp>)>,
         saved: &mut Option<Bson>,
     ) -> Result<(), ReaderError> {
         if let Some((token, event_time)) = watermark.safe_token() {
             if saved.as_ref() != Some(token) {
-                let cp = Checkpoint { position: Position::Token(token.clone()), event_time: *event_time };
+                let position = match phase {
+                    Phase::Copy { at } => Position::Copying { at, after: Some(token.clone()) },
+                    Phase::Stream => Position::Token(token.clone()),
+                };
+                let cp = Checkpoint { position, event_time: *event_time };
                 self.save(&cp).await?;
                 *saved = Some(token.clone());
             }
