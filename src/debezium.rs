@@ -52,7 +52,7 @@ pub enum DecodeError {
     EmptyUpdate,
     #[error("cannot tell the namespace: no `source.db`/`source.collection` and topic {0:?} is not <prefix>.<db>.<collection>")]
     MissingNamespace(String),
-    #[error("a truncate event (op \"t\") that is not docrepl's resync marker: truncates are not replicated")]
+    #[error("a truncate event (op \"t\") that is not docrepl's clear marker: truncates are not replicated")]
     ForeignTruncate,
 }
 
@@ -62,22 +62,26 @@ pub enum Decoded {
     /// A tombstone (null value) after a delete: only for log compaction, nothing to apply.
     Tombstone,
     Event(ChangeEvent),
-    /// docrepl's resync marker: the source lost its change history and re-copies the
-    /// collection; the sink clears this partition's share of the target first.
-    Resync(ResyncMarker),
+    /// docrepl's clear marker: the sink deletes this partition's share of the target
+    /// collection (history lost and re-copied, or the collection dropped on the source).
+    Clear(ClearMarker),
 }
 
-/// Sent by the source to every partition of a collection's topic before a fresh copy
-/// that replaces lost change history (`on_history_lost = "recopy"`). Documents deleted
-/// while the history was lost would otherwise stay on the target for good: the sink
-/// deletes the target documents whose key maps to this partition, then the copy (which
-/// follows in the same partition) puts back every document that still exists. Written
-/// as a Debezium truncate (`op: "t"`) with a `docrepl.resync` block saying which share.
+/// Sent by the source to every partition of a collection's topic when the target must
+/// lose its documents: before a fresh copy that replaces lost change history
+/// (`on_history_lost = "recopy"`: documents deleted while the history was lost would
+/// otherwise stay on the target for good; the copy, which follows in the same partition,
+/// puts back every document that still exists), and for a drop or rename of the source
+/// collection when `source.ddl = "replicate"`. The sink deletes the target documents whose
+/// key maps to this partition. Written as a Debezium truncate (`op: "t"`) with a
+/// `docrepl.clear` block saying which share and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResyncMarker {
+pub struct ClearMarker {
     pub ns: Namespace,
     pub partition: i32,
     pub partitions: i32,
+    /// For people reading the topic and the sink's log.
+    pub reason: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -149,10 +153,10 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
     serde_json::to_vec(&value).map_err(|e| EncodeError::InvalidBson(e.to_string()))
 }
 
-/// Key and value of the resync marker for one partition (see [`ResyncMarker`]). The key
+/// Key and value of the clear marker for one partition (see [`ClearMarker`]). The key
 /// is never a document key, so compaction keeps one marker per partition.
-pub fn encode_resync_marker(marker: &ResyncMarker, source: &SourceInfo, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
-    let key = serde_json::json!({"docrepl_resync": marker.partition}).to_string().into_bytes();
+pub fn encode_clear_marker(marker: &ClearMarker, source: &SourceInfo, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let key = serde_json::json!({"docrepl_clear": marker.partition}).to_string().into_bytes();
     let value = serde_json::json!({
         "before": null,
         "after": null,
@@ -162,7 +166,7 @@ pub fn encode_resync_marker(marker: &ResyncMarker, source: &SourceInfo, now_ms: 
         },
         "op": "t",
         "ts_ms": now_ms,
-        "docrepl": {"resync": {"partition": marker.partition, "partitions": marker.partitions}},
+        "docrepl": {"clear": {"partition": marker.partition, "partitions": marker.partitions, "reason": marker.reason}},
     });
     (key, value.to_string().into_bytes())
 }
@@ -243,7 +247,7 @@ struct EnvelopeIn<'a> {
     payload: Option<Box<EnvelopeIn<'a>>>,
     #[serde(default)]
     schema: Option<serde::de::IgnoredAny>,
-    /// docrepl's own control data (the resync marker).
+    /// docrepl's own control data (the clear marker).
     #[serde(default)]
     docrepl: Option<Value>,
 }
@@ -294,7 +298,7 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
 
     let op_code = envelope.op.as_deref().ok_or(DecodeError::MissingField("op"))?;
     if op_code == "t" {
-        return decode_resync(&envelope, topic);
+        return decode_clear(&envelope, topic);
     }
     let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;
 
@@ -325,23 +329,24 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
     Ok(Decoded::Event(ChangeEvent { op, ns, id, after, update, source }))
 }
 
-/// A truncate is applied only as docrepl's resync marker: a truncate from another
+/// A truncate is applied only as docrepl's clear marker: a truncate from another
 /// producer names no partition share, and clearing a whole collection from one partition's
 /// worker while the others apply newer events would lose them.
-fn decode_resync(envelope: &EnvelopeIn<'_>, topic: &str) -> Result<Decoded, DecodeError> {
-    let resync = envelope.docrepl.as_ref().and_then(|d| d.get("resync")).ok_or(DecodeError::ForeignTruncate)?;
+fn decode_clear(envelope: &EnvelopeIn<'_>, topic: &str) -> Result<Decoded, DecodeError> {
+    let clear = envelope.docrepl.as_ref().and_then(|d| d.get("clear")).ok_or(DecodeError::ForeignTruncate)?;
     let number = |field: &'static str| {
-        resync.get(field).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok()).ok_or(DecodeError::MissingField(field))
+        clear.get(field).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok()).ok_or(DecodeError::MissingField(field))
     };
     let (partition, partitions) = (number("partition")?, number("partitions")?);
     if partitions < 1 || !(0..partitions).contains(&partition) {
-        return Err(DecodeError::MissingField("docrepl.resync.partition"));
+        return Err(DecodeError::MissingField("docrepl.clear.partition"));
     }
     let ns = match &envelope.source {
         Some(source) => namespace_of(source, topic)?,
         None => namespace_of(&SourceIn::default(), topic)?,
     };
-    Ok(Decoded::Resync(ResyncMarker { ns, partition, partitions }))
+    let reason = clear.get("reason").and_then(Value::as_str).unwrap_or("unspecified").to_string();
+    Ok(Decoded::Clear(ClearMarker { ns, partition, partitions, reason }))
 }
 
 /// Debezium's JSON converter with `schemas.enable=true` wraps values in
@@ -670,8 +675,8 @@ mod tests {
     }
 
     #[test]
-    fn resync_markers_round_trip_and_foreign_truncates_are_refused() {
-        let marker = ResyncMarker { ns: Namespace::new("app", "orders"), partition: 3, partitions: 8 };
+    fn clear_markers_round_trip_and_foreign_truncates_are_refused() {
+        let marker = ClearMarker { ns: Namespace::new("app", "orders"), partition: 3, partitions: 8, reason: "dropped".into() };
         let source = SourceInfo {
             name: "docrepl".into(),
             rs: "rs0".into(),
@@ -681,12 +686,12 @@ mod tests {
             lsid: None,
             txn_number: None,
         };
-        let (key, value) = encode_resync_marker(&marker, &source, 1);
-        assert_eq!(decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap(), Decoded::Resync(marker));
+        let (key, value) = encode_clear_marker(&marker, &source, 1);
+        assert_eq!(decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap(), Decoded::Clear(marker));
 
         let foreign = br#"{"op":"t","source":{"db":"app","collection":"orders"}}"#;
         assert!(matches!(decode(None, Some(foreign), "docrepl.app.orders"), Err(DecodeError::ForeignTruncate)));
-        let out_of_range = br#"{"op":"t","source":{"db":"app","collection":"orders"},"docrepl":{"resync":{"partition":8,"partitions":8}}}"#;
+        let out_of_range = br#"{"op":"t","source":{"db":"app","collection":"orders"},"docrepl":{"clear":{"partition":8,"partitions":8}}}"#;
         assert!(decode(None, Some(out_of_range), "docrepl.app.orders").is_err());
     }
 }

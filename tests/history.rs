@@ -1,6 +1,6 @@
 //! Lost change-stream history: `on_history_lost = "fail"` stops with the collection
 //! named, and `"recopy"` re-copies the collection, clearing documents deleted during the
-//! gap through resync markers, so the target ends equal to the source.
+//! gap through clear markers, so the target ends equal to the source.
 //!
 //! The source is a mongod of the test's own whose change-stream `aggregate` answers
 //! ChangeStreamHistoryLost (286) through mongod's `failCommand` fail point: the mongod
@@ -66,7 +66,7 @@ async fn lost_history_stops_or_recopies_until_the_target_is_equal() {
     assert!(matches!(code, Some(c) if c != 0), "on_history_lost = \"fail\" must stop, got {code:?}:\n{log}");
     assert!(log.contains(&format!("change stream history lost for {}.c", setup.db)), "the error names the collection:\n{log}");
 
-    // "recopy": resync markers clear the target's documents, the copy puts back what exists.
+    // "recopy": clear markers clear the target's documents, the copy puts back what exists.
     lose_history_once(&client).await;
     let run = setup.spawn_with("run", &recopy, &[]);
     // verify also reads the source: let the reader meet the fail point first.

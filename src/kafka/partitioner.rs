@@ -1,6 +1,6 @@
 //! Which partition a key lands in: librdkafka's `murmur2_random` partitioner, the same
 //! function as Java's default partitioner (`toPositive(murmur2(key)) % partitions`). The
-//! sink needs it to find the documents of one partition when a resync marker asks it to
+//! sink needs it to find the documents of one partition when a clear marker asks it to
 //! clear that partition's share of a collection.
 
 /// Kafka's murmur2 (seed 0x9747b28c), as in `org.apache.kafka.common.utils.Utils`.

@@ -22,7 +22,7 @@ use super::errors::ErrorClass;
 use super::fold::{fold, FoldedDoc};
 use super::writer::{DocFailure, Writer};
 use super::SinkConfig;
-use crate::debezium::{self, Decoded, ResyncMarker};
+use crate::debezium::{self, Decoded, ClearMarker};
 use crate::event::{ChangeEvent, Namespace};
 use crate::metrics as m;
 
@@ -121,7 +121,7 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
     metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(batch.len() as f64);
     shared.last_batch_size.store(batch.len() as u64, Ordering::Relaxed);
 
-    // Events are written in segments: a resync marker is a barrier (what came before it
+    // Events are written in segments: a clear marker is a barrier (what came before it
     // is written, then the partition's share is cleared, then what follows is written).
     let mut segment = Vec::with_capacity(batch.len());
     let mut letters: Vec<(usize, String)> = Vec::new();
@@ -133,9 +133,9 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[Own
                 segment.push((i, e));
             }
             Ok(Decoded::Tombstone) => {}
-            Ok(Decoded::Resync(marker)) => {
+            Ok(Decoded::Clear(marker)) => {
                 write_events(ctx, shared, std::mem::take(&mut segment), &mut letters).await?;
-                resync(ctx, shared, &marker).await?;
+                clear_share(ctx, shared, &marker).await?;
             }
             Err(e) => letters.push((i, format!("undecodable message: {e}"))),
         }
@@ -200,19 +200,19 @@ async fn write_events(
     Ok(())
 }
 
-/// Clears the partition's share of the target collection for a resync marker, retrying
+/// Clears the partition's share of the target collection for a clear marker, retrying
 /// until it succeeds or the worker is told to stop.
-async fn resync(ctx: &WorkerContext, shared: &PartitionShared, marker: &ResyncMarker) -> Result<(), Abandoned> {
+async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &ClearMarker) -> Result<(), Abandoned> {
     let ns = ctx.config.target_namespace(&marker.ns);
     let mut backoff = Duration::from_millis(100);
     loop {
         match ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions).await {
             Ok(deleted) => {
-                warn!(target = %ns, partition = marker.partition, deleted, "resync marker: the source lost its change history and re-copies; cleared this partition's share of the target");
+                warn!(target = %ns, partition = marker.partition, deleted, "clear marker: the source lost its change history and re-copies; cleared this partition's share of the target");
                 return Ok(());
             }
             Err(e) => {
-                warn!(target = %ns, partition = marker.partition, "resync marker: {e}; retrying in {backoff:?}");
+                warn!(target = %ns, partition = marker.partition, "clear marker: {e}; retrying in {backoff:?}");
                 sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
                 backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
             }

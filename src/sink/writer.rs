@@ -122,7 +122,7 @@ impl Writer {
     }
 
     /// Deletes the documents of `ns` whose Kafka key falls in `partition` of
-    /// `partitions` (a resync marker's share: see `debezium::ResyncMarker`). Scans the
+    /// `partitions` (a clear marker's share: see `debezium::ClearMarker`). Scans the
     /// `_id`s and deletes in chunks, so memory stays bounded. Returns how many it deleted.
     pub async fn clear_partition_share(&self, ns: &Namespace, partition: i32, partitions: i32) -> Result<u64, CommandError> {
         use futures::TryStreamExt;

@@ -31,6 +31,9 @@ pub struct SourceConfig {
     /// What to do with an event larger than `kafka.max_message_bytes`.
     #[serde(default)]
     pub on_oversize: OversizePolicy,
+    /// What a drop, rename or dropDatabase of a source collection does to the target.
+    #[serde(default)]
+    pub ddl: DdlPolicy,
     /// The logical server name written to `source.name` (Debezium's `topic.prefix`).
     /// Default: `kafka.topic_prefix`.
     #[serde(default)]
@@ -81,6 +84,17 @@ pub enum OversizePolicy {
     DeadLetter,
     /// Stop the reader with an error naming the `_id`.
     Fail,
+}
+
+/// `ignore` (default): reported (log, metric), the target keeps its documents.
+/// `replicate`: the target collection is emptied (clear markers); a renamed collection
+/// inside the replicated set is copied under its new name like any new collection.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DdlPolicy {
+    #[default]
+    Ignore,
+    Replicate,
 }
 
 fn yes() -> bool {

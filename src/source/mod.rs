@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{CheckpointStore, CHECKPOINTS, LEASES};
-pub use config::{HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
+pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
 pub use lease::LeaseStore;
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::{describe_id, Origin, StreamItem};
 use super::watermark::AckWatermark;
-use super::{HistoryLostPolicy, OversizePolicy, SourceConfig};
+use super::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig};
 use crate::debezium;
 use crate::metrics as m;
 
@@ -43,7 +43,7 @@ pub struct ReaderContext {
     pub producer: FutureProducer,
     pub config: SourceConfig,
     pub max_message_bytes: usize,
-    /// Partitions of every collection topic (resync markers go to each).
+    /// Partitions of every collection topic (clear markers go to each).
     pub partitions: i32,
     pub dead_letter_topic: String,
     pub checkpoints: CheckpointStore,
@@ -107,6 +107,9 @@ enum Outgoing {
     DeadLetter { key: Vec<u8>, reason: String, token: Option<Bson>, event_time: Option<Timestamp> },
     /// The stream's post-batch resume token: covers everything read so far.
     Idle(Bson),
+    /// The collection was dropped or renamed and `source.ddl = "replicate"`: clear
+    /// markers to every partition; `token` covers the DDL event once they are delivered.
+    Clear { reason: String, token: Option<Bson> },
     /// The read side finished (copy done, stream invalidated) or failed.
     Done(Result<ReadEnd, ReaderError>),
 }
@@ -216,7 +219,7 @@ impl Reader {
                         warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy (source.on_history_lost = \"recopy\")");
                         // The markers first, the checkpoint cleared after they are acknowledged:
                         // a crash in between finds the lost history again and resends them.
-                        if let Some(exit) = self.send_resync_markers(&lease).await? {
+                        if let Some(exit) = self.send_clear_markers("change stream history lost: a fresh initial copy follows", &lease).await? {
                             return Ok(exit);
                         }
                         self.ctx
@@ -232,9 +235,9 @@ impl Reader {
         }
     }
 
-    /// Tells the sinks to clear the collection before the fresh copy: one resync marker
-    /// per partition (see `debezium::ResyncMarker`), each acknowledged by Kafka.
-    async fn send_resync_markers(&self, lease: &watch::Receiver<Instant>) -> Result<Option<ReaderExit>, ReaderError> {
+    /// Tells the sinks to empty the target collection: one clear marker per partition
+    /// (see `debezium::ClearMarker`), each acknowledged by Kafka.
+    async fn send_clear_markers(&self, reason: &str, lease: &watch::Receiver<Instant>) -> Result<Option<ReaderExit>, ReaderError> {
         let at = self.cluster_time().await?;
         let source = crate::event::SourceInfo {
             name: self.ctx.name.clone(),
@@ -247,8 +250,13 @@ impl Reader {
         };
         let markers: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..self.ctx.partitions)
             .map(|partition| {
-                let marker = debezium::ResyncMarker { ns: self.origin.ns.clone(), partition, partitions: self.ctx.partitions };
-                let (key, value) = debezium::encode_resync_marker(&marker, &source, m::now_ms());
+                let marker = debezium::ClearMarker {
+                    ns: self.origin.ns.clone(),
+                    partition,
+                    partitions: self.ctx.partitions,
+                    reason: reason.to_string(),
+                };
+                let (key, value) = debezium::encode_clear_marker(&marker, &source, m::now_ms());
                 (partition, key, value)
             })
             .collect();
@@ -261,9 +269,9 @@ impl Reader {
                 .producer
                 .send(record, Duration::from_secs(0))
                 .await
-                .map_err(|(e, _)| ReaderError::Delivery { ns: self.ns.clone(), message: format!("resync marker not delivered: {e}") })?;
+                .map_err(|(e, _)| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {e}") })?;
         }
-        info!(ns = %self.ns, partitions = self.ctx.partitions, "resync markers delivered: sinks clear the collection before the fresh copy");
+        info!(ns = %self.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
         Ok(None)
     }
 
@@ -400,6 +408,7 @@ impl Reader {
         let origin = self.origin.clone();
         let encoder = self.encoder();
         let ns = self.ns.clone();
+        let replicate_ddl = self.ctx.config.ddl == DdlPolicy::Replicate;
         let read = tokio::spawn(async move {
             let mut stream = stream;
             let mut last_idle: Option<Bson> = None;
@@ -411,11 +420,17 @@ impl Reader {
                         match origin.convert(ev) {
                             StreamItem::Change(ev) => encoder.encode(&ev, token),
                             StreamItem::Ddl { kind, to, cluster_time } => {
-                                warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (the target keeps its data)");
-                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind).increment(1);
-                                match token {
-                                    Some(t) => Outgoing::Idle(t),
-                                    None => continue,
+                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind.clone()).increment(1);
+                                if replicate_ddl {
+                                    warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: replicated (source.ddl = \"replicate\"): the target collection is emptied");
+                                    let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
+                                    Outgoing::Clear { reason: format!("{kind}{to} on the source"), token }
+                                } else {
+                                    warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (source.ddl = \"ignore\": the target keeps its data)");
+                                    match token {
+                                        Some(t) => Outgoing::Idle(t),
+                                        None => continue,
+                                    }
                                 }
                             }
                             StreamItem::Invalidate { cluster_time } => {
@@ -561,6 +576,16 @@ impl Reader {
                             // An idle stream's token still moves with the cluster clock.
                             event_time = super::checkpoint::token_cluster_time(&token).or(event_time);
                             watermark.idle_token((token, event_time));
+                        }
+                        Outgoing::Clear { reason, token } => {
+                            // Every event before the DDL is already queued ahead of the
+                            // markers in each partition.
+                            if let Some(exit) = self.send_clear_markers(&reason, lease).await? {
+                                break Some(exit);
+                            }
+                            if let Some(t) = token {
+                                watermark.idle_token((t, event_time));
+                            }
                         }
                         Outgoing::Done(Ok(end)) => read_end = Some(end),
                         Outgoing::Done(Err(e)) => return Err(e),
