@@ -6,10 +6,12 @@
 # Data, logs and pid files live under $DOCREPL_DATA (default .data/ in the checkout).
 # DOCREPL_BROKER_STORAGE=memory runs the broker in memory (faster, not persistent);
 # the default keeps its log in sqlite. `start` is idempotent; `stop` stops only what it started.
+# `start`/`stop` take the components to act on (`source`, `target`, `broker`; default all),
+# which the fault suite uses to restart one of them.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-usage() { echo "usage: $0 start|stop|status" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop [source|target|broker ...] | status" >&2; exit 2; }
 
 start_mongod() { # name port
   local name=$1 port=$2 dir="$DOCREPL_DATA/$1"
@@ -78,15 +80,33 @@ status_one() { # name pidfile port
   if pid_alive "$2"; then echo "$1: running (pid $(cat "$2")) on 127.0.0.1:$3"; else echo "$1: stopped"; fi
 }
 
-case "${1:-}" in
+start_one() {
+  case "$1" in
+    source) start_mongod source "$SOURCE_PORT" ;;
+    target) start_mongod target "$TARGET_PORT" ;;
+    broker) start_broker ;;
+    *) usage ;;
+  esac
+}
+
+stop_one() {
+  case "$1" in
+    source) stop_pid "source mongod" "$DOCREPL_DATA/source/mongod.pid" ;;
+    target) stop_pid "target mongod" "$DOCREPL_DATA/target/mongod.pid" ;;
+    broker) stop_pid broker "$DOCREPL_DATA/broker/nisshi.pid" ;;
+    *) usage ;;
+  esac
+}
+
+command="${1:-}"
+[ $# -gt 0 ] && shift
+case "$command" in
   start)
-    start_mongod source "$SOURCE_PORT"
-    start_mongod target "$TARGET_PORT"
-    start_broker ;;
+    if [ $# -eq 0 ]; then set -- source target broker; fi
+    for c in "$@"; do start_one "$c"; done ;;
   stop)
-    stop_pid broker "$DOCREPL_DATA/broker/nisshi.pid"
-    stop_pid "source mongod" "$DOCREPL_DATA/source/mongod.pid"
-    stop_pid "target mongod" "$DOCREPL_DATA/target/mongod.pid" ;;
+    if [ $# -eq 0 ]; then set -- broker source target; fi
+    for c in "$@"; do stop_one "$c"; done ;;
   status)
     status_one "source mongod" "$DOCREPL_DATA/source/mongod.pid" "$SOURCE_PORT"
     status_one "target mongod" "$DOCREPL_DATA/target/mongod.pid" "$TARGET_PORT"

@@ -694,4 +694,29 @@ mod tests {
         let out_of_range = br#"{"op":"t","source":{"db":"app","collection":"orders"},"docrepl":{"clear":{"partition":8,"partitions":8}}}"#;
         assert!(decode(None, Some(out_of_range), "docrepl.app.orders").is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever arrives on the topic, decoding returns (a value or an error), never panics.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            key in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+            value in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..512)),
+        ) {
+            let _ = decode(key.as_deref(), value.as_deref(), "docrepl.app.orders");
+        }
+
+        /// Envelopes that are almost right: every prefix of a valid one, and valid ones with
+        /// one byte changed, decode or fail cleanly.
+        #[test]
+        fn damaged_envelopes_never_panic(cut in 0usize..400, at in 0usize..400, byte in proptest::num::u8::ANY) {
+            let ev = event(Op::Update, Some(doc! {"_id": 1, "a": [1, {"b": "x"}], "d": 1.5}));
+            let key = encode_key(&ev.id);
+            let value = encode_value(&ev, 1).unwrap();
+            let _ = decode(Some(&key), Some(&value[..cut.min(value.len())]), "docrepl.app.orders");
+            let mut changed = value.clone();
+            let i = at % changed.len();
+            changed[i] = byte;
+            let _ = decode(Some(&key), Some(&changed), "docrepl.app.orders");
+        }
+    }
 }

@@ -1,0 +1,117 @@
+//! Bad input on the topic, fuzz-style: thousands of random and truncated JSON values,
+//! wrong types, unknown `op`s, huge values and invalid UTF-8, between valid events. The
+//! sink does not crash, every bad message lands in the dead-letter topic with a reason
+//! (matched by source partition and offset), and every valid event is applied.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bson::{doc, Document};
+use rand::{Rng, SeedableRng};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use common::{consume, Setup};
+
+fn valid_event(db: &str, id: i32) -> (Vec<u8>, Vec<u8>) {
+    let value = serde_json::json!({
+        "before": null, "after": format!(r#"{{"_id": {{"$numberInt": "{id}"}}, "v": {id}}}"#),
+        "source": {"connector": "mongodb", "name": "x", "db": db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"},
+        "op": "c", "ts_ms": 0,
+    });
+    (format!(r#"{{"id":"{id}"}}"#).into_bytes(), serde_json::to_vec(&value).unwrap())
+}
+
+/// One malformed message of a random kind.
+fn bad_message(rng: &mut rand::rngs::StdRng, db: &str) -> (Option<Vec<u8>>, Vec<u8>) {
+    let id = rng.random_range(100_000..200_000);
+    let (key, valid) = valid_event(db, id);
+    let value: Vec<u8> = match rng.random_range(0..9) {
+        // Random bytes, mostly invalid UTF-8.
+        0 => (0..rng.random_range(1..200)).map(|_| rng.random()).collect(),
+        // A valid event cut short.
+        1 => valid[..rng.random_range(1..valid.len() - 1)].to_vec(),
+        // Wrong types.
+        2 => br#"{"op": 5, "after": "{}"}"#.to_vec(),
+        3 => format!(r#"{{"op": "c", "after": {id}, "source": {{"db": "{db}", "collection": "c"}}}}"#).into_bytes(),
+        // Unknown op.
+        4 => String::from_utf8(valid.clone()).unwrap().replace(r#""op":"c""#, r#""op":"x""#).into_bytes(),
+        // A huge value that is not Extended JSON.
+        5 => format!(r#"{{"op": "c", "after": "{{\"_id\": {{\"$numberLong\": \"{}\"}}}}", "source": {{"db": "{db}", "collection": "c"}}}}"#, "9".repeat(300_000)).into_bytes(),
+        // Invalid UTF-8 inside otherwise plausible JSON.
+        6 => {
+            let mut v = valid.clone();
+            let at = rng.random_range(1..v.len() - 1);
+            v[at] = 0xff;
+            v
+        }
+        // Not an object at all.
+        7 => b"[1, 2, 3]".to_vec(),
+        // A `c` without `after`.
+        _ => format!(r#"{{"op": "c", "source": {{"db": "{db}", "collection": "c"}}}}"#).into_bytes(),
+    };
+    (rng.random_bool(0.8).then_some(key), value)
+}
+
+#[tokio::test]
+async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_applied() {
+    let setup = Setup::new("fuzz");
+    let topic = setup.topic("c");
+    let kafka = common::kafka_config(&setup.prefix, 8);
+    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
+    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut bad: HashSet<(i32, i64)> = HashSet::new();
+    let mut valid = 0;
+    for i in 0..3000 {
+        let (key, value) = if i % 3 == 0 {
+            valid += 1;
+            let (k, v) = valid_event(&setup.db, i / 3);
+            (Some(k), v)
+        } else {
+            let (k, v) = bad_message(&mut rng, &setup.db);
+            // The decoder is the oracle: only what it refuses counts as bad.
+            if docrepl::debezium::decode(k.as_deref(), Some(&v), &topic).is_ok() {
+                continue;
+            }
+            (k, v)
+        };
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).payload(&value);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        let (partition, offset) = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        if i % 3 != 0 {
+            bad.insert((partition, offset));
+        }
+    }
+    assert!(bad.len() > 1500, "the generator made too few bad messages: {}", bad.len());
+
+    let mut sink = setup.spawn("sink", &[]);
+    let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(120), "every valid event applied", || async {
+        target.count_documents(doc! {}).await.unwrap_or(0) == valid
+    })
+    .await;
+
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(120), |m| m.len() >= bad.len()).await;
+    let header = |m: &rdkafka::message::OwnedMessage, name: &str| {
+        m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+    };
+    let mut lettered = HashSet::new();
+    for m in &letters {
+        let reason = header(m, "docrepl.reason").expect("a reason header");
+        assert!(!reason.is_empty());
+        let partition: i32 = header(m, "docrepl.source.partition").unwrap().parse().unwrap();
+        let offset: i64 = header(m, "docrepl.source.offset").unwrap().parse().unwrap();
+        lettered.insert((partition, offset));
+    }
+    let missing: Vec<_> = bad.difference(&lettered).take(5).collect();
+    assert!(missing.is_empty(), "bad messages not in the dead-letter topic (first 5 of {}): {missing:?}", bad.len() - lettered.len());
+    assert_eq!(lettered.len(), bad.len(), "dead letters for messages that were not bad");
+    assert_eq!(target.count_documents(doc! {"_id": {"$gte": 100_000}}).await.unwrap(), 0, "a bad message was applied");
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "the sink survived:\n{}", sink.log_text());
+}
