@@ -83,9 +83,9 @@ async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_appli
         if let Some(k) = &key {
             record = record.key(k);
         }
-        let (partition, offset) = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        let delivery = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
         if i % 3 != 0 {
-            bad.insert((partition, offset));
+            bad.insert((delivery.partition, delivery.offset));
         }
     }
     assert!(bad.len() > 1500, "the generator made too few bad messages: {}", bad.len());
