@@ -1,5 +1,6 @@
 //! Bad configuration at start: each case gives one clear line naming the key and what is
-//! expected, and exit code 2, without touching any server.
+//! expected, and exit code 2, without touching any server; unreachable peers at start give
+//! a clear message and a bounded, non-zero exit.
 
 use std::process::Command;
 
@@ -103,4 +104,39 @@ fn sink_needs_its_section() {
     let (code, err, _) = check("sink", &text, &[]);
     assert_eq!(code, 2);
     assert!(err.contains("[sink] is required"), "{err}");
+}
+
+/// Runs `docrepl <cmd> --config <file>` (no --check) and returns (exit code, stderr, seconds).
+fn start(cmd: &str, text: &str) -> (i32, String, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docrepl.toml");
+    std::fs::write(&path, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_docrepl")).args([cmd, "--config"]).arg(&path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), started.elapsed().as_secs_f64())
+}
+
+/// An unreachable cluster or broker at start: a clear message naming what and where, a
+/// non-zero exit, and no hang (every wait is bounded). Port 1 on loopback refuses.
+#[test]
+fn unreachable_peers_at_start_fail_with_a_clear_message() {
+    let text = GOOD.replace("mongodb://127.0.0.1:27117/?replicaSet=rs-source", "mongodb://127.0.0.1:1/?replicaSet=rs-source")
+        + "[http]\nlisten = \"127.0.0.1:0\"\n";
+    let (code, err, secs) = start("source", &text);
+    assert!(code != 0 && code != 2, "exit {code}: {err}");
+    assert!(err.contains("cannot reach the cluster at mongodb://127.0.0.1:1") && err.contains("source.uri"), "{err}");
+    assert!(secs < 60.0, "took {secs} s");
+
+    let text = GOOD.replace("mongodb://127.0.0.1:27217/?replicaSet=rs-target", "mongodb://127.0.0.1:1/?replicaSet=rs-target")
+        + "[http]\nlisten = \"127.0.0.1:0\"\n";
+    let (code, err, _) = start("sink", &text);
+    assert!(code != 0 && err.contains("cannot reach the cluster at mongodb://127.0.0.1:1") && err.contains("sink.uri"), "exit {code}: {err}");
+
+    let broker = std::env::var("DOCREPL_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let text = GOOD.replace(&format!("bootstrap_servers = \"127.0.0.1:19092\""), "bootstrap_servers = \"127.0.0.1:1\"")
+        .replace("127.0.0.1:19092", &broker)
+        + "[http]\nlisten = \"127.0.0.1:0\"\n";
+    let (code, err, secs) = start("sink", &text);
+    assert!(code != 0 && err.contains("127.0.0.1:1") && err.to_lowercase().contains("broker"), "exit {code}: {err}");
+    assert!(secs < 60.0, "took {secs} s");
 }
