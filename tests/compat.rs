@@ -6,22 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use bson::{doc, Document};
 
 use common::{OwnMongod, Setup};
-
-fn verify(config: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_docrepl"))
-        .args(["verify", "--config"])
-        .arg(config)
-        .args(["--wait-for-quiet", "120"])
-        .output()
-        .expect("run docrepl verify");
-    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
 
 #[tokio::test]
 async fn a_source_at_fcv_5_0_without_retryable_writes_replicates() {
@@ -49,7 +38,7 @@ async fn a_source_at_fcv_5_0_without_retryable_writes_replicates() {
     coll.delete_many(doc! {"_id": {"$gte": 400}}).await.unwrap();
     coll.insert_many((1000..1100).map(|i| doc! {"_id": i})).await.unwrap();
 
-    let (code, out) = verify(&config);
+    let (code, out) = common::verify(&config, 120);
     assert_eq!(code, Some(0), "target differs from the FCV 5.0 source:\n{out}\n{}", run.log_text());
 }
 

@@ -244,16 +244,6 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("ca.pem"), dir.join("server.pem"))
 }
 
-fn verify(config: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_docrepl"))
-        .args(["verify", "--config"])
-        .arg(config)
-        .args(["--wait-for-quiet", "90"])
-        .output()
-        .expect("run docrepl verify");
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 /// One source, two sink groups (two regions), two target clusters: both end equal to the
 /// source. The second target requires TLS with a self-signed CA; its sink (and verify)
 /// reach it through `tlsCAFile`, and a client without TLS is refused.
@@ -305,8 +295,8 @@ async fn two_sink_groups_fan_out_to_two_targets_one_over_tls() {
     orders.insert_many((300..400).map(|i| doc! {"_id": i, "v": 1})).await.unwrap();
 
     for (region, config) in [("B", &region_b_config), ("C (TLS)", &region_c_config)] {
-        let (code, out) = verify(config);
-        assert_eq!(code, 0, "region {region} is not equal to the source:\n{out}\nsink B:\n{}\nsink C:\n{}", sink_b.log_text(), sink_c.log_text());
+        let (code, out) = common::verify(config, 90);
+        assert_eq!(code, Some(0), "region {region} is not equal to the source:\n{out}\nsink B:\n{}\nsink C:\n{}", sink_b.log_text(), sink_c.log_text());
     }
     let client_c = common::mongo(&region_c.uri()).await;
     assert_eq!(client_c.database(&setup.db).collection::<Document>("orders").count_documents(doc! {}).await.unwrap(), 350);

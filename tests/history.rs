@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use bson::{doc, Document};
@@ -74,19 +73,8 @@ async fn lost_history_stops_or_recopies_until_the_target_is_equal() {
         run.log_text().contains("starting a fresh initial copy")
     })
     .await;
-    let out = Command::new(env!("CARGO_BIN_EXE_docrepl"))
-        .args(["verify", "--config"])
-        .arg(&recopy)
-        .args(["--wait-for-quiet", "180"])
-        .output()
-        .expect("run docrepl verify");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "after the fresh copy the target differs from the source:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, out) = common::verify(&recopy, 180);
+    assert_eq!(code, Some(0), "after the fresh copy the target differs from the source:\n{out}");
     assert_eq!(target.count_documents(doc! {"_id": {"$lt": 50}}).await.unwrap(), 0, "documents deleted during the gap are gone");
     assert_eq!(target.count_documents(doc! {"v": 1}).await.unwrap(), 50);
 }

@@ -157,18 +157,24 @@ async fn initial_copy_hands_over_to_the_stream_without_a_gap() {
     assert!(missing.is_empty(), "missing _ids (first 10): {missing:?}");
 }
 
-/// kill -9 at any moment and a restart lose no event (duplicates are allowed).
-#[tokio::test]
-async fn kill_9_and_restart_loses_nothing() {
-    let setup = Setup::new("kill");
+/// A source streaming `events` while `_id`s 0..6000 are being inserted (with -1 copied
+/// first), 1.2 s into that load: the moment the restart tests stop it.
+async fn source_under_load(name: &str) -> (Setup, common::Proc, tokio::task::JoinHandle<()>) {
+    let setup = Setup::new(name);
     let client = common::mongo(&common::source_uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("events");
     coll.insert_one(doc! {"_id": -1}).await.unwrap();
-    let mut source = setup.spawn("source", &[]);
+    let source = setup.spawn("source", &[]);
     consume(&setup.topic("events"), Duration::from_secs(60), |m| !m.is_empty()).await;
-
     let writer = common::spawn_inserts(&coll, 30, 200);
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    (setup, source, writer)
+}
+
+/// kill -9 at any moment and a restart lose no event (duplicates are allowed).
+#[tokio::test]
+async fn kill_9_and_restart_loses_nothing() {
+    let (setup, mut source, writer) = source_under_load("kill").await;
     source.kill9();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The lease of the killed instance must expire before the new one reads.
@@ -185,15 +191,7 @@ async fn kill_9_and_restart_loses_nothing() {
 /// restart goes on from there: no event lost, none published twice.
 #[tokio::test]
 async fn sigterm_during_load_exits_0_and_the_restart_neither_loses_nor_repeats() {
-    let setup = Setup::new("term");
-    let client = common::mongo(&common::source_uri()).await;
-    let coll = client.database(&setup.db).collection::<Document>("events");
-    coll.insert_one(doc! {"_id": -1}).await.unwrap();
-    let mut source = setup.spawn("source", &[]);
-    consume(&setup.topic("events"), Duration::from_secs(60), |m| !m.is_empty()).await;
-
-    let writer = common::spawn_inserts(&coll, 30, 200);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (setup, mut source, writer) = source_under_load("term").await;
     let stopping = std::time::Instant::now();
     assert_eq!(source.terminate(Duration::from_secs(10)), Some(0), "SIGTERM under load:\n{}", source.log_text());
     assert!(stopping.elapsed() < Duration::from_secs(10));

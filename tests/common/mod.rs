@@ -169,6 +169,17 @@ listen = "127.0.0.1:0"
     }
 }
 
+/// `docrepl verify --config <config> --wait-for-quiet <secs>`: (exit code, its output).
+pub fn verify(config: &Path, wait_secs: u32) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_docrepl"))
+        .args(["verify", "--config"])
+        .arg(config)
+        .args(["--wait-for-quiet", &wait_secs.to_string()])
+        .output()
+        .expect("run docrepl verify");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// A running docrepl process, killed when dropped.
 pub struct Proc {
     child: Option<Child>,
