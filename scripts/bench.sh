@@ -5,6 +5,8 @@
 #   source    docrepl source alone draining an N-document backlog into the topic (8 partitions)
 #   sink      docrepl sink alone applying those N events (8 partitions), then with 1 partition
 #   drain     source + sink (docrepl run) started after N inserts: until verify says equal
+#   live      docrepl run under a steady 5,000 docs/s load for 60 s: end-to-end lag of
+#             marker documents (source write acknowledged -> visible on the target)
 # plus peak RSS and CPU seconds per million documents of each docrepl process.
 # Prints one table and saves it as Markdown and JSON under benches/results/.
 set -euo pipefail
@@ -28,13 +30,13 @@ BIN="$CARGO_TARGET_DIR/release/docrepl"
 WORK="$DOCREPL_DATA/run"
 mkdir -p "$WORK" "$DOCREPL_ROOT/benches/results"
 
-# config PREFIX PARTITIONS HTTP_PORT GROUP
+# config PREFIX PARTITIONS HTTP_PORT GROUP [COLLECTION]
 config() {
   cat >"$WORK/$1.toml" <<EOF
 [source]
 uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
 database = "bench"
-collections = ["docs"]
+collections = ["${5:-docs}"]
 [sink]
 uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
 group_id = "$4"
@@ -80,11 +82,11 @@ stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true;
 PY="$PYTHON_VENV/bin/python"
 "$PY" -c 'import sys' # the venv from setup.sh
 
-log "1/4 ceiling: $N documents straight into the target"
+log "1/5 ceiling: $N documents straight into the target"
 CFG=$(config b8 8 18201 g8)
 ceiling=$("$BIN" loadgen --config "$CFG" --target --collection ceiling -n "$N" --database bench | sed -E 's/.* = ([0-9]+) docs\/s.*/\1/')
 
-log "2/4 source: a change-stream backlog of $N inserts into the topic"
+log "2/5 source: a change-stream backlog of $N inserts into the topic"
 # Open the stream on the empty collection once (saves its position), stop, then insert:
 # the next start catches up through the change stream, as after an outage.
 "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['bench'].create_collection('docs')"
@@ -101,7 +103,7 @@ read -r src_rss src_cpu < <(proc_stats $SRC)
 stop_pid $SRC
 source_rate=$(rate "$N" "$(secs "$t0" "$t1")")
 
-log "3/4 sink: applying $N events from 8 partitions"
+log "3/5 sink: applying $N events from 8 partitions"
 t0=$(now)
 "$BIN" sink --config "$CFG" 2>"$WORK/sink.log" & SNK=$!
 wait_for target_at_least docs "$N"
@@ -123,7 +125,7 @@ t1=$(now)
 stop_pid $SNK
 sink1_rate=$(rate "$N" "$(secs "$t0" "$t1")")
 
-log "4/4 drain: source + sink together on a fresh $N-document backlog"
+log "4/5 drain: source + sink together on a fresh $N-document backlog"
 "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['bench']['docs'].drop()"
 CFGD=$(config bd 8 18203 gd)
 t0=$(now)
@@ -139,6 +141,19 @@ drain_secs=$(secs "$t0" "$t1")
 drain_rate=$(rate "$N" "$drain_secs")
 ratio=$(python3 -c "print(f'{$drain_rate/$ceiling:.2f}')")
 per_m() { python3 -c "print(f'{$1*1e6/$N:.1f}')"; }
+
+log "5/5 live: 5,000 docs/s for 60 s with docrepl running; lag of marker documents"
+CFGL=$(config bl 8 18204 gl live)
+"$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['bench'].create_collection('live')"
+"$BIN" run --config "$CFGL" 2>"$WORK/live.log" & RUN=$!
+wait_for grep -q "streaming changes" "$WORK/live.log"
+"$BIN" loadgen --config "$CFGL" --collection live --database bench -n 330000 --rate 5000 --append >"$WORK/live-load.txt" & LOAD=$!
+sleep 3 # the load at its pace first
+read -r lag_p50 lag_p99 lag_max lag_n < <("$PY" "$DOCREPL_ROOT/scripts/lag_probe.py" "$SOURCE_PORT" "$TARGET_PORT" bench live 60 0.1) \
+  || die "lag probe: markers did not all arrive"
+wait "$LOAD" || true
+read -r live_rss live_cpu < <(proc_stats $RUN)
+stop_pid $RUN
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 md="$DOCREPL_ROOT/benches/results/bench-$N-$stamp.md"
@@ -156,11 +171,15 @@ docrepl end-to-end benchmark, N = $N small documents ($(nproc) cores, $(free -g 
 | source: peak RSS (MB), CPU s per million | $src_rss, $(per_m "$src_cpu") |
 | sink: peak RSS (MB), CPU s per million | $snk_rss, $(per_m "$snk_cpu") |
 | run (both): peak RSS (MB), CPU s per million | $run_rss, $(per_m "$run_cpu") |
+| live, 5,000 docs/s for 60 s: end-to-end lag p50 / p99 / max (ms, $lag_n markers) | $lag_p50 / $lag_p99 / $lag_max |
+| live: peak RSS (MB), CPU s for the whole live phase | $live_rss, $live_cpu |
 EOF
 cat >"${md%.md}.json" <<EOF
 {"n": $N, "ceiling_docs_per_s": $ceiling, "source_events_per_s": $source_rate, "sink8_docs_per_s": $sink8_rate,
  "sink1_docs_per_s": $sink1_rate, "drain_docs_per_s": $drain_rate, "drain_seconds": $drain_secs, "drain_over_ceiling": $ratio,
  "source_peak_rss_mb": $src_rss, "source_cpu_s": $src_cpu, "sink_peak_rss_mb": $snk_rss, "sink_cpu_s": $snk_cpu,
- "run_peak_rss_mb": $run_rss, "run_cpu_s": $run_cpu}
+ "run_peak_rss_mb": $run_rss, "run_cpu_s": $run_cpu,
+ "live_lag_p50_ms": $lag_p50, "live_lag_p99_ms": $lag_p99, "live_lag_max_ms": $lag_max, "live_markers": $lag_n,
+ "live_peak_rss_mb": $live_rss, "live_cpu_s": $live_cpu}
 EOF
 cat "$md"

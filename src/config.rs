@@ -296,6 +296,16 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_take_numbers_and_booleans_as_text() {
+        let text = format!("{MINIMAL}\n[kafka.properties]\n\"linger.ms\" = 5\n\"enable.ssl.certificate.verification\" = false\n");
+        let c = load(&text, &[("DOCREPL_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS", "100")]).unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p.get("linger.ms").map(String::as_str), Some("5"));
+        assert_eq!(p.get("enable.ssl.certificate.verification").map(String::as_str), Some("false"));
+        assert_eq!(p.get("fetch.wait.max.ms").map(String::as_str), Some("100"));
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_path() {
         let text = MINIMAL.replace("database = \"app\"", "database = \"app\"\nurl = \"x\"");
         let err = load(&text, &[]).unwrap_err().to_string();

@@ -31,9 +31,36 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
     /// librdkafka properties passed through to every client (security.protocol, sasl.*,
-    /// ssl.*, ...). They win over docrepl's defaults.
-    #[serde(default)]
+    /// ssl.*, ...). They win over docrepl's defaults. Numbers and booleans are taken as
+    /// their text (`"linger.ms" = 5` and `DOCREPL_KAFKA__PROPERTIES__LINGER_MS=5` work).
+    #[serde(default, deserialize_with = "properties_as_text")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// librdkafka takes every property as text; TOML (and the environment overrides, read as
+/// TOML values) give numbers and booleans their own types.
+fn properties_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Integer(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
