@@ -144,7 +144,7 @@ per_m() { python3 -c "print(f'{$1*1e6/$N:.1f}')"; }
 
 log "5/5 live: 5,000 docs/s for 60 s with docrepl running; lag of marker documents"
 CFGL=$(config bl 8 18204 gl live)
-"$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['bench'].create_collection('live')"
+"$PY" -c "from pymongo import MongoClient; db = MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['bench']; db.drop_collection('live'); db.create_collection('live')"
 "$BIN" run --config "$CFGL" 2>"$WORK/live.log" & RUN=$!
 wait_for grep -q "streaming changes" "$WORK/live.log"
 "$BIN" loadgen --config "$CFGL" --collection live --database bench -n 330000 --rate 5000 --append >"$WORK/live-load.txt" & LOAD=$!
