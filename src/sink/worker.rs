@@ -22,7 +22,7 @@ use super::errors::ErrorClass;
 use super::fold::{fold, FoldedDoc};
 use super::writer::{DocFailure, Writer};
 use super::SinkConfig;
-use crate::debezium::{self, Decoded, ClearMarker};
+use crate::debezium::{self, ClearMarker, Decoded};
 use crate::event::{ChangeEvent, Namespace};
 use crate::metrics as m;
 
@@ -208,7 +208,7 @@ async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &Cle
     loop {
         match ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions).await {
             Ok(deleted) => {
-                warn!(target = %ns, partition = marker.partition, deleted, "clear marker: the source lost its change history and re-copies; cleared this partition's share of the target");
+                warn!(target = %ns, partition = marker.partition, deleted, reason = %marker.reason, "clear marker: cleared this partition's share of the target");
                 return Ok(());
             }
             Err(e) => {

@@ -37,13 +37,17 @@ pub enum CommandError {
     Command { ns: String, source: mongodb::error::Error, class: ErrorClass },
     #[error("write concern not satisfied on {ns}: {message} (code {code})")]
     WriteConcern { ns: String, code: i32, message: String },
+    /// A delete by `_id` while clearing a partition's share was refused: no document can
+    /// make that fail for good, so it is retried like a transient error.
+    #[error("delete on {ns} refused: {message} (code {code})")]
+    DeleteRefused { ns: String, code: i32, message: String },
 }
 
 impl CommandError {
     pub fn class(&self) -> ErrorClass {
         match self {
             CommandError::Command { class, .. } => *class,
-            CommandError::WriteConcern { .. } => ErrorClass::Transient,
+            CommandError::WriteConcern { .. } | CommandError::DeleteRefused { .. } => ErrorClass::Transient,
         }
     }
 }
@@ -150,8 +154,7 @@ impl Writer {
                 let mut outcome = WriteOutcome::default();
                 self.run(ns, "delete", "deletes", std::mem::take(&mut chunk), &mut outcome).await?;
                 if let Some(f) = outcome.failures.first() {
-                    // Deleting by `_id` has no document-level reason to fail: treat as transient.
-                    return Err(CommandError::WriteConcern { ns: ns.to_string(), code: f.code, message: f.message.clone() });
+                    return Err(CommandError::DeleteRefused { ns: ns.to_string(), code: f.code, message: f.message.clone() });
                 }
                 deleted += n;
             }
