@@ -113,8 +113,7 @@ fn millis_to_rfc3339(ms: u64) -> Option<String> {
 }
 
 fn age_seconds(ms: u64) -> f64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    now.saturating_sub(ms) as f64 / 1000.0
+    (crate::metrics::now_ms().max(0) as u64).saturating_sub(ms) as f64 / 1000.0
 }
 
 #[cfg(test)]
