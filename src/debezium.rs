@@ -457,12 +457,7 @@ fn decode_source(source: SourceIn<'_>) -> SourceInfo {
 
 /// Parses an Extended JSON document (canonical, relaxed or legacy) straight into raw BSON.
 pub fn parse_extjson_raw(text: &str, field: &'static str) -> Result<RawDocumentBuf, DecodeError> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(o)) => crate::extjson::document_from_value(&o)
-            .map_err(|e| DecodeError::ExtJson { field, message: e.to_string() }),
-        Ok(_) => Err(DecodeError::ExtJson { field, message: "not a JSON object".into() }),
-        Err(e) => Err(DecodeError::ExtJson { field, message: e.to_string() }),
-    }
+    crate::extjson::parse_document(text).map_err(|e| DecodeError::ExtJson { field, message: e.to_string() })
 }
 
 /// Parses an Extended JSON document (canonical, relaxed or legacy), keeping field order.

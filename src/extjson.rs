@@ -1,9 +1,11 @@
-//! Canonical Extended JSON v2 written straight from raw BSON (pure, no I/O).
+//! Extended JSON written straight from raw BSON and read straight back into it (pure, no I/O).
 //!
 //! The source encodes every document it reads; going through `bson::Document` and a
 //! `serde_json::Value` tree first cost three passes and many allocations per document.
-//! This writer walks the raw bytes once and produces exactly the text
-//! `Bson::into_canonical_extjson` would (a property test holds it to that).
+//! The writer walks the raw bytes once and produces exactly the text
+//! `Bson::into_canonical_extjson` would; the reader (`parse_document`) is its mirror for
+//! the sink, and reads relaxed and legacy Extended JSON the way bson does (property tests
+//! hold both to bson's own conversions).
 
 use std::io::Write;
 
@@ -11,14 +13,18 @@ use base64::Engine;
 use bson::raw::{RawArray, RawBsonRef, RawDocument};
 use bson::{Bson, RawArrayBuf, RawBson, RawDocumentBuf};
 
-/// Why a document could not be written (malformed raw BSON).
+/// Why a document could not be written or read.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed BSON: {0}")]
-pub struct ExtJsonError(String);
+pub enum ExtJsonError {
+    #[error("malformed BSON: {0}")]
+    MalformedBson(String),
+    #[error("{0}")]
+    InvalidText(String),
+}
 
 impl From<bson::raw::Error> for ExtJsonError {
     fn from(e: bson::raw::Error) -> Self {
-        ExtJsonError(e.to_string())
+        ExtJsonError::MalformedBson(e.to_string())
     }
 }
 
@@ -27,7 +33,7 @@ pub fn canonical_document(doc: &RawDocument) -> Result<String, ExtJsonError> {
     let mut out = Vec::with_capacity(doc.as_bytes().len() * 2);
     write_document(doc, &mut out)?;
     // Only valid UTF-8 is written: keys and strings come from validated BSON strings.
-    String::from_utf8(out).map_err(|e| ExtJsonError(e.to_string()))
+    String::from_utf8(out).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))
 }
 
 fn write_str(s: &str, out: &mut Vec<u8>) {
@@ -126,7 +132,7 @@ fn write_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), ExtJsonEr
         RawBsonRef::MaxKey => out.extend_from_slice(b"{\"$maxKey\":1}"),
         // Deprecated and rare: the owned conversion is fine here.
         other @ RawBsonRef::DbPointer(_) => {
-            let bson = Bson::try_from(other).map_err(|e| ExtJsonError(e.to_string()))?;
+            let bson = Bson::try_from(other).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))?;
             let _ = serde_json::to_writer(&mut *out, &bson.into_canonical_extjson());
         }
     }
@@ -157,46 +163,144 @@ fn write_double(f: f64, out: &mut Vec<u8>) {
 // Reading: Extended JSON → raw BSON
 // ---------------------------------------------------------------------------------------
 
-/// An Extended JSON object (canonical, relaxed or legacy) as a raw BSON document, field
-/// order kept. The common shapes are converted directly; anything unusual goes through
-/// bson's own Extended JSON parser (after rewriting legacy forms), so both paths agree.
-pub fn document_from_value(obj: &serde_json::Map<String, serde_json::Value>) -> Result<RawDocumentBuf, ExtJsonError> {
-    let mut out = RawDocumentBuf::new();
-    for (k, v) in obj {
-        out.append(k, value_to_raw(v)?);
-    }
-    Ok(out)
+/// Extended JSON text (canonical, relaxed or legacy) as a raw BSON document, field order
+/// kept, in one pass: the JSON is read straight into BSON bytes, with no `serde_json::Value`
+/// tree in between (that tree, an ordered map per object, was most of a sink's decoding
+/// cost). Only type wrappers (`{"$…": …}`) go through a small `Value` each: the common
+/// ones are converted directly, anything unusual by bson's own Extended JSON parser (after
+/// rewriting legacy forms), so both paths agree.
+pub fn parse_document(text: &str) -> Result<RawDocumentBuf, ExtJsonError> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = DocumentSeed.deserialize(&mut de).map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
+    de.end().map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
+    Ok(doc)
 }
 
-fn value_to_raw(v: &serde_json::Value) -> Result<RawBson, ExtJsonError> {
-    use serde_json::Value;
-    Ok(match v {
-        Value::Null => RawBson::Null,
-        Value::Bool(b) => RawBson::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) if i32::try_from(i).is_ok() => RawBson::Int32(i as i32),
-            Some(i) => RawBson::Int64(i),
-            None => RawBson::Double(n.as_f64().ok_or_else(|| ExtJsonError(format!("number {n} out of range")))?),
-        },
-        Value::String(s) => RawBson::String(s.clone()),
-        Value::Array(items) => {
-            let mut array = RawArrayBuf::new();
-            for item in items {
-                array.push(value_to_raw(item)?);
-            }
-            RawBson::Array(array)
+/// Reads a JSON object that must be a document (not a type wrapper).
+struct DocumentSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for DocumentSeed {
+    type Value = RawDocumentBuf;
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<RawDocumentBuf, D::Error> {
+        match de.deserialize_map(ValueVisitor)? {
+            RawBson::Document(doc) => Ok(doc),
+            _ => Err(serde::de::Error::custom("a type wrapper where a document was expected")),
         }
-        Value::Object(o) if !o.keys().any(|k| k.starts_with('$')) => RawBson::Document(document_from_value(o)?),
-        Value::Object(o) => match fast_wrapper(o) {
-            Some(raw) => raw,
-            None => {
-                let mut value = v.clone();
-                crate::debezium::normalize_legacy_extjson(&mut value);
-                let bson = Bson::try_from(value).map_err(|e| ExtJsonError(e.to_string()))?;
-                RawBson::try_from(bson).map_err(|e| ExtJsonError(e.to_string()))?
+    }
+}
+
+/// Reads any JSON value as the BSON value its Extended JSON means.
+struct ValueSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
+    type Value = RawBson;
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<RawBson, D::Error> {
+        de.deserialize_any(ValueVisitor)
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
             }
-        },
-    })
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        de.deserialize_str(KeyVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = RawBson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an Extended JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<RawBson, E> {
+        Ok(RawBson::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<RawBson, E> {
+        Ok(RawBson::Boolean(b))
+    }
+    // Plain JSON numbers as bson reads relaxed Extended JSON: int32 when it fits, else
+    // int64, else double.
+    fn visit_i64<E>(self, i: i64) -> Result<RawBson, E> {
+        Ok(match i32::try_from(i) {
+            Ok(small) => RawBson::Int32(small),
+            Err(_) => RawBson::Int64(i),
+        })
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<RawBson, E> {
+        Ok(match (i32::try_from(u), i64::try_from(u)) {
+            (Ok(small), _) => RawBson::Int32(small),
+            (_, Ok(i)) => RawBson::Int64(i),
+            _ => RawBson::Double(u as f64),
+        })
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<RawBson, E> {
+        Ok(RawBson::Double(f))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<RawBson, E> {
+        Ok(RawBson::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<RawBson, E> {
+        Ok(RawBson::String(s))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawBson, A::Error> {
+        let mut array = RawArrayBuf::new();
+        while let Some(item) = seq.next_element_seed(ValueSeed)? {
+            array.push(item);
+        }
+        Ok(RawBson::Array(array))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawBson, A::Error> {
+        let mut doc = RawDocumentBuf::new();
+        let Some(Key(first)) = map.next_key::<Key<'de>>()? else {
+            return Ok(RawBson::Document(doc));
+        };
+        if first.starts_with('$') {
+            return wrapper_from_map(first.into_owned(), map);
+        }
+        doc.append(first.as_ref(), map.next_value_seed(ValueSeed)?);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            doc.append(key.as_ref(), map.next_value_seed(ValueSeed)?);
+        }
+        Ok(RawBson::Document(doc))
+    }
+}
+
+/// An object whose first key starts with `$`: a type wrapper (or, rarely, a document with
+/// such field names, which bson's parser tells apart).
+fn wrapper_from_map<'de, A: serde::de::MapAccess<'de>>(first: String, mut map: A) -> Result<RawBson, A::Error> {
+    let mut object = serde_json::Map::new();
+    object.insert(first, map.next_value::<serde_json::Value>()?);
+    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        object.insert(key.into_owned(), map.next_value::<serde_json::Value>()?);
+    }
+    if let Some(raw) = fast_wrapper(&object) {
+        return Ok(raw);
+    }
+    let mut value = serde_json::Value::Object(object);
+    crate::debezium::normalize_legacy_extjson(&mut value);
+    let bson = Bson::try_from(value).map_err(serde::de::Error::custom)?;
+    RawBson::try_from(bson).map_err(serde::de::Error::custom)
 }
 
 /// The type wrappers that make up nearly all real documents.
@@ -281,10 +385,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> RawDocumentBuf {
-        match serde_json::from_str::<serde_json::Value>(text).unwrap() {
-            serde_json::Value::Object(o) => document_from_value(&o).unwrap(),
-            _ => panic!("not an object"),
-        }
+        parse_document(text).unwrap()
     }
 
     #[test]
@@ -311,6 +412,18 @@ mod tests {
             let raw = RawDocumentBuf::from_document(&doc).unwrap();
             let back = parse(&canonical_document(&raw).unwrap());
             prop_assert_eq!(back.as_bytes(), raw.as_bytes());
+        }
+
+        #[test]
+        fn reads_relaxed_text_as_bson_does(fields in proptest::collection::vec(("[a-z$]{1,5}", tree()), 0..8)) {
+            let doc: Document = fields.into_iter().collect();
+            let text = Bson::Document(doc).into_relaxed_extjson().to_string();
+            let expected = match Bson::try_from(serde_json::from_str::<serde_json::Value>(&text).unwrap()) {
+                Ok(Bson::Document(d)) => RawDocumentBuf::from_document(&d).unwrap(),
+                other => panic!("bson read {text} as {other:?}"),
+            };
+            let read = parse(&text);
+            prop_assert_eq!(read.as_bytes(), expected.as_bytes());
         }
 
         #[test]
