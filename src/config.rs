@@ -219,6 +219,34 @@ fn parse_env_value(raw: &str) -> toml::Value {
 
 /// Checks a MongoDB connection string well enough to give a clear message at start
 /// (the driver's own parse runs later and catches the rest).
+/// A setting that is text to its user but may be written as a number or boolean: TOML
+/// (and the environment overrides, read as TOML values) give those their own types, so
+/// `w = 1` and `DOCREPL_SINK__WRITE_CONCERN=1` arrive as integers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scalar {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    pub(crate) fn into_text(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Integer(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// `deserialize_with` for a text setting that may be written as a number (see `Scalar`).
+pub(crate) fn scalar_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Scalar::deserialize(d).map(Scalar::into_text)
+}
+
 pub fn validate_mongo_uri(key: &str, uri: &str) -> Result<(), ConfigError> {
     if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
         return Err(ConfigError::invalid(
@@ -303,6 +331,15 @@ mod tests {
         assert_eq!(p.get("linger.ms").map(String::as_str), Some("5"));
         assert_eq!(p.get("enable.ssl.certificate.verification").map(String::as_str), Some("false"));
         assert_eq!(p.get("fetch.wait.max.ms").map(String::as_str), Some("100"));
+    }
+
+    #[test]
+    fn write_concern_takes_a_number_of_nodes() {
+        let sink = |c: Config| c.sink.unwrap().write_concern;
+        assert_eq!(sink(load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", "1")]).unwrap()), "1");
+        assert_eq!(sink(load(MINIMAL, &[]).unwrap()), "majority");
+        let err = load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", "most")]).unwrap_err().to_string();
+        assert!(err.contains("sink.write_concern"), "{err}");
     }
 
     #[test]

@@ -37,30 +37,10 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-/// librdkafka takes every property as text; TOML (and the environment overrides, read as
-/// TOML values) give numbers and booleans their own types.
+/// librdkafka takes every property as text.
 fn properties_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Integer(i64),
-        Float(f64),
-        Bool(bool),
-    }
-    let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Scalar::Text(s) => s,
-                Scalar::Integer(i) => i.to_string(),
-                Scalar::Float(f) => f.to_string(),
-                Scalar::Bool(b) => b.to_string(),
-            };
-            (k, text)
-        })
-        .collect())
+    let raw: BTreeMap<String, crate::config::Scalar> = BTreeMap::deserialize(d)?;
+    Ok(raw.into_iter().map(|(k, v)| (k, v.into_text())).collect())
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -26,7 +26,7 @@ pub struct SinkConfig {
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
     /// Write concern of every write: `"majority"` (default) or a number of nodes.
-    #[serde(default = "default_write_concern")]
+    #[serde(default = "default_write_concern", deserialize_with = "crate::config::scalar_as_text")]
     pub write_concern: String,
     /// Write-concern timeout in milliseconds.
     #[serde(default = "default_wtimeout")]

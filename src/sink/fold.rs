@@ -16,6 +16,11 @@ use crate::event::{ChangeEvent, Namespace, Op, UpdateDescription};
 /// What the writer does for one document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DocAction {
+    /// A full document last set by an insert (`c`, or `r` from a copy), with its `_id`:
+    /// most likely new on the target, so written with `insert` (cheaper for the target than
+    /// an upsert, and its reply lists no upserted `_id`s), and replaced by `_id` instead
+    /// when it is already there (a replay after a restart).
+    Insert(RawDocumentBuf),
     /// Replace the whole document by `_id`, inserting it when missing.
     Upsert(RawDocumentBuf),
     /// Delete by `_id`.
@@ -47,6 +52,7 @@ pub fn fold(events: impl IntoIterator<Item = (usize, ChangeEvent)>) -> Vec<Folde
         let key = (ev.ns.clone(), id_fold_key(&ev.id));
         let action = match (&ev.op, ev.after, ev.update) {
             (Op::Delete, _, _) => DocAction::Delete,
+            (Op::Create | Op::Read, Some(after), _) if matches!(after.get("_id"), Ok(Some(_))) => DocAction::Insert(after),
             (_, Some(after), _) => DocAction::Upsert(after),
             (_, None, Some(patch)) => DocAction::Patch(vec![patch]),
             // Decoding rejects events with neither; nothing to apply.
@@ -62,7 +68,7 @@ pub fn fold(events: impl IntoIterator<Item = (usize, ChangeEvent)>) -> Vec<Folde
                 doc.messages.push(pos);
                 doc.action = combine(std::mem::replace(&mut doc.action, DocAction::Delete), action);
                 // Keep the exact `_id` type of a full document when there is one.
-                if let DocAction::Upsert(raw) = &doc.action {
+                if let DocAction::Insert(raw) | DocAction::Upsert(raw) = &doc.action {
                     if let Ok(Some(id)) = raw.get("_id") {
                         if let Ok(id) = Bson::try_from(id) {
                             doc.id = id;
@@ -78,10 +84,15 @@ pub fn fold(events: impl IntoIterator<Item = (usize, ChangeEvent)>) -> Vec<Folde
 /// The action equal to applying `earlier` and then `later`.
 fn combine(earlier: DocAction, later: DocAction) -> DocAction {
     match (earlier, later) {
+        (_, DocAction::Insert(d)) => DocAction::Insert(d),
         (_, DocAction::Upsert(d)) => DocAction::Upsert(d),
         (_, DocAction::Delete) => DocAction::Delete,
         // An update of a missing document changes nothing.
         (DocAction::Delete, DocAction::Patch(_)) => DocAction::Delete,
+        (DocAction::Insert(raw), DocAction::Patch(patches)) => match patch_raw(&raw, &patches) {
+            Ok(patched) => DocAction::Insert(patched),
+            Err(_) => DocAction::Insert(raw),
+        },
         (DocAction::Upsert(raw), DocAction::Patch(patches)) => {
             match patch_raw(&raw, &patches) {
                 Ok(patched) => DocAction::Upsert(patched),
@@ -237,7 +248,7 @@ mod tests {
         ];
         let folded = fold(events.into_iter().enumerate());
         assert_eq!(folded.len(), 2);
-        assert_eq!(folded[0].action, DocAction::Upsert(RawDocumentBuf::from_document(&doc! {"_id": 1, "a": 1, "b": 2}).unwrap()));
+        assert_eq!(folded[0].action, DocAction::Insert(RawDocumentBuf::from_document(&doc! {"_id": 1, "a": 1, "b": 2}).unwrap()));
         assert_eq!(folded[0].messages, vec![0, 1]);
         assert_eq!(folded[1].action, DocAction::Delete);
     }
@@ -315,7 +326,7 @@ mod tests {
     fn apply_folded(state: &mut HashMap<String, Document>, f: &FoldedDoc) {
         let key = id_fold_key(&f.id);
         match &f.action {
-            DocAction::Upsert(raw) => {
+            DocAction::Insert(raw) | DocAction::Upsert(raw) => {
                 state.insert(key, raw.to_document().unwrap());
             }
             DocAction::Delete => {

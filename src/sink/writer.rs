@@ -1,6 +1,8 @@
 //! Writes a folded batch to the target in as few round trips as possible: per target
-//! collection one `update` command carrying every upsert (`ordered: false` is safe: each
-//! `_id` occurs once), one `delete` command, and, for documents known only by patches,
+//! collection one `insert` command with the documents last set by inserts (those already
+//! on the target, after a replay, join the upserts), one `update` command carrying every
+//! upsert (`ordered: false` is safe: each `_id` occurs once), one `delete` command, and,
+//! for documents known only by patches,
 //! `update` commands in rounds (round k holds each document's k-th patch statement, so one
 //! document's patches apply in order). Commands are split under 16 MiB and 100,000
 //! statements; the write concern travels in each command; per-statement `writeErrors`
@@ -19,6 +21,8 @@ use crate::kafka::partitioner::partition_for_key;
 const MAX_COMMAND_BYTES: usize = 15 * 1024 * 1024;
 /// The server's limit on statements per write command.
 const MAX_STATEMENTS: usize = 100_000;
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
 
 /// A statement the target refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,22 +94,30 @@ impl Writer {
         }
         let mut outcome = WriteOutcome::default();
         for (ns, positions) in by_ns {
+            let mut inserts = Vec::new();
             let mut upserts = Vec::new();
             let mut deletes = Vec::new();
             let mut patched = Vec::new();
             for &i in &positions {
                 let d = &docs[i];
-                let id = id_raw(&d.id);
                 match &d.action {
-                    DocAction::Upsert(raw) => {
-                        let mut s = RawDocumentBuf::new();
-                        s.append("q", rawdoc! {"_id": id});
-                        s.append_ref("u", raw.as_ref());
-                        s.append("upsert", true);
-                        upserts.push((i, s));
+                    DocAction::Insert(raw) => inserts.push((i, raw.clone())),
+                    DocAction::Upsert(raw) => upserts.push((i, upsert_statement(id_raw(&d.id), raw))),
+                    DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id_raw(&d.id)}, "limit": 1})),
+                    DocAction::Patch(patches) => patched.push((i, patch_statements(&id_raw(&d.id), patches))),
+                }
+            }
+            let before = outcome.failures.len();
+            self.run(&ns, "insert", "documents", inserts, &mut outcome).await?;
+            // Already on the target: replaced instead. (A duplicate on another unique index
+            // fails the upsert the same way, and is reported from there.)
+            let failures = outcome.failures.split_off(before);
+            for f in failures {
+                match &docs[f.doc].action {
+                    DocAction::Insert(raw) if f.code == DUPLICATE_KEY => {
+                        upserts.push((f.doc, upsert_statement(id_raw(&docs[f.doc].id), raw)))
                     }
-                    DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id}, "limit": 1})),
-                    DocAction::Patch(patches) => patched.push((i, patch_statements(&id, patches))),
+                    _ => outcome.failures.push(f),
                 }
             }
             self.run(&ns, "update", "updates", upserts, &mut outcome).await?;
@@ -232,6 +244,14 @@ fn error_code(e: &mongodb::error::Error) -> i32 {
         mongodb::error::ErrorKind::Command(c) => c.code,
         _ => 0,
     }
+}
+
+fn upsert_statement(id: RawBson, doc: &RawDocumentBuf) -> RawDocumentBuf {
+    let mut s = RawDocumentBuf::new();
+    s.append("q", rawdoc! {"_id": id});
+    s.append_ref("u", doc.as_ref());
+    s.append("upsert", true);
+    s
 }
 
 fn id_raw(id: &Bson) -> RawBson {
