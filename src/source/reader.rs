@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ use crate::metrics as m;
 /// fraction of the lease): a slow broker (sqlite storage: ~38k msg/s) must not make
 /// queued messages time out.
 const MAX_IN_FLIGHT: usize = 20_000;
+/// Events the pump takes from the read side at once (one lease check per chunk).
+const RECEIVE_CHUNK: usize = 256;
 /// Bytes a Kafka record needs beyond its key and value (headers, framing).
 const RECORD_OVERHEAD: usize = 512;
 /// Documents whose update events would near MongoDB's 16 MB event limit lose their
@@ -412,11 +414,12 @@ impl Reader {
         let read = tokio::spawn(async move {
             let mut stream = stream;
             let mut last_idle: Option<Bson> = None;
+            let events_read = metrics::counter!(m::SOURCE_EVENTS_READ, "collection" => ns.clone());
             loop {
                 let item = match stream.next_if_any().await {
                     Ok(Some(ev)) => {
                         let token = bson::to_bson(&ev.id).ok();
-                        metrics::counter!(m::SOURCE_EVENTS_READ, "collection" => ns.clone()).increment(1);
+                        events_read.increment(1);
                         match origin.convert(ev) {
                             StreamItem::Change(ev) => encoder.encode(&ev, token),
                             StreamItem::Ddl { kind, to, cluster_time } => {
@@ -516,7 +519,8 @@ impl Reader {
         let mut acked_since_tick = 0u64;
         let mut caught_up = false;
         self.ctx.board.update_collection(&self.ns, |c| c.state = phase.state().into());
-        let exit = loop {
+        let mut items = Vec::with_capacity(RECEIVE_CHUNK);
+        let exit = 'pump: loop {
             if read_end.is_some() && deliveries.is_empty() {
                 break None;
             }
@@ -524,7 +528,6 @@ impl Reader {
                 biased;
                 _ = shutdown.cancelled() => break Some(ReaderExit::Shutdown),
                 Some((seq, result)) = deliveries.next(), if !deliveries.is_empty() => {
-                    let result: Result<(), String> = result;
                     match result {
                         Ok(()) => {
                             watermark.acked(seq);
@@ -540,55 +543,57 @@ impl Reader {
                     self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
                     self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
                 }
-                item = rx.recv(), if read_end.is_none() && deliveries.len() < MAX_IN_FLIGHT => {
-                    let Some(item) = item else {
+                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && deliveries.len() < MAX_IN_FLIGHT => {
+                    if received == 0 {
                         return Err(ReaderError::Encode { ns: self.ns.clone(), message: "the read side stopped unexpectedly".into() });
-                    };
+                    }
                     // A replaced reader must fall silent before its successor starts.
                     if Instant::now() >= *lease.borrow() {
                         break Some(ReaderExit::LeaseLost);
                     }
-                    match item {
-                        Outgoing::Event { records, token, event_time: t } => {
-                            event_time = t.or(event_time);
-                            caught_up = false;
-                            let n = records.len();
-                            for (i, (key, value)) in records.into_iter().enumerate() {
-                                let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
-                                let seq = watermark.sent(token);
-                                let fut = self.send(&self.topic, &key, value.as_deref(), None).await?;
-                                deliveries.push(fut.map(move |r| (seq, r)).boxed());
+                    for item in items.drain(..) {
+                        match item {
+                            Outgoing::Event { records, token, event_time: t } => {
+                                event_time = t.or(event_time);
+                                caught_up = false;
+                                let n = records.len();
+                                for (i, (key, value)) in records.into_iter().enumerate() {
+                                    let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
+                                    let seq = watermark.sent(token);
+                                    let delivery = self.send(&self.topic, &key, value.as_deref(), None).await?;
+                                    deliveries.push(Acked { seq, delivery });
+                                }
                             }
-                        }
-                        Outgoing::DeadLetter { key, reason, token, event_time: t } => {
-                            event_time = t.or(event_time);
-                            metrics::counter!(m::SOURCE_OVERSIZE, "collection" => self.ns.clone()).increment(1);
-                            warn!(ns = %self.ns, %reason, "event too large for the topic: sent to the dead-letter topic");
-                            let seq = watermark.sent(token.map(|tk| (tk, event_time)));
-                            let headers = OwnedHeaders::new()
-                                .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
-                                .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
-                            let fut = self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers)).await?;
-                            deliveries.push(fut.map(move |r| (seq, r)).boxed());
-                        }
-                        Outgoing::Idle(token) => {
-                            caught_up = true;
-                            // An idle stream's token still moves with the cluster clock.
-                            event_time = super::checkpoint::token_cluster_time(&token).or(event_time);
-                            watermark.idle_token((token, event_time));
-                        }
-                        Outgoing::Clear { reason, token } => {
-                            // Every event before the DDL is already queued ahead of the
-                            // markers in each partition.
-                            if let Some(exit) = self.send_clear_markers(&reason, lease).await? {
-                                break Some(exit);
+                            Outgoing::DeadLetter { key, reason, token, event_time: t } => {
+                                event_time = t.or(event_time);
+                                metrics::counter!(m::SOURCE_OVERSIZE, "collection" => self.ns.clone()).increment(1);
+                                warn!(ns = %self.ns, %reason, "event too large for the topic: sent to the dead-letter topic");
+                                let seq = watermark.sent(token.map(|tk| (tk, event_time)));
+                                let headers = OwnedHeaders::new()
+                                    .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
+                                    .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
+                                let delivery = self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers)).await?;
+                                deliveries.push(Acked { seq, delivery });
                             }
-                            if let Some(t) = token {
-                                watermark.idle_token((t, event_time));
+                            Outgoing::Idle(token) => {
+                                caught_up = true;
+                                // An idle stream's token still moves with the cluster clock.
+                                event_time = super::checkpoint::token_cluster_time(&token).or(event_time);
+                                watermark.idle_token((token, event_time));
                             }
+                            Outgoing::Clear { reason, token } => {
+                                // Every event before the DDL is already queued ahead of the
+                                // markers in each partition.
+                                if let Some(exit) = self.send_clear_markers(&reason, lease).await? {
+                                    break 'pump Some(exit);
+                                }
+                                if let Some(t) = token {
+                                    watermark.idle_token((t, event_time));
+                                }
+                            }
+                            Outgoing::Done(Ok(end)) => read_end = Some(end),
+                            Outgoing::Done(Err(e)) => return Err(e),
                         }
-                        Outgoing::Done(Ok(end)) => read_end = Some(end),
-                        Outgoing::Done(Err(e)) => return Err(e),
                     }
                 }
             }
@@ -662,7 +667,7 @@ impl Reader {
         key: &[u8],
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<futures::future::BoxFuture<'static, Result<(), String>>, ReaderError> {
+    ) -> Result<DeliveryFuture, ReaderError> {
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
             if let Some(v) = value {
@@ -672,22 +677,36 @@ impl Reader {
                 record = record.headers(h);
             }
             match self.ctx.producer.send_result(record) {
-                Ok(delivery) => {
-                    return Ok(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(e.to_string()),
-                            Err(_) => Err("the producer was dropped".to_string()),
-                        }
-                    }
-                    .boxed())
-                }
+                Ok(delivery) => return Ok(delivery),
                 Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message: e.to_string() }),
             }
         }
+    }
+}
+
+/// One record's acknowledgement by the broker, with the record's place in the watermark
+/// (a plain future rather than a boxed one: there is one per event).
+struct Acked {
+    seq: u64,
+    delivery: DeliveryFuture,
+}
+
+impl std::future::Future for Acked {
+    type Output = (u64, Result<(), String>);
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let seq = self.seq;
+        self.delivery.poll_unpin(cx).map(|result| {
+            let result = match result {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("the producer was dropped".to_string()),
+            };
+            (seq, result)
+        })
     }
 }
 
