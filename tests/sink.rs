@@ -200,6 +200,36 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     assert!(letters.iter().any(|m| m.payload() == Some(b"{not json".as_slice())));
 }
 
+/// Inserts are written with `insert`; one whose document is already on the target (a
+/// replay after a restart, or the target written by someone else) replaces it instead of
+/// failing, and its neighbours in the batch are applied once.
+#[tokio::test]
+async fn an_insert_of_a_document_already_on_the_target_replaces_it() {
+    let setup = Setup::new("reins");
+    let target = common::mongo(&common::target_uri()).await;
+    let tcoll = target.database(&setup.db).collection::<Document>("c");
+    tcoll.insert_many([doc! {"_id": 2, "stale": true}, doc! {"_id": 4, "stale": true}]).await.unwrap();
+    let topic = create_topic(&setup, "c").await;
+    let messages: Vec<(Vec<u8>, Vec<u8>)> =
+        (1..=5).map(|id| create_event(&setup.db, "c", id, r#", "fresh": true"#)).collect();
+    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+        messages.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
+    produce(&topic, &refs).await;
+
+    let _sink = setup.spawn("sink", &[]);
+    common::eventually(Duration::from_secs(60), "every insert applied", || async {
+        tcoll.count_documents(doc! {"fresh": true}).await.unwrap_or(0) == 5
+    })
+    .await;
+    assert_eq!(tcoll.count_documents(doc! {}).await.unwrap(), 5);
+    for id in [2, 4] {
+        let d = tcoll.find_one(doc! {"_id": id}).await.unwrap().unwrap();
+        assert_eq!(d, doc! {"_id": id, "fresh": true}, "replaced whole, not merged");
+    }
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(3), |_| false).await;
+    assert!(letters.is_empty(), "nothing dead-lettered: {} letters", letters.len());
+}
+
 /// Events as a real Debezium MongoDB connector 2.x writes them: schema/payload wrapped,
 /// relaxed and legacy Extended JSON, `u` events without `after` (change_streams mode),
 /// deletes and tombstones.
