@@ -217,8 +217,6 @@ fn parse_env_value(raw: &str) -> toml::Value {
     }
 }
 
-/// Checks a MongoDB connection string well enough to give a clear message at start
-/// (the driver's own parse runs later and catches the rest).
 /// A setting that is text to its user but may be written as a number or boolean: TOML
 /// (and the environment overrides, read as TOML values) give those their own types, so
 /// `w = 1` and `DOCREPL_SINK__WRITE_CONCERN=1` arrive as integers.
@@ -247,6 +245,8 @@ pub(crate) fn scalar_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<S
     Scalar::deserialize(d).map(Scalar::into_text)
 }
 
+/// Checks a MongoDB connection string well enough to give a clear message at start
+/// (the driver's own parse runs later and catches the rest).
 pub fn validate_mongo_uri(key: &str, uri: &str) -> Result<(), ConfigError> {
     if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
         return Err(ConfigError::invalid(

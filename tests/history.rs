@@ -6,8 +6,10 @@
 //! ChangeStreamHistoryLost (286) through mongod's `failCommand` fail point: the mongod
 //! 6.0.5 build these machines get never trims its oplog (1.7 GB written into a 990 MB
 //! oplog, `fsync`, restart and `replSetResizeOplog` leave `oplogTruncation.truncateCount`
-//! at 0), so history cannot be lost by writing past the oplog here. The error, its
-//! handling and the writes during the gap are real.
+//! at 0; at storage verbosity 2 its cap maintainer logs "Oplog has excess stones" with a
+//! `pinnedOplog` that stays at the first entry, or at 0 after a restart, so nothing is
+//! ever old enough to drop), so history cannot be lost by writing past the oplog here.
+//! The error, its handling and the writes during the gap are real.
 
 mod common;
 

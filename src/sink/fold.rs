@@ -89,17 +89,10 @@ fn combine(earlier: DocAction, later: DocAction) -> DocAction {
         (_, DocAction::Delete) => DocAction::Delete,
         // An update of a missing document changes nothing.
         (DocAction::Delete, DocAction::Patch(_)) => DocAction::Delete,
-        (DocAction::Insert(raw), DocAction::Patch(patches)) => match patch_raw(&raw, &patches) {
-            Ok(patched) => DocAction::Insert(patched),
-            Err(_) => DocAction::Insert(raw),
-        },
-        (DocAction::Upsert(raw), DocAction::Patch(patches)) => {
-            match patch_raw(&raw, &patches) {
-                Ok(patched) => DocAction::Upsert(patched),
-                // Cannot happen for well-formed documents; keep both steps for the server.
-                Err(_) => DocAction::Upsert(raw),
-            }
-        }
+        // A patch that cannot be applied in memory cannot happen for well-formed documents;
+        // the full document is kept then.
+        (DocAction::Insert(raw), DocAction::Patch(patches)) => DocAction::Insert(patch_raw(&raw, &patches).unwrap_or(raw)),
+        (DocAction::Upsert(raw), DocAction::Patch(patches)) => DocAction::Upsert(patch_raw(&raw, &patches).unwrap_or(raw)),
         (DocAction::Patch(mut a), DocAction::Patch(b)) => {
             a.extend(b);
             DocAction::Patch(a)

@@ -217,7 +217,10 @@ impl GroupContext {
                     }
                 }
             }
-            let behind = !w.pending.is_empty();
+            // Pausing makes librdkafka drop what it prefetched for the partition and fetch it
+            // again on resume, so a partition pauses only once a channel's worth waits here,
+            // and resumes once its worker took all of it.
+            let behind = if w.paused { !w.pending.is_empty() } else { w.pending.len() >= self.channel_capacity };
             if behind != w.paused {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, *partition);

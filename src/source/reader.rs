@@ -560,8 +560,10 @@ impl Reader {
                                 for (i, (key, value)) in records.into_iter().enumerate() {
                                     let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
                                     let seq = watermark.sent(token);
-                                    let delivery = self.send(&self.topic, &key, value.as_deref(), None).await?;
-                                    deliveries.push(Acked { seq, delivery });
+                                    match self.send(&self.topic, &key, value.as_deref(), None, lease).await? {
+                                        Some(delivery) => deliveries.push(Acked { seq, delivery }),
+                                        None => break 'pump Some(ReaderExit::LeaseLost),
+                                    }
                                 }
                             }
                             Outgoing::DeadLetter { key, reason, token, event_time: t } => {
@@ -572,8 +574,10 @@ impl Reader {
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
                                     .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
-                                let delivery = self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers)).await?;
-                                deliveries.push(Acked { seq, delivery });
+                                match self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), lease).await? {
+                                    Some(delivery) => deliveries.push(Acked { seq, delivery }),
+                                    None => break 'pump Some(ReaderExit::LeaseLost),
+                                }
                             }
                             Outgoing::Idle(token) => {
                                 caught_up = true;
@@ -661,13 +665,16 @@ impl Reader {
 
     /// Hands one record to librdkafka, waiting (without blocking the runtime) while its
     /// bounded queue is full. The returned future resolves when the broker acknowledged.
+    /// `None`: the lease's produce window ended while waiting (the pump checks it once per
+    /// chunk of events, and only a full queue makes a chunk take long).
     async fn send(
         &self,
         topic: &str,
         key: &[u8],
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<DeliveryFuture, ReaderError> {
+        lease: &watch::Receiver<Instant>,
+    ) -> Result<Option<DeliveryFuture>, ReaderError> {
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
             if let Some(v) = value {
@@ -677,9 +684,12 @@ impl Reader {
                 record = record.headers(h);
             }
             match self.ctx.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
+                Ok(delivery) => return Ok(Some(delivery)),
                 Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                    if Instant::now() >= *lease.borrow() {
+                        return Ok(None);
+                    }
                 }
                 Err((e, _)) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message: e.to_string() }),
             }
