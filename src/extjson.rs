@@ -288,17 +288,17 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
 
 /// An object whose first key starts with `$`: a type wrapper (or, rarely, a document with
 /// such field names, which bson's parser tells apart). The common one-key wrappers are
-/// converted as read; anything else is gathered into a `Value` for bson's parser.
+/// converted directly; anything else is gathered into a `Value` for bson's parser.
 fn wrapper_from_map<'de, A: serde::de::MapAccess<'de>>(first: String, mut map: A) -> Result<RawBson, A::Error> {
-    let value: WrapperValue = map.next_value()?;
+    let value: serde_json::Value = map.next_value()?;
     let Some(Key(second)) = map.next_key::<Key<'de>>()? else {
         if let Some(raw) = fast_wrapper(&first, &value) {
             return Ok(raw);
         }
-        return slow_wrapper(serde_json::Map::from_iter([(first, value.into_json())]));
+        return slow_wrapper(serde_json::Map::from_iter([(first, value)]));
     };
     let mut object = serde_json::Map::new();
-    object.insert(first, value.into_json());
+    object.insert(first, value);
     object.insert(second.into_owned(), map.next_value::<serde_json::Value>()?);
     while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
         object.insert(key.into_owned(), map.next_value::<serde_json::Value>()?);
@@ -313,93 +313,20 @@ fn slow_wrapper<E: serde::de::Error>(object: serde_json::Map<String, serde_json:
     RawBson::try_from(bson).map_err(E::custom)
 }
 
-/// A wrapper's value, with the forms the common wrappers use read without a map.
-enum WrapperValue {
-    Text(String),
-    Integer(i64),
-    /// `{"$numberLong": "…"}`, as in canonical `$date`.
-    NumberLong(String),
-    Other(serde_json::Value),
-}
-
-impl WrapperValue {
-    fn into_json(self) -> serde_json::Value {
-        match self {
-            WrapperValue::Text(s) => serde_json::Value::String(s),
-            WrapperValue::Integer(i) => serde_json::Value::from(i),
-            WrapperValue::NumberLong(s) => serde_json::json!({ "$numberLong": s }),
-            WrapperValue::Other(v) => v,
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for WrapperValue {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct WrapperValueVisitor;
-        impl<'de> serde::de::Visitor<'de> for WrapperValueVisitor {
-            type Value = WrapperValue;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<WrapperValue, E> {
-                Ok(WrapperValue::Other(serde_json::Value::Null))
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<WrapperValue, E> {
-                Ok(WrapperValue::Other(serde_json::Value::Bool(b)))
-            }
-            fn visit_i64<E>(self, i: i64) -> Result<WrapperValue, E> {
-                Ok(WrapperValue::Integer(i))
-            }
-            fn visit_u64<E>(self, u: u64) -> Result<WrapperValue, E> {
-                Ok(match i64::try_from(u) {
-                    Ok(i) => WrapperValue::Integer(i),
-                    Err(_) => WrapperValue::Other(serde_json::Value::from(u)),
-                })
-            }
-            fn visit_f64<E>(self, f: f64) -> Result<WrapperValue, E> {
-                Ok(WrapperValue::Other(serde_json::Value::from(f)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<WrapperValue, E> {
-                Ok(WrapperValue::Text(s.to_owned()))
-            }
-            fn visit_string<E>(self, s: String) -> Result<WrapperValue, E> {
-                Ok(WrapperValue::Text(s))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WrapperValue, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<serde_json::Value>()? {
-                    items.push(item);
-                }
-                Ok(WrapperValue::Other(serde_json::Value::Array(items)))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<WrapperValue, A::Error> {
-                let mut object = serde_json::Map::new();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    object.insert(key.into_owned(), map.next_value::<serde_json::Value>()?);
-                }
-                if object.len() == 1 {
-                    if let Some(serde_json::Value::String(ms)) = object.get_mut("$numberLong") {
-                        return Ok(WrapperValue::NumberLong(std::mem::take(ms)));
-                    }
-                }
-                Ok(WrapperValue::Other(serde_json::Value::Object(object)))
-            }
-        }
-        de.deserialize_any(WrapperValueVisitor)
-    }
-}
-
 /// The one-key type wrappers that make up nearly all real documents.
-fn fast_wrapper(key: &str, value: &WrapperValue) -> Option<RawBson> {
-    use WrapperValue::*;
+fn fast_wrapper(key: &str, value: &serde_json::Value) -> Option<RawBson> {
+    use serde_json::Value;
     let date = |ms: i64| RawBson::DateTime(bson::DateTime::from_millis(ms));
     match (key, value) {
-        ("$oid", Text(s)) => bson::oid::ObjectId::parse_str(s).ok().map(RawBson::ObjectId),
-        ("$numberInt", Text(s)) => s.parse::<i32>().ok().map(RawBson::Int32),
-        ("$numberLong", Text(s)) => s.parse::<i64>().ok().map(RawBson::Int64),
-        ("$numberDouble", Text(s)) => s.parse::<f64>().ok().filter(|f| f.is_finite()).map(RawBson::Double),
-        ("$date", NumberLong(ms)) => ms.parse::<i64>().ok().map(date),
-        ("$date", Integer(ms)) => Some(date(*ms)),
+        ("$oid", Value::String(s)) => bson::oid::ObjectId::parse_str(s).ok().map(RawBson::ObjectId),
+        ("$numberInt", Value::String(s)) => s.parse::<i32>().ok().map(RawBson::Int32),
+        ("$numberLong", Value::String(s)) => s.parse::<i64>().ok().map(RawBson::Int64),
+        ("$numberDouble", Value::String(s)) => s.parse::<f64>().ok().filter(|f| f.is_finite()).map(RawBson::Double),
+        ("$date", Value::Object(d)) if d.len() == 1 => match d.get("$numberLong") {
+            Some(Value::String(ms)) => ms.parse::<i64>().ok().map(date),
+            _ => None,
+        },
+        ("$date", Value::Number(ms)) => ms.as_i64().map(date),
         _ => None,
     }
 }
