@@ -1,20 +1,24 @@
 //! The consumer group member. It runs on its own thread (rebalance callbacks are
-//! synchronous and may wait for workers; they must not block a runtime thread), routes
-//! each message to its partition's worker, pauses a partition whose worker is behind,
-//! and commits the offsets workers have applied. On revoke it stops the workers of the
-//! revoked partitions and waits until they are silent before the rebalance goes on.
+//! synchronous and may wait for workers; they must not block a runtime thread), gives
+//! each assigned partition a worker that reads the partition's own queue, and commits
+//! the offsets workers have applied. On revoke it stops the workers of the revoked
+//! partitions and waits until they are silent before the rebalance goes on.
+//!
+//! Why a queue per partition: librdkafka prefetches into one bounded queue per partition
+//! and stops fetching a partition whose queue is full, so a slow partition holds back only
+//! itself, without pausing (a pause drops what was prefetched, to be fetched again) and
+//! without a thread copying every message into a channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -43,9 +47,6 @@ pub enum GroupError {
 
 struct Worker {
     shared: Arc<PartitionShared>,
-    tx: mpsc::Sender<OwnedMessage>,
-    pending: VecDeque<OwnedMessage>,
-    paused: bool,
     committed: i64,
 }
 
@@ -55,7 +56,8 @@ pub struct GroupContext {
     worker_ctx: Arc<WorkerContext>,
     workers: Mutex<HashMap<(String, i32), Worker>>,
     replay: Mutex<Option<ReplayFrom>>,
-    channel_capacity: usize,
+    /// The consumer itself, which a partition queue keeps alive (set once it exists).
+    consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -65,11 +67,14 @@ impl ConsumerContext for GroupContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.choose_start_offsets(consumer, tpl);
+                // Split before assigning: librdkafka then never forwards the partitions'
+                // messages to the main queue, not even those fetched right after assign.
+                let queues = self.split_queues(tpl);
                 if let Err(e) = consumer.assign(tpl) {
                     error!("cannot take the assigned partitions: {e}");
                     return;
                 }
-                self.start_workers(tpl);
+                self.start_workers(queues);
             }
             _ => {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
@@ -129,28 +134,44 @@ impl GroupContext {
         }
     }
 
-    fn start_workers(&self, tpl: &TopicPartitionList) {
-        let Ok(mut workers) = self.workers.lock() else { return };
+    /// Takes each partition's queue out of the main queue. A partition that cannot be
+    /// split would never be read, so that is logged as an error.
+    fn split_queues(&self, tpl: &TopicPartitionList) -> Vec<(String, i32, i64, PartitionQueue<GroupContext>)> {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            error!("the consumer is gone; cannot read the assigned partitions");
+            return Vec::new();
+        };
+        let mut queues = Vec::new();
         for e in tpl.elements() {
-            let key = (e.topic().to_string(), e.partition());
-            if workers.contains_key(&key) {
-                continue;
-            }
-            let shared = Arc::new(PartitionShared::new(e.topic(), e.partition()));
-            let (tx, rx) = mpsc::channel(self.channel_capacity);
-            let span = tracing::info_span!("worker", topic = %e.topic(), partition = e.partition());
-            let _guard = span.enter();
-            self.runtime.spawn(tracing::Instrument::in_current_span(worker::run(
-                Arc::clone(&self.worker_ctx),
-                Arc::clone(&shared),
-                rx,
-            )));
-            info!("partition assigned: worker started");
             let committed = match e.offset() {
                 Offset::Offset(n) => n,
                 _ => -1,
             };
-            workers.insert(key, Worker { shared, tx, pending: VecDeque::new(), paused: false, committed });
+            match consumer.split_partition_queue(e.topic(), e.partition()) {
+                Some(queue) => queues.push((e.topic().to_string(), e.partition(), committed, queue)),
+                None => error!(topic = %e.topic(), partition = e.partition(), "cannot get the partition's queue; it will not be replicated until the next rebalance"),
+            }
+        }
+        queues
+    }
+
+    fn start_workers(&self, queues: Vec<(String, i32, i64, PartitionQueue<GroupContext>)>) {
+        let Ok(mut workers) = self.workers.lock() else { return };
+        for (topic, partition, committed, queue) in queues {
+            let key = (topic, partition);
+            if workers.contains_key(&key) {
+                continue;
+            }
+            let shared = Arc::new(PartitionShared::new(&key.0, partition));
+            let span = tracing::info_span!("worker", topic = %key.0, partition);
+            let _guard = span.enter();
+            self.runtime.spawn(tracing::Instrument::in_current_span(worker::run(
+                Arc::clone(&self.worker_ctx),
+                Arc::clone(&shared),
+                queue,
+            )));
+            info!("partition assigned: worker started");
+            workers.insert(key, Worker { shared, committed });
         }
     }
 
@@ -196,40 +217,11 @@ impl GroupContext {
         }
     }
 
-    /// Hands queued messages to workers; pauses partitions whose worker is full.
-    fn route(&self, consumer: &BaseConsumer<Self>, msg: Option<OwnedMessage>) {
-        let Ok(mut workers) = self.workers.lock() else { return };
-        if let Some(msg) = msg {
-            match workers.get_mut(&(msg.topic().to_string(), msg.partition())) {
-                Some(w) => w.pending.push_back(msg),
-                // A message fetched before its partition was revoked: not ours to apply or
-                // commit; the partition's new owner reads it again.
-                None => return,
-            }
-        }
-        for ((topic, partition), w) in workers.iter_mut() {
-            while let Some(msg) = w.pending.pop_front() {
-                match w.tx.try_send(msg) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(msg)) | Err(mpsc::error::TrySendError::Closed(msg)) => {
-                        w.pending.push_front(msg);
-                        break;
-                    }
-                }
-            }
-            // Pausing makes librdkafka drop what it prefetched for the partition and fetch it
-            // again on resume, so a partition pauses only once a channel's worth waits here,
-            // and resumes once its worker took all of it.
-            let behind = if w.paused { !w.pending.is_empty() } else { w.pending.len() >= self.channel_capacity };
-            if behind != w.paused {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(topic, *partition);
-                let result = if behind { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
-                if result.is_ok() {
-                    w.paused = behind;
-                }
-            }
-        }
+    /// The first partition whose worker found its committed offset gone (deleted by
+    /// retention; `auto.offset.reset=error` reports it on the partition's queue).
+    fn offset_lost(&self) -> Option<String> {
+        let workers = self.workers.lock().ok()?;
+        workers.values().find_map(|w| w.shared.offset_lost.lock().ok().and_then(|l| l.clone()))
     }
 
     /// Commits (asynchronously) every offset workers applied since the last commit.
@@ -279,17 +271,15 @@ pub fn run_member(
     board: StatusBoard,
     shutdown: CancellationToken,
 ) -> Result<(), GroupError> {
-    // One batch waits while the worker writes the one before (a deeper channel only held
-    // more memory: measured on a 1M drain).
-    let channel_capacity = worker_ctx.config.batch_size.max(1024);
     let context = GroupContext {
         runtime,
         worker_ctx,
         workers: Mutex::new(HashMap::new()),
         replay: Mutex::new(replay),
-        channel_capacity,
+        consumer: OnceLock::new(),
     };
-    let consumer: BaseConsumer<GroupContext> = consumer_config.create_with_context(context)?;
+    let consumer: Arc<BaseConsumer<GroupContext>> = Arc::new(consumer_config.create_with_context(context)?);
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     info!(subscription = ?subscription, "sink joined the consumer group");
@@ -303,25 +293,17 @@ pub fn run_member(
         if shutdown.is_cancelled() {
             break Ok(());
         }
-        let polled = consumer.poll(Duration::from_millis(20));
-        let msg = match polled {
-            None => None,
-            Some(Ok(m)) => Some(m.detach()),
-            Some(Err(KafkaError::MessageConsumption(code)))
-                if matches!(code, RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) =>
-            {
-                break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &code.to_string())));
+        // Only events (rebalances, errors) arrive here: messages wait in partition queues.
+        match consumer.poll(Duration::from_millis(50)) {
+            None | Some(Ok(_)) => {}
+            Some(Err(e)) if is_offset_lost(&e) => {
+                break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &e.to_string())));
             }
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("auto.offset.reset") || text.contains("Offset out of range") {
-                    break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &text)));
-                }
-                warn!("consumer: {e}");
-                None
-            }
-        };
-        consumer.context().route(&consumer, msg);
+            Some(Err(e)) => warn!("consumer: {e}"),
+        }
+        if let Some(error) = consumer.context().offset_lost() {
+            break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error)));
+        }
         if last_commit.elapsed() >= Duration::from_millis(200) {
             consumer.context().commit_applied(&consumer);
             last_commit = Instant::now();
@@ -342,7 +324,16 @@ pub fn run_member(
     result
 }
 
-/// Reads each assigned partition's high watermark and publishes the consumer lag.
+/// True for the error `auto.offset.reset=error` raises when a partition's position no
+/// longer exists on the broker.
+pub(super) fn is_offset_lost(e: &KafkaError) -> bool {
+    if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) = e {
+        return true;
+    }
+    let text = e.to_string();
+    text.contains("auto.offset.reset") || text.contains("Offset out of range")
+}
+
 /// Names the partitions whose committed offset is below the broker's earliest offset:
 /// librdkafka's out-of-range error carries only a code, and the operator needs the topic
 /// and partition to decide what to rebuild.
@@ -368,6 +359,7 @@ fn lost_partitions(consumer: &BaseConsumer<GroupContext>, error: &str) -> String
     }
 }
 
+/// Reads each assigned partition's high watermark and publishes the consumer lag.
 fn report_lag(consumer: &BaseConsumer<GroupContext>) -> HashMap<(String, i32), i64> {
     let mut highs = HashMap::new();
     for p in consumer.context().partitions() {

@@ -1,5 +1,5 @@
-//! One partition's worker: takes a batch (size and time bounds), decodes it, folds it per
-//! document, writes it (retrying transient errors with backoff and jitter), dead-letters
+//! One partition's worker: takes a batch (size and time bounds) from the partition's own
+//! librdkafka queue, decodes it, folds it per document, writes it (retrying transient errors with backoff and jitter), dead-letters
 //! what can never be applied, and only then publishes the offset to commit.
 //! When told to stop (partition revoked, shutdown) it never starts another write or
 //! retry: a late retry landing after the new owner wrote newer versions would leave the
@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::mpsc;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::message::Message;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -41,6 +43,9 @@ pub struct PartitionShared {
     pub docs_written: AtomicU64,
     /// Source `ts_ms` of the newest event applied (0: none yet), for the recovery point.
     pub applied_source_ms: AtomicU64,
+    /// Set by the worker when the partition's position no longer exists on the broker
+    /// (retention deleted it): the member stops the sink with that error.
+    pub offset_lost: std::sync::Mutex<Option<String>>,
 }
 
 impl PartitionShared {
@@ -54,6 +59,7 @@ impl PartitionShared {
             last_batch_size: AtomicU64::new(0),
             docs_written: AtomicU64::new(0),
             applied_source_ms: AtomicU64::new(0),
+            offset_lost: std::sync::Mutex::new(None),
         }
     }
 }
@@ -79,31 +85,49 @@ impl WorkerContext {
 #[derive(Debug)]
 struct Abandoned;
 
-pub async fn run(ctx: Arc<WorkerContext>, shared: Arc<PartitionShared>, mut rx: mpsc::Receiver<OwnedMessage>) {
+pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: Arc<PartitionShared>, mut queue: PartitionQueue<C>) {
+    // librdkafka calls this when the queue goes from empty to not empty; a wake-up that
+    // comes while nobody waits is kept for the next wait.
+    let arrived = Arc::new(Notify::new());
+    {
+        let arrived = Arc::clone(&arrived);
+        queue.set_nonempty_callback(move || arrived.notify_one());
+    }
     let batch_size = ctx.config.batch_size;
     let batch_wait = Duration::from_millis(ctx.config.batch_ms);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        let mut batch = vec![first];
-        let deadline = Instant::now() + batch_wait;
-        while batch.len() < batch_size {
-            match rx.try_recv() {
-                Ok(m) => {
-                    batch.push(m);
-                    continue;
+    'batches: loop {
+        let mut batch = Vec::new();
+        let mut deadline = None;
+        loop {
+            while batch.len() < batch_size {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(e)) if super::group::is_offset_lost(&e) => {
+                        if let Ok(mut lost) = shared.offset_lost.lock() {
+                            *lost = Some(e.to_string());
+                        }
+                        break 'batches;
+                    }
+                    Some(Err(e)) => warn!(topic = %shared.topic, partition = shared.partition, "consumer: {e}"),
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {}
             }
+            if batch.len() >= batch_size {
+                break;
+            }
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shared.stop.cancelled() => break 'batches,
+                    _ = arrived.notified() => continue,
+                }
+            }
+            let until = *deadline.get_or_insert_with(|| Instant::now() + batch_wait);
             tokio::select! {
                 biased;
                 _ = shared.stop.cancelled() => break,
-                m = rx.recv() => match m { Some(m) => batch.push(m), None => break },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = arrived.notified() => {}
+                _ = tokio::time::sleep_until(until) => break,
             }
         }
         let last_offset = batch.last().map(|m| m.offset()).unwrap_or(-1);
@@ -111,11 +135,17 @@ pub async fn run(ctx: Arc<WorkerContext>, shared: Arc<PartitionShared>, mut rx: 
             Ok(()) => shared.applied.store(last_offset + 1, Ordering::SeqCst),
             Err(Abandoned) => break,
         }
+        if shared.stop.is_cancelled() {
+            break;
+        }
     }
+    // The queue (and the consumer it keeps alive) goes before the member learns that this
+    // worker is done, so the member thread is the one that closes the consumer.
+    drop(queue);
     shared.finished.store(true, Ordering::SeqCst);
 }
 
-async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[OwnedMessage]) -> Result<(), Abandoned> {
+async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[impl Message]) -> Result<(), Abandoned> {
     let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
     metrics::counter!(m::SINK_MESSAGES, &labels).increment(batch.len() as u64);
     metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(batch.len() as f64);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -62,9 +62,9 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     // A message not delivered within this time fails (and the reader restarts from its
     // saved token), so nothing this instance queued can land after its lease has ended.
     let delivery_timeout = ttl * 2 / 5;
-    let producer: FutureProducer = crate::kafka::producer_config(&config.kafka)
+    let producer: crate::kafka::delivery::AckProducer = crate::kafka::producer_config(&config.kafka)
         .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
-        .create()
+        .create_with_context(crate::kafka::delivery::AckContext)
         .context("cannot create the Kafka producer")?;
 
     let ctx = Arc::new(ReaderContext {

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Bson, RawDocumentBuf, Timestamp};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use super::convert::{describe_id, Origin, StreamItem};
 use super::watermark::AckWatermark;
 use super::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig};
 use crate::debezium;
+use crate::kafka::delivery::{AckProducer, Acks, Outcome, Ticket};
 use crate::metrics as m;
 
 /// Most events handed to the producer and not yet acknowledged, per reader. Kept small
@@ -42,7 +42,7 @@ const LARGE_DOCUMENT_BYTES: i64 = 8 * 1024 * 1024;
 /// Everything a reader needs, shared by the readers of one process.
 pub struct ReaderContext {
     pub client: mongodb::Client,
-    pub producer: FutureProducer,
+    pub producer: AckProducer,
     pub config: SourceConfig,
     pub max_message_bytes: usize,
     /// Partitions of every collection topic (clear markers go to each).
@@ -262,16 +262,27 @@ impl Reader {
                 (partition, key, value)
             })
             .collect();
-        for (partition, key, value) in &markers {
+        let acks = Acks::new();
+        for (seq, (partition, key, value)) in markers.iter().enumerate() {
             if Instant::now() >= *lease.borrow() {
                 return Ok(Some(ReaderExit::LeaseLost));
             }
-            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(*partition).key(key).payload(value);
-            self.ctx
-                .producer
-                .send(record, Duration::from_secs(0))
-                .await
-                .map_err(|(e, _)| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {e}") })?;
+            let record = BaseRecord::with_opaque_to(&self.topic, Ticket::new(&acks, seq as u64)).partition(*partition).key(key).payload(value);
+            self.ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery {
+                ns: self.ns.clone(),
+                message: format!("clear marker not queued: {e}"),
+            })?;
+        }
+        // Each report comes within the producer's message timeout.
+        let mut delivered = 0;
+        let mut reports = Vec::new();
+        while delivered < markers.len() {
+            acks.arrived().await;
+            acks.take(&mut reports);
+            for (_, outcome) in reports.drain(..) {
+                outcome.map_err(|e| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {e}") })?;
+                delivered += 1;
+            }
         }
         info!(ns = %self.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
         Ok(None)
@@ -510,7 +521,10 @@ impl Reader {
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
         let mut watermark: AckWatermark<(Bson, Option<Timestamp>)> = AckWatermark::new();
-        let mut deliveries = FuturesUnordered::new();
+        let acks = Acks::new();
+        let mut reports: Vec<(u64, Outcome)> = Vec::new();
+        // Records handed to the producer whose delivery report has not come yet.
+        let mut in_flight = 0usize;
         let mut saved: Option<Bson> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -521,19 +535,23 @@ impl Reader {
         self.ctx.board.update_collection(&self.ns, |c| c.state = phase.state().into());
         let mut items = Vec::with_capacity(RECEIVE_CHUNK);
         let exit = 'pump: loop {
-            if read_end.is_some() && deliveries.is_empty() {
+            if read_end.is_some() && in_flight == 0 {
                 break None;
             }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Some(ReaderExit::Shutdown),
-                Some((seq, result)) = deliveries.next(), if !deliveries.is_empty() => {
-                    match result {
-                        Ok(()) => {
-                            watermark.acked(seq);
-                            acked_since_tick += 1;
+                _ = acks.arrived(), if in_flight > 0 => {
+                    acks.take(&mut reports);
+                    in_flight -= reports.len();
+                    for (seq, outcome) in reports.drain(..) {
+                        match outcome {
+                            Ok(()) => {
+                                watermark.acked(seq);
+                                acked_since_tick += 1;
+                            }
+                            Err(message) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message }),
                         }
-                        Err(message) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message }),
                     }
                 }
                 _ = tick.tick() => {
@@ -543,7 +561,7 @@ impl Reader {
                     self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
                     self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
                 }
-                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && deliveries.len() < MAX_IN_FLIGHT => {
+                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight < MAX_IN_FLIGHT => {
                     if received == 0 {
                         return Err(ReaderError::Encode { ns: self.ns.clone(), message: "the read side stopped unexpectedly".into() });
                     }
@@ -560,10 +578,10 @@ impl Reader {
                                 for (i, (key, value)) in records.into_iter().enumerate() {
                                     let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
                                     let seq = watermark.sent(token);
-                                    match self.send(&self.topic, &key, value.as_deref(), None, lease).await? {
-                                        Some(delivery) => deliveries.push(Acked { seq, delivery }),
-                                        None => break 'pump Some(ReaderExit::LeaseLost),
+                                    if !self.send(&self.topic, &key, value.as_deref(), None, Ticket::new(&acks, seq), lease).await? {
+                                        break 'pump Some(ReaderExit::LeaseLost);
                                     }
+                                    in_flight += 1;
                                 }
                             }
                             Outgoing::DeadLetter { key, reason, token, event_time: t } => {
@@ -574,10 +592,10 @@ impl Reader {
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
                                     .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
-                                match self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), lease).await? {
-                                    Some(delivery) => deliveries.push(Acked { seq, delivery }),
-                                    None => break 'pump Some(ReaderExit::LeaseLost),
+                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), Ticket::new(&acks, seq), lease).await? {
+                                    break 'pump Some(ReaderExit::LeaseLost);
                                 }
+                                in_flight += 1;
                             }
                             Outgoing::Idle(token) => {
                                 caught_up = true;
@@ -605,14 +623,18 @@ impl Reader {
         // Stopping: let what is in flight be acknowledged (bounded by the producer's
         // message timeout), then save the position it reached.
         let drain_deadline = Instant::now() + Duration::from_secs(8);
-        while !deliveries.is_empty() {
-            match tokio::time::timeout_at(drain_deadline, deliveries.next()).await {
-                Ok(Some((seq, Ok(())))) => watermark.acked(seq),
-                Ok(Some((_, Err(message)))) => {
+        'drain: while in_flight > 0 {
+            if tokio::time::timeout_at(drain_deadline, acks.arrived()).await.is_err() {
+                break;
+            }
+            acks.take(&mut reports);
+            in_flight -= reports.len();
+            for (seq, outcome) in reports.drain(..) {
+                if let Err(message) = outcome {
                     warn!(ns = %self.ns, %message, "delivery failed while stopping; the next start resends from the saved token");
-                    break;
+                    break 'drain;
                 }
-                Ok(None) | Err(_) => break,
+                watermark.acked(seq);
             }
         }
         self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
@@ -664,59 +686,38 @@ impl Reader {
     }
 
     /// Hands one record to librdkafka, waiting (without blocking the runtime) while its
-    /// bounded queue is full. The returned future resolves when the broker acknowledged.
-    /// `None`: the lease's produce window ended while waiting (the pump checks it once per
-    /// chunk of events, and only a full queue makes a chunk take long).
+    /// bounded queue is full; its delivery report goes where `ticket` says. `false`: the
+    /// lease's produce window ended while waiting (the pump checks it once per chunk of
+    /// events, and only a full queue makes a chunk take long).
     async fn send(
         &self,
         topic: &str,
         key: &[u8],
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
+        ticket: Box<Ticket>,
         lease: &watch::Receiver<Instant>,
-    ) -> Result<Option<DeliveryFuture>, ReaderError> {
+    ) -> Result<bool, ReaderError> {
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> = BaseRecord::with_opaque_to(topic, ticket).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
         loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
-            if let Some(v) = value {
-                record = record.payload(v);
-            }
-            if let Some(h) = headers.clone() {
-                record = record.headers(h);
-            }
-            match self.ctx.producer.send_result(record) {
-                Ok(delivery) => return Ok(Some(delivery)),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+            match self.ctx.producer.send(record) {
+                Ok(()) => return Ok(true),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), again)) => {
+                    record = again;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     if Instant::now() >= *lease.borrow() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                 }
                 Err((e, _)) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message: e.to_string() }),
             }
         }
-    }
-}
-
-/// One record's acknowledgement by the broker, with the record's place in the watermark
-/// (a plain future rather than a boxed one: there is one per event).
-struct Acked {
-    seq: u64,
-    delivery: DeliveryFuture,
-}
-
-impl std::future::Future for Acked {
-    type Output = (u64, Result<(), String>);
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        let seq = self.seq;
-        self.delivery.poll_unpin(cx).map(|result| {
-            let result = match result {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e.to_string()),
-                Err(_) => Err("the producer was dropped".to_string()),
-            };
-            (seq, result)
-        })
     }
 }
 

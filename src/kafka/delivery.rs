@@ -1,0 +1,102 @@
+//! A producer whose delivery reports go to the sender's own queue of acknowledgements.
+//!
+//! Every record carries (in librdkafka's per-message opaque) the queue it reports to and
+//! its sequence number; librdkafka's delivery callback, on the producer's polling thread,
+//! appends `(sequence, outcome)` there and wakes the sender, which takes every report
+//! that arrived at once. That is one small allocation per record, where a future per
+//! record (rdkafka's `FutureProducer`: a oneshot channel, a task in a `FuturesUnordered`,
+//! a wake-up each) cost about 7 % of a drain's CPU (perf, 1M documents).
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio::sync::Notify;
+
+/// The source's producer.
+pub type AckProducer = ThreadedProducer<AckContext>;
+
+/// Routes each delivery report to the queue its record names.
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        ticket.acks.report(ticket.seq, outcome);
+    }
+}
+
+/// What a record carries to find its way back: the sender's queue and its number there.
+pub struct Ticket {
+    acks: Arc<Acks>,
+    seq: u64,
+}
+
+impl Ticket {
+    pub fn new(acks: &Arc<Acks>, seq: u64) -> Box<Ticket> {
+        Box::new(Ticket { acks: Arc::clone(acks), seq })
+    }
+}
+
+/// A delivery outcome: `Ok` once the broker acknowledged, or why it did not.
+pub type Outcome = Result<(), String>;
+
+/// One sender's queue of delivery reports.
+#[derive(Default)]
+pub struct Acks {
+    reports: Mutex<Vec<(u64, Outcome)>>,
+    arrived: Notify,
+}
+
+impl Acks {
+    pub fn new() -> Arc<Acks> {
+        Arc::new(Acks::default())
+    }
+
+    fn report(&self, seq: u64, outcome: Outcome) {
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.push((seq, outcome));
+        }
+        self.arrived.notify_one();
+    }
+
+    /// Waits until at least one report is there (or one arrived since the last take:
+    /// then it returns at once and `take` may find nothing).
+    pub async fn arrived(&self) {
+        self.arrived.notified().await
+    }
+
+    /// Moves every report received so far into `into` (which is cleared first).
+    pub fn take(&self, into: &mut Vec<(u64, Outcome)>) {
+        into.clear();
+        if let Ok(mut reports) = self.reports.lock() {
+            std::mem::swap(&mut *reports, into);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reports_reach_the_sender_in_one_take() {
+        let acks = Acks::new();
+        acks.report(1, Ok(()));
+        acks.report(0, Err("broker down".into()));
+        // The wake-up that came while nobody waited is kept.
+        tokio::time::timeout(std::time::Duration::from_secs(1), acks.arrived()).await.expect("woken");
+        let mut got = Vec::new();
+        acks.take(&mut got);
+        assert_eq!(got, vec![(1, Ok(())), (0, Err("broker down".to_string()))]);
+        acks.take(&mut got);
+        assert!(got.is_empty());
+    }
+}
