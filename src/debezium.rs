@@ -90,8 +90,16 @@ pub struct ClearMarker {
 
 /// The Kafka key of a document: `{"id":"<relaxed Extended JSON of _id>"}`.
 pub fn encode_key(id: &Bson) -> Vec<u8> {
-    let key = KeyOut { id: id_relaxed_json(id) };
-    serde_json::to_vec(&key).unwrap_or_default()
+    use std::io::Write;
+    // The usual `_id` types written directly; the rest through bson's relaxed text.
+    let mut out = Vec::with_capacity(48);
+    let _ = match id {
+        Bson::Int32(i) => write!(out, r#"{{"id":"{i}"}}"#),
+        Bson::Int64(i) => write!(out, r#"{{"id":"{i}"}}"#),
+        Bson::ObjectId(oid) => write!(out, r#"{{"id":"{{\"$oid\":\"{}\"}}"}}"#, oid.to_hex()),
+        other => serde_json::to_writer(&mut out, &KeyOut { id: id_relaxed_json(other) }).map_err(std::io::Error::other),
+    };
+    out
 }
 
 /// The relaxed Extended JSON text of an `_id`, as Debezium puts it in the key:
@@ -114,10 +122,21 @@ pub fn id_fold_key(id: &Bson) -> String {
 
 /// The Kafka value of an event.
 pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeError> {
-    let after = match &event.after {
-        Some(raw) if event.op != Op::Delete => Some(raw_to_canonical_json(raw)?),
-        _ => None,
-    };
+    let after = event.after.as_ref().filter(|_| event.op != Op::Delete);
+    let mut out = Vec::with_capacity(after.map_or(0, |a| a.as_bytes().len() * 3) + 512);
+    // `after` is written by hand, escaped while it is generated (serializing the finished
+    // text as a string escaped it in a second pass over a second buffer: a tenth of the
+    // source's CPU); the fields after it by serde, as an object whose `{` becomes the `,`.
+    out.extend_from_slice(br#"{"before":null,"after":"#);
+    match after {
+        Some(raw) => {
+            out.push(b'"');
+            crate::extjson::write_canonical_document_in_string(raw, &mut out)
+                .map_err(|e| EncodeError::InvalidBson(e.to_string()))?;
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
     let update_description = event.update.as_ref().map(|u| UpdateOut {
         removed_fields: &u.removed_fields,
         updated_fields: Bson::Document(u.updated_fields.clone()).into_canonical_extjson().to_string(),
@@ -128,9 +147,7 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
             .collect(),
     });
     let s = &event.source;
-    let value = ValueOut {
-        before: None,
-        after,
+    let rest = ValueRest {
         update_description,
         source: SourceOut {
             version: VERSION,
@@ -150,7 +167,10 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
         ts_ms: now_ms,
         transaction: None,
     };
-    serde_json::to_vec(&value).map_err(|e| EncodeError::InvalidBson(e.to_string()))
+    let brace = out.len();
+    serde_json::to_writer(&mut out, &rest).map_err(|e| EncodeError::InvalidBson(e.to_string()))?;
+    out[brace] = b',';
+    Ok(out)
 }
 
 /// Key and value of the clear marker for one partition (see [`ClearMarker`]). The key
@@ -171,20 +191,14 @@ pub fn encode_clear_marker(marker: &ClearMarker, source: &SourceInfo, now_ms: i6
     (key, value.to_string().into_bytes())
 }
 
-/// A raw BSON document as a canonical Extended JSON v2 string, field order kept.
-pub fn raw_to_canonical_json(raw: &RawDocumentBuf) -> Result<String, EncodeError> {
-    crate::extjson::canonical_document(raw).map_err(|e| EncodeError::InvalidBson(e.to_string()))
-}
-
 #[derive(Serialize)]
 struct KeyOut {
     id: String,
 }
 
+/// The envelope's fields after `after`, in Debezium's order.
 #[derive(Serialize)]
-struct ValueOut<'a> {
-    before: Option<String>,
-    after: Option<String>,
+struct ValueRest<'a> {
     #[serde(rename = "updateDescription")]
     update_description: Option<UpdateOut<'a>>,
     source: SourceOut<'a>,
@@ -236,8 +250,8 @@ struct SourceOut<'a> {
 struct EnvelopeIn<'a> {
     #[serde(borrow, default)]
     op: Option<Cow<'a, str>>,
-    #[serde(default)]
-    after: Option<Value>,
+    #[serde(default, deserialize_with = "after_in")]
+    after: Option<AfterIn>,
     #[serde(rename = "updateDescription", default)]
     update_description: Option<Value>,
     #[serde(borrow, default)]
@@ -250,6 +264,57 @@ struct EnvelopeIn<'a> {
     /// docrepl's own control data (the clear marker).
     #[serde(default)]
     docrepl: Option<Value>,
+}
+
+/// The `after` field as it is read: its Extended JSON text goes straight into BSON while
+/// serde_json still holds it unescaped (no owned copy of the text per event).
+enum AfterIn {
+    Document(RawDocumentBuf),
+    /// A string that is not Extended JSON of a document: why.
+    Invalid(String),
+    /// Some other JSON value (null is `None`).
+    NotText,
+}
+
+fn after_in<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<AfterIn>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess};
+    struct AfterVisitor;
+    impl<'de> serde::de::Visitor<'de> for AfterVisitor {
+        type Value = Option<AfterIn>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("Extended JSON text or null")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(match crate::extjson::parse_document(text) {
+                Ok(doc) => AfterIn::Document(doc),
+                Err(e) => AfterIn::Invalid(e.to_string()),
+            }))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Some(AfterIn::NotText))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Some(AfterIn::NotText))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Some(AfterIn::NotText))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Some(AfterIn::NotText))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Some(AfterIn::NotText))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Some(AfterIn::NotText))
+        }
+    }
+    de.deserialize_any(AfterVisitor)
 }
 
 #[derive(Deserialize, Default)]
@@ -303,10 +368,12 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
     let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;
 
     let after = match envelope.after.take() {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if op != Op::Delete => Some(parse_extjson_raw(&s, "after")?),
-        Some(Value::String(_)) => None,
-        Some(_) => return Err(DecodeError::MissingField("after")),
+        None => None,
+        Some(AfterIn::NotText) => return Err(DecodeError::MissingField("after")),
+        // A delete's document is not needed (Debezium sends none).
+        Some(_) if op == Op::Delete => None,
+        Some(AfterIn::Document(doc)) => Some(doc),
+        Some(AfterIn::Invalid(message)) => return Err(DecodeError::ExtJson { field: "after", message }),
     };
     let update = match envelope.update_description.take() {
         None | Some(Value::Null) => None,
@@ -455,11 +522,6 @@ fn decode_source(source: SourceIn<'_>) -> SourceInfo {
     }
 }
 
-/// Parses an Extended JSON document (canonical, relaxed or legacy) straight into raw BSON.
-pub fn parse_extjson_raw(text: &str, field: &'static str) -> Result<RawDocumentBuf, DecodeError> {
-    crate::extjson::parse_document(text).map_err(|e| DecodeError::ExtJson { field, message: e.to_string() })
-}
-
 /// Parses an Extended JSON document (canonical, relaxed or legacy), keeping field order.
 pub fn parse_extjson_document(text: &str, field: &'static str) -> Result<Document, DecodeError> {
     let value: Value = serde_json::from_str(text)
@@ -562,7 +624,36 @@ mod tests {
         let oid = ObjectId::parse_str("65976a473f3a210c022ffc55").unwrap();
         assert_eq!(encode_key(&Bson::ObjectId(oid)), br#"{"id":"{\"$oid\":\"65976a473f3a210c022ffc55\"}"}"#);
         assert_eq!(encode_key(&Bson::Int32(1234)), br#"{"id":"1234"}"#);
+        assert_eq!(encode_key(&Bson::Int64(-5_000_000_000)), br#"{"id":"-5000000000"}"#);
+        // The direct forms are what bson's relaxed text gives.
+        for id in [Bson::Int32(-7), Bson::Int64(1 << 40), Bson::ObjectId(oid)] {
+            let via_bson = serde_json::to_vec(&KeyOut { id: id_relaxed_json(&id) }).unwrap();
+            assert_eq!(encode_key(&id), via_bson);
+        }
         assert_eq!(encode_key(&Bson::String("abc".into())), br#"{"id":"\"abc\""}"#);
+    }
+
+    #[test]
+    fn values_have_debeziums_layout() {
+        let mut ev = event(Op::Update, Some(doc! {"_id": 1, "s": "a\"b"}));
+        ev.update = Some(UpdateDescription { updated_fields: doc! {"s": "a\"b"}, removed_fields: vec!["x".into()], truncated_arrays: vec![] });
+        let value = String::from_utf8(encode_value(&ev, 5).unwrap()).unwrap();
+        let expected = serde_json::json!({
+            "before": null,
+            "after": r#"{"_id":{"$numberInt":"1"},"s":"a\"b"}"#,
+            "updateDescription": {"removedFields": ["x"], "updatedFields": r#"{"s":"a\"b"}"#, "truncatedArrays": []},
+            "source": {
+                "version": VERSION, "connector": "mongodb", "name": "docrepl", "ts_ms": 1_700_000_000_000i64,
+                "snapshot": "false", "db": "app", "sequence": null, "collection": "orders", "ord": 3,
+                "lsid": null, "txnNumber": null, "rs": "rs0",
+            },
+            "op": "u",
+            "ts_ms": 5,
+            "transaction": null,
+        });
+        assert_eq!(value, expected.to_string());
+        let delete = encode_value(&event(Op::Delete, Some(doc! {"_id": 1})), 5).unwrap();
+        assert!(String::from_utf8(delete).unwrap().starts_with(r#"{"before":null,"after":null,"updateDescription":null,"source":{"#));
     }
 
     #[test]

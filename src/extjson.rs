@@ -36,111 +36,159 @@ pub fn canonical_document(doc: &RawDocument) -> Result<String, ExtJsonError> {
     String::from_utf8(out).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+/// Appends `doc` as canonical Extended JSON *inside a JSON string* (the envelope's `after`
+/// field): exactly what serde_json writes for the string `canonical_document(doc)`, without
+/// the surrounding quotes, in one pass and without building that text first.
+pub fn write_canonical_document_in_string(doc: &RawDocument, out: &mut Vec<u8>) -> Result<(), ExtJsonError> {
+    write_document(doc, &mut InString(out))
+}
+
+/// A writer that escapes what it is given as the contents of a JSON string. Canonical
+/// Extended JSON as written here has no control characters left (serde_json escaped them
+/// inside its strings), so only `"` and `\` need a backslash, as serde_json would add.
+struct InString<'a>(&'a mut Vec<u8>);
+
+impl Write for InString<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let out = &mut *self.0;
+        if buf.len() <= 32 {
+            // Structure and short strings: a plain loop beats searching.
+            out.reserve(buf.len() * 2);
+            for &b in buf {
+                if b == b'"' || b == b'\\' {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+        } else {
+            let mut rest = buf;
+            while let Some(i) = memchr::memchr2(b'"', b'\\', rest) {
+                out.extend_from_slice(&rest[..i]);
+                out.push(b'\\');
+                out.push(rest[i]);
+                rest = &rest[i + 1..];
+            }
+            out.extend_from_slice(rest);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Writes into a `Vec` or an `InString` cannot fail, so their `io::Result`s are ignored.
+
+fn write_str(s: &str, out: &mut impl Write) {
     // serde_json's escaping, so the text matches serde_json's own output.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn write_document(doc: &RawDocument, out: &mut Vec<u8>) -> Result<(), ExtJsonError> {
-    out.push(b'{');
+fn write_document(doc: &RawDocument, out: &mut impl Write) -> Result<(), ExtJsonError> {
+    let _ = out.write_all(b"{");
     let mut first = true;
     for element in doc.iter() {
         let (key, value) = element?;
         if !first {
-            out.push(b',');
+            let _ = out.write_all(b",");
         }
         first = false;
         write_str(key, out);
-        out.push(b':');
+        let _ = out.write_all(b":");
         write_value(value, out)?;
     }
-    out.push(b'}');
+    let _ = out.write_all(b"}");
     Ok(())
 }
 
-fn write_array(array: &RawArray, out: &mut Vec<u8>) -> Result<(), ExtJsonError> {
-    out.push(b'[');
+fn write_array(array: &RawArray, out: &mut impl Write) -> Result<(), ExtJsonError> {
+    let _ = out.write_all(b"[");
     let mut first = true;
     for value in array.into_iter() {
         if !first {
-            out.push(b',');
+            let _ = out.write_all(b",");
         }
         first = false;
         write_value(value?, out)?;
     }
-    out.push(b']');
+    let _ = out.write_all(b"]");
     Ok(())
 }
 
-fn wrapper(name: &str, value: &str, out: &mut Vec<u8>) {
+fn wrapper(name: &str, value: &str, out: &mut impl Write) {
     let _ = write!(out, "{{\"{name}\":");
     write_str(value, out);
-    out.push(b'}');
+    let _ = out.write_all(b"}");
 }
 
-fn write_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), ExtJsonError> {
-    match value {
-        RawBsonRef::Double(f) => write_double(f, out),
-        RawBsonRef::String(s) => write_str(s, out),
-        RawBsonRef::Document(d) => write_document(d, out)?,
-        RawBsonRef::Array(a) => write_array(a, out)?,
-        RawBsonRef::Boolean(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        RawBsonRef::Null => out.extend_from_slice(b"null"),
-        RawBsonRef::Int32(i) => {
-            let _ = write!(out, "{{\"$numberInt\":\"{i}\"}}");
+fn write_value(value: RawBsonRef<'_>, out: &mut impl Write) -> Result<(), ExtJsonError> {
+    let _ = match value {
+        RawBsonRef::Double(f) => {
+            write_double(f, out);
+            Ok(())
         }
-        RawBsonRef::Int64(i) => {
-            let _ = write!(out, "{{\"$numberLong\":\"{i}\"}}");
+        RawBsonRef::String(s) => {
+            write_str(s, out);
+            Ok(())
         }
-        RawBsonRef::DateTime(d) => {
-            let _ = write!(out, "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}", d.timestamp_millis());
+        RawBsonRef::Document(d) => return write_document(d, out),
+        RawBsonRef::Array(a) => return write_array(a, out),
+        RawBsonRef::Boolean(b) => out.write_all(if b { b"true" } else { b"false" }),
+        RawBsonRef::Null => out.write_all(b"null"),
+        RawBsonRef::Int32(i) => write!(out, "{{\"$numberInt\":\"{i}\"}}"),
+        RawBsonRef::Int64(i) => write!(out, "{{\"$numberLong\":\"{i}\"}}"),
+        RawBsonRef::DateTime(d) => write!(out, "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}", d.timestamp_millis()),
+        RawBsonRef::ObjectId(oid) => write!(out, "{{\"$oid\":\"{}\"}}", oid.to_hex()),
+        RawBsonRef::Decimal128(d) => {
+            wrapper("$numberDecimal", &d.to_string(), out);
+            Ok(())
         }
-        RawBsonRef::ObjectId(oid) => {
-            let _ = write!(out, "{{\"$oid\":\"{}\"}}", oid.to_hex());
-        }
-        RawBsonRef::Decimal128(d) => wrapper("$numberDecimal", &d.to_string(), out),
-        RawBsonRef::Timestamp(t) => {
-            let _ = write!(out, "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}", t.time, t.increment);
-        }
+        RawBsonRef::Timestamp(t) => write!(out, "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}", t.time, t.increment),
         RawBsonRef::Binary(b) => {
             let subtype: u8 = b.subtype.into();
-            out.extend_from_slice(b"{\"$binary\":{\"base64\":\"");
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(b.bytes).as_bytes());
-            let _ = write!(out, "\",\"subType\":\"{subtype:02x}\"}}}}");
+            let base64 = base64::engine::general_purpose::STANDARD.encode(b.bytes);
+            write!(out, "{{\"$binary\":{{\"base64\":\"{base64}\",\"subType\":\"{subtype:02x}\"}}}}")
         }
         RawBsonRef::RegularExpression(r) => {
             let mut options: Vec<char> = r.options.chars().collect();
             options.sort_unstable();
             let options: String = options.into_iter().collect();
-            out.extend_from_slice(b"{\"$regularExpression\":{\"pattern\":");
+            let _ = out.write_all(b"{\"$regularExpression\":{\"pattern\":");
             write_str(r.pattern, out);
-            out.extend_from_slice(b",\"options\":");
+            let _ = out.write_all(b",\"options\":");
             write_str(&options, out);
-            out.extend_from_slice(b"}}");
+            out.write_all(b"}}")
         }
-        RawBsonRef::JavaScriptCode(code) => wrapper("$code", code, out),
+        RawBsonRef::JavaScriptCode(code) => {
+            wrapper("$code", code, out);
+            Ok(())
+        }
         RawBsonRef::JavaScriptCodeWithScope(c) => {
-            out.extend_from_slice(b"{\"$code\":");
+            let _ = out.write_all(b"{\"$code\":");
             write_str(c.code, out);
-            out.extend_from_slice(b",\"$scope\":");
+            let _ = out.write_all(b",\"$scope\":");
             write_document(c.scope, out)?;
-            out.push(b'}');
+            out.write_all(b"}")
         }
-        RawBsonRef::Symbol(s) => wrapper("$symbol", s, out),
-        RawBsonRef::Undefined => out.extend_from_slice(b"{\"$undefined\":true}"),
-        RawBsonRef::MinKey => out.extend_from_slice(b"{\"$minKey\":1}"),
-        RawBsonRef::MaxKey => out.extend_from_slice(b"{\"$maxKey\":1}"),
+        RawBsonRef::Symbol(s) => {
+            wrapper("$symbol", s, out);
+            Ok(())
+        }
+        RawBsonRef::Undefined => out.write_all(b"{\"$undefined\":true}"),
+        RawBsonRef::MinKey => out.write_all(b"{\"$minKey\":1}"),
+        RawBsonRef::MaxKey => out.write_all(b"{\"$maxKey\":1}"),
         // Deprecated and rare: the owned conversion is fine here.
         other @ RawBsonRef::DbPointer(_) => {
             let bson = Bson::try_from(other).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))?;
-            let _ = serde_json::to_writer(&mut *out, &bson.into_canonical_extjson());
+            serde_json::to_writer(&mut *out, &bson.into_canonical_extjson()).map_err(std::io::Error::other)
         }
-    }
+    };
     Ok(())
 }
 
 /// Doubles exactly as `Bson::into_canonical_extjson` writes them.
-fn write_double(f: f64, out: &mut Vec<u8>) {
+fn write_double(f: f64, out: &mut impl Write) {
     if f.is_normal() {
         let mut s = f.to_string();
         if f.fract() == 0.0 {
@@ -172,18 +220,21 @@ fn write_double(f: f64, out: &mut Vec<u8>) {
 pub fn parse_document(text: &str) -> Result<RawDocumentBuf, ExtJsonError> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_str(text);
-    let doc = DocumentSeed.deserialize(&mut de).map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
+    // BSON takes somewhat less room than its canonical text: one allocation, no regrowth.
+    let doc = DocumentSeed { capacity: text.len() * 3 / 4 }.deserialize(&mut de).map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
     de.end().map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
     Ok(doc)
 }
 
 /// Reads a JSON object that must be a document (not a type wrapper).
-struct DocumentSeed;
+struct DocumentSeed {
+    capacity: usize,
+}
 
 impl<'de> serde::de::DeserializeSeed<'de> for DocumentSeed {
     type Value = RawDocumentBuf;
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<RawDocumentBuf, D::Error> {
-        match de.deserialize_map(ValueVisitor)? {
+        match de.deserialize_map(ValueVisitor { capacity: self.capacity })? {
             RawBson::Document(doc) => Ok(doc),
             _ => Err(serde::de::Error::custom("a type wrapper where a document was expected")),
         }
@@ -196,7 +247,7 @@ struct ValueSeed;
 impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
     type Value = RawBson;
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<RawBson, D::Error> {
-        de.deserialize_any(ValueVisitor)
+        de.deserialize_any(ValueVisitor { capacity: 0 })
     }
 }
 
@@ -225,7 +276,10 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
-struct ValueVisitor;
+struct ValueVisitor {
+    /// Bytes to reserve when the value is a document.
+    capacity: usize,
+}
 
 impl<'de> serde::de::Visitor<'de> for ValueVisitor {
     type Value = RawBson;
@@ -271,7 +325,7 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
         Ok(RawBson::Array(array))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawBson, A::Error> {
-        let mut doc = RawDocumentBuf::new();
+        let mut doc = empty_document(self.capacity);
         let Some(Key(first)) = map.next_key::<Key<'de>>()? else {
             return Ok(RawBson::Document(doc));
         };
@@ -284,6 +338,13 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
         }
         Ok(RawBson::Document(doc))
     }
+}
+
+/// An empty document with room for `capacity` bytes.
+fn empty_document(capacity: usize) -> RawDocumentBuf {
+    let mut bytes = Vec::with_capacity(capacity.max(5));
+    bytes.extend_from_slice(&[5, 0, 0, 0, 0]);
+    RawDocumentBuf::from_bytes(bytes).unwrap_or_default()
 }
 
 /// An object whose first key starts with `$`: a type wrapper (or, rarely, a document with
@@ -361,6 +422,15 @@ mod tests {
         };
         let raw = RawDocumentBuf::from_document(&d).unwrap();
         assert_eq!(canonical_document(&raw).unwrap(), reference(&d));
+        assert_eq!(in_string(&raw), serde_json::to_string(&reference(&d)).unwrap());
+    }
+
+    /// `write_canonical_document_in_string` with the quotes serde_json would put around it.
+    fn in_string(raw: &RawDocument) -> String {
+        let mut out = b"\"".to_vec();
+        write_canonical_document_in_string(raw, &mut out).unwrap();
+        out.push(b'"');
+        String::from_utf8(out).unwrap()
     }
 
     fn leaf() -> impl Strategy<Value = Bson> {
@@ -438,6 +508,13 @@ mod tests {
             let doc: Document = fields.into_iter().collect();
             let raw = RawDocumentBuf::from_document(&doc).unwrap();
             prop_assert_eq!(canonical_document(&raw).unwrap(), reference(&doc));
+        }
+
+        #[test]
+        fn in_a_string_as_serde_json_escapes_it(fields in proptest::collection::vec(("[a-z\"\\\\]{1,5}", tree()), 0..8)) {
+            let doc: Document = fields.into_iter().collect();
+            let raw = RawDocumentBuf::from_document(&doc).unwrap();
+            prop_assert_eq!(in_string(&raw), serde_json::to_string(&reference(&doc)).unwrap());
         }
     }
 }
