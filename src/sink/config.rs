@@ -54,8 +54,11 @@ pub struct SinkConfig {
 fn default_group() -> String {
     "docrepl-sink".into()
 }
+// Each worker holds its batch's messages (and librdkafka the buffers they were
+// decompressed into) until the target acknowledged: a 1M-document drain (`docrepl run`, 8
+// partitions) ran as fast with 2,500 as with 5,000 (89k docs/s) at 220 instead of 270-290 MB.
 fn default_batch_size() -> usize {
-    5000
+    2500
 }
 fn default_batch_ms() -> u64 {
     50
