@@ -40,7 +40,7 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub fn new(acks: &Arc<Acks>, seq: u64) -> Box<Ticket> {
+    fn new(acks: &Arc<Acks>, seq: u64) -> Box<Ticket> {
         Box::new(Ticket { acks: Arc::clone(acks), seq })
     }
 }
@@ -56,7 +56,7 @@ pub struct Acks {
 }
 
 impl Acks {
-    pub fn new() -> Arc<Acks> {
+    fn new() -> Arc<Acks> {
         Arc::new(Acks::default())
     }
 
@@ -69,16 +69,57 @@ impl Acks {
 
     /// Waits until at least one report is there (or one arrived since the last take:
     /// then it returns at once and `take` may find nothing).
-    pub async fn arrived(&self) {
+    async fn arrived(&self) {
         self.arrived.notified().await
     }
 
     /// Moves every report received so far into `into` (which is cleared first).
-    pub fn take(&self, into: &mut Vec<(u64, Outcome)>) {
+    fn take(&self, into: &mut Vec<(u64, Outcome)>) {
         into.clear();
         if let Ok(mut reports) = self.reports.lock() {
             std::mem::swap(&mut *reports, into);
         }
+    }
+}
+
+/// What one sender has in flight: a queue for its reports and how many are still due.
+pub struct InFlight {
+    acks: Arc<Acks>,
+    reports: Vec<(u64, Outcome)>,
+    due: usize,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight { acks: Acks::new(), reports: Vec::new(), due: 0 }
+    }
+}
+
+impl InFlight {
+    /// The ticket for the record numbered `seq`; call `sent` once librdkafka took it.
+    pub fn ticket(&self, seq: u64) -> Box<Ticket> {
+        Ticket::new(&self.acks, seq)
+    }
+
+    pub fn sent(&mut self) {
+        self.due += 1;
+    }
+
+    /// Records whose report has not come yet.
+    pub fn due(&self) -> usize {
+        self.due
+    }
+
+    /// Waits for reports (see `Acks::arrived`).
+    pub async fn arrived(&self) {
+        self.acks.arrived().await
+    }
+
+    /// The reports that came since the last call, in arrival order.
+    pub fn take(&mut self) -> std::vec::Drain<'_, (u64, Outcome)> {
+        self.acks.take(&mut self.reports);
+        self.due = self.due.saturating_sub(self.reports.len());
+        self.reports.drain(..)
     }
 }
 
@@ -88,15 +129,18 @@ mod tests {
 
     #[tokio::test]
     async fn reports_reach_the_sender_in_one_take() {
-        let acks = Acks::new();
-        acks.report(1, Ok(()));
-        acks.report(0, Err("broker down".into()));
+        let mut in_flight = InFlight::default();
+        for seq in 0..3 {
+            let _ = in_flight.ticket(seq);
+            in_flight.sent();
+        }
+        in_flight.acks.report(1, Ok(()));
+        in_flight.acks.report(0, Err("broker down".into()));
         // The wake-up that came while nobody waited is kept.
-        tokio::time::timeout(std::time::Duration::from_secs(1), acks.arrived()).await.expect("woken");
-        let mut got = Vec::new();
-        acks.take(&mut got);
+        tokio::time::timeout(std::time::Duration::from_secs(1), in_flight.arrived()).await.expect("woken");
+        let got: Vec<_> = in_flight.take().collect();
         assert_eq!(got, vec![(1, Ok(())), (0, Err("broker down".to_string()))]);
-        acks.take(&mut got);
-        assert!(got.is_empty());
+        assert_eq!(in_flight.due(), 1);
+        assert_eq!(in_flight.take().count(), 0);
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -295,7 +296,10 @@ pub fn run_member(
         }
         // Only events (rebalances, errors) arrive here: messages wait in partition queues.
         match consumer.poll(Duration::from_millis(50)) {
-            None | Some(Ok(_)) => {}
+            None => {}
+            // Cannot happen while every assigned partition has its own queue; not applied
+            // nor committed here (its partition's next owner reads it again).
+            Some(Ok(m)) => warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "a message arrived outside its partition's queue; left for the next assignment"),
             Some(Err(e)) if is_offset_lost(&e) => {
                 break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &e.to_string())));
             }

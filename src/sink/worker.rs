@@ -1,6 +1,7 @@
 //! One partition's worker: takes a batch (size and time bounds) from the partition's own
-//! librdkafka queue, decodes it, folds it per document, writes it (retrying transient errors with backoff and jitter), dead-letters
-//! what can never be applied, and only then publishes the offset to commit.
+//! librdkafka queue, decodes it, folds it per document, writes it (retrying transient
+//! errors with backoff and jitter), dead-letters what can never be applied, and only then
+//! publishes the offset to commit.
 //! When told to stop (partition revoked, shutdown) it never starts another write or
 //! retry: a late retry landing after the new owner wrote newer versions would leave the
 //! target stale for good.

@@ -23,7 +23,7 @@ use super::convert::{describe_id, Origin, StreamItem};
 use super::watermark::AckWatermark;
 use super::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig};
 use crate::debezium;
-use crate::kafka::delivery::{AckProducer, Acks, Outcome, Ticket};
+use crate::kafka::delivery::{AckProducer, InFlight, Ticket};
 use crate::metrics as m;
 
 /// Most events handed to the producer and not yet acknowledged, per reader. Kept small
@@ -262,26 +262,23 @@ impl Reader {
                 (partition, key, value)
             })
             .collect();
-        let acks = Acks::new();
+        let mut in_flight = InFlight::default();
         for (seq, (partition, key, value)) in markers.iter().enumerate() {
             if Instant::now() >= *lease.borrow() {
                 return Ok(Some(ReaderExit::LeaseLost));
             }
-            let record = BaseRecord::with_opaque_to(&self.topic, Ticket::new(&acks, seq as u64)).partition(*partition).key(key).payload(value);
+            let record = BaseRecord::with_opaque_to(&self.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
             self.ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery {
                 ns: self.ns.clone(),
                 message: format!("clear marker not queued: {e}"),
             })?;
+            in_flight.sent();
         }
         // Each report comes within the producer's message timeout.
-        let mut delivered = 0;
-        let mut reports = Vec::new();
-        while delivered < markers.len() {
-            acks.arrived().await;
-            acks.take(&mut reports);
-            for (_, outcome) in reports.drain(..) {
+        while in_flight.due() > 0 {
+            in_flight.arrived().await;
+            for (_, outcome) in in_flight.take() {
                 outcome.map_err(|e| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {e}") })?;
-                delivered += 1;
             }
         }
         info!(ns = %self.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
@@ -521,10 +518,7 @@ impl Reader {
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
         let mut watermark: AckWatermark<(Bson, Option<Timestamp>)> = AckWatermark::new();
-        let acks = Acks::new();
-        let mut reports: Vec<(u64, Outcome)> = Vec::new();
-        // Records handed to the producer whose delivery report has not come yet.
-        let mut in_flight = 0usize;
+        let mut in_flight = InFlight::default();
         let mut saved: Option<Bson> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -535,16 +529,14 @@ impl Reader {
         self.ctx.board.update_collection(&self.ns, |c| c.state = phase.state().into());
         let mut items = Vec::with_capacity(RECEIVE_CHUNK);
         let exit = 'pump: loop {
-            if read_end.is_some() && in_flight == 0 {
+            if read_end.is_some() && in_flight.due() == 0 {
                 break None;
             }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Some(ReaderExit::Shutdown),
-                _ = acks.arrived(), if in_flight > 0 => {
-                    acks.take(&mut reports);
-                    in_flight -= reports.len();
-                    for (seq, outcome) in reports.drain(..) {
+                _ = in_flight.arrived(), if in_flight.due() > 0 => {
+                    for (seq, outcome) in in_flight.take() {
                         match outcome {
                             Ok(()) => {
                                 watermark.acked(seq);
@@ -561,7 +553,7 @@ impl Reader {
                     self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
                     self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
                 }
-                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight < MAX_IN_FLIGHT => {
+                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight.due() < MAX_IN_FLIGHT => {
                     if received == 0 {
                         return Err(ReaderError::Encode { ns: self.ns.clone(), message: "the read side stopped unexpectedly".into() });
                     }
@@ -578,10 +570,10 @@ impl Reader {
                                 for (i, (key, value)) in records.into_iter().enumerate() {
                                     let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
                                     let seq = watermark.sent(token);
-                                    if !self.send(&self.topic, &key, value.as_deref(), None, Ticket::new(&acks, seq), lease).await? {
+                                    if !self.send(&self.topic, &key, value.as_deref(), None, in_flight.ticket(seq), lease).await? {
                                         break 'pump Some(ReaderExit::LeaseLost);
                                     }
-                                    in_flight += 1;
+                                    in_flight.sent();
                                 }
                             }
                             Outgoing::DeadLetter { key, reason, token, event_time: t } => {
@@ -592,10 +584,10 @@ impl Reader {
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
                                     .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
-                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), Ticket::new(&acks, seq), lease).await? {
+                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), in_flight.ticket(seq), lease).await? {
                                     break 'pump Some(ReaderExit::LeaseLost);
                                 }
-                                in_flight += 1;
+                                in_flight.sent();
                             }
                             Outgoing::Idle(token) => {
                                 caught_up = true;
@@ -623,13 +615,11 @@ impl Reader {
         // Stopping: let what is in flight be acknowledged (bounded by the producer's
         // message timeout), then save the position it reached.
         let drain_deadline = Instant::now() + Duration::from_secs(8);
-        'drain: while in_flight > 0 {
-            if tokio::time::timeout_at(drain_deadline, acks.arrived()).await.is_err() {
+        'drain: while in_flight.due() > 0 {
+            if tokio::time::timeout_at(drain_deadline, in_flight.arrived()).await.is_err() {
                 break;
             }
-            acks.take(&mut reports);
-            in_flight -= reports.len();
-            for (seq, outcome) in reports.drain(..) {
+            for (seq, outcome) in in_flight.take() {
                 if let Err(message) = outcome {
                     warn!(ns = %self.ns, %message, "delivery failed while stopping; the next start resends from the saved token");
                     break 'drain;
