@@ -125,8 +125,9 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
     let after = event.after.as_ref().filter(|_| event.op != Op::Delete);
     let mut out = Vec::with_capacity(after.map_or(0, |a| a.as_bytes().len() * 3) + 512);
     // `after` is written by hand, escaped while it is generated (serializing the finished
-    // text as a string escaped it in a second pass over a second buffer: a tenth of the
-    // source's CPU); the fields after it by serde, as an object whose `{` becomes the `,`.
+    // text as a string escaped it in a second pass over a second buffer: `cargo bench
+    // --bench codec` encode 1.41 -> 1.07 µs small, 19.9 -> 10.0 µs 16 KB); the fields
+    // after it by serde, as an object whose `{` becomes the `,`.
     out.extend_from_slice(br#"{"before":null,"after":"#);
     match after {
         Some(raw) => {
