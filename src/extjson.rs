@@ -123,32 +123,37 @@ fn wrapper(name: &str, value: &str, out: &mut impl Write) {
 }
 
 fn write_value(value: RawBsonRef<'_>, out: &mut impl Write) -> Result<(), ExtJsonError> {
-    let _ = match value {
-        RawBsonRef::Double(f) => {
-            write_double(f, out);
-            Ok(())
+    match value {
+        RawBsonRef::Double(f) => write_double(f, out),
+        RawBsonRef::String(s) => write_str(s, out),
+        RawBsonRef::Document(d) => write_document(d, out)?,
+        RawBsonRef::Array(a) => write_array(a, out)?,
+        RawBsonRef::Boolean(b) => {
+            let _ = out.write_all(if b { b"true" } else { b"false" });
         }
-        RawBsonRef::String(s) => {
-            write_str(s, out);
-            Ok(())
+        RawBsonRef::Null => {
+            let _ = out.write_all(b"null");
         }
-        RawBsonRef::Document(d) => return write_document(d, out),
-        RawBsonRef::Array(a) => return write_array(a, out),
-        RawBsonRef::Boolean(b) => out.write_all(if b { b"true" } else { b"false" }),
-        RawBsonRef::Null => out.write_all(b"null"),
-        RawBsonRef::Int32(i) => write!(out, "{{\"$numberInt\":\"{i}\"}}"),
-        RawBsonRef::Int64(i) => write!(out, "{{\"$numberLong\":\"{i}\"}}"),
-        RawBsonRef::DateTime(d) => write!(out, "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}", d.timestamp_millis()),
-        RawBsonRef::ObjectId(oid) => write!(out, "{{\"$oid\":\"{}\"}}", oid.to_hex()),
-        RawBsonRef::Decimal128(d) => {
-            wrapper("$numberDecimal", &d.to_string(), out);
-            Ok(())
+        RawBsonRef::Int32(i) => {
+            let _ = write!(out, "{{\"$numberInt\":\"{i}\"}}");
         }
-        RawBsonRef::Timestamp(t) => write!(out, "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}", t.time, t.increment),
+        RawBsonRef::Int64(i) => {
+            let _ = write!(out, "{{\"$numberLong\":\"{i}\"}}");
+        }
+        RawBsonRef::DateTime(d) => {
+            let _ = write!(out, "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}", d.timestamp_millis());
+        }
+        RawBsonRef::ObjectId(oid) => {
+            let _ = write!(out, "{{\"$oid\":\"{}\"}}", oid.to_hex());
+        }
+        RawBsonRef::Decimal128(d) => wrapper("$numberDecimal", &d.to_string(), out),
+        RawBsonRef::Timestamp(t) => {
+            let _ = write!(out, "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}", t.time, t.increment);
+        }
         RawBsonRef::Binary(b) => {
             let subtype: u8 = b.subtype.into();
             let base64 = base64::engine::general_purpose::STANDARD.encode(b.bytes);
-            write!(out, "{{\"$binary\":{{\"base64\":\"{base64}\",\"subType\":\"{subtype:02x}\"}}}}")
+            let _ = write!(out, "{{\"$binary\":{{\"base64\":\"{base64}\",\"subType\":\"{subtype:02x}\"}}}}");
         }
         RawBsonRef::RegularExpression(r) => {
             let mut options: Vec<char> = r.options.chars().collect();
@@ -158,32 +163,32 @@ fn write_value(value: RawBsonRef<'_>, out: &mut impl Write) -> Result<(), ExtJso
             write_str(r.pattern, out);
             let _ = out.write_all(b",\"options\":");
             write_str(&options, out);
-            out.write_all(b"}}")
+            let _ = out.write_all(b"}}");
         }
-        RawBsonRef::JavaScriptCode(code) => {
-            wrapper("$code", code, out);
-            Ok(())
-        }
+        RawBsonRef::JavaScriptCode(code) => wrapper("$code", code, out),
         RawBsonRef::JavaScriptCodeWithScope(c) => {
             let _ = out.write_all(b"{\"$code\":");
             write_str(c.code, out);
             let _ = out.write_all(b",\"$scope\":");
             write_document(c.scope, out)?;
-            out.write_all(b"}")
+            let _ = out.write_all(b"}");
         }
-        RawBsonRef::Symbol(s) => {
-            wrapper("$symbol", s, out);
-            Ok(())
+        RawBsonRef::Symbol(s) => wrapper("$symbol", s, out),
+        RawBsonRef::Undefined => {
+            let _ = out.write_all(b"{\"$undefined\":true}");
         }
-        RawBsonRef::Undefined => out.write_all(b"{\"$undefined\":true}"),
-        RawBsonRef::MinKey => out.write_all(b"{\"$minKey\":1}"),
-        RawBsonRef::MaxKey => out.write_all(b"{\"$maxKey\":1}"),
+        RawBsonRef::MinKey => {
+            let _ = out.write_all(b"{\"$minKey\":1}");
+        }
+        RawBsonRef::MaxKey => {
+            let _ = out.write_all(b"{\"$maxKey\":1}");
+        }
         // Deprecated and rare: the owned conversion is fine here.
         other @ RawBsonRef::DbPointer(_) => {
             let bson = Bson::try_from(other).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))?;
-            serde_json::to_writer(&mut *out, &bson.into_canonical_extjson()).map_err(std::io::Error::other)
+            let _ = serde_json::to_writer(&mut *out, &bson.into_canonical_extjson());
         }
-    };
+    }
     Ok(())
 }
 

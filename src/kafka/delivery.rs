@@ -50,7 +50,7 @@ pub type Outcome = Result<(), String>;
 
 /// One sender's queue of delivery reports.
 #[derive(Default)]
-pub struct Acks {
+struct Acks {
     reports: Mutex<Vec<(u64, Outcome)>>,
     arrived: Notify,
 }
