@@ -8,6 +8,7 @@ pub mod config;
 pub mod debezium;
 pub mod event;
 pub mod extjson;
+pub mod flavor;
 pub mod health;
 pub mod http;
 pub mod kafka;

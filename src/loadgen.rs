@@ -129,12 +129,12 @@ pub fn make_document(shape: Shape, id: i64, seed: u64) -> Document {
 /// Runs the generator; prints a final summary line. Returns an error for bad arguments
 /// or an unusable cluster.
 pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
-    let (uri, key, default_db) = if args.target {
+    let (uri, key, default_db, flavor) = if args.target {
         let sink = config.sink.as_ref().context("--target needs a [sink] section")?;
-        (sink.uri.clone(), "sink.uri", None)
+        (sink.uri.clone(), "sink.uri", None, sink.flavor().0)
     } else {
         let src = config.source.as_ref().context("loadgen needs a [source] section (or --target with [sink])")?;
-        (src.uri.clone(), "source.uri", Some(src.database.clone()))
+        (src.uri.clone(), "source.uri", Some(src.database.clone()), src.flavor().0)
     };
     let database = args
         .database
@@ -145,7 +145,7 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
         bail!("--batch and --concurrency must be at least 1");
     }
     let mix = args.mix.as_deref().map(parse_mix).transpose()?;
-    let client = crate::mongo::connect(&uri, key).await?;
+    let client = crate::mongo::connect(&uri, key, flavor).await?;
     crate::mongo::replica_set_name(&client, key).await?;
     let coll = client.database(&database).collection::<Document>(&args.collection);
     let existing = coll.estimated_document_count().await.context("cannot count the collection")?;

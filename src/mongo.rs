@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bson::doc;
 
+use crate::flavor::Flavor;
 use crate::redact::redact_uri;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +17,9 @@ pub enum ConnectError {
     NotReplicaSet { key: String, uri: String },
 }
 
-/// Parses `uri`, connects and pings, waiting at most about 10 s.
-pub async fn connect(uri: &str, key: &str) -> Result<mongodb::Client, ConnectError> {
+/// Parses `uri`, connects and pings, waiting at most about 10 s. On Amazon DocumentDB,
+/// which refuses retryable writes, they are turned off whatever the URI says.
+pub async fn connect(uri: &str, key: &str, flavor: Flavor) -> Result<mongodb::Client, ConnectError> {
     let redacted = redact_uri(uri);
     let mut opts = mongodb::options::ClientOptions::parse(uri).await.map_err(|e| ConnectError::BadUri {
         key: key.into(),
@@ -27,6 +29,12 @@ pub async fn connect(uri: &str, key: &str) -> Result<mongodb::Client, ConnectErr
     opts.server_selection_timeout.get_or_insert(Duration::from_secs(10));
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
     opts.app_name.get_or_insert_with(|| "docrepl".into());
+    if flavor.is_documentdb() {
+        if opts.retry_writes == Some(true) {
+            tracing::warn!("`{key}` asks for retryWrites=true, which Amazon DocumentDB does not support: turned off");
+        }
+        opts.retry_writes = Some(false);
+    }
     let client = mongodb::Client::with_options(opts).map_err(|e| ConnectError::BadUri {
         key: key.into(),
         uri: redacted.clone(),

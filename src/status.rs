@@ -66,6 +66,8 @@ struct Inner {
     source_ready: Option<bool>,
     sink_ready: Option<bool>,
     history_window_seconds: Option<f64>,
+    flavors: BTreeMap<&'static str, &'static str>,
+    pipeline: Option<String>,
 }
 
 /// Cheap to clone; every clone shows the same board.
@@ -82,6 +84,12 @@ pub struct StatusReport {
     pub role: &'static str,
     pub uptime_seconds: u64,
     pub ready: bool,
+    /// What each cluster this process talks to is taken to be: `source` / `target` →
+    /// `mongodb` or `documentdb`.
+    pub flavors: BTreeMap<&'static str, &'static str>,
+    /// Source side: the change-stream pipeline in use (`preferred`, or `documentdb` after
+    /// a fallback), and how the large-event guard works with it.
+    pub change_stream_pipeline: Option<String>,
     /// Source side: seconds of change history the source keeps; a resume token older
     /// than this cannot be resumed.
     pub history_window_seconds: Option<f64>,
@@ -134,6 +142,14 @@ impl StatusBoard {
         self.with(|i| i.history_window_seconds = seconds);
     }
 
+    pub fn set_flavor(&self, side: &'static str, flavor: &'static str) {
+        self.with(|i| i.flavors.insert(side, flavor));
+    }
+
+    pub fn set_pipeline(&self, description: String) {
+        self.with(|i| i.pipeline = Some(description));
+    }
+
     pub fn set_source_ready(&self, ready: bool) {
         self.with(|i| i.source_ready = Some(ready));
     }
@@ -158,6 +174,7 @@ impl StatusBoard {
                 (i.collections.clone(), i.partitions.clone(), i.topics.clone(), i.dead_letters, i.errors.clone(), i.history_window_seconds)
             })
             .unwrap_or_default();
+        let (flavors, change_stream_pipeline) = self.with(|i| (i.flavors.clone(), i.pipeline.clone())).unwrap_or_default();
         let collections = collections
             .into_iter()
             .map(|(k, mut c)| {
@@ -170,6 +187,8 @@ impl StatusBoard {
             role: self.role,
             uptime_seconds: self.started.elapsed().as_secs(),
             ready,
+            flavors,
+            change_stream_pipeline,
             history_window_seconds,
             collections,
             partitions,

@@ -70,8 +70,8 @@ impl std::fmt::Display for Report {
 pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
     let src = config.source.as_ref().context("verify needs the [source] section")?;
     let sink = config.sink.as_ref().context("verify needs the [sink] section")?;
-    let source = crate::mongo::connect(&src.uri, "source.uri").await?;
-    let target = crate::mongo::connect(&sink.uri, "sink.uri").await?;
+    let source = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
+    let target = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let collections = if !args.collections.is_empty() {
         args.collections.clone()
     } else if !src.collections.is_empty() {

@@ -7,12 +7,16 @@ use serde::Deserialize;
 
 use crate::config::{require_at_least, validate_mongo_uri, ConfigError};
 use crate::event::Namespace;
+use crate::flavor::{Flavor, FlavorSetting};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// Connection string of the target cluster.
     pub uri: String,
+    /// What the target cluster is: `auto` (from its host names), `mongodb` or `documentdb`.
+    #[serde(default)]
+    pub flavor: FlavorSetting,
     /// Kafka consumer group; sink instances with the same group share the partitions.
     #[serde(default = "default_group")]
     pub group_id: String,
@@ -88,6 +92,11 @@ impl SinkConfig {
             .and_then(|t| t.split_once('.'))
             .map(|(db, coll)| Namespace::new(db, coll))
             .unwrap_or_else(|| ns.clone())
+    }
+
+    /// The target cluster's flavour and why it was chosen.
+    pub fn flavor(&self) -> (Flavor, &'static str) {
+        crate::flavor::resolve(self.flavor, &self.uri)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

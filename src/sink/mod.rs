@@ -33,7 +33,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sink = config.sink.as_ref().context("the [sink] section is missing")?;
-    let client = crate::mongo::connect(&sink.uri, "sink.uri").await?;
+    let (flavor, why) = sink.flavor();
+    info!(flavor = flavor.name(), "target cluster flavour {} ({why})", flavor.name());
+    board.set_flavor("target", flavor.name());
+    let client = crate::mongo::connect(&sink.uri, "sink.uri", flavor).await?;
 
     let dead_letter_topic = config.kafka.dead_letter_topic();
     let admin = TopicAdmin::new(&config.kafka)?;

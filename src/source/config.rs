@@ -3,12 +3,17 @@
 use serde::Deserialize;
 
 use crate::config::{require_at_least, validate_mongo_uri, ConfigError};
+use crate::flavor::{Flavor, FlavorSetting};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Connection string of the source cluster (DocumentDB: add `tls=true&tlsCAFile=…&retryWrites=false`).
     pub uri: String,
+    /// What the source cluster is: `auto` (from its host names), `mongodb` or
+    /// `documentdb`. Decides the change-stream pipeline and error handling (see `flavor`).
+    #[serde(default)]
+    pub flavor: FlavorSetting,
     /// The database to replicate.
     pub database: String,
     /// Collections to replicate; empty (the default) means every collection of the
@@ -148,6 +153,20 @@ impl SourceConfig {
 
     pub fn state_uri(&self) -> &str {
         self.state.uri.as_deref().unwrap_or(&self.uri)
+    }
+
+    /// The source cluster's flavour and why it was chosen.
+    pub fn flavor(&self) -> (Flavor, &'static str) {
+        crate::flavor::resolve(self.flavor, &self.uri)
+    }
+
+    /// The state cluster's flavour: the source's when the state lives there, else
+    /// judged from its own URI (an explicit `documentdb` covers both).
+    pub fn state_flavor(&self) -> Flavor {
+        match &self.state.uri {
+            Some(uri) if uri != &self.uri && self.flavor == FlavorSetting::Auto => crate::flavor::resolve(FlavorSetting::Auto, uri).0,
+            _ => self.flavor().0,
+        }
     }
 
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bson::{doc, Document};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::flavor::Flavor;
 
 use crate::metrics as m;
 use crate::status::StatusBoard;
@@ -17,10 +19,16 @@ use crate::status::StatusBoard;
 /// How often the window is measured: it moves slowly.
 const INTERVAL: Duration = Duration::from_secs(30);
 
+/// DocumentDB's default `change_stream_log_retention_duration`.
+const DOCUMENTDB_DEFAULT_HOURS: f64 = 3.0;
+
 /// Seconds of history the source keeps, if known.
-pub async fn window_seconds(client: &mongodb::Client, configured_hours: Option<f64>) -> Option<f64> {
+pub async fn window_seconds(client: &mongodb::Client, flavor: Flavor, configured_hours: Option<f64>) -> Option<f64> {
     if let Some(h) = configured_hours {
         return Some(h * 3600.0);
+    }
+    if flavor.is_documentdb() {
+        return Some(DOCUMENTDB_DEFAULT_HOURS * 3600.0);
     }
     let oldest = client
         .database("local")
@@ -40,9 +48,12 @@ pub async fn window_seconds(client: &mongodb::Client, configured_hours: Option<f
 }
 
 /// Measures the window every `INTERVAL` until shutdown.
-pub async fn watch(client: mongodb::Client, configured_hours: Option<f64>, board: StatusBoard, shutdown: CancellationToken) {
+pub async fn watch(client: mongodb::Client, flavor: Flavor, configured_hours: Option<f64>, board: StatusBoard, shutdown: CancellationToken) {
+    if flavor.is_documentdb() && configured_hours.is_none() {
+        warn!("source.history_retention_hours is not set: taking DocumentDB's default change stream retention of {DOCUMENTDB_DEFAULT_HOURS} hours; set it to the cluster's change_stream_log_retention_duration");
+    }
     loop {
-        let window = window_seconds(&client, configured_hours).await;
+        let window = window_seconds(&client, flavor, configured_hours).await;
         if let Some(w) = window {
             metrics::gauge!(m::SOURCE_HISTORY_WINDOW_SECONDS).set(w);
         }

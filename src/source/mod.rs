@@ -6,10 +6,16 @@
 mod checkpoint;
 mod config;
 mod convert;
+mod copy;
 mod copy_progress;
+pub mod copy_resume;
+mod encode;
+pub mod errors;
 pub mod history;
 mod lease;
+pub mod pipeline;
 pub mod reader;
+mod stream;
 pub mod watermark;
 
 use std::collections::BTreeSet;
@@ -41,10 +47,13 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 /// Runs the source service until `shutdown` is cancelled or a reader fails for good.
 pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToken) -> anyhow::Result<()> {
     let src = config.source.as_ref().context("the [source] section is missing")?;
-    let client = mongo::connect(&src.uri, "source.uri").await?;
+    let (flavor, why) = src.flavor();
+    info!(flavor = flavor.name(), "source cluster flavour {} ({why})", flavor.name());
+    board.set_flavor("source", flavor.name());
+    let client = mongo::connect(&src.uri, "source.uri", flavor).await?;
     let rs = mongo::replica_set_name(&client, "source.uri").await?;
     let state_client = match &src.state.uri {
-        Some(uri) if uri != &src.uri => mongo::connect(uri, "source.state.uri").await?,
+        Some(uri) if uri != &src.uri => mongo::connect(uri, "source.state.uri", src.state_flavor()).await?,
         _ => client.clone(),
     };
     let state_db = state_client.database(&src.state.database);
@@ -79,13 +88,15 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         rs,
         instance: instance.clone(),
         board: board.clone(),
+        flavor,
+        pipeline: pipeline::PipelineChoice::new(flavor, &board),
     });
     board.set_source_ready(true);
     {
         let board = board.clone();
         tokio::spawn(crate::health::watch(client.clone(), admin.clone(), move |ok| board.set_source_ready(ok), shutdown.clone()));
     }
-    tokio::spawn(history::watch(client.clone(), src.history_retention_hours, board.clone(), shutdown.clone()));
+    tokio::spawn(history::watch(client.clone(), flavor, src.history_retention_hours, board.clone(), shutdown.clone()));
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
     info!(instance = %instance, database = %src.database, "source service started");
 

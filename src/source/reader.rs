@@ -4,13 +4,11 @@
 //! in another, joined by a bounded channel; the resume token is saved only over the
 //! acknowledged prefix (see `watermark`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bson::{doc, Bson, RawDocumentBuf, Timestamp};
-use futures::TryStreamExt;
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::FullDocumentType;
+use bson::{doc, Bson, Timestamp};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use tokio::sync::{mpsc, watch};
@@ -19,10 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
-use super::convert::{describe_id, Origin, StreamItem};
+use super::convert::Origin;
+use super::encode::Encoder;
+pub use super::errors::ReaderError;
+use super::pipeline::PipelineChoice;
 use super::watermark::AckWatermark;
-use super::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig};
+use super::{HistoryLostPolicy, SourceConfig};
 use crate::debezium;
+use crate::flavor::Flavor;
 use crate::kafka::delivery::{AckProducer, InFlight, Ticket};
 use crate::metrics as m;
 
@@ -33,11 +35,6 @@ use crate::metrics as m;
 const MAX_IN_FLIGHT: usize = 20_000;
 /// Events the pump takes from the read side at once (one lease check per chunk).
 const RECEIVE_CHUNK: usize = 256;
-/// Bytes a Kafka record needs beyond its key and value (headers, framing).
-const RECORD_OVERHEAD: usize = 512;
-/// Documents whose update events would near MongoDB's 16 MB event limit lose their
-/// `updateDescription` on the server (the full document still carries the change).
-const LARGE_DOCUMENT_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Everything a reader needs, shared by the readers of one process.
 pub struct ReaderContext {
@@ -53,6 +50,10 @@ pub struct ReaderContext {
     pub rs: String,
     pub instance: String,
     pub board: crate::status::StatusBoard,
+    /// What the source cluster is (decides the copy's resume query, error reading).
+    pub flavor: Flavor,
+    /// The change-stream pipeline form in use (see `pipeline`).
+    pub pipeline: PipelineChoice,
 }
 
 /// Why a reader stopped without an error.
@@ -63,45 +64,8 @@ pub enum ReaderExit {
     LeaseLost,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReaderError {
-    #[error("change stream history lost for {ns}: the saved position (cluster time {token_time}, {age}) is no longer in the source's change stream history, so changes after it cannot be read. Set source.on_history_lost = \"recopy\" to start a fresh initial copy, or clear the checkpoint. Server said: {message}")]
-    HistoryLost { ns: String, token_time: String, age: String, message: String },
-    #[error("an event for _id {id} in {ns} is {size} bytes, over kafka.max_message_bytes ({max}); raise kafka.max_message_bytes (and the broker's limit) or set source.on_oversize = \"dead_letter\"")]
-    Oversize { ns: String, id: String, size: usize, max: usize },
-    #[error("Kafka did not acknowledge an event of {ns}: {message}; restarting from the last saved resume token")]
-    Delivery { ns: String, message: String },
-    #[error("source cluster error on {ns}: {source}")]
-    Mongo { ns: String, source: mongodb::error::Error },
-    #[error("cannot save the checkpoint of {ns}: {source}")]
-    Checkpoint { ns: String, source: mongodb::error::Error },
-    #[error("cannot encode an event of {ns}: {message}")]
-    Encode { ns: String, message: String },
-}
-
-impl ReaderError {
-    /// Errors a restart cannot fix: the service stops loudly.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, ReaderError::HistoryLost { .. } | ReaderError::Oversize { .. })
-    }
-}
-
-/// MongoDB reports lost history as ChangeStreamHistoryLost (286) or
-/// ChangeStreamFatalError (280); DocumentDB uses its own codes and messages.
-pub fn is_history_lost(e: &mongodb::error::Error) -> bool {
-    if let mongodb::error::ErrorKind::Command(c) = e.kind.as_ref() {
-        if matches!(c.code, 286 | 280 | 136) {
-            return true;
-        }
-    }
-    let text = e.to_string();
-    text.contains("ChangeStreamHistoryLost")
-        || text.contains("resume point may no longer be in the oplog")
-        || text.contains("no longer in the change stream log")
-}
-
 /// One message for the producer side of the reader.
-enum Outgoing {
+pub(super) enum Outgoing {
     /// Records for one change event (the event, and a tombstone after a delete), all to
     /// `topic`. `token` covers the event once every record is acknowledged.
     Event { records: Vec<(Vec<u8>, Option<Vec<u8>>)>, token: Option<Bson>, event_time: Option<Timestamp> },
@@ -117,14 +81,16 @@ enum Outgoing {
 }
 
 #[derive(Debug)]
-enum ReadEnd {
+pub(super) enum ReadEnd {
     CopyDone,
     Invalidated(Option<Timestamp>),
+    /// A slim stream read past its large event: reopen the full one from the saved position.
+    Reopen,
 }
 
 /// Which part of a reader's life the pump serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// The initial copy that started at this cluster time.
     Copy { at: Timestamp },
     Stream,
@@ -139,16 +105,21 @@ impl Phase {
     }
 }
 
-enum PumpEnd {
+pub(super) enum PumpEnd {
     Read(ReadEnd),
     Exit(ReaderExit),
 }
 
 pub struct Reader {
-    ctx: Arc<ReaderContext>,
-    origin: Origin,
-    topic: String,
-    ns: String,
+    pub(super) ctx: Arc<ReaderContext>,
+    pub(super) origin: Origin,
+    pub(super) topic: String,
+    pub(super) ns: String,
+    /// The next stream leaves updateDescription out, to read past an event over 16 MB.
+    pub(super) slim: AtomicBool,
+    /// A copy just finished and its stream has not opened yet: lost history now means
+    /// the copy took longer than the history reaches (fatal, never a recopy loop).
+    pub(super) fresh_copy: AtomicBool,
 }
 
 impl Reader {
@@ -159,10 +130,10 @@ impl Reader {
             name: ctx.name.clone(),
             rs: ctx.rs.clone(),
         };
-        Reader { ctx, origin, topic, ns }
+        Reader { ctx, origin, topic, ns, slim: AtomicBool::new(false), fresh_copy: AtomicBool::new(false) }
     }
 
-    fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
+    pub(super) fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
         move |source| ReaderError::Mongo { ns: self.ns.clone(), source }
     }
 
@@ -197,6 +168,7 @@ impl Reader {
                     return Ok(exit);
                 }
                 self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }).await?;
+                self.fresh_copy.store(true, Ordering::Relaxed);
                 continue;
             }
             let Some(mut checkpoint) = checkpoint else { continue };
@@ -215,8 +187,9 @@ impl Reader {
                         checkpoint = Checkpoint { position: Position::StartAt(at), event_time: Some(at) };
                         self.save(&checkpoint).await?;
                     }
-                    // Only a copy ends this way; reload the checkpoint to be safe.
-                    Ok(PumpEnd::Read(ReadEnd::CopyDone)) => break,
+                    // A slim stream ends this way (only a copy ends with CopyDone): reload
+                    // the position it saved.
+                    Ok(PumpEnd::Read(ReadEnd::CopyDone | ReadEnd::Reopen)) => break,
                     Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
                         warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy (source.on_history_lost = \"recopy\")");
                         // The markers first, the checkpoint cleared after they are acknowledged:
@@ -301,7 +274,7 @@ impl Reader {
         ts.ok_or_else(|| ReaderError::Encode { ns: self.ns.clone(), message: "the source reported no cluster time (is it a replica set?)".into() })
     }
 
-    async fn save(&self, cp: &Checkpoint) -> Result<(), ReaderError> {
+    pub(super) async fn save(&self, cp: &Checkpoint) -> Result<(), ReaderError> {
         self.ctx
             .checkpoints
             .save(&self.ns, cp, &self.ctx.instance)
@@ -315,191 +288,7 @@ impl Reader {
         Ok(())
     }
 
-    /// Copies every document (`op: r`, in `_id` order), after `after` when resuming an
-    /// interrupted copy. Returns `Some(exit)` when stopped early; the saved position then
-    /// says how far Kafka holds the copy, and the next start goes on from there.
-    async fn initial_copy(
-        &self,
-        at: Timestamp,
-        after: Option<Bson>,
-        lease: &watch::Receiver<Instant>,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
-        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
-        let total = coll.estimated_document_count().await.ok();
-        self.ctx.board.update_collection(&self.ns, |c| {
-            c.copy_total = total;
-            c.copied = 0;
-        });
-        let mut find = coll.find(doc! {}).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
-        match &after {
-            // `min` walks the `_id` index from that key across every BSON type (a `$gt`
-            // filter would only see `_id`s of the same type); the key itself is skipped below.
-            Some(id) => {
-                info!(ns = %self.ns, "initial copy resuming after _id {} (cluster time {}.{})", describe_id(id), at.time, at.increment);
-                find = find.hint(mongodb::options::Hint::Keys(doc! {"_id": 1})).min(doc! {"_id": id.clone()});
-            }
-            None => info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment),
-        }
-        let cursor = find.await.map_err(self.mongo_err())?;
-        let progress = super::copy_progress::show(self.ctx.board.clone(), self.ns.clone(), total);
-        let (tx, rx) = mpsc::channel(4096);
-        let origin = self.origin.clone();
-        let encoder = self.encoder();
-        let ns = self.ns.clone();
-        let read = tokio::spawn(async move {
-            let mut cursor = cursor;
-            let mut copied = 0u64;
-            loop {
-                let item = match cursor.try_next().await {
-                    Ok(Some(doc)) => match origin.snapshot_read(doc, at) {
-                        Ok(ev) if Some(&ev.id) == after.as_ref() => continue,
-                        Ok(ev) => {
-                            copied += 1;
-                            // The `_id` is the copy's position: saved once Kafka acknowledged it
-                            // and everything before it.
-                            let position = Some(ev.id.clone());
-                            encoder.encode(&ev, position)
-                        }
-                        Err(message) => Outgoing::Done(Err(ReaderError::Encode { ns: ns.clone(), message })),
-                    },
-                    Ok(None) => {
-                        info!(ns = %ns, copied, "initial copy read every document");
-                        Outgoing::Done(Ok(ReadEnd::CopyDone))
-                    }
-                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo { ns: ns.clone(), source })),
-                };
-                let last = matches!(item, Outgoing::Done(_));
-                if tx.send(item).await.is_err() || last {
-                    break;
-                }
-            }
-        });
-        let result = self.pump(rx, None, Phase::Copy { at }, lease, shutdown).await;
-        read.abort();
-        progress.finish();
-        match result? {
-            PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
-            PumpEnd::Read(ReadEnd::Invalidated(_)) => Ok(None),
-            PumpEnd::Exit(exit) => Ok(Some(exit)),
-        }
-    }
-
-    /// Streams changes from `checkpoint` until stopped.
-    async fn stream(
-        &self,
-        checkpoint: &Checkpoint,
-        lease: &watch::Receiver<Instant>,
-        shutdown: &CancellationToken,
-    ) -> Result<PumpEnd, ReaderError> {
-        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
-        let mut watch = coll
-            .watch()
-            .pipeline(change_stream_pipeline())
-            .full_document(FullDocumentType::UpdateLookup)
-            .batch_size(2000)
-            .max_await_time(Duration::from_millis(500));
-        match &checkpoint.position {
-            Position::Token(t) => {
-                let token: ResumeToken = bson::from_bson(t.clone())
-                    .map_err(|e| ReaderError::Encode { ns: self.ns.clone(), message: format!("saved resume token is unreadable: {e}") })?;
-                watch = watch.resume_after(token);
-            }
-            Position::StartAt(ts) => watch = watch.start_at_operation_time(*ts),
-            // `run` finishes a copy before it streams.
-            Position::Copying { at, .. } => watch = watch.start_at_operation_time(*at),
-        }
-        let stream = match watch.await {
-            Ok(s) => s,
-            Err(e) => return Err(self.classify_open_error(e, checkpoint)),
-        };
-        info!(ns = %self.ns, topic = %self.topic, "streaming changes");
-        let (tx, rx) = mpsc::channel(4096);
-        let origin = self.origin.clone();
-        let encoder = self.encoder();
-        let ns = self.ns.clone();
-        let replicate_ddl = self.ctx.config.ddl == DdlPolicy::Replicate;
-        let read = tokio::spawn(async move {
-            let mut stream = stream;
-            let mut last_idle: Option<Bson> = None;
-            let events_read = metrics::counter!(m::SOURCE_EVENTS_READ, "collection" => ns.clone());
-            loop {
-                let item = match stream.next_if_any().await {
-                    Ok(Some(ev)) => {
-                        let token = bson::to_bson(&ev.id).ok();
-                        events_read.increment(1);
-                        match origin.convert(ev) {
-                            StreamItem::Change(ev) => encoder.encode(&ev, token),
-                            StreamItem::Ddl { kind, to, cluster_time } => {
-                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind.clone()).increment(1);
-                                if replicate_ddl {
-                                    warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: replicated (source.ddl = \"replicate\"): the target collection is emptied");
-                                    let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
-                                    Outgoing::Clear { reason: format!("{kind}{to} on the source"), token }
-                                } else {
-                                    warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (source.ddl = \"ignore\": the target keeps its data)");
-                                    match token {
-                                        Some(t) => Outgoing::Idle(t),
-                                        None => continue,
-                                    }
-                                }
-                            }
-                            StreamItem::Invalidate { cluster_time } => {
-                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => "Invalidate").increment(1);
-                                Outgoing::Done(Ok(ReadEnd::Invalidated(cluster_time)))
-                            }
-                            StreamItem::Skipped(kind) => {
-                                info!(ns = %ns, kind = %kind, "change stream event type not replicated; skipped");
-                                match token {
-                                    Some(t) => Outgoing::Idle(t),
-                                    None => continue,
-                                }
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        let token = stream.resume_token().and_then(|t| bson::to_bson(&t).ok());
-                        match token {
-                            Some(t) if last_idle.as_ref() != Some(&t) => {
-                                last_idle = Some(t.clone());
-                                Outgoing::Idle(t)
-                            }
-                            _ => continue,
-                        }
-                    }
-                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo { ns: ns.clone(), source })),
-                };
-                let last = matches!(item, Outgoing::Done(_));
-                if tx.send(item).await.is_err() || last {
-                    break;
-                }
-            }
-        });
-        let result = self.pump(rx, checkpoint.event_time, Phase::Stream, lease, shutdown).await;
-        read.abort();
-        match result {
-            Err(ReaderError::Mongo { source, .. }) if is_history_lost(&source) => Err(self.history_lost(source, checkpoint)),
-            other => other,
-        }
-    }
-
-    fn classify_open_error(&self, e: mongodb::error::Error, checkpoint: &Checkpoint) -> ReaderError {
-        if is_history_lost(&e) {
-            self.history_lost(e, checkpoint)
-        } else {
-            ReaderError::Mongo { ns: self.ns.clone(), source: e }
-        }
-    }
-
-    fn history_lost(&self, e: mongodb::error::Error, checkpoint: &Checkpoint) -> ReaderError {
-        let (token_time, age) = match checkpoint.event_time {
-            Some(t) => (format!("{}.{}", t.time, t.increment), format!("{:.0} s old", m::seconds_since(t.time))),
-            None => ("unknown".into(), "age unknown".into()),
-        };
-        ReaderError::HistoryLost { ns: self.ns.clone(), token_time, age, message: e.to_string() }
-    }
-
-    fn encoder(&self) -> Encoder {
+    pub(super) fn encoder(&self) -> Encoder {
         Encoder {
             ns: self.ns.clone(),
             tombstones: self.ctx.config.tombstones,
@@ -509,7 +298,7 @@ impl Reader {
     }
 
     /// Produces what the read side sends, tracks acknowledgements, saves checkpoints.
-    async fn pump(
+    pub(super) async fn pump(
         &self,
         mut rx: mpsc::Receiver<Outgoing>,
         mut event_time: Option<Timestamp>,
@@ -711,58 +500,3 @@ impl Reader {
     }
 }
 
-/// The change stream pipeline. A document near 16 MB would make its update event (full
-/// document + patch) exceed MongoDB's event limit and kill the stream on that event for
-/// good (mongod 6.0 cannot split events), so such events lose their patch on the server.
-pub fn change_stream_pipeline() -> Vec<bson::Document> {
-    vec![doc! {"$set": {"updateDescription": {"$cond": {
-        "if": {"$gt": [{"$bsonSize": {"$ifNull": ["$fullDocument", {}]}}, LARGE_DOCUMENT_BYTES]},
-        "then": "$$REMOVE",
-        "else": "$updateDescription",
-    }}}}]
-}
-
-/// Encodes events into Kafka records (pure CPU work, done on the read side).
-#[derive(Clone)]
-struct Encoder {
-    ns: String,
-    tombstones: bool,
-    max_bytes: usize,
-    oversize: OversizePolicy,
-}
-
-impl Encoder {
-    fn encode(&self, ev: &crate::event::ChangeEvent, token: Option<Bson>) -> Outgoing {
-        let event_time = Some(Timestamp { time: (ev.source.ts_ms / 1000) as u32, increment: ev.source.ord });
-        let key = debezium::encode_key(&ev.id);
-        let value = match debezium::encode_value(ev, m::now_ms()) {
-            Ok(v) => v,
-            Err(e) => return Outgoing::Done(Err(ReaderError::Encode { ns: self.ns.clone(), message: e.to_string() })),
-        };
-        let size = key.len() + value.len() + RECORD_OVERHEAD;
-        if size > self.max_bytes {
-            let id = describe_id(&ev.id);
-            return match self.oversize {
-                OversizePolicy::Fail => {
-                    Outgoing::Done(Err(ReaderError::Oversize { ns: self.ns.clone(), id, size, max: self.max_bytes }))
-                }
-                OversizePolicy::DeadLetter => Outgoing::DeadLetter {
-                    key,
-                    reason: format!(
-                        "event ({} op) for _id {id} in {} is {size} bytes, over kafka.max_message_bytes ({})",
-                        ev.op.code(),
-                        self.ns,
-                        self.max_bytes
-                    ),
-                    token,
-                    event_time,
-                },
-            };
-        }
-        let mut records = vec![(key.clone(), Some(value))];
-        if self.tombstones && ev.op == crate::event::Op::Delete {
-            records.push((key, None));
-        }
-        Outgoing::Event { records, token, event_time }
-    }
-}

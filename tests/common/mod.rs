@@ -424,6 +424,11 @@ impl OwnMongod {
         self.child = Some(child);
     }
 
+    /// The mongod's log (its stdout: one JSON object per line).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mongod.log")
+    }
+
     pub async fn wait_primary(&self) {
         let client = mongodb::Client::with_uri_str(self.direct_uri()).await.expect("client");
         for _ in 0..300 {

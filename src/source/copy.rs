@@ -1,0 +1,91 @@
+//! A collection's initial copy: every document as an `op: r` event, in `_id` order,
+//! resumable after the last `_id` Kafka acknowledged. It runs on the reader's pump like
+//! the change stream (see `reader`).
+
+use bson::{doc, Bson, RawDocumentBuf, Timestamp};
+use futures::TryStreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::convert::describe_id;
+use super::errors::ReaderError;
+use super::reader::{Outgoing, Phase, PumpEnd, ReadEnd, Reader, ReaderExit};
+
+impl Reader {
+    /// Copies every document (`op: r`, in `_id` order), after `after` when resuming an
+    /// interrupted copy. Returns `Some(exit)` when stopped early; the saved position then
+    /// says how far Kafka holds the copy, and the next start goes on from there.
+    pub(super) async fn initial_copy(
+        &self,
+        at: Timestamp,
+        after: Option<Bson>,
+        lease: &watch::Receiver<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<ReaderExit>, ReaderError> {
+        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
+        let total = coll.estimated_document_count().await.ok();
+        self.ctx.board.update_collection(&self.ns, |c| {
+            c.copy_total = total;
+            c.copied = 0;
+        });
+        let mut find = coll.find(doc! {}).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
+        match &after {
+            // Every `_id` after that one in index order, across BSON types (see
+            // `copy_resume`); the key itself is also skipped below.
+            Some(id) => {
+                info!(ns = %self.ns, "initial copy resuming after _id {} (cluster time {}.{})", describe_id(id), at.time, at.increment);
+                find = coll
+                    .find(super::copy_resume::after_id(id, self.ctx.flavor))
+                    .sort(doc! {"_id": 1})
+                    .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}))
+                    .batch_size(self.ctx.config.copy_batch_size);
+            }
+            None => info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment),
+        }
+        let cursor = find.await.map_err(self.mongo_err())?;
+        let progress = super::copy_progress::show(self.ctx.board.clone(), self.ns.clone(), total);
+        let (tx, rx) = mpsc::channel(4096);
+        let origin = self.origin.clone();
+        let encoder = self.encoder();
+        let ns = self.ns.clone();
+        let read = tokio::spawn(async move {
+            let mut cursor = cursor;
+            let mut copied = 0u64;
+            loop {
+                let item = match cursor.try_next().await {
+                    Ok(Some(doc)) => match origin.snapshot_read(doc, at) {
+                        Ok(ev) if Some(&ev.id) == after.as_ref() => continue,
+                        Ok(ev) => {
+                            copied += 1;
+                            // The `_id` is the copy's position: saved once Kafka acknowledged it
+                            // and everything before it.
+                            let position = Some(ev.id.clone());
+                            encoder.encode(&ev, position)
+                        }
+                        Err(message) => Outgoing::Done(Err(ReaderError::Encode { ns: ns.clone(), message })),
+                    },
+                    Ok(None) => {
+                        info!(ns = %ns, copied, "initial copy read every document");
+                        Outgoing::Done(Ok(ReadEnd::CopyDone))
+                    }
+                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo { ns: ns.clone(), source })),
+                };
+                let last = matches!(item, Outgoing::Done(_));
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let result = self.pump(rx, None, Phase::Copy { at }, lease, shutdown).await;
+        read.abort();
+        progress.finish();
+        match result? {
+            PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
+            PumpEnd::Read(ReadEnd::Invalidated(_) | ReadEnd::Reopen) => Ok(None),
+            PumpEnd::Exit(exit) => Ok(Some(exit)),
+        }
+    }
+
+}

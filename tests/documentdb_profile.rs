@@ -1,0 +1,358 @@
+//! The DocumentDB profile: every command docrepl sends with `flavor = "documentdb"` is one
+//! Amazon DocumentDB 5.0 accepts.
+//!
+//! Two mongods of the test's own log every command they receive (`--slowms -1`), while
+//! docrepl does all it does on a DocumentDB pair: two source instances (the lease, a
+//! standby taking over an interrupted initial copy, which then resumes after its last
+//! `_id`), the change stream with inserts, updates, replaces and deletes, a sink writing
+//! the target, and `docrepl verify`. The test then reads every command logged for the
+//! app name `docrepl` and takes out each command name, aggregation stage, change-stream
+//! stage and option, query, update and expression operator and system variable, and fails
+//! on any that `tests/documentdb/support-5.0.tsv` (facts from AWS's documentation and its
+//! compatibility table) says DocumentDB 5.0 lacks, or does not list at all.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use bson::{doc, Document};
+use serde_json::Value;
+
+use common::{OwnMongod, Setup};
+
+/// Extended JSON type wrappers: values, not operators.
+const WRAPPERS: [&str; 17] = [
+    "$oid", "$date", "$numberLong", "$numberInt", "$numberDouble", "$numberDecimal", "$binary", "$timestamp",
+    "$regularExpression", "$minKey", "$maxKey", "$undefined", "$symbol", "$code", "$scope", "$dbPointer", "$uuid",
+];
+
+/// One feature a command uses: (kind, name).
+type Feature = (&'static str, String);
+
+/// Every feature of one logged command (`attr.command` of a mongod log line).
+fn features(command: &serde_json::Map<String, Value>) -> BTreeSet<Feature> {
+    let mut out = BTreeSet::new();
+    let Some((name, _)) = command.iter().next() else { return out };
+    out.insert(("command", name.clone()));
+    let field = |f: &str| command.get(f);
+    match name.as_str() {
+        "find" => {
+            for option in ["min", "max", "collation", "returnKey", "showRecordId", "tailable"] {
+                if field(option).is_some() {
+                    out.insert(("option", format!("find.{option}")));
+                }
+            }
+            if field("sort").and_then(|s| s.get("$natural")).and_then(Value::as_i64) == Some(-1) {
+                out.insert(("option", "find.sort.$natural:-1".into()));
+            }
+            if let Some(f) = field("filter") {
+                query(f, &mut out);
+            }
+            for f in ["projection", "sort"] {
+                if let Some(v) = field(f) {
+                    expression(v, &mut out);
+                }
+            }
+        }
+        "aggregate" => {
+            for stage in field("pipeline").and_then(Value::as_array).into_iter().flatten() {
+                let Some(stage) = stage.as_object() else { continue };
+                for (name, body) in stage {
+                    out.insert(("stage", name.clone()));
+                    match name.as_str() {
+                        "$changeStream" => {
+                            for option in body.as_object().into_iter().flat_map(|o| o.keys()) {
+                                out.insert(("option", format!("$changeStream.{option}")));
+                            }
+                        }
+                        "$match" => query(body, &mut out),
+                        _ => expression(body, &mut out),
+                    }
+                }
+            }
+            // Stages after $changeStream run inside the change stream.
+            let stages: Vec<&Value> = field("pipeline").and_then(Value::as_array).into_iter().flatten().collect();
+            if stages.first().and_then(|s| s.get("$changeStream")).is_some() {
+                for stage in &stages[1..] {
+                    for name in stage.as_object().into_iter().flat_map(|o| o.keys()) {
+                        out.insert(("change-stream-stage", name.clone()));
+                    }
+                }
+            }
+        }
+        "update" => {
+            for statement in field("updates").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(q) = statement.get("q") {
+                    query(q, &mut out);
+                }
+                match statement.get("u") {
+                    Some(Value::Array(stages)) => {
+                        out.insert(("option", "update.pipeline".into()));
+                        for stage in stages.iter().filter_map(Value::as_object) {
+                            for (name, body) in stage {
+                                out.insert(("stage", name.clone()));
+                                expression(body, &mut out);
+                            }
+                        }
+                    }
+                    Some(Value::Object(u)) => {
+                        for (op, args) in u.iter().filter(|(k, _)| k.starts_with('$')) {
+                            out.insert(("operator", op.clone()));
+                            // `$push: {a: {$each: [], $slice: 3}}`: the modifiers.
+                            for arg in args.as_object().into_iter().flat_map(|a| a.values()) {
+                                for modifier in arg.as_object().into_iter().flat_map(|m| m.keys()).filter(|k| k.starts_with('$')) {
+                                    out.insert(("operator", modifier.clone()));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        "delete" => {
+            for statement in field("deletes").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(q) = statement.get("q") {
+                    query(q, &mut out);
+                }
+            }
+        }
+        "count" | "listCollections" | "distinct" => {
+            for f in ["query", "filter"] {
+                if let Some(q) = field(f) {
+                    query(q, &mut out);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn is_wrapper(obj: &serde_json::Map<String, Value>) -> bool {
+    !obj.is_empty() && obj.keys().all(|k| WRAPPERS.contains(&k.as_str()))
+}
+
+/// A filter: `$`-keys are query operators; `$expr` holds an expression.
+fn query(v: &Value, out: &mut BTreeSet<Feature>) {
+    match v {
+        Value::Object(o) if is_wrapper(o) => {}
+        Value::Object(o) => {
+            for (k, v) in o {
+                if k.starts_with('$') {
+                    out.insert(("operator", k.clone()));
+                    if k == "$expr" {
+                        expression(v, out);
+                        continue;
+                    }
+                }
+                query(v, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| query(v, out)),
+        _ => {}
+    }
+}
+
+/// An aggregation expression: `$`-keys are operators, `"$$NAME"` strings are variables.
+fn expression(v: &Value, out: &mut BTreeSet<Feature>) {
+    match v {
+        Value::Object(o) if is_wrapper(o) => {}
+        Value::Object(o) => {
+            for (k, v) in o {
+                if k.starts_with('$') {
+                    out.insert(("operator", k.clone()));
+                }
+                expression(v, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| expression(v, out)),
+        Value::String(s) if s.starts_with("$$") => {
+            let name = s.split('.').next().unwrap_or(s);
+            out.insert(("operator", name.to_string()));
+        }
+        _ => {}
+    }
+}
+
+/// The support list: (kind, name) → supported.
+fn support_list() -> BTreeMap<(String, String), bool> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/documentdb/support-5.0.tsv");
+    let text = std::fs::read_to_string(&path).expect("tests/documentdb/support-5.0.tsv");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            assert!(cols.len() >= 3 && matches!(cols[2], "yes" | "no"), "bad row in the support list: {l:?}");
+            ((cols[0].to_string(), cols[1].to_string()), cols[2] == "yes")
+        })
+        .collect()
+}
+
+/// Looks a feature up: kind-specific rows first, then the operator table.
+fn supported(list: &BTreeMap<(String, String), bool>, (kind, name): &Feature) -> Option<bool> {
+    if let Some(s) = list.get(&(kind.to_string(), name.clone())) {
+        return Some(*s);
+    }
+    match *kind {
+        "stage" => list.get(&("operator".to_string(), name.clone())).copied(),
+        // Inside a change stream only the listed stages are accepted.
+        "change-stream-stage" => Some(false),
+        _ => None,
+    }
+}
+
+/// Every feature docrepl used, from mongod logs: feature → a sample command.
+fn scan_logs(logs: &[&Path]) -> BTreeMap<Feature, String> {
+    let mut seen = BTreeMap::new();
+    for path in logs {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for line in text.lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else { continue };
+            let attr = &entry["attr"];
+            // Whole commands only (mongod also logs each write statement on its own).
+            if attr["appName"] != "docrepl" || attr["type"] != "command" {
+                continue;
+            }
+            let Some(command) = attr["command"].as_object() else { continue };
+            for feature in features(command) {
+                seen.entry(feature).or_insert_with(|| line.chars().take(400).collect());
+            }
+        }
+    }
+    seen
+}
+
+/// Sent by the MongoDB driver itself, not by docrepl: `endSessions` when a client is
+/// dropped or shut down (mongodb 3.9 `Client::end_all_sessions`, every driver does the
+/// same), its answer ignored. DocumentDB refuses it with an error that changes nothing.
+const DRIVER_ONLY: [(&str, &str); 1] = [("command", "endSessions")];
+
+/// Features the list says DocumentDB 5.0 lacks, or does not list.
+fn problems(seen: &BTreeMap<Feature, String>) -> Vec<String> {
+    let list = support_list();
+    seen.iter()
+        .filter(|((kind, name), _)| !DRIVER_ONLY.contains(&(*kind, name.as_str())))
+        .filter_map(|(f, sample)| match supported(&list, f) {
+            Some(true) => None,
+            Some(false) => Some(format!("{} {} is not supported by DocumentDB 5.0; sent in: {sample}", f.0, f.1)),
+            None => Some(format!("{} {} is not in tests/documentdb/support-5.0.tsv (add it with its source); sent in: {sample}", f.0, f.1)),
+        })
+        .collect()
+}
+
+#[test]
+fn the_scanner_finds_unsupported_features_in_a_logged_command() {
+    let line = r#"{"t":{"$date":"2026-12-01T12:00:00.000+00:00"},"msg":"Slow query","attr":{"type":"command","ns":"d.c","appName":"docrepl","command":{"aggregate":"c","pipeline":[{"$changeStream":{"fullDocument":"updateLookup","startAfter":{"_data":"82"}}},{"$set":{"updateDescription":{"$cond":{"if":{"$gt":[{"$bsonSize":{"$ifNull":["$fullDocument",{}]}},8388608]},"then":"$$REMOVE","else":"$updateDescription"}}}}],"cursor":{},"$db":"d"}}}
+{"msg":"Slow query","attr":{"appName":"docrepl","command":{"update":"leases","updates":[{"q":{"_id":"x","$expr":{"$lt":["$expires_at","$$NOW"]}},"u":[{"$set":{"at":"$$NOW"}}]}],"$db":"docrepl"}}}
+{"msg":"Slow query","attr":{"appName":"docrepl","command":{"find":"c","filter":{"_id":{"$oid":"65976a473f3a210c022ffc55"}},"min":{"_id":1},"$db":"d"}}}
+{"msg":"Slow query","attr":{"appName":"other","command":{"find":"c","filter":{"$where":"1"}}}}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mongod.log");
+    std::fs::write(&path, line).unwrap();
+    let seen = scan_logs(&[&path]);
+    let found = problems(&seen).join("\n");
+    for expected in [
+        "operator $bsonSize is not supported",
+        "operator $$REMOVE is not supported",
+        "change-stream-stage $set is not supported",
+        "stage $set is not supported",
+        "option $changeStream.startAfter is not supported",
+        "operator $$NOW is not supported",
+        "option update.pipeline is not supported",
+        "option find.min is not supported",
+    ] {
+        assert!(found.contains(expected), "missing {expected:?} in:\n{found}");
+    }
+    let names: Vec<&String> = seen.keys().map(|(_, n)| n).collect();
+    assert!(!names.iter().any(|n| *n == "$oid" || *n == "$where"), "wrappers and other apps are not features: {names:?}");
+}
+
+/// A mongod that logs every command it receives.
+async fn logging_mongod(port: u16) -> OwnMongod {
+    let args = ["--slowms", "-1", "--setParameter", "maxLogSizeKB=20480", "--setParameter", "enableTestCommands=1"];
+    OwnMongod::start_with(port, args.iter().map(|s| s.to_string()).collect(), "").await
+}
+
+#[tokio::test]
+async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_documentdb_5() {
+    let source = logging_mongod(27841).await;
+    let target = logging_mongod(27842).await;
+    let mut setup = Setup::new("docdbprofile");
+    setup.source_extra = "collections = [\"c\"]\nflavor = \"documentdb\"\ncopy_batch_size = 500".into();
+    setup.sink_extra = "flavor = \"documentdb\"".into();
+    let text = std::fs::read_to_string(setup.config_with_target(&target.uri())).unwrap().replace(&common::source_uri(), &source.uri());
+    let cfg = setup.dir.path().join("documentdb.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let instance = |name: &str| {
+        let path = setup.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text.replace("[source]\n", &format!("[source]\ninstance_id = {name:?}\n"))).unwrap();
+        path
+    };
+    let (cfg_a, cfg_b) = (instance("a"), instance("b"));
+
+    let client = common::mongo(&source.uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    coll.insert_many((0..5000).map(|i| doc! {"_id": i, "v": 0, "pad": "x".repeat(200)})).await.unwrap();
+    // The copy's first getMores are slow, so the copy is surely under way when its reader dies.
+    client
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 3},
+            "data": {"failCommands": ["getMore"], "blockConnection": true, "blockTimeMS": 1500, "appName": "docrepl"},
+        })
+        .await
+        .unwrap();
+    let mut a = setup.spawn_with("source", &cfg_a, &[]);
+    let checkpoints = client.database("docrepl").collection::<Document>("checkpoints");
+    common::eventually(Duration::from_secs(60), "the copy to save a position", || async {
+        checkpoints.find_one(doc! {"copy_after": {"$ne": null}}).await.ok().flatten().is_some()
+    })
+    .await;
+    let mut b = setup.spawn_with("source", &cfg_b, &[]);
+    let sink = setup.spawn_with("sink", &cfg, &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.kill9();
+    common::eventually(Duration::from_secs(60), "the standby to resume the copy", || async {
+        b.log_text().contains("initial copy resuming after _id")
+    })
+    .await;
+
+    let target_coll = common::mongo(&target.uri()).await.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(120), "the copy on the target", || async {
+        target_coll.count_documents(doc! {}).await.unwrap_or(0) == 5000
+    })
+    .await;
+    coll.insert_many((5000..5100).map(|i| doc! {"_id": i})).await.unwrap();
+    coll.update_many(doc! {"_id": {"$lt": 100}}, doc! {"$set": {"v": 1}, "$unset": {"pad": ""}}).await.unwrap();
+    coll.update_one(doc! {"_id": 200}, doc! {"$push": {"arr": {"$each": [1, 2, 3]}}}).await.unwrap();
+    coll.replace_one(doc! {"_id": 300}, doc! {"replaced": true}).await.unwrap();
+    coll.delete_many(doc! {"_id": {"$gte": 400, "$lt": 450}}).await.unwrap();
+    let (code, out) = common::verify(&cfg, 120);
+    assert_eq!(code, Some(0), "the target differs:\n{out}\n{}", b.log_text());
+    assert_eq!(b.terminate(Duration::from_secs(15)), Some(0), "{}", b.log_text());
+    drop(sink);
+
+    let seen = scan_logs(&[&source.log_path(), &target.log_path()]);
+    let names: Vec<String> = seen.keys().map(|(k, n)| format!("{k} {n}")).collect();
+    eprintln!("features docrepl used with flavor = \"documentdb\":\n  {}", names.join("\n  "));
+    // The log was read: the paths this test exists for are in it.
+    for expected in [
+        ("command", "aggregate"),
+        ("stage", "$changeStream"),
+        ("option", "$changeStream.fullDocument"),
+        ("command", "update"),
+        ("operator", "$inc"),
+        ("operator", "$type"),
+        ("command", "insert"),
+        ("command", "delete"),
+        ("command", "find"),
+    ] {
+        assert!(seen.contains_key(&(expected.0, expected.1.to_string())), "{expected:?} not seen in the logs: {names:?}");
+    }
+    let problems = problems(&seen);
+    assert!(problems.is_empty(), "docrepl sent what DocumentDB 5.0 does not support:\n{}", problems.join("\n"));
+}
