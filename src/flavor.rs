@@ -58,6 +58,12 @@ pub fn resolve(setting: FlavorSetting, uri: &str) -> (Flavor, &'static str) {
     }
 }
 
+/// True when `uri` names an Amazon DocumentDB elastic cluster, which has no change
+/// streams at all (it can still be a target).
+pub fn is_elastic_cluster(uri: &str) -> bool {
+    hosts(uri).iter().any(|h| h.trim_end_matches('.').to_ascii_lowercase().ends_with(".docdb-elastic.amazonaws.com"))
+}
+
 fn is_documentdb_host(host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     DOCUMENTDB_SUFFIXES.iter().any(|s| host.ends_with(s))
@@ -93,6 +99,7 @@ mod tests {
         assert_eq!(resolve(FlavorSetting::Auto, uri).0, Flavor::DocumentDb);
         let elastic = "mongodb+srv://u:p@app-123456789012.us-west-2.docdb-elastic.amazonaws.com/?tls=true";
         assert_eq!(resolve(FlavorSetting::Auto, elastic).0, Flavor::DocumentDb);
+        assert!(is_elastic_cluster(elastic) && !is_elastic_cluster(uri));
         let china = "mongodb://a.cluster-x.cn-north-1.docdb.amazonaws.com.cn:27017,b.cluster-x.cn-north-1.docdb.amazonaws.com.cn:27017/";
         assert_eq!(resolve(FlavorSetting::Auto, china).0, Flavor::DocumentDb);
     }

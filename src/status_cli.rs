@@ -60,6 +60,13 @@ pub fn render(status: &Value) -> String {
         num(status, "uptime_seconds"),
         num(status, "dead_letters"),
     );
+    if let Some(flavors) = status["flavors"].as_object().filter(|f| !f.is_empty()) {
+        let sides: Vec<String> = flavors.iter().map(|(side, f)| format!("{side} {}", f.as_str().unwrap_or("?"))).collect();
+        out.push_str(&format!("clusters: {}\n", sides.join(", ")));
+    }
+    if let Some(p) = status["change_stream_pipeline"].as_str() {
+        out.push_str(&format!("change-stream pipeline: {p}\n"));
+    }
     if status["history_window_seconds"].is_number() {
         out.push_str(&format!("source change history kept: {} s (compare TOKEN AGE)\n", num(status, "history_window_seconds")));
     }

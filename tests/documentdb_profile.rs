@@ -270,6 +270,24 @@ fn the_scanner_finds_unsupported_features_in_a_logged_command() {
     assert!(!names.iter().any(|n| *n == "$oid" || *n == "$where"), "wrappers and other apps are not features: {names:?}");
 }
 
+/// A `u` event with no full document: the sink turns its updateDescription into update
+/// statements.
+async fn send_patch(setup: &Setup) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let value = serde_json::json!({
+        "before": null, "after": null, "op": "u", "ts_ms": 0,
+        "updateDescription": {"updatedFields": r#"{"arr.1": {"$numberInt": "7"}, "n": {"$numberInt": "1"}}"#, "removedFields": ["gone"], "truncatedArrays": [{"field": "arr", "size": 2}]},
+        "source": {"connector": "mongodb", "name": "x", "db": setup.db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"},
+    });
+    let kafka = common::kafka_config(&setup.prefix, 8);
+    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+    let value = serde_json::to_vec(&value).unwrap();
+    let key: &[u8] = br#"{"id":"\"not-on-the-target\""}"#;
+    let topic = setup.topic("c");
+    let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(key).payload(value.as_slice());
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+}
+
 /// A mongod that logs every command it receives.
 async fn logging_mongod(port: u16) -> OwnMongod {
     let args = ["--slowms", "-1", "--setParameter", "maxLogSizeKB=20480", "--setParameter", "enableTestCommands=1"];
@@ -331,11 +349,25 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     coll.update_one(doc! {"_id": 200}, doc! {"$push": {"arr": {"$each": [1, 2, 3]}}}).await.unwrap();
     coll.replace_one(doc! {"_id": 300}, doc! {"replaced": true}).await.unwrap();
     coll.delete_many(doc! {"_id": {"$gte": 400, "$lt": 450}}).await.unwrap();
+    // Patches the sink applies as update statements (an update whose document lookup found
+    // nothing, as a Debezium connector may write them): `$push`/`$each`/`$slice`, `$set`,
+    // `$unset`. For a document the target does not have, so they change nothing.
+    send_patch(&setup).await;
+    common::eventually(Duration::from_secs(60), "the sink to apply the patch events", || async {
+        std::fs::read_to_string(target.log_path()).unwrap_or_default().contains("\"$slice\"")
+    })
+    .await;
     let (code, out) = common::verify(&cfg, 120);
     assert_eq!(code, Some(0), "the target differs:\n{out}\n{}", b.log_text());
     assert_eq!(b.terminate(Duration::from_secs(15)), Some(0), "{}", b.log_text());
     drop(sink);
 
+    // For AWS's own compatibility tool (`compat.py --file`), run by hand over the same logs.
+    if let Ok(dir) = std::env::var("DOCREPL_PROFILE_LOG_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(source.log_path(), Path::new(&dir).join("source-mongod.log")).unwrap();
+        std::fs::copy(target.log_path(), Path::new(&dir).join("target-mongod.log")).unwrap();
+    }
     let seen = scan_logs(&[&source.log_path(), &target.log_path()]);
     let names: Vec<String> = seen.keys().map(|(k, n)| format!("{k} {n}")).collect();
     eprintln!("features docrepl used with flavor = \"documentdb\":\n  {}", names.join("\n  "));
@@ -350,6 +382,8 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
         ("command", "insert"),
         ("command", "delete"),
         ("command", "find"),
+        ("operator", "$slice"),
+        ("operator", "$unset"),
     ] {
         assert!(seen.contains_key(&(expected.0, expected.1.to_string())), "{expected:?} not seen in the logs: {names:?}");
     }

@@ -47,6 +47,9 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 /// Runs the source service until `shutdown` is cancelled or a reader fails for good.
 pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToken) -> anyhow::Result<()> {
     let src = config.source.as_ref().context("the [source] section is missing")?;
+    if crate::flavor::is_elastic_cluster(&src.uri) {
+        anyhow::bail!("`source.uri` names an Amazon DocumentDB elastic cluster, which has no change streams, so docrepl cannot read from it (it can write to one: use it as `sink.uri`). Replicate from an instance-based DocumentDB cluster instead");
+    }
     let (flavor, why) = src.flavor();
     info!(flavor = flavor.name(), "source cluster flavour {} ({why})", flavor.name());
     board.set_flavor("source", flavor.name());
