@@ -36,6 +36,10 @@ fn features(command: &serde_json::Map<String, Value>) -> BTreeSet<Feature> {
     let mut out = BTreeSet::new();
     let Some((name, _)) = command.iter().next() else { return out };
     out.insert(("command", name.clone()));
+    // DocumentDB has no `local` database (no oplog to read).
+    if command.get("$db").and_then(Value::as_str) == Some("local") {
+        out.insert(("database", "local".into()));
+    }
     let field = |f: &str| command.get(f);
     match name.as_str() {
         "find" => {
@@ -299,7 +303,7 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     let source = logging_mongod(27841).await;
     let target = logging_mongod(27842).await;
     let mut setup = Setup::new("docdbprofile");
-    setup.source_extra = "collections = [\"c\"]\nflavor = \"documentdb\"\ncopy_batch_size = 500".into();
+    setup.source_extra = "collections = [\"c\"]\nflavor = \"documentdb\"\ncopy_batch_size = 500\nddl = \"replicate\"".into();
     setup.sink_extra = "flavor = \"documentdb\"".into();
     let text = std::fs::read_to_string(setup.config_with_target(&target.uri())).unwrap().replace(&common::source_uri(), &source.uri());
     let cfg = setup.dir.path().join("documentdb.toml");
@@ -359,6 +363,17 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     .await;
     let (code, out) = common::verify(&cfg, 120);
     assert_eq!(code, Some(0), "the target differs:\n{out}\n{}", b.log_text());
+    // A drop, replicated: clear markers make the sink delete the target's documents
+    // partition by partition; the stream is reopened after its invalidate.
+    coll.drop().await.unwrap();
+    common::eventually(Duration::from_secs(60), "the drop to empty the target", || async {
+        target_coll.count_documents(doc! {}).await.unwrap_or(1) == 0
+    })
+    .await;
+    common::eventually(Duration::from_secs(30), "the stream to be reopened after the drop", || async {
+        b.log_text().contains("listening for a re-created collection")
+    })
+    .await;
     assert_eq!(b.terminate(Duration::from_secs(15)), Some(0), "{}", b.log_text());
     drop(sink);
 
@@ -384,6 +399,7 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
         ("command", "find"),
         ("operator", "$slice"),
         ("operator", "$unset"),
+        ("command", "delete"),
     ] {
         assert!(seen.contains_key(&(expected.0, expected.1.to_string())), "{expected:?} not seen in the logs: {names:?}");
     }
