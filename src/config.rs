@@ -343,6 +343,30 @@ mod tests {
     }
 
     #[test]
+    fn write_concern_zero_is_refused() {
+        for zero in ["0", "00"] {
+            let err = load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", zero)]).unwrap_err().to_string();
+            assert!(err.contains("sink.write_concern") && err.contains("acknowledges nothing"), "{err}");
+        }
+    }
+
+    #[test]
+    fn replication_factor_defaults_to_the_brokers() {
+        assert_eq!(load(MINIMAL, &[]).unwrap().kafka.replication_factor, -1);
+        assert_eq!(load(MINIMAL, &[("DOCREPL_KAFKA__REPLICATION_FACTOR", "3")]).unwrap().kafka.replication_factor, 3);
+        let err = load(MINIMAL, &[("DOCREPL_KAFKA__REPLICATION_FACTOR", "0")]).unwrap_err().to_string();
+        assert!(err.contains("kafka.replication_factor"), "{err}");
+    }
+
+    #[test]
+    fn flavors_are_named_values() {
+        let c = load(MINIMAL, &[("DOCREPL_SOURCE__FLAVOR", "documentdb")]).unwrap();
+        assert_eq!(c.source.unwrap().flavor().0, crate::flavor::Flavor::DocumentDb);
+        let err = load(MINIMAL, &[("DOCREPL_SINK__FLAVOR", "docdb")]).unwrap_err().to_string();
+        assert!(err.contains("sink.flavor") && err.contains("documentdb"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_path() {
         let text = MINIMAL.replace("database = \"app\"", "database = \"app\"\nurl = \"x\"");
         let err = load(&text, &[]).unwrap_err().to_string();

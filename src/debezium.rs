@@ -445,7 +445,11 @@ pub fn decode_key_id(key: Option<&[u8]>) -> Result<Bson, DecodeError> {
     let mut id: Value = serde_json::from_str(&id_text)
         .map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))?;
     normalize_legacy_extjson(&mut id);
-    Bson::try_from(id).map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))
+    let id = Bson::try_from(id).map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))?;
+    match crate::extjson::c_string_problem(&id) {
+        Some(problem) => Err(DecodeError::MissingId(format!("key id: {problem}"))),
+        None => Ok(id),
+    }
 }
 
 fn decode_update_description(mut u: Map<String, Value>) -> Result<UpdateDescription, DecodeError> {
@@ -485,7 +489,35 @@ fn decode_update_description(mut u: Map<String, Value>) -> Result<UpdateDescript
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(DecodeError::MissingField("updateDescription.truncatedArrays")),
     };
-    Ok(UpdateDescription { updated_fields, removed_fields, truncated_arrays })
+    let patch = UpdateDescription { updated_fields, removed_fields, truncated_arrays };
+    check_patch(&patch)?;
+    Ok(patch)
+}
+
+/// The most elements MongoDB pads an array with when a patch sets past its end (the
+/// server refuses more): a patch beyond it never came from a change stream, and folding
+/// it in memory would allocate billions of nulls.
+pub const MAX_ARRAY_PADDING: u64 = 1_500_000;
+
+/// Refuses patches BSON or MongoDB cannot carry out: NUL bytes in field names or paths
+/// (BSON's C strings cannot hold them; left in, the update would be sent empty), and array
+/// indexes past MongoDB's padding limit.
+fn check_patch(patch: &UpdateDescription) -> Result<(), DecodeError> {
+    let field = "updateDescription";
+    let bad = |message: String| DecodeError::ExtJson { field, message };
+    if let Some(problem) = crate::extjson::c_string_problem(&Bson::Document(patch.updated_fields.clone())) {
+        return Err(bad(problem));
+    }
+    let paths = patch.updated_fields.keys().chain(patch.removed_fields.iter()).chain(patch.truncated_arrays.iter().map(|t| &t.field));
+    for path in paths {
+        if path.contains('\0') {
+            return Err(bad(format!("field path {path:?} contains a NUL byte, which BSON cannot store")));
+        }
+        if let Some(index) = path.split('.').filter_map(|p| p.parse::<u64>().ok()).find(|i| *i > MAX_ARRAY_PADDING) {
+            return Err(bad(format!("field path {path:?} sets array element {index}, past MongoDB's limit of {MAX_ARRAY_PADDING}")));
+        }
+    }
+    Ok(())
 }
 
 fn namespace_of(source: &SourceIn<'_>, topic: &str) -> Result<Namespace, DecodeError> {
@@ -804,6 +836,31 @@ mod tests {
             let i = at % changed.len();
             changed[i] = byte;
             let _ = decode(Some(&key), Some(&changed), "docrepl.app.orders");
+        }
+
+        /// NUL bytes anywhere in field names, regexes or patch paths are refused, never a
+        /// panic (BSON's C strings cannot hold them), and so are absurd array indexes.
+        #[test]
+        fn nul_bytes_and_huge_indexes_are_refused(pre in "[a-z]{0,3}", post in "[a-z]{0,3}", index in 1_500_001u64..u64::MAX) {
+            // `escaped` goes into Extended JSON text (where JSON escapes it), `nul` is the
+            // field name itself.
+            let escaped = format!("{pre}\\u0000{post}");
+            let nul = format!("{pre}\0{post}");
+            let source = serde_json::json!({"db": "d", "collection": "c"});
+            let values = [
+                serde_json::json!({"op": "c", "after": format!(r#"{{"_id": 1, "{escaped}": 1}}"#), "source": source}),
+                serde_json::json!({"op": "c", "after": format!(r#"{{"_id": 1, "x": {{"{escaped}": 1}}}}"#), "source": source}),
+                serde_json::json!({"op": "c", "after": format!(r#"{{"_id": 1, "r": {{"$regularExpression": {{"pattern": "{escaped}", "options": ""}}}}}}"#), "source": source}),
+                serde_json::json!({"op": "u", "updateDescription": {"updatedFields": format!(r#"{{"{escaped}": 1}}"#), "removedFields": []}, "source": source}),
+                serde_json::json!({"op": "u", "updateDescription": {"updatedFields": "{}", "removedFields": [nul]}, "source": source}),
+                serde_json::json!({"op": "u", "updateDescription": {"updatedFields": format!(r#"{{"a.{index}": 1}}"#), "removedFields": []}, "source": source}),
+            ];
+            for v in values {
+                let text = serde_json::to_vec(&v).unwrap();
+                let decoded = decode(Some(br#"{"id":"1"}"#), Some(&text), "docrepl.d.c");
+                let message = decoded.err().map(|e| e.to_string()).unwrap_or_default();
+                proptest::prop_assert!(message.contains("NUL") || message.contains("past MongoDB's limit"), "{v}: {message}");
+            }
         }
     }
 }

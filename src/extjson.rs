@@ -337,8 +337,11 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
         if first.starts_with('$') {
             return wrapper_from_map(first.into_owned(), map);
         }
+        // BSON field names are C strings: a NUL cannot be stored (and would panic `append`).
+        check_field_name(&first)?;
         doc.append(first.as_ref(), map.next_value_seed(ValueSeed)?);
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            check_field_name(&key)?;
             doc.append(key.as_ref(), map.next_value_seed(ValueSeed)?);
         }
         Ok(RawBson::Document(doc))
@@ -376,7 +379,38 @@ fn slow_wrapper<E: serde::de::Error>(object: serde_json::Map<String, serde_json:
     let mut value = serde_json::Value::Object(object);
     crate::debezium::normalize_legacy_extjson(&mut value);
     let bson = Bson::try_from(value).map_err(E::custom)?;
+    if let Some(problem) = c_string_problem(&bson) {
+        return Err(E::custom(problem));
+    }
     RawBson::try_from(bson).map_err(E::custom)
+}
+
+fn check_field_name<E: serde::de::Error>(name: &str) -> Result<(), E> {
+    if name.contains('\0') {
+        return Err(E::custom(format!("field name {name:?} contains a NUL byte, which BSON cannot store")));
+    }
+    Ok(())
+}
+
+/// What in `value` BSON cannot store as a C string (a field name, a regex pattern or
+/// its options with a NUL byte), if anything.
+pub fn c_string_problem(value: &Bson) -> Option<String> {
+    match value {
+        Bson::Document(d) => d.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(format!("field name {k:?} contains a NUL byte, which BSON cannot store"))
+            } else {
+                c_string_problem(v)
+            }
+        }),
+        Bson::Array(a) => a.iter().find_map(c_string_problem),
+        Bson::RegularExpression(r) if r.pattern.contains('\0') || r.options.contains('\0') => {
+            Some(format!("regular expression {:?} contains a NUL byte, which BSON cannot store", r.pattern))
+        }
+        Bson::JavaScriptCodeWithScope(c) => c_string_problem(&Bson::Document(c.scope.clone())),
+        Bson::DbPointer(_) => None,
+        _ => None,
+    }
 }
 
 /// The one-key type wrappers that make up nearly all real documents.

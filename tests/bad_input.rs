@@ -115,3 +115,52 @@ async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_appli
     assert_eq!(target.count_documents(doc! {"_id": {"$gte": 100_000}}).await.unwrap(), 0, "a bad message was applied");
     assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "the sink survived:\n{}", sink.log_text());
 }
+
+/// Input that used to panic a worker or corrupt a document: a NUL byte in a field name or a
+/// regex of `after`, a NUL in `updatedFields` (once sent as an empty update, which replaced
+/// the target document with just its `_id`), and a patch setting array element 4e9. Each is
+/// a dead letter with a reason, and the valid event after it on the same key is applied.
+#[tokio::test]
+async fn nul_bytes_and_absurd_array_indexes_are_dead_letters_not_panics() {
+    let setup = Setup::new("nul");
+    let topic = setup.topic("c");
+    let kafka = common::kafka_config(&setup.prefix, 8);
+    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
+    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+    let db = &setup.db;
+    let source = serde_json::json!({"connector": "mongodb", "name": "x", "db": db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"});
+    let event = |op: &str, after: Option<String>, update: Option<serde_json::Value>| {
+        serde_json::to_vec(&serde_json::json!({"before": null, "after": after, "updateDescription": update, "source": source, "op": op, "ts_ms": 0})).unwrap()
+    };
+    let bad: Vec<Vec<u8>> = vec![
+        event("c", Some(r#"{"_id": {"$numberInt": "1"}, "a\u0000b": 1}"#.into()), None),
+        event("c", Some(r#"{"_id": {"$numberInt": "2"}, "r": {"$regularExpression": {"pattern": "a\u0000", "options": ""}}}"#.into()), None),
+        event("u", None, Some(serde_json::json!({"updatedFields": r#"{"x\u0000y": 1}"#, "removedFields": [], "truncatedArrays": []}))),
+        event("u", None, Some(serde_json::json!({"updatedFields": "{\"arr.4000000000\": 1}", "removedFields": [], "truncatedArrays": []}))),
+    ];
+    let target = common::mongo(&common::target_uri()).await.database(db).collection::<Document>("c");
+    // Documents 3 and 4 exist on the target, so the bad patches have something to damage.
+    target.insert_many([doc! {"_id": 3, "keep": true}, doc! {"_id": 4, "keep": true, "arr": [0]}]).await.unwrap();
+    for (i, value) in bad.iter().enumerate() {
+        let id = (i + 1) as i32;
+        let key = format!(r#"{{"id":"{id}"}}"#);
+        for value in [value.clone(), event("c", Some(format!(r#"{{"_id": {{"$numberInt": "{id}"}}, "keep": true, "ok": {id}}}"#)), None)] {
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(key.as_bytes()).payload(value.as_slice());
+            producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        }
+    }
+    let mut sink = setup.spawn("sink", &[]);
+    common::eventually(Duration::from_secs(120), "every valid event after a bad one", || async {
+        target.count_documents(doc! {"ok": {"$exists": true}}).await.unwrap_or(0) == 4
+    })
+    .await;
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| m.len() >= 4).await;
+    assert_eq!(letters.len(), 4, "one dead letter per bad message:\n{}", sink.log_text());
+    for m in &letters {
+        let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == "docrepl.reason").and_then(|h| h.value)).map(|v| String::from_utf8_lossy(v).into_owned());
+        let reason = reason.expect("a reason header");
+        assert!(reason.contains("NUL") || reason.contains("past MongoDB's limit"), "{reason}");
+    }
+    assert!(!sink.log_text().contains("panicked"), "{}", sink.log_text());
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "the sink survived:\n{}", sink.log_text());
+}

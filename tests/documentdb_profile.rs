@@ -250,9 +250,9 @@ fn problems(seen: &BTreeMap<Feature, String>) -> Vec<String> {
 #[test]
 fn the_scanner_finds_unsupported_features_in_a_logged_command() {
     let line = r#"{"t":{"$date":"2026-12-01T12:00:00.000+00:00"},"msg":"Slow query","attr":{"type":"command","ns":"d.c","appName":"docrepl","command":{"aggregate":"c","pipeline":[{"$changeStream":{"fullDocument":"updateLookup","startAfter":{"_data":"82"}}},{"$set":{"updateDescription":{"$cond":{"if":{"$gt":[{"$bsonSize":{"$ifNull":["$fullDocument",{}]}},8388608]},"then":"$$REMOVE","else":"$updateDescription"}}}}],"cursor":{},"$db":"d"}}}
-{"msg":"Slow query","attr":{"appName":"docrepl","command":{"update":"leases","updates":[{"q":{"_id":"x","$expr":{"$lt":["$expires_at","$$NOW"]}},"u":[{"$set":{"at":"$$NOW"}}]}],"$db":"docrepl"}}}
-{"msg":"Slow query","attr":{"appName":"docrepl","command":{"find":"c","filter":{"_id":{"$oid":"65976a473f3a210c022ffc55"}},"min":{"_id":1},"$db":"d"}}}
-{"msg":"Slow query","attr":{"appName":"other","command":{"find":"c","filter":{"$where":"1"}}}}"#;
+{"msg":"Slow query","attr":{"type":"command","appName":"docrepl","command":{"update":"leases","updates":[{"q":{"_id":"x","$expr":{"$lt":["$expires_at","$$NOW"]}},"u":[{"$set":{"at":"$$NOW"}}]}],"$db":"docrepl"}}}
+{"msg":"Slow query","attr":{"type":"command","appName":"docrepl","command":{"find":"c","filter":{"_id":{"$oid":"65976a473f3a210c022ffc55"}},"min":{"_id":1},"$db":"d"}}}
+{"msg":"Slow query","attr":{"type":"command","appName":"other","command":{"find":"c","filter":{"$where":"1"}}}}"#;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mongod.log");
     std::fs::write(&path, line).unwrap();

@@ -18,6 +18,8 @@ pub struct KafkaConfig {
     /// topic with another count is an error, because it would reshuffle keys).
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Replicas of each topic docrepl creates; -1 (default) takes the broker's
+    /// `default.replication.factor`, so a production cluster's usual 3 is not silently 1.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
     /// `lz4` (default), `zstd`, `snappy`, `gzip` or `none`.
@@ -73,7 +75,7 @@ fn default_partitions() -> i32 {
     8
 }
 fn default_replication_factor() -> i32 {
-    1
+    -1
 }
 fn default_max_message_bytes() -> usize {
     1_048_576
@@ -98,7 +100,12 @@ impl KafkaConfig {
             ));
         }
         require_at_least("kafka.partitions", self.partitions, 1)?;
-        require_at_least("kafka.replication_factor", self.replication_factor, 1)?;
+        if self.replication_factor != -1 && self.replication_factor < 1 {
+            return Err(ConfigError::invalid(
+                "kafka.replication_factor",
+                format!("must be -1 (the broker's default.replication.factor) or at least 1 (got {})", self.replication_factor),
+            ));
+        }
         require_at_least("kafka.max_message_bytes", self.max_message_bytes, 1024)?;
         if self.max_message_bytes > 100 * 1024 * 1024 {
             return Err(ConfigError::invalid("kafka.max_message_bytes", "must be at most 104857600 (100 MiB)"));

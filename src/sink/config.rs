@@ -117,6 +117,14 @@ impl SinkConfig {
                 format!("expected \"majority\" or a number of nodes (got {:?})", self.write_concern),
             ));
         }
+        if self.write_concern.parse::<u32>() == Ok(0) {
+            // w: 0 acknowledges nothing, yet the sink commits offsets after each write: a
+            // refused or lost write would be skipped for good.
+            return Err(ConfigError::invalid(
+                "sink.write_concern",
+                "0 acknowledges nothing, so offsets would be committed for writes that may never have happened: use \"majority\" (default) or at least 1",
+            ));
+        }
         for (from, to) in &self.namespace_map {
             for (what, ns) in [("source", from), ("target", to)] {
                 let ok = ns.split_once('.').is_some_and(|(d, c)| !d.is_empty() && !c.is_empty());

@@ -13,19 +13,37 @@ pub enum ErrorClass {
     Poison,
 }
 
+/// Codes that mean "this statement will never be accepted as it is": the document or the
+/// update itself is wrong for the target. Only these dead-letter a document; every other
+/// code (stale routing 13388/63/150/249 on a sharded target, LockBusy 46, memory limits
+/// 146, codes added by later servers or by DocumentDB) is retried with backoff and
+/// reported, because dead-lettering it would lose a document that the target would take
+/// a moment later.
+pub const PERMANENT_CODES: [(i32, &str); 16] = [
+    (2, "BadValue"),
+    (9, "FailedToParse"),
+    (14, "TypeMismatch"),
+    (28, "PathNotViable"),
+    (30, "InvalidPath"),
+    (40, "ConflictingUpdateOperators"),
+    (52, "DollarPrefixedFieldName"),
+    (55, "InvalidDBRef"),
+    (56, "EmptyFieldName"),
+    (57, "DottedFieldName"),
+    (66, "ImmutableField"),
+    (121, "DocumentValidationFailure"),
+    (10334, "BSONObjectTooLarge"),
+    (17280, "KeyTooLong"),
+    (17419, "document larger than 16 MB after the update"),
+    (16837, "update path conflict"),
+];
+
 /// Classifies a MongoDB server error code.
 pub fn classify_code(code: i32) -> ErrorClass {
     match code {
         11000 | 11001 => ErrorClass::DuplicateKey,
-        // HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress, PrimarySteppedDown,
-        // ExceededTimeLimit, SocketException, NotWritablePrimary, InterruptedAtShutdown,
-        // InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary,
-        // WriteConcernFailed, MaxTimeMSExpired, WriteConflict, FailedToSatisfyReadPreference,
-        // LockTimeout, NetworkInterfaceExceededTimeLimit, TooManyRequests (DocumentDB throttling),
-        // TemporarilyUnavailable, CursorKilled, Interrupted.
-        6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436 | 64 | 50 | 112 | 133
-        | 24 | 202 | 16500 | 365 | 237 | 11601 => ErrorClass::Transient,
-        _ => ErrorClass::Poison,
+        _ if PERMANENT_CODES.iter().any(|(c, _)| *c == code) => ErrorClass::Poison,
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -59,5 +77,13 @@ mod tests {
         assert_eq!(classify_code(10334), ErrorClass::Poison, "BSONObjectTooLarge");
         assert_eq!(classify_code(52), ErrorClass::Poison, "dollar-prefixed field name");
         assert_eq!(classify_code(2), ErrorClass::Poison, "bad value");
+        assert_eq!(classify_code(121), ErrorClass::Poison, "validator");
+    }
+
+    #[test]
+    fn unknown_and_routing_codes_are_retried_not_dead_lettered() {
+        for code in [13388, 63, 150, 249, 46, 146, 12586, 99999, 0] {
+            assert_eq!(classify_code(code), ErrorClass::Transient, "code {code}");
+        }
     }
 }

@@ -42,6 +42,8 @@ pub enum ReplayFrom {
 pub enum GroupError {
     #[error("the committed offset of {0} no longer exists on the broker (topic retention deleted it while the sink was down). Changes in between are lost to this sink: rebuild the target (e.g. `docrepl sink --from-beginning` after a fresh initial copy), or reset the group's offsets deliberately")]
     RetentionPassed(String),
+    #[error("a worker panicked ({0}); the sink stops so that the partition is not left unread (restart it: it replays from the last committed offset; a message that panics again is a bug to report)")]
+    WorkerPanicked(String),
     #[error("Kafka consumer error: {0}")]
     Kafka(#[from] KafkaError),
 }
@@ -166,11 +168,26 @@ impl GroupContext {
             let shared = Arc::new(PartitionShared::new(&key.0, partition));
             let span = tracing::info_span!("worker", topic = %key.0, partition);
             let _guard = span.enter();
-            self.runtime.spawn(tracing::Instrument::in_current_span(worker::run(
-                Arc::clone(&self.worker_ctx),
-                Arc::clone(&shared),
-                queue,
-            )));
+            let run = worker::run(Arc::clone(&self.worker_ctx), Arc::clone(&shared), queue);
+            let watched = Arc::clone(&shared);
+            // A panic must not leave a partition silently unread while the process looks
+            // healthy: it is recorded, and the member stops the sink with it (nothing past
+            // the last applied offset was committed, so a restart replays from there).
+            self.runtime.spawn(tracing::Instrument::in_current_span(async move {
+                use futures::FutureExt;
+                if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    error!(topic = %watched.topic, partition = watched.partition, "worker panicked: {message}");
+                    if let Ok(mut p) = watched.panicked.lock() {
+                        *p = Some(message);
+                    }
+                    watched.finished.store(true, Ordering::SeqCst);
+                }
+            }));
             info!("partition assigned: worker started");
             workers.insert(key, Worker { shared, committed });
         }
@@ -223,6 +240,14 @@ impl GroupContext {
     fn offset_lost(&self) -> Option<String> {
         let workers = self.workers.lock().ok()?;
         workers.values().find_map(|w| w.shared.offset_lost.lock().ok().and_then(|l| l.clone()))
+    }
+
+    /// The first partition whose worker panicked, and the panic's message.
+    fn worker_panicked(&self) -> Option<String> {
+        let workers = self.workers.lock().ok()?;
+        workers.iter().find_map(|((t, p), w)| {
+            w.shared.panicked.lock().ok().and_then(|m| m.clone()).map(|m| format!("{t}[{p}]: {m}"))
+        })
     }
 
     /// Commits (asynchronously) every offset workers applied since the last commit.
@@ -307,6 +332,9 @@ pub fn run_member(
         }
         if let Some(error) = consumer.context().offset_lost() {
             break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error)));
+        }
+        if let Some(error) = consumer.context().worker_panicked() {
+            break Err(GroupError::WorkerPanicked(error));
         }
         if last_commit.elapsed() >= Duration::from_millis(200) {
             consumer.context().commit_applied(&consumer);

@@ -47,6 +47,8 @@ pub struct PartitionShared {
     /// Set by the worker when the partition's position no longer exists on the broker
     /// (retention deleted it): the member stops the sink with that error.
     pub offset_lost: std::sync::Mutex<Option<String>>,
+    /// Set when the worker task panicked: the member stops the sink with it.
+    pub panicked: std::sync::Mutex<Option<String>>,
 }
 
 impl PartitionShared {
@@ -61,6 +63,7 @@ impl PartitionShared {
             docs_written: AtomicU64::new(0),
             applied_source_ms: AtomicU64::new(0),
             offset_lost: std::sync::Mutex::new(None),
+            panicked: std::sync::Mutex::new(None),
         }
     }
 }
@@ -262,6 +265,7 @@ async fn write_with_retry(
     let started = Instant::now();
     let duplicate_key_budget = Duration::from_millis(ctx.config.duplicate_key_retry_ms);
     let mut backoff = Duration::from_millis(50);
+    let mut attempts = 0u64;
     loop {
         let target = |ns: &Namespace| ctx.config.target_namespace(ns);
         let skip = |i: usize| poison.contains_key(&i);
@@ -276,8 +280,17 @@ async fn write_with_retry(
                         ErrorClass::DuplicateKey if started.elapsed() >= duplicate_key_budget => {
                             poison.insert(f.doc, f);
                         }
-                        ErrorClass::DuplicateKey | ErrorClass::Transient => {
+                        ErrorClass::DuplicateKey => {
                             debug!(code = f.code, "retrying a refused statement: {}", f.message);
+                            retry = true;
+                        }
+                        ErrorClass::Transient => {
+                            // Not known to be about the document: retried until it passes,
+                            // loudly, rather than dead-lettered.
+                            if attempts % 10 == 0 {
+                                warn!(topic = %shared.topic, partition = shared.partition, code = f.code, attempts, "the target refused a statement with a code not known to be permanent; retrying (never dead-lettered): {}", f.message);
+                                ctx.board.error(format!("{}[{}]: target refused a statement (code {}), retrying: {}", shared.topic, shared.partition, f.code, f.message));
+                            }
                             retry = true;
                         }
                     }
@@ -292,6 +305,7 @@ async fn write_with_retry(
         if !retry {
             return Ok(poison);
         }
+        attempts += 1;
         metrics::counter!(m::SINK_RETRIES, "topic" => shared.topic.clone(), "partition" => shared.partition.to_string()).increment(1);
         sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
         backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));

@@ -104,7 +104,11 @@ impl Writer {
                     DocAction::Insert(raw) => inserts.push((i, raw.clone())),
                     DocAction::Upsert(raw) => upserts.push((i, upsert_statement(id_raw(&d.id), raw))),
                     DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id_raw(&d.id)}, "limit": 1})),
-                    DocAction::Patch(patches) => patched.push((i, patch_statements(&id_raw(&d.id), patches))),
+                    DocAction::Patch(patches) => match patch_statements(&id_raw(&d.id), patches) {
+                        Ok(statements) => patched.push((i, statements)),
+                        // Decoding refuses such patches; never send an empty update for one.
+                        Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
+                    },
                 }
             }
             let before = outcome.failures.len();
@@ -281,7 +285,7 @@ fn split(statements: Vec<(usize, RawDocumentBuf)>) -> Vec<Vec<(usize, RawDocumen
 /// The server-side statements of a sequence of patches: per patch, the truncations
 /// (`$push` with an empty `$each` and `$slice`) first, then `$set`/`$unset`. They are two
 /// statements because `$set` of `a.2` and a truncation of `a` conflict in one update.
-pub fn patch_statements(id: &RawBson, patches: &[UpdateDescription]) -> Vec<RawDocumentBuf> {
+pub fn patch_statements(id: &RawBson, patches: &[UpdateDescription]) -> Result<Vec<RawDocumentBuf>, String> {
     let mut out = Vec::new();
     for p in patches {
         if !p.truncated_arrays.is_empty() {
@@ -289,7 +293,7 @@ pub fn patch_statements(id: &RawBson, patches: &[UpdateDescription]) -> Vec<RawD
             for t in &p.truncated_arrays {
                 push.insert(t.field.clone(), bson::doc! {"$each": [], "$slice": t.size as i64});
             }
-            out.push(statement(id, bson::doc! {"$push": push}));
+            out.push(statement(id, bson::doc! {"$push": push})?);
         }
         let mut update = Document::new();
         if !p.updated_fields.is_empty() {
@@ -300,17 +304,18 @@ pub fn patch_statements(id: &RawBson, patches: &[UpdateDescription]) -> Vec<RawD
             update.insert("$unset", unset);
         }
         if !update.is_empty() {
-            out.push(statement(id, update));
+            out.push(statement(id, update)?);
         }
     }
-    out
+    Ok(out)
 }
 
-fn statement(id: &RawBson, update: Document) -> RawDocumentBuf {
+fn statement(id: &RawBson, update: Document) -> Result<RawDocumentBuf, String> {
+    let u = RawDocumentBuf::from_document(&update).map_err(|e| format!("the patch cannot be written as BSON: {e}"))?;
     let mut s = RawDocumentBuf::new();
     s.append("q", rawdoc! {"_id": id.clone()});
-    s.append("u", RawDocumentBuf::from_document(&update).unwrap_or_default());
-    s
+    s.append("u", u);
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -334,7 +339,7 @@ mod tests {
             removed_fields: vec!["x".into()],
             truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 3 }],
         };
-        let s = patch_statements(&RawBson::Int32(1), &[p]);
+        let s = patch_statements(&RawBson::Int32(1), &[p]).unwrap();
         assert_eq!(s.len(), 2);
         let first = s[0].to_document().unwrap();
         assert!(first.get_document("u").unwrap().contains_key("$push"));
