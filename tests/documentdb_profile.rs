@@ -123,6 +123,22 @@ fn features(command: &serde_json::Map<String, Value>) -> BTreeSet<Feature> {
                 }
             }
         }
+        "findAndModify" => {
+            if let Some(q) = field("query") {
+                query(q, &mut out);
+            }
+            match field("update") {
+                Some(Value::Array(_)) => {
+                    out.insert(("option", "update.pipeline".into()));
+                }
+                Some(Value::Object(u)) => {
+                    for op in u.keys().filter(|k| k.starts_with('$')) {
+                        out.insert(("operator", op.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
         "count" | "listCollections" | "distinct" => {
             for f in ["query", "filter"] {
                 if let Some(q) = field(f) {

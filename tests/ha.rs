@@ -88,3 +88,26 @@ async fn a_holder_cut_off_from_the_lease_store_falls_silent_before_its_lease_end
     let missing: Vec<i32> = (-1..5000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
     assert!(missing.is_empty(), "lost after the lease store came back (first 10): {missing:?}\n{}", source.log_text());
 }
+
+/// A reader that lost its lease must not overwrite its successor's checkpoint: every save
+/// carries the lease epoch it was made under, and one older than the saved one is refused.
+#[tokio::test]
+async fn a_replaced_readers_checkpoint_save_is_refused() {
+    use docrepl::source::{Checkpoint, CheckpointError, CheckpointStore, Position};
+    let client = common::mongo(&common::source_uri()).await;
+    let db = client.database(&common::unique("cpfence"));
+    let store = CheckpointStore::new(&db, "scope");
+    let at = |t: u32| Checkpoint { position: Position::StartAt(bson::Timestamp { time: t, increment: 1 }), event_time: None };
+    store.save("d.c", &at(100), "old", 5).await.unwrap();
+    // The successor took the lease over (epoch 7) and saved a newer position.
+    store.save("d.c", &at(200), "new", 7).await.unwrap();
+    let late = store.save("d.c", &at(150), "old", 5).await;
+    assert!(matches!(late, Err(CheckpointError::Superseded { .. })), "{late:?}");
+    assert!(matches!(store.clear("d.c", 5).await, Err(CheckpointError::Superseded { .. })));
+    assert_eq!(store.load("d.c").await.unwrap().map(|c| c.position), Some(at(200).position), "the successor's checkpoint stands");
+    // The successor itself goes on saving (same or newer epoch), and may clear.
+    store.save("d.c", &at(300), "new", 8).await.unwrap();
+    store.clear("d.c", 8).await.unwrap();
+    assert!(store.load("d.c").await.unwrap().is_none());
+    db.drop().await.unwrap();
+}

@@ -169,3 +169,38 @@ async fn the_docs_per_second_ceiling_holds() {
     assert!(took >= Duration::from_secs(2), "500 documents at max_docs_per_sec = 100 landed within {took:?}");
     assert_eq!(sink.terminate(Duration::from_secs(10)), Some(0));
 }
+
+/// A new sink group (a third region added later) on a topic whose first records retention
+/// already deleted must not start at the earliest retained offset: the target would miss
+/// every document whose events are gone. It refuses, naming topic, partition and offset.
+#[tokio::test]
+async fn a_new_group_on_a_topic_that_lost_its_beginning_refuses_to_start() {
+    let setup = Setup::new("newgroup");
+    produce_creates(&setup, "c", 0..40).await;
+    let topic = setup.topic("c");
+    let admin: AdminClient<DefaultClientContext> =
+        docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8)).create().unwrap();
+    let mut first_records = TopicPartitionList::new();
+    for p in 0..8 {
+        first_records.add_partition_offset(&topic, p, Offset::Offset(2)).unwrap();
+    }
+    admin.delete_records(&first_records, &AdminOptions::new()).await.expect("delete records");
+
+    let mut sink = setup.spawn("sink", &[]);
+    let code = sink.wait_exit(Duration::from_secs(60));
+    let log = sink.log_text();
+    assert!(matches!(code, Some(c) if c != 0), "the sink must refuse to start, got {code:?}:\n{log}");
+    assert!(log.contains(&format!("topic {topic} partition")) && log.contains("earliest retained offset is 2"), "{log}");
+    assert!(log.contains("--from-beginning"), "says what to do:\n{log}");
+    let target = common::mongo(&common::target_uri()).await;
+    assert_eq!(target.database(&setup.db).collection::<Document>("c").count_documents(doc! {}).await.unwrap(), 0, "nothing applied");
+
+    // Told to, it starts from what the topic keeps.
+    let mut replay = setup.spawn("sink", &["--from-beginning"]);
+    let coll = target.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(60), "the retained events applied", || async {
+        coll.count_documents(doc! {}).await.unwrap_or(0) > 0
+    })
+    .await;
+    assert_eq!(replay.terminate(Duration::from_secs(10)), Some(0), "{}", replay.log_text());
+}

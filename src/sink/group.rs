@@ -42,6 +42,8 @@ pub enum ReplayFrom {
 pub enum GroupError {
     #[error("the committed offset of {0} no longer exists on the broker (topic retention deleted it while the sink was down). Changes in between are lost to this sink: rebuild the target (e.g. `docrepl sink --from-beginning` after a fresh initial copy), or reset the group's offsets deliberately")]
     RetentionPassed(String),
+    #[error("{0}")]
+    NoStartingPoint(String),
     #[error("a worker panicked ({0}); the sink stops so that the partition is not left unread (restart it: it replays from the last committed offset; a message that panics again is a bug to report)")]
     WorkerPanicked(String),
     #[error("Kafka consumer error: {0}")]
@@ -59,6 +61,8 @@ pub struct GroupContext {
     worker_ctx: Arc<WorkerContext>,
     workers: Mutex<HashMap<(String, i32), Worker>>,
     replay: Mutex<Option<ReplayFrom>>,
+    /// Set when an assignment could not be started safely (see `choose_start_offsets`).
+    refused: Mutex<Option<String>>,
     /// The consumer itself, which a partition queue keeps alive (set once it exists).
     consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
 }
@@ -69,7 +73,15 @@ impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.choose_start_offsets(consumer, tpl);
+                if let Err(reason) = self.choose_start_offsets(consumer, tpl) {
+                    // No worker starts: nothing is applied or committed; the member stops
+                    // the sink with the reason.
+                    error!("{reason}");
+                    if let Ok(mut refused) = self.refused.lock() {
+                        refused.get_or_insert(reason);
+                    }
+                    return;
+                }
                 // Split before assigning: librdkafka then never forwards the partitions'
                 // messages to the main queue, not even those fetched right after assign.
                 let queues = self.split_queues(tpl);
@@ -94,9 +106,11 @@ impl ConsumerContext for GroupContext {
 
 impl GroupContext {
     /// Partitions with a committed offset resume there (a deleted one stops the sink via
-    /// `auto.offset.reset=error`); new partitions start at the beginning; a replay rewinds
-    /// every partition of the first assignment and commits that, so it sticks.
-    fn choose_start_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// `auto.offset.reset=error`); partitions with none start at the beginning, unless
+    /// retention already deleted the beginning (the target would miss those events: `Err`);
+    /// a replay rewinds every partition of the first assignment and commits that, so it
+    /// sticks, and one whose offsets cannot be resolved is an `Err` too.
+    fn choose_start_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> Result<(), String> {
         let replay = self.replay.lock().map(|mut r| r.take()).unwrap_or(None);
         if let Some(from) = replay {
             let mut wanted = TopicPartitionList::new();
@@ -120,21 +134,32 @@ impl GroupContext {
                     }
                     info!("replaying from {from:?}");
                 }
-                Err(e) => error!("cannot find the replay offsets: {e}; resuming from committed offsets"),
+                Err(e) => return Err(format!("cannot find the offsets to replay from ({from:?}): {e}. Nothing was applied; try again, or pick another time")),
             }
-            return;
+            return Ok(());
         }
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(15)) {
             Ok(committed) => {
                 // Made explicit (same effect on assign) so the worker row starts from
                 // the committed offset rather than "nothing committed".
                 for e in committed.elements() {
-                    let start = if e.offset() == Offset::Invalid { Offset::Beginning } else { e.offset() };
+                    let start = if e.offset() == Offset::Invalid {
+                        check_beginning_retained(consumer, e.topic(), e.partition())?;
+                        Offset::Beginning
+                    } else {
+                        e.offset()
+                    };
                     let _ = tpl.set_partition_offset(e.topic(), e.partition(), start);
                 }
             }
             Err(e) => warn!("cannot read committed offsets: {e}"),
         }
+        Ok(())
+    }
+
+    /// Why assigned partitions were not started, if they were not.
+    fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
     }
 
     /// Takes each partition's queue out of the main queue. A partition that cannot be
@@ -302,6 +327,7 @@ pub fn run_member(
         worker_ctx,
         workers: Mutex::new(HashMap::new()),
         replay: Mutex::new(replay),
+        refused: Mutex::new(None),
         consumer: OnceLock::new(),
     };
     let consumer: Arc<BaseConsumer<GroupContext>> = Arc::new(consumer_config.create_with_context(context)?);
@@ -333,6 +359,9 @@ pub fn run_member(
         if let Some(error) = consumer.context().offset_lost() {
             break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error)));
         }
+        if let Some(reason) = consumer.context().refused() {
+            break Err(GroupError::NoStartingPoint(reason));
+        }
         if let Some(error) = consumer.context().worker_panicked() {
             break Err(GroupError::WorkerPanicked(error));
         }
@@ -358,6 +387,18 @@ pub fn run_member(
 
 /// True for the error `auto.offset.reset=error` raises when a partition's position no
 /// longer exists on the broker.
+/// A partition this group never committed on starts at its beginning, which is only the
+/// topic's whole history if retention has deleted nothing yet (low watermark 0).
+fn check_beginning_retained(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: i32) -> Result<(), String> {
+    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(15)) {
+        Ok((low, _)) if low > 0 => Err(format!(
+            "topic {topic} partition {partition} has no committed offset for this group and its earliest retained offset is {low}: retention already deleted the events before it, so starting there would leave the target without them. On a compacted topic (every document's latest event kept) start with `docrepl sink --from-beginning`; otherwise make a fresh initial copy (clear the source's checkpoints) and then start the sink with --from-beginning"
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot read the earliest offset of topic {topic} partition {partition} (needed because this group has no committed offset there): {e}")),
+    }
+}
+
 pub(super) fn is_offset_lost(e: &KafkaError) -> bool {
     if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) = e {
         return true;

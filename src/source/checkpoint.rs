@@ -27,6 +27,14 @@ pub struct Checkpoint {
     pub event_time: Option<Timestamp>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("the checkpoint of {ns} was written by a newer lease holder (epoch above {epoch}): this instance no longer owns the collection")]
+    Superseded { ns: String, epoch: i64 },
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+}
+
 #[derive(Clone)]
 pub struct CheckpointStore {
     coll: Collection<Document>,
@@ -57,7 +65,10 @@ impl CheckpointStore {
         Ok(Some(Checkpoint { position, event_time }))
     }
 
-    pub async fn save(&self, ns: &str, cp: &Checkpoint, instance: &str) -> mongodb::error::Result<()> {
+    /// Saves `cp` under lease epoch `epoch`, unless a holder with a newer epoch has saved
+    /// since (then `Superseded`, and nothing changes). Checkpoints from before lease
+    /// epochs existed have none and count as older.
+    pub async fn save(&self, ns: &str, cp: &Checkpoint, instance: &str, epoch: i64) -> Result<(), CheckpointError> {
         let (token, start_at, copy_at, copy_after) = match &cp.position {
             Position::Token(t) => (t.clone(), Bson::Null, Bson::Null, Bson::Null),
             Position::StartAt(ts) => (Bson::Null, Bson::Timestamp(*ts), Bson::Null, Bson::Null),
@@ -72,17 +83,24 @@ impl CheckpointStore {
             "event_time": cp.event_time.map(Bson::Timestamp).unwrap_or(Bson::Null),
             "saved_at": bson::DateTime::now(),
             "saved_by": instance,
+            "lease_epoch": epoch,
         };
-        self.coll
-            .replace_one(doc! {"_id": self.key(ns)}, replacement)
-            .with_options(ReplaceOptions::builder().upsert(true).build())
-            .await?;
-        Ok(())
+        let filter = doc! {"_id": self.key(ns), "$or": [{"lease_epoch": {"$lte": epoch}}, {"lease_epoch": {"$exists": false}}]};
+        match self.coll.replace_one(filter, replacement).with_options(ReplaceOptions::builder().upsert(true).build()).await {
+            Ok(_) => Ok(()),
+            // The filter missed an existing checkpoint, so the upsert's insert met its `_id`.
+            Err(e) if super::lease::is_duplicate_key(&e) => Err(CheckpointError::Superseded { ns: ns.to_string(), epoch }),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Forgets a collection's position (before a fresh initial copy).
-    pub async fn clear(&self, ns: &str) -> mongodb::error::Result<()> {
-        self.coll.delete_one(doc! {"_id": self.key(ns)}).await?;
+    /// Forgets a collection's position (before a fresh initial copy), unless a newer
+    /// lease holder wrote it.
+    pub async fn clear(&self, ns: &str, epoch: i64) -> Result<(), CheckpointError> {
+        let filter = doc! {"_id": self.key(ns), "$or": [{"lease_epoch": {"$lte": epoch}}, {"lease_epoch": {"$exists": false}}]};
+        if self.coll.delete_one(filter).await?.deleted_count == 0 && self.coll.find_one(doc! {"_id": self.key(ns)}).await?.is_some() {
+            return Err(CheckpointError::Superseded { ns: ns.to_string(), epoch });
+        }
         Ok(())
     }
 }

@@ -5,10 +5,10 @@
 use bson::{doc, Bson, RawDocumentBuf, Timestamp};
 use futures::TryStreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::lease::Grant;
 use super::convert::describe_id;
 use super::errors::ReaderError;
 use super::reader::{Outgoing, Phase, PumpEnd, ReadEnd, Reader, ReaderExit};
@@ -21,7 +21,7 @@ impl Reader {
         &self,
         at: Timestamp,
         after: Option<Bson>,
-        lease: &watch::Receiver<Instant>,
+        lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<Option<ReaderExit>, ReaderError> {
         let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);

@@ -26,6 +26,9 @@ pub enum ReaderError {
     Mongo { ns: String, source: mongodb::error::Error },
     #[error("cannot save the checkpoint of {ns}: {source}")]
     Checkpoint { ns: String, source: mongodb::error::Error },
+    /// Another instance holds the collection now (its checkpoint has a newer lease epoch).
+    #[error("{0}")]
+    Superseded(String),
     #[error("cannot encode an event of {ns}: {message}")]
     Encode { ns: String, message: String },
 }
@@ -64,6 +67,15 @@ pub enum StreamFailure {
 }
 
 /// Reads a server error (its code, when it has one, and its message).
+impl ReaderError {
+    pub(super) fn from_checkpoint(ns: &str, e: super::checkpoint::CheckpointError) -> Self {
+        match e {
+            super::checkpoint::CheckpointError::Mongo(source) => ReaderError::Checkpoint { ns: ns.to_string(), source },
+            superseded => ReaderError::Superseded(superseded.to_string()),
+        }
+    }
+}
+
 pub fn classify(code: Option<i32>, message: &str, flavor: Flavor) -> StreamFailure {
     let text = message.to_ascii_lowercase();
     let not_enabled = text.contains("not enabled") || text.contains("modifychangestreams");

@@ -4,7 +4,9 @@
 //! No clock is compared with another. The holder renews by bumping `epoch`; a standby
 //! takes a lease over only after it has watched the same `(owner, epoch)` stay unchanged
 //! for a whole lease lifetime on its own monotonic clock, and then only with an update
-//! conditional on that very epoch. The holder judges its own deadline from the moment it
+//! conditional on that very epoch. Epochs only grow, across holders too, so checkpoints
+//! carry the epoch they were written under and a save with an older one is refused (see
+//! `checkpoint`): a replaced reader cannot overwrite its successor's position. The holder judges its own deadline from the moment it
 //! sent its last successful renewal, and stops producing half a lifetime after that, so
 //! it has fallen silent long before anyone can take over. Only plain update operators
 //! (`$set`, `$inc`, `$currentDate`) and equality filters are sent: Amazon DocumentDB has
@@ -26,6 +28,14 @@ use super::checkpoint::LEASES;
 /// delivered by then fails instead of landing late) and a margin for clock rates.
 pub fn produce_window(ttl: Duration) -> Duration {
     ttl / 2
+}
+
+/// What holding a lease lets an instance do: produce until `deadline` (its own clock),
+/// and write checkpoints stamped with `epoch`, which a successor's higher epoch outranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub deadline: Instant,
+    pub epoch: i64,
 }
 
 /// A lease as a standby last saw it, and since when (its own clock).
@@ -70,29 +80,41 @@ impl LeaseStore {
     }
 
     /// Takes or renews the lease on `ns`. Returns the local deadline until which this
-    /// instance may produce, or `None` while another instance holds it.
-    pub async fn acquire(&self, ns: &str) -> mongodb::error::Result<Option<Instant>> {
+    /// instance may produce and the lease's epoch, or `None` while another instance holds it.
+    pub async fn acquire(&self, ns: &str) -> mongodb::error::Result<Option<Grant>> {
         let sent_at = Instant::now();
         let id = self.id(ns);
-        let granted = Some(sent_at + produce_window(self.ttl));
+        let deadline = sent_at + produce_window(self.ttl);
         let bump = doc! {"$set": {"owner": &self.instance}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
-        if self.coll.update_one(doc! {"_id": &id, "owner": &self.instance}, bump.clone()).await?.matched_count == 1 {
+        if let Some(epoch) = self.bump(doc! {"_id": &id, "owner": &self.instance}, bump.clone()).await? {
             self.forget(&id);
-            return Ok(granted);
+            return Ok(Some(Grant { deadline, epoch }));
         }
         let Some(current) = self.coll.find_one(doc! {"_id": &id}).await? else {
-            // No lease yet (or it was released): create it; a concurrent creator wins
-            // the duplicate `_id` race and this instance stands by.
-            let lease = doc! {"_id": &id, "owner": &self.instance, "epoch": 0_i64, "renewed_at": bson::DateTime::now()};
+            // No lease yet: create it; a concurrent creator wins the duplicate `_id` race
+            // and this instance stands by. The first epoch is the time in milliseconds, so
+            // a lease document deleted by hand and created again still outranks every
+            // checkpoint written under the old one (those grew by one per renewal).
+            let epoch = bson::DateTime::now().timestamp_millis();
+            let lease = doc! {"_id": &id, "owner": &self.instance, "epoch": epoch, "renewed_at": bson::DateTime::now()};
             return match self.coll.insert_one(lease).await {
                 Ok(_) => {
                     self.forget(&id);
-                    Ok(granted)
+                    Ok(Some(Grant { deadline, epoch }))
                 }
                 Err(e) if is_duplicate_key(&e) => Ok(None),
                 Err(e) => Err(e),
             };
         };
+        // Released (graceful shutdown): take it at once.
+        if matches!(current.get("owner"), Some(Bson::Null) | None) {
+            let filter = doc! {"_id": &id, "owner": Bson::Null, "epoch": current.get("epoch").cloned().unwrap_or(Bson::Null)};
+            if let Some(epoch) = self.bump(filter, bump).await? {
+                self.forget(&id);
+                return Ok(Some(Grant { deadline, epoch }));
+            }
+            return Ok(None);
+        }
         let seen = Sighting {
             owner: current.get_str("owner").unwrap_or_default().to_string(),
             epoch: current.get("epoch").cloned().unwrap_or(Bson::Null),
@@ -105,11 +127,18 @@ impl LeaseStore {
         // (or someone else took over) a moment ago.
         let filter = doc! {"_id": &id, "owner": &seen.owner, "epoch": seen.epoch.clone()};
         let sent_at = Instant::now();
-        if self.coll.update_one(filter, bump).await?.matched_count == 1 {
+        if let Some(epoch) = self.bump(filter, bump).await? {
             self.forget(&id);
-            return Ok(Some(sent_at + produce_window(self.ttl)));
+            return Ok(Some(Grant { deadline: sent_at + produce_window(self.ttl), epoch }));
         }
         Ok(None)
+    }
+
+    /// Applies `update` to the lease matching `filter`; its epoch after the update, or
+    /// `None` when nothing matched.
+    async fn bump(&self, filter: Document, update: Document) -> mongodb::error::Result<Option<i64>> {
+        let after = self.coll.find_one_and_update(filter, update).return_document(mongodb::options::ReturnDocument::After).await?;
+        Ok(after.map(|d| epoch_of(d.get("epoch"))))
     }
 
     /// Records a sighting; true once the same holder and epoch were seen a lease lifetime ago.
@@ -130,16 +159,29 @@ impl LeaseStore {
         }
     }
 
-    /// Gives the lease up (graceful shutdown), so a standby takes over at once.
+    /// Gives the lease up (graceful shutdown), so a standby takes over at once. The
+    /// document stays, ownerless, so epochs keep growing across holders.
     pub async fn release(&self, ns: &str) -> mongodb::error::Result<()> {
-        self.coll.delete_one(doc! {"_id": self.id(ns), "owner": &self.instance}).await?;
+        let update = doc! {"$set": {"owner": Bson::Null}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
+        self.coll.update_one(doc! {"_id": self.id(ns), "owner": &self.instance}, update).await?;
         Ok(())
     }
 
     /// Who holds `ns` now, as the lease document says (for `/status`; a holder that died
     /// is named until a standby has waited it out).
     pub async fn holder(&self, ns: &str) -> mongodb::error::Result<Option<String>> {
+        // An ownerless (released) lease has a null owner: nobody holds it.
         Ok(self.coll.find_one(doc! {"_id": self.id(ns)}).await?.and_then(|d| d.get_str("owner").ok().map(str::to_string)))
+    }
+}
+
+/// A lease's epoch as stored (an int64; older lease documents had none).
+fn epoch_of(value: Option<&Bson>) -> i64 {
+    match value {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Double(f)) => *f as i64,
+        _ => 0,
     }
 }
 

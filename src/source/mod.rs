@@ -32,7 +32,8 @@ use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{CheckpointStore, CHECKPOINTS, LEASES};
 pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
-pub use lease::LeaseStore;
+pub use checkpoint::{Checkpoint, CheckpointError, Position};
+pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
 use crate::config::Config;
@@ -180,8 +181,8 @@ async fn supervise(
     let mut backoff = Duration::from_millis(200);
     let mut standby_logged = false;
     while !shutdown.is_cancelled() {
-        let deadline = match leases.acquire(&ns).await {
-            Ok(Some(d)) => d,
+        let grant = match leases.acquire(&ns).await {
+            Ok(Some(g)) => g,
             Ok(None) => {
                 let holder = leases.holder(&ns).await.ok().flatten();
                 board.update_collection(&ns, |c| {
@@ -209,7 +210,7 @@ async fn supervise(
             c.lease_holder = Some(leases.instance().to_string());
         });
         metrics::gauge!(m::SOURCE_READER_ACTIVE, "collection" => ns.clone()).set(1.0);
-        let (tx, rx) = watch::channel(deadline);
+        let (tx, rx) = watch::channel(grant);
         let stop_renewing = CancellationToken::new();
         let renewer = tokio::spawn(renew(leases.clone(), ns.clone(), tx, stop_renewing.clone()));
         let result = reader.run(rx, &shutdown).await;
@@ -225,6 +226,9 @@ async fn supervise(
             }
             Ok(ReaderExit::LeaseLost) => {
                 warn!(ns = %ns, "lease not renewed in time: stopped producing; will try to take it again");
+            }
+            Err(ReaderError::Superseded(message)) => {
+                warn!(ns = %ns, "{message}: stopped producing; standing by");
             }
             Err(e) if e.is_fatal() => {
                 error!(ns = %ns, "{e}");
@@ -254,7 +258,7 @@ async fn supervise(
 
 /// Renews the lease every sixth of its lifetime and publishes the new deadline. When a
 /// renewal fails the deadline simply stays where it was, and the reader stops there.
-async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Instant>, stop: CancellationToken) {
+async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: CancellationToken) {
     let every = leases.ttl() / 6;
     loop {
         tokio::select! {
@@ -262,8 +266,8 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Instant>, stop:
             _ = tokio::time::sleep(every) => {}
         }
         match leases.acquire(&ns).await {
-            Ok(Some(deadline)) => {
-                let _ = tx.send(deadline);
+            Ok(Some(grant)) => {
+                let _ = tx.send(grant);
             }
             Ok(None) => {
                 warn!(ns = %ns, "lease taken over by another instance");

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::lease::Grant;
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::Origin;
 use super::encode::Encoder;
@@ -120,6 +121,8 @@ pub struct Reader {
     /// A copy just finished and its stream has not opened yet: lost history now means
     /// the copy took longer than the history reaches (fatal, never a recopy loop).
     pub(super) fresh_copy: AtomicBool,
+    /// The lease this reader runs under (its epoch stamps every checkpoint it saves).
+    lease: std::sync::Mutex<Option<watch::Receiver<Grant>>>,
 }
 
 impl Reader {
@@ -130,7 +133,7 @@ impl Reader {
             name: ctx.name.clone(),
             rs: ctx.rs.clone(),
         };
-        Reader { ctx, origin, topic, ns, slim: AtomicBool::new(false), fresh_copy: AtomicBool::new(false) }
+        Reader { ctx, origin, topic, ns, slim: AtomicBool::new(false), fresh_copy: AtomicBool::new(false), lease: std::sync::Mutex::new(None) }
     }
 
     pub(super) fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
@@ -139,7 +142,10 @@ impl Reader {
 
     /// Runs until shutdown, lease loss or an error. `lease` carries the local deadline
     /// until which this instance may produce.
-    pub async fn run(&self, lease: watch::Receiver<Instant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
+    pub async fn run(&self, lease: watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
+        if let Ok(mut l) = self.lease.lock() {
+            *l = Some(lease.clone());
+        }
         loop {
             let checkpoint = self
                 .ctx
@@ -199,9 +205,9 @@ impl Reader {
                         }
                         self.ctx
                             .checkpoints
-                            .clear(&self.ns)
+                            .clear(&self.ns, self.epoch())
                             .await
-                            .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+                            .map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
                         break;
                     }
                     Err(e) => return Err(e),
@@ -212,7 +218,7 @@ impl Reader {
 
     /// Tells the sinks to empty the target collection: one clear marker per partition
     /// (see `debezium::ClearMarker`), each acknowledged by Kafka.
-    async fn send_clear_markers(&self, reason: &str, lease: &watch::Receiver<Instant>) -> Result<Option<ReaderExit>, ReaderError> {
+    async fn send_clear_markers(&self, reason: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         let at = self.cluster_time().await?;
         let source = crate::event::SourceInfo {
             name: self.ctx.name.clone(),
@@ -237,7 +243,7 @@ impl Reader {
             .collect();
         let mut in_flight = InFlight::default();
         for (seq, (partition, key, value)) in markers.iter().enumerate() {
-            if Instant::now() >= *lease.borrow() {
+            if Instant::now() >= lease.borrow().deadline {
                 return Ok(Some(ReaderExit::LeaseLost));
             }
             let record = BaseRecord::with_opaque_to(&self.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
@@ -274,12 +280,17 @@ impl Reader {
         ts.ok_or_else(|| ReaderError::Encode { ns: self.ns.clone(), message: "the source reported no cluster time (is it a replica set?)".into() })
     }
 
+    /// The lease epoch this reader writes checkpoints under.
+    fn epoch(&self) -> i64 {
+        self.lease.lock().ok().and_then(|l| l.as_ref().map(|l| l.borrow().epoch)).unwrap_or(0)
+    }
+
     pub(super) async fn save(&self, cp: &Checkpoint) -> Result<(), ReaderError> {
         self.ctx
             .checkpoints
-            .save(&self.ns, cp, &self.ctx.instance)
+            .save(&self.ns, cp, &self.ctx.instance, self.epoch())
             .await
-            .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+            .map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
         metrics::counter!(m::SOURCE_CHECKPOINTS, "collection" => self.ns.clone()).increment(1);
         if let Some(t) = cp.event_time {
             metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => self.ns.clone()).set(m::seconds_since(t.time));
@@ -303,7 +314,7 @@ impl Reader {
         mut rx: mpsc::Receiver<Outgoing>,
         mut event_time: Option<Timestamp>,
         phase: Phase,
-        lease: &watch::Receiver<Instant>,
+        lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
         let mut watermark: AckWatermark<(Bson, Option<Timestamp>)> = AckWatermark::new();
@@ -336,7 +347,7 @@ impl Reader {
                     }
                 }
                 _ = tick.tick() => {
-                    if Instant::now() >= *lease.borrow() {
+                    if Instant::now() >= lease.borrow().deadline {
                         break Some(ReaderExit::LeaseLost);
                     }
                     self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
@@ -347,7 +358,7 @@ impl Reader {
                         return Err(ReaderError::Encode { ns: self.ns.clone(), message: "the read side stopped unexpectedly".into() });
                     }
                     // A replaced reader must fall silent before its successor starts.
-                    if Instant::now() >= *lease.borrow() {
+                    if Instant::now() >= lease.borrow().deadline {
                         break Some(ReaderExit::LeaseLost);
                     }
                     for item in items.drain(..) {
@@ -475,7 +486,7 @@ impl Reader {
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
         ticket: Box<Ticket>,
-        lease: &watch::Receiver<Instant>,
+        lease: &watch::Receiver<Grant>,
     ) -> Result<bool, ReaderError> {
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> = BaseRecord::with_opaque_to(topic, ticket).key(key);
         if let Some(v) = value {
@@ -490,7 +501,7 @@ impl Reader {
                 Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), again)) => {
                     record = again;
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    if Instant::now() >= *lease.borrow() {
+                    if Instant::now() >= lease.borrow().deadline {
                         return Ok(false);
                     }
                 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::lease::Grant;
 use super::checkpoint::{Checkpoint, Position};
 use super::convert::StreamItem;
 use super::errors::{classify_error, ReaderError, StreamFailure};
@@ -30,7 +31,7 @@ impl Reader {
     pub(super) async fn stream(
         &self,
         checkpoint: &Checkpoint,
-        lease: &watch::Receiver<Instant>,
+        lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
         let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
