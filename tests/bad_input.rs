@@ -164,3 +164,44 @@ async fn nul_bytes_and_absurd_array_indexes_are_dead_letters_not_panics() {
     assert!(!sink.log_text().contains("panicked"), "{}", sink.log_text());
     assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "the sink survived:\n{}", sink.log_text());
 }
+
+/// A dead letter larger than the dead-letter topic takes (an existing topic with a small
+/// `max.message.bytes`, as MSK's 1 MB default is against a 5 MB document) used to be retried
+/// forever, stalling its partition. It is sent cut to its key, reason and source
+/// coordinates, and the partition goes on.
+#[tokio::test]
+async fn a_dead_letter_too_large_for_its_topic_is_cut_not_retried_forever() {
+    let mut setup = Setup::new("dlqsize");
+    // The local broker does not enforce a topic's max.message.bytes; the sink's producer
+    // enforces kafka.max_message_bytes itself, with the same "message too large" answer a
+    // broker gives.
+    setup.kafka_extra = "max_message_bytes = 8192".into();
+    let topic = setup.topic("c");
+    let kafka = common::kafka_config(&setup.prefix, 8);
+    let admin = docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap();
+    admin.ensure_topic(&topic, 8, 1, &[]).await.unwrap();
+    admin.ensure_topic(&setup.dead_letter_topic(), 1, 1, &[("max.message.bytes", "2048".to_string())]).await.unwrap();
+    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+    let key = br#"{"id":"1"}"#;
+    let poison = format!("{{not json {}", "x".repeat(20_000));
+    let (_, valid) = valid_event(&setup.db, 1);
+    for value in [poison.as_bytes(), valid.as_slice()] {
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(&key[..]).payload(value);
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+    let mut sink = setup.spawn("sink", &[]);
+    let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(60), "the valid event after the poison one", || async {
+        target.count_documents(doc! {"_id": 1}).await.unwrap_or(0) == 1
+    })
+    .await;
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| !m.is_empty()).await;
+    let letter = letters.first().expect("the poison message's dead letter");
+    let header = |name: &str| {
+        letter.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value)).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert!(letter.payload().is_none(), "the value is left out");
+    assert!(header("docrepl.cut").is_some_and(|c| c.contains("20010 bytes")), "{:?}", header("docrepl.cut"));
+    assert!(header("docrepl.reason").is_some() && header("docrepl.source.offset").is_some());
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
+}

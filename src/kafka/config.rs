@@ -113,6 +113,13 @@ impl KafkaConfig {
         Ok(())
     }
 
+    /// Configs of the dead-letter topic when docrepl creates it: it takes any message of
+    /// the collection topics plus the headers that say why (a broker's default, often 1
+    /// MB, would refuse the very messages that need to go there).
+    pub fn dead_letter_topic_configs(&self) -> Vec<(&'static str, String)> {
+        vec![("max.message.bytes", (self.max_message_bytes + 65_536).to_string())]
+    }
+
     /// `<prefix>.<database>.<collection>`.
     pub fn topic_for(&self, database: &str, collection: &str) -> String {
         format!("{}.{}.{}", self.topic_prefix, database, collection)

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::metrics as m;
@@ -35,15 +37,49 @@ impl DeadLetters {
     }
 
     /// Sends one dead letter and waits until the broker acknowledged it (the offset behind
-    /// it is committed only afterwards).
+    /// it is committed only afterwards). A letter too large for the dead-letter topic is
+    /// sent without its value (then without its key too), with a header saying what was
+    /// left out: the reason and the source coordinates always get through, and the
+    /// partition never stalls on a message that can never be written.
     pub async fn send(&self, dl: &DeadLetter<'_>) -> Result<(), String> {
+        let mut letter = dl.clone();
+        let mut cut: Option<String> = None;
+        loop {
+            match self.send_once(&letter, cut.as_deref()).await {
+                Ok(()) => break,
+                Err(e) if is_too_large(&e) && letter.value.is_some() => {
+                    cut = Some(format!("value of {} bytes left out: too large for the dead-letter topic", letter.value.map_or(0, <[u8]>::len)));
+                    letter.value = None;
+                }
+                Err(e) if is_too_large(&e) && letter.key.is_some() => {
+                    cut = Some(format!(
+                        "value of {} bytes and key of {} bytes left out: too large for the dead-letter topic",
+                        dl.value.map_or(0, <[u8]>::len),
+                        letter.key.map_or(0, <[u8]>::len)
+                    ));
+                    letter.key = None;
+                }
+                Err(e) => return Err(format!("cannot write to the dead-letter topic {}: {e}", self.topic)),
+            }
+        }
+        if let Some(cut) = &cut {
+            tracing::warn!(topic = %dl.topic, partition = dl.partition, offset = dl.offset, "dead letter cut: {cut}");
+        }
+        metrics::counter!(m::SINK_DEAD_LETTERS, "topic" => dl.topic.to_string()).increment(1);
+        Ok(())
+    }
+
+    async fn send_once(&self, dl: &DeadLetter<'_>, cut: Option<&str>) -> Result<(), KafkaError> {
         let partition = dl.partition.to_string();
         let offset = dl.offset.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header { key: "docrepl.reason", value: Some(dl.reason) })
             .insert(Header { key: "docrepl.source.topic", value: Some(dl.topic) })
             .insert(Header { key: "docrepl.source.partition", value: Some(partition.as_str()) })
             .insert(Header { key: "docrepl.source.offset", value: Some(offset.as_str()) });
+        if let Some(cut) = cut {
+            headers = headers.insert(Header { key: "docrepl.cut", value: Some(cut) });
+        }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(k) = dl.key {
             record = record.key(k);
@@ -51,11 +87,14 @@ impl DeadLetters {
         if let Some(v) = dl.value {
             record = record.payload(v);
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| format!("cannot write to the dead-letter topic {}: {e}", self.topic))?;
-        metrics::counter!(m::SINK_DEAD_LETTERS, "topic" => dl.topic.to_string()).increment(1);
-        Ok(())
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
     }
+}
+
+/// The broker's or librdkafka's "message too large".
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }

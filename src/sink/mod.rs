@@ -40,7 +40,7 @@ pub async fn run(
 
     let dead_letter_topic = config.kafka.dead_letter_topic();
     let admin = TopicAdmin::new(&config.kafka)?;
-    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &[]).await?;
+    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &config.kafka.dead_letter_topic_configs()).await?;
     board.set_sink_ready(true);
     {
         let board = board.clone();

@@ -70,7 +70,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
 
     let admin = TopicAdmin::new(&config.kafka)?;
     let dead_letter_topic = config.kafka.dead_letter_topic();
-    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &[]).await?;
+    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &config.kafka.dead_letter_topic_configs()).await?;
 
     // A message not delivered within this time fails (and the reader restarts from its
     // saved token), so nothing this instance queued can land after its lease has ended.
