@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::extjson::normalize_legacy_extjson;
 use crate::event::{
     ChangeEvent, Namespace, Op, SnapshotMarker, SourceInfo, TruncatedArray, UpdateDescription,
 };
@@ -575,44 +576,6 @@ fn extjson_object_to_document(o: Map<String, Value>, field: &'static str) -> Res
     }
 }
 
-/// Rewrites the legacy ("strict mode") Extended JSON forms older Debezium and Java driver
-/// versions write into their v2 canonical equivalents, in place:
-/// `{"$binary":"<b64>","$type":"<hex>"}`, `{"$regex":"…","$options":"…"}`,
-/// `{"$date":<millis>}` (also accepted as is by bson), `{"$numberLong":<number>}`.
-pub fn normalize_legacy_extjson(value: &mut Value) {
-    match value {
-        Value::Array(items) => items.iter_mut().for_each(normalize_legacy_extjson),
-        Value::Object(o) => {
-            if o.len() == 2 {
-                if let (Some(Value::String(b64)), Some(Value::String(t))) = (o.get("$binary"), o.get("$type")) {
-                    let sub = format!("{:0>2}", t.trim_start_matches("0x"));
-                    let body = serde_json::json!({"base64": b64, "subType": sub});
-                    *value = serde_json::json!({ "$binary": body });
-                    return;
-                }
-                if let (Some(Value::String(p)), Some(Value::String(opts))) = (o.get("$regex"), o.get("$options")) {
-                    let body = serde_json::json!({"pattern": p, "options": opts});
-                    *value = serde_json::json!({ "$regularExpression": body });
-                    return;
-                }
-            }
-            if o.len() == 1 {
-                if let Some(Value::Number(n)) = o.get("$date") {
-                    if let Some(ms) = n.as_i64() {
-                        *value = serde_json::json!({"$date": {"$numberLong": ms.to_string()}});
-                        return;
-                    }
-                }
-                if let Some(Value::Number(n)) = o.get("$numberLong") {
-                    *value = serde_json::json!({"$numberLong": n.to_string()});
-                    return;
-                }
-            }
-            o.values_mut().for_each(normalize_legacy_extjson);
-        }
-        _ => {}
-    }
-}
 
 #[cfg(test)]
 mod tests {

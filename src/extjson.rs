@@ -377,7 +377,7 @@ fn wrapper_from_map<'de, A: serde::de::MapAccess<'de>>(first: String, mut map: A
 
 fn slow_wrapper<E: serde::de::Error>(object: serde_json::Map<String, serde_json::Value>) -> Result<RawBson, E> {
     let mut value = serde_json::Value::Object(object);
-    crate::debezium::normalize_legacy_extjson(&mut value);
+    normalize_legacy_extjson(&mut value);
     let bson = Bson::try_from(value).map_err(E::custom)?;
     if let Some(problem) = c_string_problem(&bson) {
         return Err(E::custom(problem));
@@ -428,6 +428,45 @@ fn fast_wrapper(key: &str, value: &serde_json::Value) -> Option<RawBson> {
         },
         ("$date", Value::Number(ms)) => ms.as_i64().map(date),
         _ => None,
+    }
+}
+
+/// Rewrites the legacy ("strict mode") Extended JSON forms older Debezium and Java driver
+/// versions write into their v2 canonical equivalents, in place:
+/// `{"$binary":"<b64>","$type":"<hex>"}`, `{"$regex":"…","$options":"…"}`,
+/// `{"$date":<millis>}` (also accepted as is by bson), `{"$numberLong":<number>}`.
+pub fn normalize_legacy_extjson(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(normalize_legacy_extjson),
+        serde_json::Value::Object(o) => {
+            if o.len() == 2 {
+                if let (Some(serde_json::Value::String(b64)), Some(serde_json::Value::String(t))) = (o.get("$binary"), o.get("$type")) {
+                    let sub = format!("{:0>2}", t.trim_start_matches("0x"));
+                    let body = serde_json::json!({"base64": b64, "subType": sub});
+                    *value = serde_json::json!({ "$binary": body });
+                    return;
+                }
+                if let (Some(serde_json::Value::String(p)), Some(serde_json::Value::String(opts))) = (o.get("$regex"), o.get("$options")) {
+                    let body = serde_json::json!({"pattern": p, "options": opts});
+                    *value = serde_json::json!({ "$regularExpression": body });
+                    return;
+                }
+            }
+            if o.len() == 1 {
+                if let Some(serde_json::Value::Number(n)) = o.get("$date") {
+                    if let Some(ms) = n.as_i64() {
+                        *value = serde_json::json!({"$date": {"$numberLong": ms.to_string()}});
+                        return;
+                    }
+                }
+                if let Some(serde_json::Value::Number(n)) = o.get("$numberLong") {
+                    *value = serde_json::json!({"$numberLong": n.to_string()});
+                    return;
+                }
+            }
+            o.values_mut().for_each(normalize_legacy_extjson);
+        }
+        _ => {}
     }
 }
 
@@ -515,7 +554,7 @@ mod tests {
     fn reads_relaxed_and_legacy_like_bson() {
         let text = r#"{"_id": 5, "big": 9007199254740993, "f": 1.5, "d": {"$date": "2024-01-02T03:04:05.006Z"}, "legacy": {"$date": -1}, "bin": {"$binary": "AAE=", "$type": "80"}, "re": {"$regex": "a", "$options": "i"}, "nan": {"$numberDouble": "NaN"}, "x": {"$oid": "65976a473f3a210c022ffc55"}}"#;
         let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
-        crate::debezium::normalize_legacy_extjson(&mut value);
+        normalize_legacy_extjson(&mut value);
         let Bson::Document(expected) = Bson::try_from(value).unwrap() else { panic!() };
         // Bytes, not documents: NaN is not equal to itself.
         assert_eq!(parse(text).as_bytes(), RawDocumentBuf::from_document(&expected).unwrap().as_bytes());

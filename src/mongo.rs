@@ -58,3 +58,13 @@ pub async fn replica_set_name(client: &mongodb::Client, key: &str) -> Result<Str
         .map(str::to_string)
         .map_err(|_| ConnectError::NotReplicaSet { key: key.into(), uri: String::new() })
 }
+
+/// A duplicate-key error (11000), however the driver reports it.
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) => we.code == 11000,
+        ErrorKind::Command(ce) => ce.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}

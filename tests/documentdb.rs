@@ -54,19 +54,26 @@ async fn target_count(setup: &Setup) -> u64 {
     target.database(&setup.db).collection::<Document>("c").count_documents(doc! {}).await.unwrap_or(0)
 }
 
+/// Runs `docrepl <command>` over a source with 50 documents in `c` whose next `times`
+/// change-stream aggregates fail with `code`; waits for it to stop and returns its log.
+async fn run_until_it_stops(setup: &mut Setup, source: &OwnMongod, extra: &str, code: i32, times: i32, command: &str) -> String {
+    let cfg = config(setup, source, extra);
+    let client = common::mongo(&source.uri()).await;
+    client.database(&setup.db).collection::<Document>("c").insert_many((0..50).map(|i| doc! {"_id": i})).await.unwrap();
+    fail_aggregates(&client, code, times).await;
+    let mut proc_ = setup.spawn_with(command, &cfg, &[]);
+    let exit = proc_.wait_exit(Duration::from_secs(90));
+    let log = proc_.log_text();
+    assert!(matches!(exit, Some(c) if c != 0), "must stop, got {exit:?}:\n{log}");
+    log
+}
+
 #[tokio::test]
 async fn change_streams_not_enabled_stop_with_the_command_to_run() {
     let source = own_source(27831).await;
     let mut setup = Setup::new("notenabled");
-    let cfg = config(&mut setup, &source, "flavor = \"documentdb\"\non_history_lost = \"recopy\"");
-    let client = common::mongo(&source.uri()).await;
-    client.database(&setup.db).collection::<Document>("c").insert_many((0..50).map(|i| doc! {"_id": i})).await.unwrap();
     // The stream's open and the fresh probe stream both answer 136.
-    fail_aggregates(&client, 136, 2).await;
-    let mut proc_ = setup.spawn_with("source", &cfg, &[]);
-    let code = proc_.wait_exit(Duration::from_secs(90));
-    let log = proc_.log_text();
-    assert!(matches!(code, Some(c) if c != 0), "must stop, got {code:?}:\n{log}");
+    let log = run_until_it_stops(&mut setup, &source, "flavor = \"documentdb\"\non_history_lost = \"recopy\"", 136, 2, "source").await;
     assert!(log.contains(&format!("change streams are not enabled for {}.c", setup.db)), "{log}");
     assert!(
         log.contains(&format!("modifyChangeStreams: 1, database: \\\"{}\\\", collection: \\\"c\\\", enable: true", setup.db))
@@ -80,15 +87,8 @@ async fn change_streams_not_enabled_stop_with_the_command_to_run() {
 async fn a_copy_that_outran_the_history_is_fatal_not_a_recopy_loop() {
     let source = own_source(27832).await;
     let mut setup = Setup::new("outran");
-    let cfg = config(&mut setup, &source, "flavor = \"documentdb\"\non_history_lost = \"recopy\"");
-    let client = common::mongo(&source.uri()).await;
-    client.database(&setup.db).collection::<Document>("c").insert_many((0..50).map(|i| doc! {"_id": i})).await.unwrap();
     // Only the stream after the copy fails; a fresh stream opens (history lost, not "not enabled").
-    fail_aggregates(&client, 136, 1).await;
-    let mut proc_ = setup.spawn_with("run", &cfg, &[]);
-    let code = proc_.wait_exit(Duration::from_secs(90));
-    let log = proc_.log_text();
-    assert!(matches!(code, Some(c) if c != 0), "must stop, got {code:?}:\n{log}");
+    let log = run_until_it_stops(&mut setup, &source, "flavor = \"documentdb\"\non_history_lost = \"recopy\"", 136, 1, "run").await;
     assert!(log.contains(&format!("the initial copy of {}.c outran the source's change stream history", setup.db)), "{log}");
     assert!(log.contains("change_stream_log_retention_duration"), "says what to raise:\n{log}");
     assert!(!log.contains("starting a fresh initial copy"), "no recopy:\n{log}");

@@ -89,7 +89,7 @@ impl CheckpointStore {
         match self.coll.replace_one(filter, replacement).with_options(ReplaceOptions::builder().upsert(true).build()).await {
             Ok(_) => Ok(()),
             // The filter missed an existing checkpoint, so the upsert's insert met its `_id`.
-            Err(e) if super::lease::is_duplicate_key(&e) => Err(CheckpointError::Superseded { ns: ns.to_string(), epoch }),
+            Err(e) if crate::mongo::is_duplicate_key(&e) => Err(CheckpointError::Superseded { ns: ns.to_string(), epoch }),
             Err(e) => Err(e.into()),
         }
     }

@@ -11,7 +11,8 @@ use tracing::info;
 use super::lease::Grant;
 use super::convert::describe_id;
 use super::errors::ReaderError;
-use super::reader::{Outgoing, Phase, PumpEnd, ReadEnd, Reader, ReaderExit};
+use super::outgoing::{Outgoing, ReadEnd};
+use super::reader::{Phase, PumpEnd, Reader, ReaderExit};
 
 impl Reader {
     /// Copies every document (`op: r`, in `_id` order), after `after` when resuming an

@@ -6,7 +6,7 @@ use bson::{Bson, Timestamp};
 
 use super::convert::describe_id;
 use super::errors::ReaderError;
-use super::reader::Outgoing;
+use super::outgoing::Outgoing;
 use super::OversizePolicy;
 use crate::debezium;
 use crate::metrics as m;

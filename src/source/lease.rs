@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
-use mongodb::error::ErrorKind;
 use mongodb::Collection;
 use tokio::time::Instant;
 
@@ -102,7 +101,7 @@ impl LeaseStore {
                     self.forget(&id);
                     Ok(Some(Grant { deadline, epoch }))
                 }
-                Err(e) if is_duplicate_key(&e) => Ok(None),
+                Err(e) if crate::mongo::is_duplicate_key(&e) => Ok(None),
                 Err(e) => Err(e),
             };
         };
@@ -182,13 +181,5 @@ fn epoch_of(value: Option<&Bson>) -> i64 {
         Some(Bson::Int32(n)) => i64::from(*n),
         Some(Bson::Double(f)) => *f as i64,
         _ => 0,
-    }
-}
-
-pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) => we.code == 11000,
-        ErrorKind::Command(ce) => ce.code == 11000,
-        _ => e.to_string().contains("E11000"),
     }
 }

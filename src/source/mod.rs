@@ -13,6 +13,7 @@ mod encode;
 pub mod errors;
 pub mod history;
 mod lease;
+mod outgoing;
 pub mod pipeline;
 pub mod reader;
 mod stream;

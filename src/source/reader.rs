@@ -2,7 +2,8 @@
 //! stream, each event encoded as a Debezium envelope and produced to the collection's
 //! topic. Reading and encoding run in one task, producing and acknowledgement tracking
 //! in another, joined by a bounded channel; the resume token is saved only over the
-//! acknowledged prefix (see `watermark`).
+//! acknowledged prefix (see `watermark`). The read sides live in `copy` and `stream`,
+//! the messages between the two halves in `outgoing`, the record encoding in `encode`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use super::lease::Grant;
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::Origin;
 use super::encode::Encoder;
+use super::outgoing::{Outgoing, ReadEnd};
 pub use super::errors::ReaderError;
 use super::pipeline::PipelineChoice;
 use super::watermark::AckWatermark;
@@ -63,30 +65,6 @@ pub enum ReaderExit {
     Shutdown,
     /// The lease could not be renewed in time: stopped producing, a standby may take over.
     LeaseLost,
-}
-
-/// One message for the producer side of the reader.
-pub(super) enum Outgoing {
-    /// Records for one change event (the event, and a tombstone after a delete), all to
-    /// `topic`. `token` covers the event once every record is acknowledged.
-    Event { records: Vec<(Vec<u8>, Option<Vec<u8>>)>, token: Option<Bson>, event_time: Option<Timestamp> },
-    /// An event too large for the topic: its key and the reason go to the dead-letter topic.
-    DeadLetter { key: Vec<u8>, reason: String, token: Option<Bson>, event_time: Option<Timestamp> },
-    /// The stream's post-batch resume token: covers everything read so far.
-    Idle(Bson),
-    /// The collection was dropped or renamed and `source.ddl = "replicate"`: clear
-    /// markers to every partition; `token` covers the DDL event once they are delivered.
-    Clear { reason: String, token: Option<Bson> },
-    /// The read side finished (copy done, stream invalidated) or failed.
-    Done(Result<ReadEnd, ReaderError>),
-}
-
-#[derive(Debug)]
-pub(super) enum ReadEnd {
-    CopyDone,
-    Invalidated(Option<Timestamp>),
-    /// A slim stream read past its large event: reopen the full one from the saved position.
-    Reopen,
 }
 
 /// Which part of a reader's life the pump serves.

@@ -18,7 +18,8 @@ use super::lease::Grant;
 use super::checkpoint::{Checkpoint, Position};
 use super::convert::StreamItem;
 use super::errors::{classify_error, ReaderError, StreamFailure};
-use super::reader::{Outgoing, Phase, PumpEnd, ReadEnd, Reader};
+use super::outgoing::{Outgoing, ReadEnd};
+use super::reader::{Phase, PumpEnd, Reader};
 use super::DdlPolicy;
 use crate::metrics as m;
 
