@@ -31,9 +31,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-pub use checkpoint::{CheckpointStore, CHECKPOINTS, LEASES};
+pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Position, CHECKPOINTS, LEASES};
 pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
-pub use checkpoint::{Checkpoint, CheckpointError, Position};
 pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
