@@ -89,7 +89,12 @@ pub struct ClearMarker {
 // Encoding
 // ---------------------------------------------------------------------------------------
 
-/// The Kafka key of a document: `{"id":"<relaxed Extended JSON of _id>"}`.
+/// The Kafka key of a document: `{"id":"<relaxed Extended JSON of _id>"}`, as Debezium
+/// writes it, except that a double or decimal `_id` holding a whole number (below 2^53)
+/// gets the key of that integer: MongoDB's `_id` index takes `1`, `NumberLong(1)`, `1.0`
+/// and `NumberDecimal("1")` for the same document, so their events must share a
+/// partition to stay in order (a delete of `1` then an insert of `1.0`). The exact type
+/// still travels in `after`.
 pub fn encode_key(id: &Bson) -> Vec<u8> {
     use std::io::Write;
     // The usual `_id` types written directly; the rest through bson's relaxed text.
@@ -97,10 +102,27 @@ pub fn encode_key(id: &Bson) -> Vec<u8> {
     let _ = match id {
         Bson::Int32(i) => write!(out, r#"{{"id":"{i}"}}"#),
         Bson::Int64(i) => write!(out, r#"{{"id":"{i}"}}"#),
+        Bson::Double(_) | Bson::Decimal128(_) if whole_number(id).is_some() => {
+            write!(out, r#"{{"id":"{}"}}"#, whole_number(id).unwrap_or_default())
+        }
         Bson::ObjectId(oid) => write!(out, r#"{{"id":"{{\"$oid\":\"{}\"}}"}}"#, oid.to_hex()),
         other => serde_json::to_writer(&mut out, &KeyOut { id: id_relaxed_json(other) }).map_err(std::io::Error::other),
     };
     out
+}
+
+/// The integer a double or decimal holds, when it is a whole number below 2^53 in size
+/// (where a double is exact).
+fn whole_number(id: &Bson) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let value = match id {
+        Bson::Double(d) => *d,
+        // Decimal128's text (`1`, `1.0`, `1E+2`, `-0`) reads as a double exactly when it is
+        // a whole number of this size.
+        Bson::Decimal128(d) => d.to_string().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (value.is_finite() && value.fract() == 0.0 && value.abs() < EXACT).then_some(value as i64)
 }
 
 /// The relaxed Extended JSON text of an `_id`, as Debezium puts it in the key:
@@ -116,7 +138,10 @@ pub fn id_fold_key(id: &Bson) -> String {
     match id {
         Bson::Int32(i) => i.to_string(),
         Bson::Int64(i) => i.to_string(),
-        Bson::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => (*d as i64).to_string(),
+        Bson::Double(_) | Bson::Decimal128(_) => match whole_number(id) {
+            Some(n) => n.to_string(),
+            None => id_relaxed_json(id),
+        },
         other => id_relaxed_json(other),
     }
 }
@@ -627,6 +652,19 @@ mod tests {
             assert_eq!(encode_key(&id), via_bson);
         }
         assert_eq!(encode_key(&Bson::String("abc".into())), br#"{"id":"\"abc\""}"#);
+    }
+
+    #[test]
+    fn numerically_equal_ids_share_a_key() {
+        let one = encode_key(&Bson::Int32(1));
+        for same in [Bson::Int64(1), Bson::Double(1.0), Bson::Decimal128("1".parse().unwrap()), Bson::Decimal128("1.00".parse().unwrap()), Bson::Decimal128("1E+0".parse().unwrap())] {
+            assert_eq!(encode_key(&same), one, "{same:?}");
+            assert_eq!(id_fold_key(&same), id_fold_key(&Bson::Int32(1)), "{same:?}");
+        }
+        assert_eq!(encode_key(&Bson::Double(-0.0)), encode_key(&Bson::Int32(0)));
+        // Not whole, or too large to be exact: Debezium's text.
+        assert_eq!(encode_key(&Bson::Double(1.5)), br#"{"id":"1.5"}"#);
+        assert_ne!(encode_key(&Bson::Double(1e300)), encode_key(&Bson::Int64(i64::MAX)));
     }
 
     #[test]

@@ -309,3 +309,46 @@ async fn an_interrupted_copy_resumes_after_the_last_acknowledged_id() {
     let first = msgs.iter().filter(|m| key_id(m) == "0").count();
     assert_eq!(first, 1, "the copy started over instead of resuming after _id {after}");
 }
+
+/// `1`, `NumberLong(1)`, `1.0` and `NumberDecimal("1")` are one `_id` to MongoDB: a delete
+/// of one and an insert of another must be applied in order, so all their events share a
+/// key and a partition, and the target ends with the document the source has.
+#[tokio::test]
+async fn numerically_equal_ids_share_a_partition_and_stay_in_order() {
+    let setup = Setup::new("numid");
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    coll.insert_one(doc! {"_id": "seed"}).await.unwrap();
+    let run = setup.spawn("run", &[]);
+    let topic = setup.topic("c");
+    consume(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let ids = [
+        bson::Bson::Int32(1),
+        bson::Bson::Double(1.0),
+        bson::Bson::Int64(1),
+        bson::Bson::Decimal128("1.0".parse().unwrap()),
+        bson::Bson::Double(1.0),
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        coll.insert_one(doc! {"_id": id.clone(), "version": i as i32}).await.unwrap();
+        if i + 1 < ids.len() {
+            coll.delete_one(doc! {"_id": id.clone()}).await.unwrap();
+        }
+    }
+    // insert, delete (+ tombstone) for each but the last, which stays.
+    let wanted = 1 + ids.len() + 2 * (ids.len() - 1);
+    let msgs = consume(&topic, Duration::from_secs(60), |m| m.len() >= wanted).await;
+    let mine: Vec<&OwnedMessage> = msgs.iter().filter(|m| key_id(m) != "\"seed\"").collect();
+    assert_eq!(mine.len(), wanted - 1, "{}", run.log_text());
+    let partitions: HashSet<i32> = mine.iter().map(|m| m.partition()).collect();
+    assert_eq!(partitions.len(), 1, "events of one _id in one partition: {partitions:?}");
+    assert!(mine.iter().all(|m| key_id(m) == "1"), "one key for them: {:?}", mine.iter().map(|m| key_id(m)).collect::<Vec<_>>());
+    let (code, out) = common::verify(&setup.config(), 60);
+    assert_eq!(code, Some(0), "{out}");
+    let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
+    let last = target.find_one(doc! {"_id": 1}).await.unwrap().expect("the last version on the target");
+    assert_eq!(last.get("_id"), Some(&bson::Bson::Double(1.0)));
+    assert_eq!(last.get_i32("version").unwrap(), 4);
+}
