@@ -205,3 +205,31 @@ async fn a_dead_letter_too_large_for_its_topic_is_cut_not_retried_forever() {
     assert!(header("docrepl.reason").is_some() && header("docrepl.source.offset").is_some());
     assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
 }
+
+/// A full document and, in the same batch, a patch that cannot apply to it (`a.b` inside
+/// a string): the patch used to vanish while folding (the target kept the document without
+/// a trace). Now the server gets it, refuses it (PathNotViable), and it is a dead letter.
+#[tokio::test]
+async fn a_patch_that_cannot_apply_to_its_document_is_a_dead_letter_not_dropped() {
+    let setup = Setup::new("patchfail");
+    let topic = setup.topic("c");
+    let kafka = common::kafka_config(&setup.prefix, 8);
+    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
+    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+    let source = serde_json::json!({"connector": "mongodb", "name": "x", "db": setup.db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"});
+    let full = serde_json::json!({"op": "c", "after": r#"{"_id": {"$numberInt": "1"}, "a": "text"}"#, "source": source, "ts_ms": 0});
+    let patch = serde_json::json!({"op": "u", "after": null, "updateDescription": {"updatedFields": r#"{"a.b": {"$numberInt": "1"}}"#, "removedFields": []}, "source": source, "ts_ms": 0});
+    for value in [full, patch] {
+        let value = serde_json::to_vec(&value).unwrap();
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(&br#"{"id":"1"}"#[..]).payload(value.as_slice());
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+    let mut sink = setup.spawn("sink", &[]);
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| !m.is_empty()).await;
+    let letter = letters.first().unwrap_or_else(|| panic!("no dead letter for the refused patch:\n{}", sink.log_text()));
+    let reason = letter.headers().and_then(|h| h.iter().find(|h| h.key == "docrepl.reason").and_then(|h| h.value)).map(|v| String::from_utf8_lossy(v).into_owned());
+    assert!(reason.as_deref().is_some_and(|r| r.contains("code 28")), "{reason:?}");
+    let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
+    assert_eq!(target.find_one(doc! {"_id": 1}).await.unwrap(), Some(doc! {"_id": 1, "a": "text"}));
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
+}

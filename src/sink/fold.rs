@@ -3,8 +3,10 @@
 //! A full document (`c`, `r`, `u` with `after`) or a delete replaces whatever came before
 //! it for that document; a patch (`u` with only `updateDescription`) is applied in memory
 //! on top of a full document folded earlier in the batch, and otherwise stays a patch to
-//! apply on the server, after any earlier patches of the same document. Writing the folded
-//! batch gives the same final state as applying every event one by one.
+//! apply on the server, after any earlier patches of the same document. A patch that
+//! cannot be applied in memory stays a patch behind the full document, for the server to
+//! apply or refuse (never dropped). Writing the folded batch gives the same final state as
+//! applying every event one by one.
 
 use std::collections::HashMap;
 
@@ -27,6 +29,11 @@ pub enum DocAction {
     Delete,
     /// Apply these patches, in order, to the document if it exists.
     Patch(Vec<UpdateDescription>),
+    /// Replace the whole document by `_id`, then apply these patches on the server: what
+    /// a full document followed by patches folds to when the patches cannot be applied in
+    /// memory (the server then applies them, or refuses them with a reason, which goes to
+    /// the dead-letter topic; the patches are never dropped in silence).
+    UpsertThenPatch(RawDocumentBuf, Vec<UpdateDescription>),
 }
 
 /// One document's folded outcome, with the batch positions of the messages behind it
@@ -87,12 +94,23 @@ fn combine(earlier: DocAction, later: DocAction) -> DocAction {
         (_, DocAction::Insert(d)) => DocAction::Insert(d),
         (_, DocAction::Upsert(d)) => DocAction::Upsert(d),
         (_, DocAction::Delete) => DocAction::Delete,
+        // (A single event never folds to this; it replaces what came before, like an upsert.)
+        (_, later @ DocAction::UpsertThenPatch(..)) => later,
         // An update of a missing document changes nothing.
         (DocAction::Delete, DocAction::Patch(_)) => DocAction::Delete,
-        // A patch that cannot be applied in memory cannot happen for well-formed documents;
-        // the full document is kept then.
-        (DocAction::Insert(raw), DocAction::Patch(patches)) => DocAction::Insert(patch_raw(&raw, &patches).unwrap_or(raw)),
-        (DocAction::Upsert(raw), DocAction::Patch(patches)) => DocAction::Upsert(patch_raw(&raw, &patches).unwrap_or(raw)),
+        (DocAction::Insert(raw), DocAction::Patch(patches)) => match patch_raw(&raw, &patches) {
+            Ok(patched) => DocAction::Insert(patched),
+            Err(_) => DocAction::UpsertThenPatch(raw, patches),
+        },
+        (DocAction::Upsert(raw), DocAction::Patch(patches)) => match patch_raw(&raw, &patches) {
+            Ok(patched) => DocAction::Upsert(patched),
+            Err(_) => DocAction::UpsertThenPatch(raw, patches),
+        },
+        // Once a patch could not be applied in memory, later ones queue behind it.
+        (DocAction::UpsertThenPatch(raw, mut a), DocAction::Patch(b)) => {
+            a.extend(b);
+            DocAction::UpsertThenPatch(raw, a)
+        }
         (DocAction::Patch(mut a), DocAction::Patch(b)) => {
             a.extend(b);
             DocAction::Patch(a)
@@ -332,7 +350,33 @@ mod tests {
                     }
                 }
             }
+            DocAction::UpsertThenPatch(raw, ps) => {
+                let mut d = raw.to_document().unwrap();
+                for p in ps {
+                    apply_patch(&mut d, p).unwrap();
+                }
+                state.insert(key, d);
+            }
         }
+    }
+
+    #[test]
+    fn a_patch_that_cannot_be_applied_in_memory_is_kept_for_the_server() {
+        let full = ev(1, Op::Create, Some(doc! {"_id": 1, "a": "text"}), None);
+        // `a.b` inside a string: MongoDB refuses this too (PathNotViable); it must reach the
+        // server (and, refused, the dead-letter topic), not vanish.
+        let patch = ev(1, Op::Update, None, Some(UpdateDescription { updated_fields: doc! {"a.b": 1}, ..Default::default() }));
+        let later = ev(1, Op::Update, None, Some(UpdateDescription { updated_fields: doc! {"n": 2}, ..Default::default() }));
+        let folded = fold(vec![(0, full), (1, patch), (2, later)]);
+        assert_eq!(folded.len(), 1);
+        match &folded[0].action {
+            DocAction::UpsertThenPatch(raw, patches) => {
+                assert_eq!(raw.to_document().unwrap(), doc! {"_id": 1, "a": "text"});
+                assert_eq!(patches.len(), 2);
+            }
+            other => panic!("the patches were not kept: {other:?}"),
+        }
+        assert_eq!(folded[0].messages, vec![0, 1, 2]);
     }
 
     proptest! {

@@ -109,6 +109,14 @@ impl Writer {
                         // Decoding refuses such patches; never send an empty update for one.
                         Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
                     },
+                    // The upsert goes first (upserts run before the patch rounds).
+                    DocAction::UpsertThenPatch(raw, patches) => match patch_statements(&id_raw(&d.id), patches) {
+                        Ok(statements) => {
+                            upserts.push((i, upsert_statement(id_raw(&d.id), raw)));
+                            patched.push((i, statements));
+                        }
+                        Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
+                    },
                 }
             }
             let before = outcome.failures.len();
