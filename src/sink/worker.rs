@@ -129,7 +129,9 @@ pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: 
             let until = *deadline.get_or_insert_with(|| Instant::now() + batch_wait);
             tokio::select! {
                 biased;
-                _ = shared.stop.cancelled() => break,
+                // A revoked partition's worker must fall silent: the partial batch is not
+                // written (nothing of it is committed; the next owner reads it again).
+                _ = shared.stop.cancelled() => break 'batches,
                 _ = arrived.notified() => {}
                 _ = tokio::time::sleep_until(until) => break,
             }
@@ -219,7 +221,12 @@ async fn write_events(
     let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
     let docs = fold(events);
     if let Some(pacer) = &ctx.pacer {
-        pacer.take(docs.len() as u64).await;
+        // Waiting for the rate limit ends at a stop too: nothing written, nothing committed.
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return Err(Abandoned),
+            _ = pacer.take(docs.len() as u64) => {}
+        }
     }
     let started = Instant::now();
     let failures = write_with_retry(ctx, shared, &docs).await?;
