@@ -51,6 +51,12 @@ impl CheckpointStore {
         format!("{}/{}", self.scope, ns)
     }
 
+    /// `ns`'s checkpoint, when no holder with an epoch above `epoch` wrote it (those
+    /// from before lease epochs existed have none and count as older).
+    fn not_newer_than(&self, ns: &str, epoch: i64) -> Document {
+        doc! {"_id": self.key(ns), "$or": [{"lease_epoch": {"$lte": epoch}}, {"lease_epoch": {"$exists": false}}]}
+    }
+
     pub async fn load(&self, ns: &str) -> mongodb::error::Result<Option<Checkpoint>> {
         let Some(d) = self.coll.find_one(doc! {"_id": self.key(ns)}).await? else {
             return Ok(None);
@@ -66,8 +72,7 @@ impl CheckpointStore {
     }
 
     /// Saves `cp` under lease epoch `epoch`, unless a holder with a newer epoch has saved
-    /// since (then `Superseded`, and nothing changes). Checkpoints from before lease
-    /// epochs existed have none and count as older.
+    /// since (then `Superseded`, and nothing changes).
     pub async fn save(&self, ns: &str, cp: &Checkpoint, instance: &str, epoch: i64) -> Result<(), CheckpointError> {
         let (token, start_at, copy_at, copy_after) = match &cp.position {
             Position::Token(t) => (t.clone(), Bson::Null, Bson::Null, Bson::Null),
@@ -85,8 +90,7 @@ impl CheckpointStore {
             "saved_by": instance,
             "lease_epoch": epoch,
         };
-        let filter = doc! {"_id": self.key(ns), "$or": [{"lease_epoch": {"$lte": epoch}}, {"lease_epoch": {"$exists": false}}]};
-        match self.coll.replace_one(filter, replacement).with_options(ReplaceOptions::builder().upsert(true).build()).await {
+        match self.coll.replace_one(self.not_newer_than(ns, epoch), replacement).with_options(ReplaceOptions::builder().upsert(true).build()).await {
             Ok(_) => Ok(()),
             // The filter missed an existing checkpoint, so the upsert's insert met its `_id`.
             Err(e) if crate::mongo::is_duplicate_key(&e) => Err(CheckpointError::Superseded { ns: ns.to_string(), epoch }),
@@ -97,8 +101,7 @@ impl CheckpointStore {
     /// Forgets a collection's position (before a fresh initial copy), unless a newer
     /// lease holder wrote it.
     pub async fn clear(&self, ns: &str, epoch: i64) -> Result<(), CheckpointError> {
-        let filter = doc! {"_id": self.key(ns), "$or": [{"lease_epoch": {"$lte": epoch}}, {"lease_epoch": {"$exists": false}}]};
-        if self.coll.delete_one(filter).await?.deleted_count == 0 && self.coll.find_one(doc! {"_id": self.key(ns)}).await?.is_some() {
+        if self.coll.delete_one(self.not_newer_than(ns, epoch)).await?.deleted_count == 0 && self.coll.find_one(doc! {"_id": self.key(ns)}).await?.is_some() {
             return Err(CheckpointError::Superseded { ns: ns.to_string(), epoch });
         }
         Ok(())

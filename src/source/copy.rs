@@ -2,15 +2,15 @@
 //! resumable after the last `_id` Kafka acknowledged. It runs on the reader's pump like
 //! the change stream (see `reader`).
 
-use bson::{doc, Bson, RawDocumentBuf, Timestamp};
+use bson::{doc, Bson, Timestamp};
 use futures::TryStreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::lease::Grant;
 use super::convert::describe_id;
 use super::errors::ReaderError;
+use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
 use super::reader::{Phase, PumpEnd, Reader, ReaderExit};
 
@@ -25,25 +25,27 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<Option<ReaderExit>, ReaderError> {
-        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
+        let coll = self.collection();
         let total = coll.estimated_document_count().await.ok();
         self.ctx.board.update_collection(&self.ns, |c| {
             c.copy_total = total;
             c.copied = 0;
         });
-        let mut find = coll.find(doc! {}).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
-        match &after {
+        let filter = match &after {
             // Every `_id` after that one in index order, across BSON types (see
             // `copy_resume`); the key itself is also skipped below.
             Some(id) => {
                 info!(ns = %self.ns, "initial copy resuming after _id {} (cluster time {}.{})", describe_id(id), at.time, at.increment);
-                find = coll
-                    .find(super::copy_resume::after_id(id, self.ctx.flavor))
-                    .sort(doc! {"_id": 1})
-                    .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}))
-                    .batch_size(self.ctx.config.copy_batch_size);
+                super::copy_resume::after_id(id, self.ctx.flavor)
             }
-            None => info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment),
+            None => {
+                info!(ns = %self.ns, "initial copy starting (cluster time {}.{})", at.time, at.increment);
+                doc! {}
+            }
+        };
+        let mut find = coll.find(filter).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
+        if after.is_some() {
+            find = find.hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
         }
         let cursor = find.await.map_err(self.mongo_err())?;
         let progress = super::copy_progress::show(self.ctx.board.clone(), self.ns.clone(), total);
@@ -88,5 +90,4 @@ impl Reader {
             PumpEnd::Exit(exit) => Ok(Some(exit)),
         }
     }
-
 }

@@ -46,6 +46,13 @@ impl ReaderError {
                 | ReaderError::Oversize { .. }
         )
     }
+
+    pub(super) fn from_checkpoint(ns: &str, e: super::checkpoint::CheckpointError) -> Self {
+        match e {
+            super::checkpoint::CheckpointError::Mongo(source) => ReaderError::Checkpoint { ns: ns.to_string(), source },
+            superseded => ReaderError::Superseded(superseded.to_string()),
+        }
+    }
 }
 
 /// What a failed change-stream open or read means.
@@ -67,15 +74,6 @@ pub enum StreamFailure {
 }
 
 /// Reads a server error (its code, when it has one, and its message).
-impl ReaderError {
-    pub(super) fn from_checkpoint(ns: &str, e: super::checkpoint::CheckpointError) -> Self {
-        match e {
-            super::checkpoint::CheckpointError::Mongo(source) => ReaderError::Checkpoint { ns: ns.to_string(), source },
-            superseded => ReaderError::Superseded(superseded.to_string()),
-        }
-    }
-}
-
 pub fn classify(code: Option<i32>, message: &str, flavor: Flavor) -> StreamFailure {
     let text = message.to_ascii_lowercase();
     let not_enabled = text.contains("not enabled") || text.contains("modifychangestreams");
@@ -106,18 +104,13 @@ pub fn classify(code: Option<i32>, message: &str, flavor: Flavor) -> StreamFailu
     }
 }
 
-/// The code and message of a driver error, for `classify`.
-pub fn code_and_message(e: &mongodb::error::Error) -> (Option<i32>, String) {
+/// `classify` for a driver error.
+pub fn classify_error(e: &mongodb::error::Error, flavor: Flavor) -> StreamFailure {
     let code = match e.kind.as_ref() {
         mongodb::error::ErrorKind::Command(c) => Some(c.code),
         _ => None,
     };
-    (code, e.to_string())
-}
-
-pub fn classify_error(e: &mongodb::error::Error, flavor: Flavor) -> StreamFailure {
-    let (code, message) = code_and_message(e);
-    classify(code, &message, flavor)
+    classify(code, &e.to_string(), flavor)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::flavor::Flavor;
-
 use crate::metrics as m;
 use crate::status::StatusBoard;
 

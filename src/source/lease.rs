@@ -6,9 +6,10 @@
 //! for a whole lease lifetime on its own monotonic clock, and then only with an update
 //! conditional on that very epoch. Epochs only grow, across holders too, so checkpoints
 //! carry the epoch they were written under and a save with an older one is refused (see
-//! `checkpoint`): a replaced reader cannot overwrite its successor's position. The holder judges its own deadline from the moment it
-//! sent its last successful renewal, and stops producing half a lifetime after that, so
-//! it has fallen silent long before anyone can take over. Only plain update operators
+//! `checkpoint`): a replaced reader cannot overwrite its successor's position. The holder
+//! judges its own deadline from the moment it sent its last successful renewal, and stops
+//! producing half a lifetime after that, so it has fallen silent long before anyone can
+//! take over. Only plain update operators
 //! (`$set`, `$inc`, `$currentDate`) and equality filters are sent: Amazon DocumentDB has
 //! neither `$$NOW` nor pipeline-style updates, and one path serves both flavours.
 
@@ -40,7 +41,8 @@ pub struct Grant {
 /// A lease as a standby last saw it, and since when (its own clock).
 #[derive(Debug, Clone, PartialEq)]
 struct Sighting {
-    owner: String,
+    /// Null for a released lease.
+    owner: Bson,
     epoch: Bson,
     since: Instant,
 }
@@ -81,56 +83,48 @@ impl LeaseStore {
     /// Takes or renews the lease on `ns`. Returns the local deadline until which this
     /// instance may produce and the lease's epoch, or `None` while another instance holds it.
     pub async fn acquire(&self, ns: &str) -> mongodb::error::Result<Option<Grant>> {
-        let sent_at = Instant::now();
         let id = self.id(ns);
-        let deadline = sent_at + produce_window(self.ttl);
-        let bump = doc! {"$set": {"owner": &self.instance}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
-        if let Some(epoch) = self.bump(doc! {"_id": &id, "owner": &self.instance}, bump.clone()).await? {
+        let grant = self.try_acquire(&id).await?;
+        if grant.is_some() {
             self.forget(&id);
-            return Ok(Some(Grant { deadline, epoch }));
         }
-        let Some(current) = self.coll.find_one(doc! {"_id": &id}).await? else {
+        Ok(grant)
+    }
+
+    async fn try_acquire(&self, id: &str) -> mongodb::error::Result<Option<Grant>> {
+        let sent_at = Instant::now();
+        let bump = doc! {"$set": {"owner": &self.instance}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
+        if let Some(epoch) = self.bump(doc! {"_id": id, "owner": &self.instance}, bump.clone()).await? {
+            return Ok(Some(Grant { deadline: sent_at + produce_window(self.ttl), epoch }));
+        }
+        let Some(current) = self.coll.find_one(doc! {"_id": id}).await? else {
             // No lease yet: create it; a concurrent creator wins the duplicate `_id` race
             // and this instance stands by. The first epoch is the time in milliseconds, so
             // a lease document deleted by hand and created again still outranks every
             // checkpoint written under the old one (those grew by one per renewal).
             let epoch = bson::DateTime::now().timestamp_millis();
-            let lease = doc! {"_id": &id, "owner": &self.instance, "epoch": epoch, "renewed_at": bson::DateTime::now()};
+            let lease = doc! {"_id": id, "owner": &self.instance, "epoch": epoch, "renewed_at": bson::DateTime::now()};
             return match self.coll.insert_one(lease).await {
-                Ok(_) => {
-                    self.forget(&id);
-                    Ok(Some(Grant { deadline, epoch }))
-                }
+                Ok(_) => Ok(Some(Grant { deadline: sent_at + produce_window(self.ttl), epoch })),
                 Err(e) if crate::mongo::is_duplicate_key(&e) => Ok(None),
                 Err(e) => Err(e),
             };
         };
-        // Released (graceful shutdown): take it at once.
-        if matches!(current.get("owner"), Some(Bson::Null) | None) {
-            let filter = doc! {"_id": &id, "owner": Bson::Null, "epoch": current.get("epoch").cloned().unwrap_or(Bson::Null)};
-            if let Some(epoch) = self.bump(filter, bump).await? {
-                self.forget(&id);
-                return Ok(Some(Grant { deadline, epoch }));
-            }
-            return Ok(None);
-        }
         let seen = Sighting {
-            owner: current.get_str("owner").unwrap_or_default().to_string(),
+            owner: current.get("owner").cloned().unwrap_or(Bson::Null),
             epoch: current.get("epoch").cloned().unwrap_or(Bson::Null),
             since: Instant::now(),
         };
-        if !self.unchanged_for_a_lifetime(&id, seen.clone()) {
+        // A released lease (no owner, after a graceful shutdown) is taken at once; a held
+        // one only after its holder has not renewed for a whole lifetime.
+        if seen.owner != Bson::Null && !self.unchanged_for_a_lifetime(id, seen.clone()) {
             return Ok(None);
         }
-        // The holder has not renewed for a whole lifetime: take over, unless it renewed
-        // (or someone else took over) a moment ago.
-        let filter = doc! {"_id": &id, "owner": &seen.owner, "epoch": seen.epoch.clone()};
+        // Conditional on what was seen: nothing, if the holder renewed (or someone else
+        // took over) a moment ago.
+        let filter = doc! {"_id": id, "owner": seen.owner, "epoch": seen.epoch};
         let sent_at = Instant::now();
-        if let Some(epoch) = self.bump(filter, bump).await? {
-            self.forget(&id);
-            return Ok(Some(Grant { deadline: sent_at + produce_window(self.ttl), epoch }));
-        }
-        Ok(None)
+        Ok(self.bump(filter, bump).await?.map(|epoch| Grant { deadline: sent_at + produce_window(self.ttl), epoch }))
     }
 
     /// Applies `update` to the lease matching `filter`; its epoch after the update, or

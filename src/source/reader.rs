@@ -17,12 +17,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::lease::Grant;
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::Origin;
 use super::encode::Encoder;
-use super::outgoing::{Outgoing, ReadEnd};
 pub use super::errors::ReaderError;
+use super::lease::Grant;
+use super::outgoing::{Outgoing, ReadEnd};
 use super::pipeline::PipelineChoice;
 use super::watermark::AckWatermark;
 use super::{HistoryLostPolicy, SourceConfig};
@@ -99,8 +99,6 @@ pub struct Reader {
     /// A copy just finished and its stream has not opened yet: lost history now means
     /// the copy took longer than the history reaches (fatal, never a recopy loop).
     pub(super) fresh_copy: AtomicBool,
-    /// The lease this reader runs under (its epoch stamps every checkpoint it saves).
-    lease: std::sync::Mutex<Option<watch::Receiver<Grant>>>,
 }
 
 impl Reader {
@@ -111,7 +109,12 @@ impl Reader {
             name: ctx.name.clone(),
             rs: ctx.rs.clone(),
         };
-        Reader { ctx, origin, topic, ns, slim: AtomicBool::new(false), fresh_copy: AtomicBool::new(false), lease: std::sync::Mutex::new(None) }
+        Reader { ctx, origin, topic, ns, slim: AtomicBool::new(false), fresh_copy: AtomicBool::new(false) }
+    }
+
+    /// The source collection this reader reads.
+    pub(super) fn collection(&self) -> mongodb::Collection<bson::RawDocumentBuf> {
+        self.ctx.client.database(&self.origin.ns.db).collection(&self.origin.ns.coll)
     }
 
     pub(super) fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
@@ -121,9 +124,6 @@ impl Reader {
     /// Runs until shutdown, lease loss or an error. `lease` carries the local deadline
     /// until which this instance may produce.
     pub async fn run(&self, lease: watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
-        if let Ok(mut l) = self.lease.lock() {
-            *l = Some(lease.clone());
-        }
         loop {
             let checkpoint = self
                 .ctx
@@ -138,12 +138,12 @@ impl Reader {
                     // Saved before the first document goes out: an interrupted copy goes on
                     // from the same cluster time, so the stream after it misses nothing.
                     let at = self.cluster_time().await?;
-                    self.save(&Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }).await?;
+                    self.save(&Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }, &lease).await?;
                     Some((at, None))
                 }
                 None => {
                     let at = self.cluster_time().await?;
-                    self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }).await?;
+                    self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                     continue;
                 }
             };
@@ -151,7 +151,7 @@ impl Reader {
                 if let Some(exit) = self.initial_copy(at, after, &lease, shutdown).await? {
                     return Ok(exit);
                 }
-                self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }).await?;
+                self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                 self.fresh_copy.store(true, Ordering::Relaxed);
                 continue;
             }
@@ -169,7 +169,7 @@ impl Reader {
                         };
                         info!(ns = %self.ns, "change stream invalidated (drop or rename); listening for a re-created collection");
                         checkpoint = Checkpoint { position: Position::StartAt(at), event_time: Some(at) };
-                        self.save(&checkpoint).await?;
+                        self.save(&checkpoint, &lease).await?;
                     }
                     // A slim stream ends this way (only a copy ends with CopyDone): reload
                     // the position it saved.
@@ -181,9 +181,10 @@ impl Reader {
                         if let Some(exit) = self.send_clear_markers("change stream history lost: a fresh initial copy follows", &lease).await? {
                             return Ok(exit);
                         }
+                        let epoch = lease.borrow().epoch;
                         self.ctx
                             .checkpoints
-                            .clear(&self.ns, self.epoch())
+                            .clear(&self.ns, epoch)
                             .await
                             .map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
                         break;
@@ -258,15 +259,12 @@ impl Reader {
         ts.ok_or_else(|| ReaderError::Encode { ns: self.ns.clone(), message: "the source reported no cluster time (is it a replica set?)".into() })
     }
 
-    /// The lease epoch this reader writes checkpoints under.
-    fn epoch(&self) -> i64 {
-        self.lease.lock().ok().and_then(|l| l.as_ref().map(|l| l.borrow().epoch)).unwrap_or(0)
-    }
-
-    pub(super) async fn save(&self, cp: &Checkpoint) -> Result<(), ReaderError> {
+    /// Saves `cp` under the lease's current epoch (refused when a successor saved since).
+    pub(super) async fn save(&self, cp: &Checkpoint, lease: &watch::Receiver<Grant>) -> Result<(), ReaderError> {
+        let epoch = lease.borrow().epoch;
         self.ctx
             .checkpoints
-            .save(&self.ns, cp, &self.ctx.instance, self.epoch())
+            .save(&self.ns, cp, &self.ctx.instance, epoch)
             .await
             .map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
         metrics::counter!(m::SOURCE_CHECKPOINTS, "collection" => self.ns.clone()).increment(1);
@@ -328,7 +326,7 @@ impl Reader {
                     if Instant::now() >= lease.borrow().deadline {
                         break Some(ReaderExit::LeaseLost);
                     }
-                    self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
+                    self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
                     self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
                 }
                 received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight.due() < MAX_IN_FLIGHT => {
@@ -405,7 +403,7 @@ impl Reader {
                 watermark.acked(seq);
             }
         }
-        self.checkpoint_if_newer(phase, &watermark, &mut saved).await?;
+        self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
         self.show_progress(phase, acked_since_tick, event_time, caught_up);
         Ok(match exit {
             Some(exit) => PumpEnd::Exit(exit),
@@ -438,6 +436,7 @@ impl Reader {
         phase: Phase,
         watermark: &AckWatermark<(Bson, Option<Timestamp>)>,
         saved: &mut Option<Bson>,
+        lease: &watch::Receiver<Grant>,
     ) -> Result<(), ReaderError> {
         if let Some((token, event_time)) = watermark.safe_token() {
             if saved.as_ref() != Some(token) {
@@ -446,7 +445,7 @@ impl Reader {
                     Phase::Stream => Position::Token(token.clone()),
                 };
                 let cp = Checkpoint { position, event_time: *event_time };
-                self.save(&cp).await?;
+                self.save(&cp, lease).await?;
                 *saved = Some(token.clone());
             }
         }

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bson::{Bson, RawDocumentBuf};
+use bson::Bson;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use tokio::sync::{mpsc, watch};
@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::lease::Grant;
 use super::checkpoint::{Checkpoint, Position};
 use super::convert::StreamItem;
 use super::errors::{classify_error, ReaderError, StreamFailure};
+use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
 use super::reader::{Phase, PumpEnd, Reader};
 use super::DdlPolicy;
@@ -35,7 +35,7 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
-        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
+        let coll = self.collection();
         let slim = self.slim.load(Ordering::Relaxed);
         let stream = loop {
             let form = self.ctx.pipeline.current();
@@ -201,7 +201,7 @@ impl Reader {
 
     /// Opens (and closes) a change stream on the collection from now.
     async fn open_fresh_stream(&self) -> mongodb::error::Result<()> {
-        let coll = self.ctx.client.database(&self.origin.ns.db).collection::<RawDocumentBuf>(&self.origin.ns.coll);
+        let coll = self.collection();
         coll.watch().pipeline(self.ctx.pipeline.current().stages(false)).await.map(drop)
     }
 
