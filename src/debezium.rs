@@ -102,11 +102,11 @@ pub fn encode_key(id: &Bson) -> Vec<u8> {
     let _ = match id {
         Bson::Int32(i) => write!(out, r#"{{"id":"{i}"}}"#),
         Bson::Int64(i) => write!(out, r#"{{"id":"{i}"}}"#),
-        Bson::Double(_) | Bson::Decimal128(_) if whole_number(id).is_some() => {
-            write!(out, r#"{{"id":"{}"}}"#, whole_number(id).unwrap_or_default())
-        }
         Bson::ObjectId(oid) => write!(out, r#"{{"id":"{{\"$oid\":\"{}\"}}"}}"#, oid.to_hex()),
-        other => serde_json::to_writer(&mut out, &KeyOut { id: id_relaxed_json(other) }).map_err(std::io::Error::other),
+        other => match whole_number(other) {
+            Some(n) => write!(out, r#"{{"id":"{n}"}}"#),
+            None => serde_json::to_writer(&mut out, &KeyOut { id: id_relaxed_json(other) }).map_err(std::io::Error::other),
+        },
     };
     out
 }
@@ -531,13 +531,13 @@ pub const MAX_ARRAY_PADDING: u64 = 1_500_000;
 fn check_patch(patch: &UpdateDescription) -> Result<(), DecodeError> {
     let field = "updateDescription";
     let bad = |message: String| DecodeError::ExtJson { field, message };
-    if let Some(problem) = crate::extjson::c_string_problem(&Bson::Document(patch.updated_fields.clone())) {
+    if let Some(problem) = crate::extjson::document_c_string_problem(&patch.updated_fields) {
         return Err(bad(problem));
     }
     let paths = patch.updated_fields.keys().chain(patch.removed_fields.iter()).chain(patch.truncated_arrays.iter().map(|t| &t.field));
     for path in paths {
-        if path.contains('\0') {
-            return Err(bad(format!("field path {path:?} contains a NUL byte, which BSON cannot store")));
+        if let Some(problem) = crate::extjson::field_name_problem(path) {
+            return Err(bad(problem));
         }
         if let Some(index) = path.split('.').filter_map(|p| p.parse::<u64>().ok()).find(|i| *i > MAX_ARRAY_PADDING) {
             return Err(bad(format!("field path {path:?} sets array element {index}, past MongoDB's limit of {MAX_ARRAY_PADDING}")));

@@ -386,31 +386,31 @@ fn slow_wrapper<E: serde::de::Error>(object: serde_json::Map<String, serde_json:
 }
 
 fn check_field_name<E: serde::de::Error>(name: &str) -> Result<(), E> {
-    if name.contains('\0') {
-        return Err(E::custom(format!("field name {name:?} contains a NUL byte, which BSON cannot store")));
-    }
-    Ok(())
+    field_name_problem(name).map_or(Ok(()), |problem| Err(E::custom(problem)))
+}
+
+/// Why BSON cannot store `name` as a field name (a C string: no NUL byte), if it cannot.
+pub fn field_name_problem(name: &str) -> Option<String> {
+    name.contains('\0').then(|| format!("field name {name:?} contains a NUL byte, which BSON cannot store"))
 }
 
 /// What in `value` BSON cannot store as a C string (a field name, a regex pattern or
 /// its options with a NUL byte), if anything.
 pub fn c_string_problem(value: &Bson) -> Option<String> {
     match value {
-        Bson::Document(d) => d.iter().find_map(|(k, v)| {
-            if k.contains('\0') {
-                Some(format!("field name {k:?} contains a NUL byte, which BSON cannot store"))
-            } else {
-                c_string_problem(v)
-            }
-        }),
+        Bson::Document(d) => document_c_string_problem(d),
         Bson::Array(a) => a.iter().find_map(c_string_problem),
         Bson::RegularExpression(r) if r.pattern.contains('\0') || r.options.contains('\0') => {
             Some(format!("regular expression {:?} contains a NUL byte, which BSON cannot store", r.pattern))
         }
-        Bson::JavaScriptCodeWithScope(c) => c_string_problem(&Bson::Document(c.scope.clone())),
-        Bson::DbPointer(_) => None,
+        Bson::JavaScriptCodeWithScope(c) => document_c_string_problem(&c.scope),
         _ => None,
     }
+}
+
+/// `c_string_problem` for a document's field names and values.
+pub fn document_c_string_problem(doc: &bson::Document) -> Option<String> {
+    doc.iter().find_map(|(k, v)| field_name_problem(k).or_else(|| c_string_problem(v)))
 }
 
 /// The one-key type wrappers that make up nearly all real documents.
@@ -436,30 +436,31 @@ fn fast_wrapper(key: &str, value: &serde_json::Value) -> Option<RawBson> {
 /// `{"$binary":"<b64>","$type":"<hex>"}`, `{"$regex":"…","$options":"…"}`,
 /// `{"$date":<millis>}` (also accepted as is by bson), `{"$numberLong":<number>}`.
 pub fn normalize_legacy_extjson(value: &mut serde_json::Value) {
+    use serde_json::Value;
     match value {
-        serde_json::Value::Array(items) => items.iter_mut().for_each(normalize_legacy_extjson),
-        serde_json::Value::Object(o) => {
+        Value::Array(items) => items.iter_mut().for_each(normalize_legacy_extjson),
+        Value::Object(o) => {
             if o.len() == 2 {
-                if let (Some(serde_json::Value::String(b64)), Some(serde_json::Value::String(t))) = (o.get("$binary"), o.get("$type")) {
+                if let (Some(Value::String(b64)), Some(Value::String(t))) = (o.get("$binary"), o.get("$type")) {
                     let sub = format!("{:0>2}", t.trim_start_matches("0x"));
                     let body = serde_json::json!({"base64": b64, "subType": sub});
                     *value = serde_json::json!({ "$binary": body });
                     return;
                 }
-                if let (Some(serde_json::Value::String(p)), Some(serde_json::Value::String(opts))) = (o.get("$regex"), o.get("$options")) {
+                if let (Some(Value::String(p)), Some(Value::String(opts))) = (o.get("$regex"), o.get("$options")) {
                     let body = serde_json::json!({"pattern": p, "options": opts});
                     *value = serde_json::json!({ "$regularExpression": body });
                     return;
                 }
             }
             if o.len() == 1 {
-                if let Some(serde_json::Value::Number(n)) = o.get("$date") {
+                if let Some(Value::Number(n)) = o.get("$date") {
                     if let Some(ms) = n.as_i64() {
                         *value = serde_json::json!({"$date": {"$numberLong": ms.to_string()}});
                         return;
                     }
                 }
-                if let Some(serde_json::Value::Number(n)) = o.get("$numberLong") {
+                if let Some(Value::Number(n)) = o.get("$numberLong") {
                     *value = serde_json::json!({"$numberLong": n.to_string()});
                     return;
                 }

@@ -61,16 +61,15 @@ pub fn resolve(setting: FlavorSetting, uri: &str) -> (Flavor, &'static str) {
 /// True when `uri` names an Amazon DocumentDB elastic cluster, which has no change
 /// streams at all (it can still be a target).
 pub fn is_elastic_cluster(uri: &str) -> bool {
-    hosts(uri).iter().any(|h| h.trim_end_matches('.').to_ascii_lowercase().ends_with(".docdb-elastic.amazonaws.com"))
+    hosts(uri).iter().any(|h| h.ends_with(".docdb-elastic.amazonaws.com"))
 }
 
 fn is_documentdb_host(host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
     DOCUMENTDB_SUFFIXES.iter().any(|s| host.ends_with(s))
 }
 
-/// The host names of a `mongodb://` or `mongodb+srv://` connection string (without
-/// credentials and ports).
+/// The host names of a `mongodb://` or `mongodb+srv://` connection string, without
+/// credentials and ports, in lower case and without a trailing dot.
 fn hosts(uri: &str) -> Vec<String> {
     let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
@@ -79,11 +78,11 @@ fn hosts(uri: &str) -> Vec<String> {
         .split(',')
         .map(|h| {
             // `[::1]:27017`, `host:27017`, `host`
-            if let Some(v6) = h.strip_prefix('[') {
-                v6.split(']').next().unwrap_or("").to_string()
-            } else {
-                h.split(':').next().unwrap_or("").to_string()
-            }
+            let name = match h.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => h.split(':').next().unwrap_or(""),
+            };
+            name.trim_end_matches('.').to_ascii_lowercase()
         })
         .filter(|h| !h.is_empty())
         .collect()

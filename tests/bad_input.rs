@@ -55,13 +55,38 @@ fn bad_message(rng: &mut rand::rngs::StdRng, db: &str) -> (Option<Vec<u8>>, Vec<
     (rng.random_bool(0.8).then_some(key), value)
 }
 
-#[tokio::test]
-async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_applied() {
-    let setup = Setup::new("fuzz");
+/// The collection topic `c` (8 partitions) and a producer for it.
+async fn topic_and_producer(setup: &Setup) -> (String, FutureProducer) {
     let topic = setup.topic("c");
     let kafka = common::kafka_config(&setup.prefix, 8);
     docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
-    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+    (topic, docrepl::kafka::producer_config(&kafka).create().unwrap())
+}
+
+/// Produces one message and waits for the broker; its (partition, offset).
+async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value: &[u8]) -> (i32, i64) {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(value);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    let delivery = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    (delivery.partition, delivery.offset)
+}
+
+/// A header of a consumed message, as text.
+fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+}
+
+/// The `source` block of a hand-written event for collection `c` of `db`.
+fn source_block(db: &str) -> serde_json::Value {
+    serde_json::json!({"connector": "mongodb", "name": "x", "db": db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"})
+}
+
+#[tokio::test]
+async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_applied() {
+    let setup = Setup::new("fuzz");
+    let (topic, producer) = topic_and_producer(&setup).await;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut bad: HashSet<(i32, i64)> = HashSet::new();
@@ -79,13 +104,9 @@ async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_appli
             }
             (k, v)
         };
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).payload(&value);
-        if let Some(k) = &key {
-            record = record.key(k);
-        }
-        let delivery = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        let at = send(&producer, &topic, key.as_deref(), &value).await;
         if i % 3 != 0 {
-            bad.insert((delivery.partition, delivery.offset));
+            bad.insert(at);
         }
     }
     assert!(bad.len() > 1500, "the generator made too few bad messages: {}", bad.len());
@@ -98,9 +119,6 @@ async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_appli
     .await;
 
     let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(120), |m| m.len() >= bad.len()).await;
-    let header = |m: &rdkafka::message::OwnedMessage, name: &str| {
-        m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
-    };
     let mut lettered = HashSet::new();
     for m in &letters {
         let reason = header(m, "docrepl.reason").expect("a reason header");
@@ -123,12 +141,9 @@ async fn thousands_of_bad_messages_are_dead_lettered_and_every_valid_event_appli
 #[tokio::test]
 async fn nul_bytes_and_absurd_array_indexes_are_dead_letters_not_panics() {
     let setup = Setup::new("nul");
-    let topic = setup.topic("c");
-    let kafka = common::kafka_config(&setup.prefix, 8);
-    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
-    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
+    let (topic, producer) = topic_and_producer(&setup).await;
     let db = &setup.db;
-    let source = serde_json::json!({"connector": "mongodb", "name": "x", "db": db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"});
+    let source = source_block(db);
     let event = |op: &str, after: Option<String>, update: Option<serde_json::Value>| {
         serde_json::to_vec(&serde_json::json!({"before": null, "after": after, "updateDescription": update, "source": source, "op": op, "ts_ms": 0})).unwrap()
     };
@@ -145,8 +160,7 @@ async fn nul_bytes_and_absurd_array_indexes_are_dead_letters_not_panics() {
         let id = (i + 1) as i32;
         let key = format!(r#"{{"id":"{id}"}}"#);
         for value in [value.clone(), event("c", Some(format!(r#"{{"_id": {{"$numberInt": "{id}"}}, "keep": true, "ok": {id}}}"#)), None)] {
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(key.as_bytes()).payload(value.as_slice());
-            producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+            send(&producer, &topic, Some(key.as_bytes()), &value).await;
         }
     }
     let mut sink = setup.spawn("sink", &[]);
@@ -157,8 +171,7 @@ async fn nul_bytes_and_absurd_array_indexes_are_dead_letters_not_panics() {
     let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| m.len() >= 4).await;
     assert_eq!(letters.len(), 4, "one dead letter per bad message:\n{}", sink.log_text());
     for m in &letters {
-        let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == "docrepl.reason").and_then(|h| h.value)).map(|v| String::from_utf8_lossy(v).into_owned());
-        let reason = reason.expect("a reason header");
+        let reason = header(m, "docrepl.reason").expect("a reason header");
         assert!(reason.contains("NUL") || reason.contains("past MongoDB's limit"), "{reason}");
     }
     assert!(!sink.log_text().contains("panicked"), "{}", sink.log_text());
@@ -176,18 +189,13 @@ async fn a_dead_letter_too_large_for_its_topic_is_cut_not_retried_forever() {
     // enforces kafka.max_message_bytes itself, with the same "message too large" answer a
     // broker gives.
     setup.kafka_extra = "max_message_bytes = 8192".into();
-    let topic = setup.topic("c");
-    let kafka = common::kafka_config(&setup.prefix, 8);
-    let admin = docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap();
-    admin.ensure_topic(&topic, 8, 1, &[]).await.unwrap();
+    let (topic, producer) = topic_and_producer(&setup).await;
+    let admin = docrepl::kafka::admin::TopicAdmin::new(&common::kafka_config(&setup.prefix, 8)).unwrap();
     admin.ensure_topic(&setup.dead_letter_topic(), 1, 1, &[("max.message.bytes", "2048".to_string())]).await.unwrap();
-    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
-    let key = br#"{"id":"1"}"#;
     let poison = format!("{{not json {}", "x".repeat(20_000));
-    let (_, valid) = valid_event(&setup.db, 1);
+    let (key, valid) = valid_event(&setup.db, 1);
     for value in [poison.as_bytes(), valid.as_slice()] {
-        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(&key[..]).payload(value);
-        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        send(&producer, &topic, Some(&key), value).await;
     }
     let mut sink = setup.spawn("sink", &[]);
     let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
@@ -197,12 +205,9 @@ async fn a_dead_letter_too_large_for_its_topic_is_cut_not_retried_forever() {
     .await;
     let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| !m.is_empty()).await;
     let letter = letters.first().expect("the poison message's dead letter");
-    let header = |name: &str| {
-        letter.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value)).map(|v| String::from_utf8_lossy(v).into_owned())
-    };
     assert!(letter.payload().is_none(), "the value is left out");
-    assert!(header("docrepl.cut").is_some_and(|c| c.contains("20010 bytes")), "{:?}", header("docrepl.cut"));
-    assert!(header("docrepl.reason").is_some() && header("docrepl.source.offset").is_some());
+    assert!(header(letter, "docrepl.cut").is_some_and(|c| c.contains("20010 bytes")), "{:?}", header(letter, "docrepl.cut"));
+    assert!(header(letter, "docrepl.reason").is_some() && header(letter, "docrepl.source.offset").is_some());
     assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
 }
 
@@ -212,22 +217,17 @@ async fn a_dead_letter_too_large_for_its_topic_is_cut_not_retried_forever() {
 #[tokio::test]
 async fn a_patch_that_cannot_apply_to_its_document_is_a_dead_letter_not_dropped() {
     let setup = Setup::new("patchfail");
-    let topic = setup.topic("c");
-    let kafka = common::kafka_config(&setup.prefix, 8);
-    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
-    let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
-    let source = serde_json::json!({"connector": "mongodb", "name": "x", "db": setup.db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"});
+    let (topic, producer) = topic_and_producer(&setup).await;
+    let source = source_block(&setup.db);
     let full = serde_json::json!({"op": "c", "after": r#"{"_id": {"$numberInt": "1"}, "a": "text"}"#, "source": source, "ts_ms": 0});
     let patch = serde_json::json!({"op": "u", "after": null, "updateDescription": {"updatedFields": r#"{"a.b": {"$numberInt": "1"}}"#, "removedFields": []}, "source": source, "ts_ms": 0});
     for value in [full, patch] {
-        let value = serde_json::to_vec(&value).unwrap();
-        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(&br#"{"id":"1"}"#[..]).payload(value.as_slice());
-        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        send(&producer, &topic, Some(br#"{"id":"1"}"#), &serde_json::to_vec(&value).unwrap()).await;
     }
     let mut sink = setup.spawn("sink", &[]);
     let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| !m.is_empty()).await;
     let letter = letters.first().unwrap_or_else(|| panic!("no dead letter for the refused patch:\n{}", sink.log_text()));
-    let reason = letter.headers().and_then(|h| h.iter().find(|h| h.key == "docrepl.reason").and_then(|h| h.value)).map(|v| String::from_utf8_lossy(v).into_owned());
+    let reason = header(letter, "docrepl.reason");
     assert!(reason.as_deref().is_some_and(|r| r.contains("code 28")), "{reason:?}");
     let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
     assert_eq!(target.find_one(doc! {"_id": 1}).await.unwrap(), Some(doc! {"_id": 1, "a": "text"}));

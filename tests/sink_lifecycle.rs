@@ -31,6 +31,17 @@ async fn produce_creates(setup: &Setup, coll: &str, ids: std::ops::Range<i32>) {
     }
 }
 
+/// Deletes the records before `offset` in every partition of `topic`, as retention does.
+async fn delete_records_before(setup: &Setup, topic: &str, offset: Offset) {
+    let admin: AdminClient<DefaultClientContext> =
+        docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8)).create().unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..8 {
+        partitions.add_partition_offset(topic, p, offset).unwrap();
+    }
+    admin.delete_records(&partitions, &AdminOptions::new()).await.expect("delete records");
+}
+
 #[tokio::test]
 async fn sigterm_while_the_target_is_down_exits_0_and_loses_nothing() {
     let mut target = common::OwnMongod::start(27517).await;
@@ -123,13 +134,7 @@ async fn a_committed_offset_deleted_by_retention_stops_the_sink_naming_the_parti
     // topic holds: the committed offsets now point before the earliest kept record.
     produce_creates(&setup, "c", 40..80).await;
     let topic = setup.topic("c");
-    let admin: AdminClient<DefaultClientContext> =
-        docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8)).create().unwrap();
-    let mut everything = TopicPartitionList::new();
-    for p in 0..8 {
-        everything.add_partition_offset(&topic, p, Offset::End).unwrap();
-    }
-    admin.delete_records(&everything, &AdminOptions::new()).await.expect("delete records");
+    delete_records_before(&setup, &topic, Offset::End).await;
 
     let mut sink = setup.spawn("sink", &[]);
     let code = sink.wait_exit(Duration::from_secs(60));
@@ -178,13 +183,7 @@ async fn a_new_group_on_a_topic_that_lost_its_beginning_refuses_to_start() {
     let setup = Setup::new("newgroup");
     produce_creates(&setup, "c", 0..40).await;
     let topic = setup.topic("c");
-    let admin: AdminClient<DefaultClientContext> =
-        docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8)).create().unwrap();
-    let mut first_records = TopicPartitionList::new();
-    for p in 0..8 {
-        first_records.add_partition_offset(&topic, p, Offset::Offset(2)).unwrap();
-    }
-    admin.delete_records(&first_records, &AdminOptions::new()).await.expect("delete records");
+    delete_records_before(&setup, &topic, Offset::Offset(2)).await;
 
     let mut sink = setup.spawn("sink", &[]);
     let code = sink.wait_exit(Duration::from_secs(60));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::metrics as m;
 
@@ -47,17 +47,15 @@ impl DeadLetters {
         loop {
             match self.send_once(&letter, cut.as_deref()).await {
                 Ok(()) => break,
-                Err(e) if is_too_large(&e) && letter.value.is_some() => {
-                    cut = Some(format!("value of {} bytes left out: too large for the dead-letter topic", letter.value.map_or(0, <[u8]>::len)));
-                    letter.value = None;
-                }
-                Err(e) if is_too_large(&e) && letter.key.is_some() => {
-                    cut = Some(format!(
-                        "value of {} bytes and key of {} bytes left out: too large for the dead-letter topic",
-                        dl.value.map_or(0, <[u8]>::len),
-                        letter.key.map_or(0, <[u8]>::len)
-                    ));
-                    letter.key = None;
+                // Too large: drop the value first, then the key; say what is missing.
+                Err(e) if is_too_large(&e) && (letter.value.is_some() || letter.key.is_some()) => {
+                    let left_out = if letter.value.take().is_some() {
+                        format!("value of {} bytes", dl.value.map_or(0, <[u8]>::len))
+                    } else {
+                        letter.key = None;
+                        format!("value of {} bytes and key of {} bytes", dl.value.map_or(0, <[u8]>::len), dl.key.map_or(0, <[u8]>::len))
+                    };
+                    cut = Some(format!("{left_out} left out: too large for the dead-letter topic"));
                 }
                 Err(e) => return Err(format!("cannot write to the dead-letter topic {}: {e}", self.topic)),
             }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::progress::{PartitionProgress, RateTracker};
-use super::worker::{self, PartitionShared, WorkerContext};
+use super::worker::{self, PartitionShared, WorkerContext, WorkerFailure};
 use crate::metrics as m;
 use crate::status::StatusBoard;
 
@@ -207,9 +207,7 @@ impl GroupContext {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic".into());
                     error!(topic = %watched.topic, partition = watched.partition, "worker panicked: {message}");
-                    if let Ok(mut p) = watched.panicked.lock() {
-                        *p = Some(message);
-                    }
+                    watched.fail(WorkerFailure::Panicked(message));
                     watched.finished.store(true, Ordering::SeqCst);
                 }
             }));
@@ -260,19 +258,12 @@ impl GroupContext {
         }
     }
 
-    /// The first partition whose worker found its committed offset gone (deleted by
-    /// retention; `auto.offset.reset=error` reports it on the partition's queue).
-    fn offset_lost(&self) -> Option<String> {
+    /// The first partition whose worker stopped for good, and why: its committed offset
+    /// gone (deleted by retention; `auto.offset.reset=error` reports it on the partition's
+    /// queue), or a panic.
+    fn worker_failure(&self) -> Option<((String, i32), WorkerFailure)> {
         let workers = self.workers.lock().ok()?;
-        workers.values().find_map(|w| w.shared.offset_lost.lock().ok().and_then(|l| l.clone()))
-    }
-
-    /// The first partition whose worker panicked, and the panic's message.
-    fn worker_panicked(&self) -> Option<String> {
-        let workers = self.workers.lock().ok()?;
-        workers.iter().find_map(|((t, p), w)| {
-            w.shared.panicked.lock().ok().and_then(|m| m.clone()).map(|m| format!("{t}[{p}]: {m}"))
-        })
+        workers.iter().find_map(|(key, w)| w.shared.failure.lock().ok().and_then(|f| f.clone()).map(|f| (key.clone(), f)))
     }
 
     /// Commits (asynchronously) every offset workers applied since the last commit.
@@ -356,14 +347,15 @@ pub fn run_member(
             }
             Some(Err(e)) => warn!("consumer: {e}"),
         }
-        if let Some(error) = consumer.context().offset_lost() {
-            break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error)));
+        match consumer.context().worker_failure() {
+            Some((_, WorkerFailure::OffsetLost(error))) => break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error))),
+            Some(((topic, partition), WorkerFailure::Panicked(message))) => {
+                break Err(GroupError::WorkerPanicked(format!("{topic}[{partition}]: {message}")))
+            }
+            None => {}
         }
         if let Some(reason) = consumer.context().refused() {
             break Err(GroupError::NoStartingPoint(reason));
-        }
-        if let Some(error) = consumer.context().worker_panicked() {
-            break Err(GroupError::WorkerPanicked(error));
         }
         if last_commit.elapsed() >= Duration::from_millis(200) {
             consumer.context().commit_applied(&consumer);
@@ -385,8 +377,6 @@ pub fn run_member(
     result
 }
 
-/// True for the error `auto.offset.reset=error` raises when a partition's position no
-/// longer exists on the broker.
 /// A partition this group never committed on starts at its beginning, which is only the
 /// topic's whole history if retention has deleted nothing yet (low watermark 0).
 fn check_beginning_retained(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: i32) -> Result<(), String> {
@@ -399,6 +389,8 @@ fn check_beginning_retained(consumer: &BaseConsumer<GroupContext>, topic: &str, 
     }
 }
 
+/// True for the error `auto.offset.reset=error` raises when a partition's position no
+/// longer exists on the broker.
 pub(super) fn is_offset_lost(e: &KafkaError) -> bool {
     if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) = e {
         return true;

@@ -44,11 +44,26 @@ pub struct PartitionShared {
     pub docs_written: AtomicU64,
     /// Source `ts_ms` of the newest event applied (0: none yet), for the recovery point.
     pub applied_source_ms: AtomicU64,
-    /// Set by the worker when the partition's position no longer exists on the broker
-    /// (retention deleted it): the member stops the sink with that error.
-    pub offset_lost: std::sync::Mutex<Option<String>>,
-    /// Set when the worker task panicked: the member stops the sink with it.
-    pub panicked: std::sync::Mutex<Option<String>>,
+    /// Why the worker stopped for good, when it did: the member stops the sink with it.
+    pub failure: std::sync::Mutex<Option<WorkerFailure>>,
+}
+
+/// A worker's end that the whole sink must stop for.
+#[derive(Debug, Clone)]
+pub enum WorkerFailure {
+    /// The partition's position no longer exists on the broker (retention deleted it).
+    OffsetLost(String),
+    /// The worker task panicked (the message).
+    Panicked(String),
+}
+
+impl PartitionShared {
+    /// Records the first failure (a later one does not hide it).
+    pub fn fail(&self, failure: WorkerFailure) {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(failure);
+        }
+    }
 }
 
 impl PartitionShared {
@@ -62,8 +77,7 @@ impl PartitionShared {
             last_batch_size: AtomicU64::new(0),
             docs_written: AtomicU64::new(0),
             applied_source_ms: AtomicU64::new(0),
-            offset_lost: std::sync::Mutex::new(None),
-            panicked: std::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
         }
     }
 }
@@ -108,9 +122,7 @@ pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: 
                     None => break,
                     Some(Ok(m)) => batch.push(m),
                     Some(Err(e)) if super::group::is_offset_lost(&e) => {
-                        if let Ok(mut lost) = shared.offset_lost.lock() {
-                            *lost = Some(e.to_string());
-                        }
+                        shared.fail(WorkerFailure::OffsetLost(e.to_string()));
                         break 'batches;
                     }
                     Some(Err(e)) => warn!(topic = %shared.topic, partition = shared.partition, "consumer: {e}"),

@@ -104,19 +104,19 @@ impl Writer {
                     DocAction::Insert(raw) => inserts.push((i, raw.clone())),
                     DocAction::Upsert(raw) => upserts.push((i, upsert_statement(id_raw(&d.id), raw))),
                     DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id_raw(&d.id)}, "limit": 1})),
-                    DocAction::Patch(patches) => match patch_statements(&id_raw(&d.id), patches) {
-                        Ok(statements) => patched.push((i, statements)),
-                        // Decoding refuses such patches; never send an empty update for one.
-                        Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
-                    },
-                    // The upsert goes first (upserts run before the patch rounds).
-                    DocAction::UpsertThenPatch(raw, patches) => match patch_statements(&id_raw(&d.id), patches) {
-                        Ok(statements) => {
-                            upserts.push((i, upsert_statement(id_raw(&d.id), raw)));
-                            patched.push((i, statements));
+                    DocAction::Patch(patches) | DocAction::UpsertThenPatch(_, patches) => {
+                        match patch_statements(&id_raw(&d.id), patches) {
+                            Ok(statements) => {
+                                // The upsert goes first (upserts run before the patch rounds).
+                                if let DocAction::UpsertThenPatch(raw, _) = &d.action {
+                                    upserts.push((i, upsert_statement(id_raw(&d.id), raw)));
+                                }
+                                patched.push((i, statements));
+                            }
+                            // Decoding refuses such patches; never send an empty update for one.
+                            Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
                         }
-                        Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
-                    },
+                    }
                 }
             }
             let before = outcome.failures.len();
