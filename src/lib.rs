@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mongo;
 pub mod pacer;
+pub mod parts;
 pub mod redact;
 pub mod sink;
 pub mod source;

@@ -5,8 +5,11 @@
 pub const SOURCE_EVENTS_READ: &str = "docrepl_source_events_read_total";
 /// Counter: events Kafka acknowledged.
 pub const SOURCE_EVENTS_PUBLISHED: &str = "docrepl_source_events_published_total";
-/// Counter: events too large for the topic (sent to the dead-letter topic or fatal).
+/// Counter: events that cannot be carried on the topic (not encodable, or too large even
+/// in parts): sent to the dead-letter topic, or fatal.
 pub const SOURCE_OVERSIZE: &str = "docrepl_source_oversize_events_total";
+/// Counter: events over the topic's message limit, sent as several messages (parts).
+pub const SOURCE_EVENTS_IN_PARTS: &str = "docrepl_source_events_in_parts_total";
 /// Counter: drop / rename / dropDatabase / invalidate events seen.
 pub const SOURCE_DDL_EVENTS: &str = "docrepl_source_ddl_events_total";
 /// Counter: checkpoints saved.
@@ -27,6 +30,8 @@ pub const SOURCE_READER_RESTARTS: &str = "docrepl_source_reader_restarts_total";
 pub const SINK_MESSAGES: &str = "docrepl_sink_messages_total";
 /// Counter: documents written (upserts + deletes + patches) to the target.
 pub const SINK_DOCS_WRITTEN: &str = "docrepl_sink_docs_written_total";
+/// Counter: events joined from several messages (parts).
+pub const SINK_EVENTS_JOINED: &str = "docrepl_sink_events_joined_total";
 /// Counter: messages sent to the dead-letter topic.
 pub const SINK_DEAD_LETTERS: &str = "docrepl_sink_dead_letters_total";
 /// Histogram: messages per batch.
@@ -45,6 +50,7 @@ pub const ALL: &[&str] = &[
     SOURCE_EVENTS_READ,
     SOURCE_EVENTS_PUBLISHED,
     SOURCE_OVERSIZE,
+    SOURCE_EVENTS_IN_PARTS,
     SOURCE_DDL_EVENTS,
     SOURCE_CHECKPOINTS,
     SOURCE_LAG_SECONDS,
@@ -54,6 +60,7 @@ pub const ALL: &[&str] = &[
     SOURCE_READER_RESTARTS,
     SINK_MESSAGES,
     SINK_DOCS_WRITTEN,
+    SINK_EVENTS_JOINED,
     SINK_DEAD_LETTERS,
     SINK_BATCH_SIZE,
     SINK_WRITE_SECONDS,

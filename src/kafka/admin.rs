@@ -68,6 +68,23 @@ impl TopicAdmin {
             .unwrap_or(false)
     }
 
+    /// The topic's own `max.message.bytes` (its effective value, the broker's default
+    /// included), or `None` when the broker does not say (no DescribeConfigs support, or
+    /// no such entry).
+    pub async fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, TopicError> {
+        use rdkafka::admin::ResourceSpecifier;
+        let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .client
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
+        let limit = results.into_iter().flatten().find_map(|resource| {
+            resource.get("max.message.bytes").and_then(|entry| entry.value.as_deref()).and_then(|v| v.parse::<usize>().ok())
+        });
+        Ok(limit)
+    }
+
     /// Creates `topic` with `partitions` when missing; checks the count when present.
     pub async fn ensure_topic(
         &self,

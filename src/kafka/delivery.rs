@@ -27,7 +27,10 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
         let outcome = match result {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(e.to_string()),
+            Err((e, _)) => Err(Failure {
+                message: e.to_string(),
+                too_large: e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge),
+            }),
         };
         ticket.acks.report(ticket.seq, outcome);
     }
@@ -46,7 +49,15 @@ impl Ticket {
 }
 
 /// A delivery outcome: `Ok` once the broker acknowledged, or why it did not.
-pub type Outcome = Result<(), String>;
+pub type Outcome = Result<(), Failure>;
+
+/// Why a record was not delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    /// The broker (or librdkafka) refused the record as larger than the topic takes.
+    pub too_large: bool,
+}
 
 /// One sender's queue of delivery reports.
 #[derive(Default)]
@@ -135,11 +146,12 @@ mod tests {
             in_flight.sent();
         }
         in_flight.acks.report(1, Ok(()));
-        in_flight.acks.report(0, Err("broker down".into()));
+        let down = Failure { message: "broker down".into(), too_large: false };
+        in_flight.acks.report(0, Err(down.clone()));
         // The wake-up that came while nobody waited is kept.
         tokio::time::timeout(std::time::Duration::from_secs(1), in_flight.arrived()).await.expect("woken");
         let got: Vec<_> = in_flight.take().collect();
-        assert_eq!(got, vec![(1, Ok(())), (0, Err("broker down".to_string()))]);
+        assert_eq!(got, vec![(1, Ok(())), (0, Err(down))]);
         assert_eq!(in_flight.due(), 1);
         assert_eq!(in_flight.take().count(), 0);
     }

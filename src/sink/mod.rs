@@ -7,6 +7,7 @@ pub mod dead_letter;
 pub mod errors;
 pub mod fold;
 pub mod group;
+mod input;
 pub mod progress;
 pub mod worker;
 pub mod writer;

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use super::dead_letter::{DeadLetter, DeadLetters};
 use super::errors::ErrorClass;
 use super::fold::{fold, FoldedDoc};
+use super::input::Input;
 use super::writer::{DocFailure, Writer};
 use super::SinkConfig;
 use crate::debezium::{self, ClearMarker, Decoded};
@@ -113,6 +114,8 @@ pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: 
     }
     let batch_size = ctx.config.batch_size;
     let batch_wait = Duration::from_millis(ctx.config.batch_ms);
+    // Parts of an event too large for one message, kept from batch to batch until whole.
+    let mut joiner = crate::parts::Joiner::default();
     'batches: loop {
         let mut batch = Vec::new();
         let mut deadline = None;
@@ -149,8 +152,10 @@ pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: 
             }
         }
         let last_offset = batch.last().map(|m| m.offset()).unwrap_or(-1);
-        match apply_batch(&ctx, &shared, &batch).await {
-            Ok(()) => shared.applied.store(last_offset + 1, Ordering::SeqCst),
+        let inputs = super::input::inputs(&batch, &mut joiner, &shared.topic, shared.partition);
+        match apply_batch(&ctx, &shared, batch.len(), &inputs).await {
+            // Never past the first part of an event not joined yet: a restart reads it whole.
+            Ok(()) => shared.applied.store(joiner.hold().map_or(last_offset + 1, |h| h.min(last_offset + 1)), Ordering::SeqCst),
             Err(Abandoned) => break,
         }
         if shared.stop.is_cancelled() {
@@ -163,11 +168,12 @@ pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: 
     shared.finished.store(true, Ordering::SeqCst);
 }
 
-async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[impl Message]) -> Result<(), Abandoned> {
+/// Applies one batch of `messages` messages, read as `batch` (see `input`).
+async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: usize, batch: &[Input<'_>]) -> Result<(), Abandoned> {
     let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
-    metrics::counter!(m::SINK_MESSAGES, &labels).increment(batch.len() as u64);
-    metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(batch.len() as f64);
-    shared.last_batch_size.store(batch.len() as u64, Ordering::Relaxed);
+    metrics::counter!(m::SINK_MESSAGES, &labels).increment(messages as u64);
+    metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(messages as f64);
+    shared.last_batch_size.store(messages as u64, Ordering::Relaxed);
 
     // Events are written in segments: a clear marker is a barrier (what came before it
     // is written, then the partition's share is cleared, then what follows is written).
@@ -175,7 +181,11 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[imp
     let mut letters: Vec<(usize, String)> = Vec::new();
     let mut newest_ts_ms = 0;
     for (i, msg) in batch.iter().enumerate() {
-        match debezium::decode(msg.key(), msg.payload(), msg.topic()) {
+        if let Some(reason) = &msg.refused {
+            letters.push((i, reason.clone()));
+            continue;
+        }
+        match debezium::decode(msg.key.as_deref(), msg.value.as_deref(), &shared.topic) {
             Ok(Decoded::Event(e)) => {
                 newest_ts_ms = newest_ts_ms.max(e.source.ts_ms);
                 segment.push((i, e));
@@ -197,14 +207,14 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, batch: &[imp
     letters.sort_by_key(|(i, _)| *i);
     for (i, reason) in letters {
         let msg = &batch[i];
-        warn!(topic = %msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "sending message to the dead-letter topic");
+        warn!(topic = %shared.topic, partition = shared.partition, offset = msg.offset, %reason, "sending message to the dead-letter topic");
         let letter = DeadLetter {
-            key: msg.key(),
-            value: msg.payload(),
+            key: msg.key.as_deref(),
+            value: msg.value.as_deref(),
             reason: &reason,
-            topic: msg.topic(),
-            partition: msg.partition(),
-            offset: msg.offset(),
+            topic: &shared.topic,
+            partition: shared.partition,
+            offset: msg.offset,
         };
         let mut backoff = Duration::from_millis(100);
         while let Err(e) = ctx.dead_letters.send(&letter).await {

@@ -18,8 +18,10 @@ pub enum ReaderError {
     PipelineRefused { ns: String, pipeline: String, message: String },
     #[error("an event of {ns} is over the server's 16 MB limit even without its updateDescription (the document itself is too large for a change event), so the change stream cannot move past it. Shrink that document on the source. Server said: {message}")]
     EventTooLarge { ns: String, message: String },
-    #[error("an event for _id {id} in {ns} is {size} bytes, over kafka.max_message_bytes ({max}); raise kafka.max_message_bytes (and the broker's limit) or set source.on_oversize = \"dead_letter\"")]
-    Oversize { ns: String, id: String, size: usize, max: usize },
+    #[error("an {reason}, so it cannot travel on the topic; fix the document on the source, or set source.on_oversize = \"dead_letter\" to send its key and this reason to the dead-letter topic and go on")]
+    CannotCarry { reason: String },
+    #[error("the broker refused messages of {ns} as too large even at {bytes} bytes; set kafka.max_message_bytes to at most the topic's max.message.bytes (and the broker's message.max.bytes). Broker said: {message}")]
+    BrokerRefusesSize { ns: String, bytes: usize, message: String },
     #[error("Kafka did not acknowledge an event of {ns}: {message}; restarting from the last saved resume token")]
     Delivery { ns: String, message: String },
     #[error("source cluster error on {ns}: {source}")]
@@ -43,7 +45,8 @@ impl ReaderError {
                 | ReaderError::CopyOutranHistory { .. }
                 | ReaderError::PipelineRefused { .. }
                 | ReaderError::EventTooLarge { .. }
-                | ReaderError::Oversize { .. }
+                | ReaderError::CannotCarry { .. }
+                | ReaderError::BrokerRefusesSize { .. }
         )
     }
 

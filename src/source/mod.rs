@@ -84,7 +84,6 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         client: client.clone(),
         producer: producer.clone(),
         config: src.clone(),
-        max_message_bytes: config.kafka.max_message_bytes,
         partitions: config.kafka.partitions,
         dead_letter_topic,
         checkpoints: CheckpointStore::new(&state_db, &name),
@@ -123,7 +122,8 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
                     let topic = config.kafka.topic_for(&src.database, &coll);
                     let topic_configs = [("max.message.bytes", config.kafka.max_message_bytes.to_string())];
                     admin.ensure_topic(&topic, config.kafka.partitions, config.kafka.replication_factor, &topic_configs).await?;
-                    let reader = Reader::new(Arc::clone(&ctx), &coll, topic);
+                    let max_bytes = message_limit(&admin, &topic, config.kafka.max_message_bytes).await;
+                    let reader = Reader::new(Arc::clone(&ctx), &coll, topic, max_bytes);
                     let span = tracing::info_span!("reader", collection = %format!("{}.{}", src.database, coll));
                     let ns = format!("{}.{}", src.database, coll);
                     readers.spawn(supervise(reader, leases.clone(), ns, board.clone(), shutdown.clone()).instrument(span));
@@ -274,6 +274,23 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: C
                 return;
             }
             Err(e) => warn!(ns = %ns, "lease renewal failed: {e}"),
+        }
+    }
+}
+
+/// The largest message a reader sends to `topic`: `kafka.max_message_bytes`, or the
+/// topic's own limit when that is smaller (an existing topic created with less). Larger
+/// events go in parts of this size (see `crate::parts`).
+async fn message_limit(admin: &TopicAdmin, topic: &str, configured: usize) -> usize {
+    match admin.topic_max_message_bytes(topic).await {
+        Ok(Some(limit)) if limit < configured => {
+            warn!(topic, limit, configured, "the topic takes messages of at most {limit} bytes, less than kafka.max_message_bytes: larger events are sent in parts of that size");
+            limit
+        }
+        Ok(_) => configured,
+        Err(e) => {
+            warn!(topic, "cannot read the topic's max.message.bytes ({e}); using kafka.max_message_bytes ({configured})");
+            configured
         }
     }
 }

@@ -8,10 +8,11 @@ use super::errors::ReaderError;
 
 /// One message for the producer side of the reader.
 pub(super) enum Outgoing {
-    /// Records for one change event (the event, and a tombstone after a delete), all to
-    /// `topic`. `token` covers the event once every record is acknowledged.
-    Event { records: Vec<(Vec<u8>, Option<Vec<u8>>)>, token: Option<Bson>, event_time: Option<Timestamp> },
-    /// An event too large for the topic: its key and the reason go to the dead-letter topic.
+    /// Records for one change event (the event or its parts, and a tombstone after a
+    /// delete), all to `topic`. `token` covers the event once every record is acknowledged.
+    Event { records: Vec<Record>, token: Option<Bson>, event_time: Option<Timestamp> },
+    /// An event that cannot be carried on the topic: its key and the reason go to the
+    /// dead-letter topic.
     DeadLetter { key: Vec<u8>, reason: String, token: Option<Bson>, event_time: Option<Timestamp> },
     /// The stream's post-batch resume token: covers everything read so far.
     Idle(Bson),
@@ -20,6 +21,15 @@ pub(super) enum Outgoing {
     Clear { reason: String, token: Option<Bson> },
     /// The read side finished (copy done, stream invalidated) or failed.
     Done(Result<ReadEnd, ReaderError>),
+}
+
+/// One Kafka record of an event.
+pub(super) struct Record {
+    pub(super) key: Vec<u8>,
+    /// `None`: a tombstone.
+    pub(super) value: Option<Vec<u8>>,
+    /// `"<index>/<count>"` when the value is one part of a larger event (`crate::parts`).
+    pub(super) part: Option<String>,
 }
 
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 //! acknowledged prefix (see `watermark`). The read sides live in `copy` and `stream`,
 //! the messages between the two halves in `outgoing`, the record encoding in `encode`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use super::watermark::AckWatermark;
 use super::{HistoryLostPolicy, SourceConfig};
 use crate::debezium;
 use crate::flavor::Flavor;
-use crate::kafka::delivery::{AckProducer, InFlight, Ticket};
+use crate::kafka::delivery::{AckProducer, Failure, InFlight, Ticket};
 use crate::metrics as m;
 
 /// Most events handed to the producer and not yet acknowledged, per reader. Kept small
@@ -38,13 +38,15 @@ use crate::metrics as m;
 const MAX_IN_FLIGHT: usize = 20_000;
 /// Events the pump takes from the read side at once (one lease check per chunk).
 const RECEIVE_CHUNK: usize = 256;
+/// The smallest message limit a reader lowers itself to after the broker refused messages
+/// as too large (below it, the broker's limit is taken to be misconfigured: fatal).
+const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// Everything a reader needs, shared by the readers of one process.
 pub struct ReaderContext {
     pub client: mongodb::Client,
     pub producer: AckProducer,
     pub config: SourceConfig,
-    pub max_message_bytes: usize,
     /// Partitions of every collection topic (clear markers go to each).
     pub partitions: i32,
     pub dead_letter_topic: String,
@@ -99,17 +101,28 @@ pub struct Reader {
     /// A copy just finished and its stream has not opened yet: lost history now means
     /// the copy took longer than the history reaches (fatal, never a recopy loop).
     pub(super) fresh_copy: AtomicBool,
+    /// The largest message this reader's topic takes (see `Encoder::max_bytes`).
+    pub(super) max_bytes: Arc<AtomicUsize>,
 }
 
 impl Reader {
-    pub fn new(ctx: Arc<ReaderContext>, coll: &str, topic: String) -> Self {
+    /// `max_bytes`: the largest message `topic` takes.
+    pub fn new(ctx: Arc<ReaderContext>, coll: &str, topic: String, max_bytes: usize) -> Self {
         let ns = format!("{}.{}", ctx.config.database, coll);
         let origin = Origin {
             ns: crate::event::Namespace::new(&ctx.config.database, coll),
             name: ctx.name.clone(),
             rs: ctx.rs.clone(),
         };
-        Reader { ctx, origin, topic, ns, slim: AtomicBool::new(false), fresh_copy: AtomicBool::new(false) }
+        Reader {
+            ctx,
+            origin,
+            topic,
+            ns,
+            slim: AtomicBool::new(false),
+            fresh_copy: AtomicBool::new(false),
+            max_bytes: Arc::new(AtomicUsize::new(max_bytes)),
+        }
     }
 
     /// The source collection this reader reads.
@@ -236,7 +249,7 @@ impl Reader {
         while in_flight.due() > 0 {
             in_flight.arrived().await;
             for (_, outcome) in in_flight.take() {
-                outcome.map_err(|e| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {e}") })?;
+                outcome.map_err(|e| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {}", e.message) })?;
             }
         }
         info!(ns = %self.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
@@ -279,7 +292,7 @@ impl Reader {
         Encoder {
             ns: self.ns.clone(),
             tombstones: self.ctx.config.tombstones,
-            max_bytes: self.ctx.max_message_bytes,
+            max_bytes: Arc::clone(&self.max_bytes),
             oversize: self.ctx.config.on_oversize,
         }
     }
@@ -318,7 +331,7 @@ impl Reader {
                                 watermark.acked(seq);
                                 acked_since_tick += 1;
                             }
-                            Err(message) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message }),
+                            Err(failure) => return Err(self.delivery_failed(failure)),
                         }
                     }
                 }
@@ -343,10 +356,11 @@ impl Reader {
                                 event_time = t.or(event_time);
                                 caught_up = false;
                                 let n = records.len();
-                                for (i, (key, value)) in records.into_iter().enumerate() {
+                                for (i, record) in records.into_iter().enumerate() {
                                     let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
                                     let seq = watermark.sent(token);
-                                    if !self.send(&self.topic, &key, value.as_deref(), None, in_flight.ticket(seq), lease).await? {
+                                    let headers = record.part.as_deref().map(|p| OwnedHeaders::new().insert(Header { key: crate::parts::HEADER, value: Some(p) }));
+                                    if !self.send(&self.topic, &record.key, record.value.as_deref(), headers, in_flight.ticket(seq), lease).await? {
                                         break 'pump Some(ReaderExit::LeaseLost);
                                     }
                                     in_flight.sent();
@@ -355,7 +369,7 @@ impl Reader {
                             Outgoing::DeadLetter { key, reason, token, event_time: t } => {
                                 event_time = t.or(event_time);
                                 metrics::counter!(m::SOURCE_OVERSIZE, "collection" => self.ns.clone()).increment(1);
-                                warn!(ns = %self.ns, %reason, "event too large for the topic: sent to the dead-letter topic");
+                                warn!(ns = %self.ns, %reason, "event cannot be carried on the topic: sent to the dead-letter topic");
                                 let seq = watermark.sent(token.map(|tk| (tk, event_time)));
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
@@ -396,8 +410,8 @@ impl Reader {
                 break;
             }
             for (seq, outcome) in in_flight.take() {
-                if let Err(message) = outcome {
-                    warn!(ns = %self.ns, %message, "delivery failed while stopping; the next start resends from the saved token");
+                if let Err(failure) = outcome {
+                    warn!(ns = %self.ns, message = %failure.message, "delivery failed while stopping; the next start resends from the saved token");
                     break 'drain;
                 }
                 watermark.acked(seq);
@@ -482,9 +496,29 @@ impl Reader {
                         return Ok(false);
                     }
                 }
-                Err((e, _)) => return Err(ReaderError::Delivery { ns: self.ns.clone(), message: e.to_string() }),
+                Err((e, _)) => {
+                    let too_large = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge);
+                    return Err(self.delivery_failed(Failure { message: e.to_string(), too_large }));
+                }
             }
         }
+    }
+
+    /// What a record Kafka did not take means for the reader. Any failure restarts it
+    /// from its saved token; a refusal as too large also halves the message limit first,
+    /// so the events are sent again in smaller parts (the topic's limit may be below the
+    /// one configured or read); at the smallest limit the reader stops for good.
+    fn delivery_failed(&self, failure: Failure) -> ReaderError {
+        if failure.too_large {
+            let now = self.max_bytes.load(Ordering::Relaxed);
+            if now <= MIN_MESSAGE_BYTES {
+                return ReaderError::BrokerRefusesSize { ns: self.ns.clone(), bytes: now, message: failure.message };
+            }
+            let lower = (now / 2).max(MIN_MESSAGE_BYTES);
+            self.max_bytes.store(lower, Ordering::Relaxed);
+            warn!(ns = %self.ns, from = now, to = lower, "the broker refused a message as too large: sending messages of at most {lower} bytes from now on (set kafka.max_message_bytes to the topic's max.message.bytes)");
+        }
+        ReaderError::Delivery { ns: self.ns.clone(), message: failure.message }
     }
 }
 
