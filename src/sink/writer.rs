@@ -258,10 +258,21 @@ fn error_code(e: &mongodb::error::Error) -> i32 {
     }
 }
 
+/// Replaces the document by `_id`, inserting it when missing. A replacement document
+/// cannot hold a top-level field whose name starts with `$` (the server refuses it, code
+/// 52); such a document is written by a pipeline that sets it literally instead.
 fn upsert_statement(id: RawBson, doc: &RawDocumentBuf) -> RawDocumentBuf {
     let mut s = RawDocumentBuf::new();
     s.append("q", rawdoc! {"_id": id});
-    s.append_ref("u", doc.as_ref());
+    if doc.iter().any(|e| e.is_ok_and(|(key, _)| key.starts_with('$'))) {
+        let mut literal = RawDocumentBuf::new();
+        literal.append_ref("$literal", doc.as_ref());
+        let mut pipeline = RawArrayBuf::new();
+        pipeline.push(rawdoc! {"$replaceRoot": {"newRoot": literal}});
+        s.append("u", pipeline);
+    } else {
+        s.append_ref("u", doc.as_ref());
+    }
     s.append("upsert", true);
     s
 }
