@@ -233,3 +233,34 @@ async fn a_patch_that_cannot_apply_to_its_document_is_a_dead_letter_not_dropped(
     assert_eq!(target.find_one(doc! {"_id": 1}).await.unwrap(), Some(doc! {"_id": 1, "a": "text"}));
     assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
 }
+
+/// A document's patches in one batch, the middle one refused (`a.b` inside a string):
+/// applied in rounds, the refusal skipped the valid patch after it and dead-lettered all
+/// three. Now each patch applies whole or not at all, in order, in one write: the target
+/// gets the first and the third, and only the refused one is a dead letter.
+#[tokio::test]
+async fn a_refused_patch_among_several_is_the_only_dead_letter() {
+    let setup = Setup::new("patchrounds");
+    let (topic, producer) = topic_and_producer(&setup).await;
+    let source = source_block(&setup.db);
+    let key = br#"{"id":"1"}"#;
+    let full = serde_json::json!({"op": "c", "after": r#"{"_id": {"$numberInt": "1"}, "a": "text", "n": {"$numberInt": "0"}}"#, "source": source});
+    send(&producer, &topic, Some(key), &serde_json::to_vec(&full).unwrap()).await;
+    let mut sink = setup.spawn("sink", &[]);
+    let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(60), "the document", || async { target.count_documents(doc! {"_id": 1}).await.unwrap_or(0) == 1 }).await;
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
+
+    // Sent while no sink runs, so the next one takes the three in one batch.
+    let patch = |fields: &str| serde_json::json!({"op": "u", "after": null, "updateDescription": {"updatedFields": fields, "removedFields": []}, "source": source});
+    for fields in [r#"{"n": {"$numberInt": "1"}}"#, r#"{"a.b": {"$numberInt": "1"}}"#, r#"{"n": {"$numberInt": "3"}, "m": {"$numberInt": "1"}}"#] {
+        send(&producer, &topic, Some(key), &serde_json::to_vec(&patch(fields)).unwrap()).await;
+    }
+    let mut sink = setup.spawn("sink", &[]);
+    common::eventually(Duration::from_secs(60), "the patches", || async { target.count_documents(doc! {"m": 1}).await.unwrap_or(0) == 1 }).await;
+    assert_eq!(target.find_one(doc! {"_id": 1}).await.unwrap(), Some(doc! {"_id": 1, "a": "text", "n": 3, "m": 1}));
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(15), |_| false).await;
+    assert_eq!(letters.len(), 1, "one dead letter, for the refused patch: {:?}", letters.iter().map(|l| header(l, "docrepl.reason")).collect::<Vec<_>>());
+    assert!(header(&letters[0], "docrepl.source.offset").as_deref() == Some("2"), "{:?}", header(&letters[0], "docrepl.source.offset"));
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
+}

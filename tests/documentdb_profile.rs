@@ -294,18 +294,25 @@ fn the_scanner_finds_unsupported_features_in_a_logged_command() {
 /// statements.
 async fn send_patch(setup: &Setup) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let value = serde_json::json!({
+    let patch = |update: serde_json::Value| serde_json::json!({
         "before": null, "after": null, "op": "u", "ts_ms": 0,
-        "updateDescription": {"updatedFields": r#"{"arr.1": {"$numberInt": "7"}, "n": {"$numberInt": "1"}}"#, "removedFields": ["gone"], "truncatedArrays": [{"field": "arr", "size": 2}]},
+        "updateDescription": update,
         "source": {"connector": "mongodb", "name": "x", "db": setup.db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"},
     });
+    // One statement (`$set` and `$unset`), and one that truncates too (two statements: the
+    // document is read, patched in memory and replaced).
+    let patches = [
+        (br#"{"id":"\"not-on-the-target\""}"#.as_slice(), patch(serde_json::json!({"updatedFields": r#"{"n": {"$numberInt": "1"}}"#, "removedFields": ["gone"]}))),
+        (br#"{"id":"\"not-there-either\""}"#.as_slice(), patch(serde_json::json!({"updatedFields": r#"{"arr.1": {"$numberInt": "7"}}"#, "removedFields": [], "truncatedArrays": [{"field": "arr", "size": 2}]}))),
+    ];
     let kafka = common::kafka_config(&setup.prefix, 8);
     let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
-    let value = serde_json::to_vec(&value).unwrap();
-    let key: &[u8] = br#"{"id":"\"not-on-the-target\""}"#;
     let topic = setup.topic("c");
-    let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(key).payload(value.as_slice());
-    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    for (key, value) in patches {
+        let value = serde_json::to_vec(&value).unwrap();
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).key(key).payload(value.as_slice());
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
 }
 
 /// A mongod that logs every command it receives.
@@ -369,12 +376,14 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     coll.update_one(doc! {"_id": 200}, doc! {"$push": {"arr": {"$each": [1, 2, 3]}}}).await.unwrap();
     coll.replace_one(doc! {"_id": 300}, doc! {"replaced": true}).await.unwrap();
     coll.delete_many(doc! {"_id": {"$gte": 400, "$lt": 450}}).await.unwrap();
-    // Patches the sink applies as update statements (an update whose document lookup found
-    // nothing, as a Debezium connector may write them): `$push`/`$each`/`$slice`, `$set`,
-    // `$unset`. For a document the target does not have, so they change nothing.
+    // Patches the sink applies (an update whose document lookup found nothing, as a
+    // Debezium connector may write them): an update statement with `$set` and `$unset`,
+    // and a read of the current document for one with a truncation. For documents the
+    // target does not have, so they change nothing.
     send_patch(&setup).await;
     common::eventually(Duration::from_secs(60), "the sink to apply the patch events", || async {
-        std::fs::read_to_string(target.log_path()).unwrap_or_default().contains("\"$slice\"")
+        let log = std::fs::read_to_string(target.log_path()).unwrap_or_default();
+        log.contains("\"$unset\"") && log.contains("not-there-either")
     })
     .await;
     let (code, out) = common::verify(&cfg, 120);
@@ -413,7 +422,7 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
         ("command", "insert"),
         ("command", "delete"),
         ("command", "find"),
-        ("operator", "$slice"),
+        ("operator", "$in"),
         ("operator", "$unset"),
         ("command", "delete"),
     ] {

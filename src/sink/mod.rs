@@ -8,6 +8,7 @@ pub mod errors;
 pub mod fold;
 pub mod group;
 mod input;
+mod patching;
 pub mod progress;
 pub mod worker;
 pub mod writer;

@@ -6,7 +6,7 @@
 //! retry: a late retry landing after the new owner wrote newer versions would leave the
 //! target stale for good.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,7 +251,7 @@ async fn write_events(
         }
     }
     let started = Instant::now();
-    let failures = write_with_retry(ctx, shared, &docs).await?;
+    let (failures, refused_patches) = write_with_retry(ctx, shared, &docs).await?;
     metrics::histogram!(m::SINK_WRITE_SECONDS, &labels).record(started.elapsed().as_secs_f64());
     let written = (docs.len() - failures.len()) as u64;
     metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
@@ -260,6 +260,7 @@ async fn write_events(
         let reason = format!("the target refused the document (code {}, {:?}): {}", f.code, f.class, f.message);
         letters.extend(docs[f.doc].messages.iter().map(|&i| (i, reason.clone())));
     }
+    letters.extend(refused_patches);
     Ok(())
 }
 
@@ -284,22 +285,30 @@ async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &Cle
 }
 
 /// Writes the folded batch until every document is applied or known to be poison.
-/// Returns the poison failures by document position.
+/// Returns the poison failures by document position, and the single patches refused
+/// (by message position, with why) of documents that got their other patches.
 async fn write_with_retry(
     ctx: &WorkerContext,
     shared: &PartitionShared,
     docs: &[FoldedDoc],
-) -> Result<HashMap<usize, DocFailure>, Abandoned> {
+) -> Result<(HashMap<usize, DocFailure>, Vec<(usize, String)>), Abandoned> {
     let mut poison: HashMap<usize, DocFailure> = HashMap::new();
+    // Applied by an earlier attempt: not written again (patches must apply once).
+    let mut done: HashSet<usize> = HashSet::new();
+    let mut refused_patches = Vec::new();
     let started = Instant::now();
     let duplicate_key_budget = Duration::from_millis(ctx.config.duplicate_key_retry_ms);
     let mut backoff = Duration::from_millis(50);
     let mut attempts = 0u64;
     loop {
         let target = |ns: &Namespace| ctx.config.target_namespace(ns);
-        let skip = |i: usize| poison.contains_key(&i);
+        let skip = |i: usize| poison.contains_key(&i) || done.contains(&i);
+        let attempted: Vec<usize> = (0..docs.len()).filter(|&i| !skip(i)).collect();
         let retry = match ctx.writer.write(docs, &skip, &target).await {
             Ok(outcome) => {
+                let failed: HashSet<usize> = outcome.failures.iter().map(|f| f.doc).collect();
+                done.extend(attempted.into_iter().filter(|i| !failed.contains(i)));
+                refused_patches.extend(outcome.refused_patches.into_iter().filter(|(doc, ..)| !failed.contains(doc)).map(|(_, message, reason)| (message, reason)));
                 let mut retry = false;
                 for f in outcome.failures {
                     match f.class {
@@ -332,7 +341,7 @@ async fn write_with_retry(
             }
         };
         if !retry {
-            return Ok(poison);
+            return Ok((poison, refused_patches));
         }
         attempts += 1;
         metrics::counter!(m::SINK_RETRIES, "topic" => shared.topic.clone(), "partition" => shared.partition.to_string()).increment(1);

@@ -2,18 +2,21 @@
 //! collection one `insert` command with the documents last set by inserts (those already
 //! on the target, after a replay, join the upserts), one `update` command carrying every
 //! upsert (`ordered: false` is safe: each `_id` occurs once), one `delete` command, and,
-//! for documents known only by patches,
-//! `update` commands in rounds (round k holds each document's k-th patch statement, so one
-//! document's patches apply in order). Commands are split under 16 MiB and 100,000
+//! for documents known only by patches: one `update` with the single patch statement of
+//! each document that has one; for those with more, one `find` of their current versions,
+//! the patches applied in memory (see `patching`) and one `update` replacing them; and,
+//! for the rare patches behind a full document that could not apply in memory, `update`
+//! commands in rounds (round k holds each document's k-th patch statement). Commands are split under 16 MiB and 100,000
 //! statements; the write concern travels in each command; per-statement `writeErrors`
 //! and `writeConcernError` are read out of replies that still say `ok: 1`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bson::{rawdoc, Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf};
 
 use super::errors::{classify_code, classify_command_error, ErrorClass};
 use super::fold::{DocAction, FoldedDoc};
+use crate::debezium::id_fold_key;
 use crate::event::{Namespace, UpdateDescription};
 use crate::kafka::partitioner::partition_for_key;
 
@@ -61,6 +64,9 @@ pub struct WriteOutcome {
     /// Statements the target applied (upserts, deletes, patch statements).
     pub statements: usize,
     pub failures: Vec<DocFailure>,
+    /// Single patches that could not apply to their document, which got the others:
+    /// (document position, message position, why).
+    pub refused_patches: Vec<(usize, usize, String)>,
 }
 
 #[derive(Clone)]
@@ -98,6 +104,7 @@ impl Writer {
             let mut upserts = Vec::new();
             let mut deletes = Vec::new();
             let mut patched = Vec::new();
+            let mut in_memory = Vec::new();
             for &i in &positions {
                 let d = &docs[i];
                 match &d.action {
@@ -106,6 +113,11 @@ impl Writer {
                     DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id_raw(&d.id)}, "limit": 1})),
                     DocAction::Patch(patches) | DocAction::UpsertThenPatch(_, patches) => {
                         match patch_statements(&id_raw(&d.id), patches) {
+                            // Several statements: one write of the patched document (its
+                            // messages are its patches, one each).
+                            Ok(statements) if statements.len() > 1 && matches!(d.action, DocAction::Patch(_)) && d.messages.len() == patches.len() => {
+                                in_memory.push(i);
+                            }
                             Ok(statements) => {
                                 // The upsert goes first (upserts run before the patch rounds).
                                 if let DocAction::UpsertThenPatch(raw, _) = &d.action {
@@ -134,6 +146,10 @@ impl Writer {
             }
             self.run(&ns, "update", "updates", upserts, &mut outcome).await?;
             self.run(&ns, "delete", "deletes", deletes, &mut outcome).await?;
+            if !in_memory.is_empty() {
+                let replacements = self.patch_in_memory(&ns, docs, &in_memory, &mut outcome).await?;
+                self.run(&ns, "update", "updates", replacements, &mut outcome).await?;
+            }
             // Round k: the k-th statement of every patched document not failed yet.
             let rounds = patched.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
             for k in 0..rounds {
@@ -147,6 +163,47 @@ impl Writer {
             }
         }
         Ok(outcome)
+    }
+
+    /// Reads the current versions of the documents at `positions` (each known only by
+    /// several patches), applies their patches in memory, and returns the replacements to
+    /// write; patches that cannot apply go to `outcome.refused_patches`.
+    async fn patch_in_memory(
+        &self,
+        ns: &Namespace,
+        docs: &[FoldedDoc],
+        positions: &[usize],
+        outcome: &mut WriteOutcome,
+    ) -> Result<Vec<(usize, RawDocumentBuf)>, CommandError> {
+        use futures::TryStreamExt;
+        let failed = |source: mongodb::error::Error| {
+            let class = classify_command_error(&source);
+            CommandError::Command { ns: ns.to_string(), source, class }
+        };
+        let coll = self.client.database(&ns.db).collection::<Document>(&ns.coll);
+        let mut current: HashMap<String, Document> = HashMap::new();
+        for chunk in positions.chunks(1000) {
+            let ids: Vec<Bson> = chunk.iter().map(|&i| docs[i].id.clone()).collect();
+            let mut cursor = coll.find(bson::doc! {"_id": {"$in": ids}}).await.map_err(failed)?;
+            while let Some(doc) = cursor.try_next().await.map_err(failed)? {
+                if let Some(id) = doc.get("_id") {
+                    current.insert(id_fold_key(id), doc);
+                }
+            }
+        }
+        let mut replacements = Vec::new();
+        for &i in positions {
+            let d = &docs[i];
+            let DocAction::Patch(patches) = &d.action else { continue };
+            let applied = super::patching::apply(current.remove(&id_fold_key(&d.id)), patches);
+            for (k, reason) in applied.refused {
+                outcome.refused_patches.push((i, d.messages[k], format!("the patch cannot apply to the target's document: {reason}")));
+            }
+            if let Some(doc) = applied.doc {
+                replacements.push((i, replace_statement(id_raw(&d.id), &doc, false)));
+            }
+        }
+        Ok(replacements)
     }
 
     /// Deletes the documents of `ns` whose Kafka key falls in `partition` of
@@ -258,10 +315,15 @@ fn error_code(e: &mongodb::error::Error) -> i32 {
     }
 }
 
-/// Replaces the document by `_id`, inserting it when missing. A replacement document
-/// cannot hold a top-level field whose name starts with `$` (the server refuses it, code
-/// 52); such a document is written by a pipeline that sets it literally instead.
+/// Replaces the document by `_id`, inserting it when missing.
 fn upsert_statement(id: RawBson, doc: &RawDocumentBuf) -> RawDocumentBuf {
+    replace_statement(id, doc, true)
+}
+
+/// Replaces the document by `_id`. A replacement document cannot hold a top-level field
+/// whose name starts with `$` (the server refuses it, code 52); such a document is
+/// written by a pipeline that sets it literally instead.
+fn replace_statement(id: RawBson, doc: &RawDocumentBuf, upsert: bool) -> RawDocumentBuf {
     let mut s = RawDocumentBuf::new();
     s.append("q", rawdoc! {"_id": id});
     if doc.iter().any(|e| e.is_ok_and(|(key, _)| key.starts_with('$'))) {
@@ -273,7 +335,7 @@ fn upsert_statement(id: RawBson, doc: &RawDocumentBuf) -> RawDocumentBuf {
     } else {
         s.append_ref("u", doc.as_ref());
     }
-    s.append("upsert", true);
+    s.append("upsert", upsert);
     s
 }
 
