@@ -32,7 +32,8 @@ pub struct SinkConfig {
     /// Write concern of every write: `"majority"` (default) or a number of nodes.
     #[serde(default = "default_write_concern", deserialize_with = "crate::config::scalar_as_text")]
     pub write_concern: String,
-    /// Write-concern timeout in milliseconds.
+    /// Write-concern timeout in milliseconds (at most the write time limit: half of
+    /// `session_timeout_ms`).
     #[serde(default = "default_wtimeout")]
     pub write_timeout_ms: u64,
     /// Ceiling on documents written per second by this process (0 = none).
@@ -46,7 +47,10 @@ pub struct SinkConfig {
     /// Longest pause between retries of a transient error.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_ms: u64,
-    /// Kafka consumer session timeout: how fast a dead member's partitions move on.
+    /// Kafka consumer session timeout: how fast a dead member's partitions move on. Every
+    /// write is bounded by half of it (`maxTimeMS` on the server, a little more on the
+    /// client), so a member that loses its partitions falls silent before another takes
+    /// them over; raise it for a target that needs longer per write.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u64,
     /// Target names per source namespace: `"app.orders" = "app_copy.orders"`.
@@ -84,6 +88,19 @@ fn default_session_timeout() -> u64 {
 }
 
 impl SinkConfig {
+    /// The longest the target may take for one write command (its `maxTimeMS`): half
+    /// the session timeout, so a write is over, applied or aborted by the server, before
+    /// the group moves the partition to another member.
+    pub fn write_time_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.session_timeout_ms / 2)
+    }
+
+    /// How long the sink waits for a write's answer: the time limit and a margin for the
+    /// answer to arrive (a server that cannot answer is given up on; the write is retried).
+    pub fn write_deadline(&self) -> std::time::Duration {
+        self.write_time_limit() + std::time::Duration::from_millis((self.session_timeout_ms / 4).min(1000))
+    }
+
     /// Where documents of the source namespace `ns` are written (`namespace_map`, or the
     /// same names).
     pub fn target_namespace(&self, ns: &Namespace) -> Namespace {

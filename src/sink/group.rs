@@ -28,8 +28,9 @@ use super::worker::{self, PartitionShared, WorkerContext, WorkerFailure};
 use crate::metrics as m;
 use crate::status::StatusBoard;
 
-/// How long a revoke waits for a worker to finish its write before going on anyway.
-const REVOKE_WAIT: Duration = Duration::from_secs(30);
+/// What a revoke waits for a worker beyond its write deadline (the worker checks its stop
+/// between writes and retries, so it is silent by then).
+const REVOKE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Where a replay starts (`--from-beginning`, `--from-timestamp`).
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +61,9 @@ pub struct GroupContext {
     runtime: tokio::runtime::Handle,
     worker_ctx: Arc<WorkerContext>,
     workers: Mutex<HashMap<(String, i32), Worker>>,
+    /// Workers a revoke gave up waiting for: a new worker of the same partition waits
+    /// until its predecessor is silent (one writer per partition, ever).
+    lingering: Mutex<HashMap<(String, i32), Arc<PartitionShared>>>,
     replay: Mutex<Option<ReplayFrom>>,
     /// Set when an assignment could not be started safely (see `choose_start_offsets`).
     refused: Mutex<Option<String>>,
@@ -185,6 +189,8 @@ impl GroupContext {
 
     fn start_workers(&self, queues: Vec<(String, i32, i64, PartitionQueue<GroupContext>)>) {
         let Ok(mut workers) = self.workers.lock() else { return };
+        let Ok(mut lingering) = self.lingering.lock() else { return };
+        lingering.retain(|_, w| !w.finished.load(Ordering::SeqCst));
         for (topic, partition, committed, queue) in queues {
             let key = (topic, partition);
             if workers.contains_key(&key) {
@@ -193,7 +199,11 @@ impl GroupContext {
             let shared = Arc::new(PartitionShared::new(&key.0, partition));
             let span = tracing::info_span!("worker", topic = %key.0, partition);
             let _guard = span.enter();
-            let run = worker::run(Arc::clone(&self.worker_ctx), Arc::clone(&shared), queue);
+            let predecessor = lingering.remove(&key);
+            if predecessor.is_some() {
+                warn!("the partition's previous worker is still in a write: the new one waits until it is silent");
+            }
+            let run = worker::run(Arc::clone(&self.worker_ctx), Arc::clone(&shared), queue, predecessor);
             let watched = Arc::clone(&shared);
             // A panic must not leave a partition silently unread while the process looks
             // healthy: it is recorded, and the member stops the sink with it (nothing past
@@ -230,14 +240,20 @@ impl GroupContext {
                 w.shared.stop.cancel();
             }
         }
-        let deadline = Instant::now() + REVOKE_WAIT;
+        // Below the session timeout: a write is over (applied, or aborted by the server at
+        // its maxTimeMS) before the group can hand the partition to another member.
+        let wait = self.worker_ctx.config.write_deadline() + REVOKE_MARGIN;
+        let deadline = Instant::now() + wait;
         for k in &keys {
             if let Some(w) = workers.get(k) {
                 while !w.shared.finished.load(Ordering::SeqCst) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 if !w.shared.finished.load(Ordering::SeqCst) {
-                    warn!(topic = %k.0, partition = k.1, "worker did not finish within {REVOKE_WAIT:?}; giving the partition up anyway");
+                    warn!(topic = %k.0, partition = k.1, "worker did not finish within {wait:?}; giving the partition up (a worker started for it here waits for this one)");
+                    if let Ok(mut lingering) = self.lingering.lock() {
+                        lingering.insert(k.clone(), Arc::clone(&w.shared));
+                    }
                 }
             }
         }
@@ -317,6 +333,7 @@ pub fn run_member(
         runtime,
         worker_ctx,
         workers: Mutex::new(HashMap::new()),
+        lingering: Mutex::new(HashMap::new()),
         replay: Mutex::new(replay),
         refused: Mutex::new(None),
         consumer: OnceLock::new(),

@@ -50,7 +50,7 @@ pub async fn run(
     }
     let producer: FutureProducer =
         crate::kafka::producer_config(&config.kafka).create().context("cannot create the dead-letter producer")?;
-    let writer = writer::Writer::new(client, &sink.write_concern, sink.write_timeout_ms);
+    let writer = writer::Writer::new(client, &sink.write_concern, sink.write_timeout_ms, sink.write_time_limit(), sink.write_deadline());
     let worker_ctx = Arc::new(worker::WorkerContext::new(
         writer,
         dead_letter::DeadLetters::new(producer, dead_letter_topic),

@@ -104,7 +104,24 @@ impl WorkerContext {
 #[derive(Debug)]
 struct Abandoned;
 
-pub async fn run<C: ConsumerContext + 'static>(ctx: Arc<WorkerContext>, shared: Arc<PartitionShared>, mut queue: PartitionQueue<C>) {
+/// Runs one partition's worker. `predecessor`: the partition's previous worker in this
+/// process, when a revoke gave up waiting for it; nothing is read or written before it is
+/// silent (one writer per partition).
+pub async fn run<C: ConsumerContext + 'static>(
+    ctx: Arc<WorkerContext>,
+    shared: Arc<PartitionShared>,
+    mut queue: PartitionQueue<C>,
+    predecessor: Option<Arc<PartitionShared>>,
+) {
+    if let Some(old) = predecessor {
+        while !old.finished.load(Ordering::SeqCst) {
+            if sleep_unless_stopped(&shared.stop, Duration::from_millis(20)).await.is_err() {
+                drop(queue);
+                shared.finished.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
     // librdkafka calls this when the queue goes from empty to not empty; a wake-up that
     // comes while nobody waits is kept for the next wait.
     let arrived = Arc::new(Notify::new());
@@ -270,7 +287,7 @@ async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &Cle
     let ns = ctx.config.target_namespace(&marker.ns);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions).await {
+        match ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions, &shared.stop).await {
             Ok(deleted) => {
                 warn!(target = %ns, partition = marker.partition, deleted, reason = %marker.reason, "clear marker: cleared this partition's share of the target");
                 return Ok(());

@@ -8,7 +8,10 @@
 //! for the rare patches behind a full document that could not apply in memory, `update`
 //! commands in rounds (round k holds each document's k-th patch statement). Commands are split under 16 MiB and 100,000
 //! statements; the write concern travels in each command; per-statement `writeErrors`
-//! and `writeConcernError` are read out of replies that still say `ok: 1`.
+//! and `writeConcernError` are read out of replies that still say `ok: 1`. Every command
+//! is bounded: `maxTimeMS` (the server aborts it rather than apply it late) and a client
+//! deadline a little longer, both below the group's session timeout (see
+//! `SinkConfig::write_time_limit`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -48,13 +51,23 @@ pub enum CommandError {
     /// make that fail for good, so it is retried like a transient error.
     #[error("delete on {ns} refused: {message} (code {code})")]
     DeleteRefused { ns: String, code: i32, message: String },
+    /// No answer within the write deadline: the server aborts the command at its
+    /// `maxTimeMS`, so it is retried.
+    #[error("no answer from the target for a write to {ns} within {after:?}")]
+    TimedOut { ns: String, after: std::time::Duration },
+    /// The worker was told to stop in the middle of clearing a partition's share.
+    #[error("clearing {ns} stopped: the partition was revoked")]
+    Stopped { ns: String },
 }
 
 impl CommandError {
     pub fn class(&self) -> ErrorClass {
         match self {
             CommandError::Command { class, .. } => *class,
-            CommandError::WriteConcern { .. } | CommandError::DeleteRefused { .. } => ErrorClass::Transient,
+            CommandError::WriteConcern { .. }
+            | CommandError::DeleteRefused { .. }
+            | CommandError::TimedOut { .. }
+            | CommandError::Stopped { .. } => ErrorClass::Transient,
         }
     }
 }
@@ -73,15 +86,29 @@ pub struct WriteOutcome {
 pub struct Writer {
     client: mongodb::Client,
     write_concern: Document,
+    /// Each command's `maxTimeMS`.
+    time_limit: std::time::Duration,
+    /// How long an answer is waited for.
+    deadline: std::time::Duration,
+    /// Cleared when the target refuses `maxTimeMS` on writes (a server that does not
+    /// know it): the client deadline alone bounds them from then on.
+    max_time_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
-    pub fn new(client: mongodb::Client, w: &str, wtimeout_ms: u64) -> Self {
+    pub fn new(client: mongodb::Client, w: &str, wtimeout_ms: u64, time_limit: std::time::Duration, deadline: std::time::Duration) -> Self {
         let w = match w.parse::<i32>() {
             Ok(n) => Bson::Int32(n),
             Err(_) => Bson::String(w.to_string()),
         };
-        Writer { client, write_concern: bson::doc! {"w": w, "wtimeout": wtimeout_ms as i64} }
+        let wtimeout = (wtimeout_ms as i64).min(time_limit.as_millis() as i64);
+        Writer {
+            client,
+            write_concern: bson::doc! {"w": w, "wtimeout": wtimeout},
+            time_limit,
+            deadline,
+            max_time_ok: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
     }
 
     /// Writes `docs` (only those whose positions are in `include`, when given), each to the
@@ -184,8 +211,19 @@ impl Writer {
         let mut current: HashMap<String, Document> = HashMap::new();
         for chunk in positions.chunks(1000) {
             let ids: Vec<Bson> = chunk.iter().map(|&i| docs[i].id.clone()).collect();
-            let mut cursor = coll.find(bson::doc! {"_id": {"$in": ids}}).await.map_err(failed)?;
-            while let Some(doc) = cursor.try_next().await.map_err(failed)? {
+            let read = async {
+                let mut cursor = coll.find(bson::doc! {"_id": {"$in": ids}}).max_time(self.time_limit).await?;
+                let mut found = Vec::new();
+                while let Some(doc) = cursor.try_next().await? {
+                    found.push(doc);
+                }
+                Ok::<_, mongodb::error::Error>(found)
+            };
+            let found = tokio::time::timeout(self.deadline, read)
+                .await
+                .map_err(|_| CommandError::TimedOut { ns: ns.to_string(), after: self.deadline })?
+                .map_err(failed)?;
+            for doc in found {
                 if let Some(id) = doc.get("_id") {
                     current.insert(id_fold_key(id), doc);
                 }
@@ -209,7 +247,15 @@ impl Writer {
     /// Deletes the documents of `ns` whose Kafka key falls in `partition` of
     /// `partitions` (a clear marker's share: see `debezium::ClearMarker`). Scans the
     /// `_id`s and deletes in chunks, so memory stays bounded. Returns how many it deleted.
-    pub async fn clear_partition_share(&self, ns: &Namespace, partition: i32, partitions: i32) -> Result<u64, CommandError> {
+    /// Stops (with `CommandError::Stopped`) when `stop` is cancelled: a revoked worker must
+    /// not go on deleting what the partition's new owner writes.
+    pub async fn clear_partition_share(
+        &self,
+        ns: &Namespace,
+        partition: i32,
+        partitions: i32,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<u64, CommandError> {
         use futures::TryStreamExt;
         let failed = |source: mongodb::error::Error| {
             let class = classify_command_error(&source);
@@ -231,6 +277,9 @@ impl Writer {
                 }
             }
             if chunk.len() >= 10_000 || (next.is_none() && !chunk.is_empty()) {
+                if stop.is_cancelled() {
+                    return Err(CommandError::Stopped { ns: ns.to_string() });
+                }
                 let n = chunk.len() as u64;
                 let mut outcome = WriteOutcome::default();
                 self.run(ns, "delete", "deletes", std::mem::take(&mut chunk), &mut outcome).await?;
@@ -271,8 +320,21 @@ impl Writer {
                 "writeConcern",
                 RawDocumentBuf::from_document(&self.write_concern).unwrap_or_default(),
             );
-            let reply = match db.run_raw_command(cmd).await {
+            let max_time = self.max_time_ok.load(std::sync::atomic::Ordering::Relaxed);
+            if max_time {
+                cmd.append("maxTimeMS", self.time_limit.as_millis() as i64);
+            }
+            let answer = tokio::time::timeout(self.deadline, db.run_raw_command(cmd))
+                .await
+                .map_err(|_| CommandError::TimedOut { ns: ns.to_string(), after: self.deadline })?;
+            let reply = match answer {
                 Ok(r) => r,
+                Err(e) if max_time && refuses_max_time(&e) => {
+                    self.max_time_ok.store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(target_ns = %ns, "the target does not take maxTimeMS on writes ({e}); writes are bounded by the client deadline alone from now on");
+                    let class = ErrorClass::Transient;
+                    return Err(CommandError::Command { ns: ns.to_string(), source: e, class });
+                }
                 Err(e) => {
                     let class = classify_command_error(&e);
                     // A single statement too large for any command: that document is poison.
@@ -306,6 +368,12 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The server rejected the `maxTimeMS` field itself (a server that does not know it on
+/// writes: unknown field, or a bad value).
+fn refuses_max_time(e: &mongodb::error::Error) -> bool {
+    matches!(error_code(e), 2 | 9 | 40415) && e.to_string().contains("maxTimeMS")
 }
 
 fn error_code(e: &mongodb::error::Error) -> i32 {
