@@ -40,6 +40,9 @@ pub const SINK_BATCH_SIZE: &str = "docrepl_sink_batch_size";
 pub const SINK_WRITE_SECONDS: &str = "docrepl_sink_write_seconds";
 /// Counter: write retries after transient errors.
 pub const SINK_RETRIES: &str = "docrepl_sink_write_retries_total";
+/// Gauge: documents of a partition's batch in a unique-index conflict, waiting for the
+/// other partitions of the topic to catch up (0 when none).
+pub const SINK_CONFLICTS_WAITING: &str = "docrepl_sink_conflicts_waiting";
 /// Gauge: messages between the committed offset and the partition's high watermark.
 pub const SINK_CONSUMER_LAG: &str = "docrepl_sink_consumer_lag_messages";
 /// Gauge: seconds between now and the source cluster time of the newest applied event.
@@ -65,6 +68,7 @@ pub const ALL: &[&str] = &[
     SINK_BATCH_SIZE,
     SINK_WRITE_SECONDS,
     SINK_RETRIES,
+    SINK_CONFLICTS_WAITING,
     SINK_CONSUMER_LAG,
     SINK_LAG_SECONDS,
 ];

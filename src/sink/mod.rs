@@ -3,6 +3,7 @@
 //! the target acknowledged.
 
 mod config;
+pub mod conflicts;
 pub mod dead_letter;
 pub mod errors;
 pub mod fold;
@@ -10,6 +11,7 @@ pub mod group;
 mod input;
 mod patching;
 pub mod progress;
+mod retry;
 pub mod worker;
 pub mod writer;
 
@@ -51,18 +53,20 @@ pub async fn run(
     let producer: FutureProducer =
         crate::kafka::producer_config(&config.kafka).create().context("cannot create the dead-letter producer")?;
     let writer = writer::Writer::new(client, &sink.write_concern, sink.write_timeout_ms, sink.write_time_limit(), sink.write_deadline());
+    let consumer_config = crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms);
+    let progress = conflicts::TopicProgress::new(&consumer_config).context("cannot create the Kafka consumer that reads the group's progress")?;
     let worker_ctx = Arc::new(worker::WorkerContext::new(
         writer,
         dead_letter::DeadLetters::new(producer, dead_letter_topic),
         sink.clone(),
         board.clone(),
+        Some(Arc::new(progress)),
     ));
     let subscription = if sink.topics.is_empty() {
         vec![format!("^{}\\..*", regex_escape(&config.kafka.topic_prefix))]
     } else {
         sink.topics.clone()
     };
-    let consumer_config = crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms);
     let runtime = tokio::runtime::Handle::current();
     info!(group = %sink.group_id, "sink service started");
     tokio::task::spawn_blocking(move || {

@@ -6,28 +6,26 @@
 //! retry: a late retry landing after the new owner wrote newer versions would leave the
 //! target stale for good.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::message::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::dead_letter::{DeadLetter, DeadLetters};
-use super::errors::ErrorClass;
-use super::fold::{fold, FoldedDoc};
+use super::fold::{fold, DocAction};
 use super::input::Input;
-use super::writer::{DocFailure, Writer};
+use super::retry::{sleep_unless_stopped, write_with_retry, Abandoned, Written};
+use super::writer::Writer;
 use super::SinkConfig;
 use crate::debezium::{self, ClearMarker, Decoded};
-use crate::event::{ChangeEvent, Namespace};
+use crate::event::ChangeEvent;
 use crate::metrics as m;
 
 /// State a worker shares with the consumer thread (which commits) and `/status`.
@@ -90,19 +88,24 @@ pub struct WorkerContext {
     pub config: SinkConfig,
     pub pacer: Option<crate::pacer::Pacer>,
     pub board: crate::status::StatusBoard,
+    /// Reads the other partitions' progress for unique-index conflicts (`None`: every
+    /// partition counts as past, as in tests of the writer alone).
+    pub progress: Option<Arc<super::conflicts::TopicProgress>>,
 }
 
 impl WorkerContext {
-    pub fn new(writer: Writer, dead_letters: DeadLetters, config: SinkConfig, board: crate::status::StatusBoard) -> Self {
+    pub fn new(
+        writer: Writer,
+        dead_letters: DeadLetters,
+        config: SinkConfig,
+        board: crate::status::StatusBoard,
+        progress: Option<Arc<super::conflicts::TopicProgress>>,
+    ) -> Self {
         let pacer = crate::pacer::Pacer::per_second(config.max_docs_per_sec);
-        WorkerContext { writer, dead_letters, config, pacer, board }
+        WorkerContext { writer, dead_letters, config, pacer, board, progress }
     }
 }
 
-/// The batch was abandoned (stop requested while the target kept failing): nothing of it
-/// is committed, so the next owner of the partition replays it.
-#[derive(Debug)]
-struct Abandoned;
 
 /// Runs one partition's worker. `predecessor`: the partition's previous worker in this
 /// process, when a revoke gave up waiting for it; nothing is read or written before it is
@@ -209,13 +212,13 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: us
             }
             Ok(Decoded::Tombstone) => {}
             Ok(Decoded::Clear(marker)) => {
-                write_events(ctx, shared, std::mem::take(&mut segment), &mut letters).await?;
+                write_events(ctx, shared, std::mem::take(&mut segment), &mut letters, batch).await?;
                 clear_share(ctx, shared, &marker).await?;
             }
             Err(e) => letters.push((i, format!("undecodable message: {e}"))),
         }
     }
-    write_events(ctx, shared, segment, &mut letters).await?;
+    write_events(ctx, shared, segment, &mut letters, batch).await?;
     if newest_ts_ms > 0 {
         shared.applied_source_ms.fetch_max(newest_ts_ms.max(0) as u64, Ordering::Relaxed);
         metrics::gauge!(m::SINK_LAG_SECONDS, &labels).set(m::seconds_since((newest_ts_ms / 1000) as u32));
@@ -248,16 +251,20 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: us
 
 /// Folds and writes one segment of a batch; documents the target refuses for good are
 /// added to `letters` (by message position) with the reason.
+/// `batch`: the inputs the events were decoded from (a document in a unique-index conflict
+/// is decoded again to be written one event at a time).
 async fn write_events(
     ctx: &WorkerContext,
     shared: &PartitionShared,
     events: Vec<(usize, ChangeEvent)>,
     letters: &mut Vec<(usize, String)>,
+    batch: &[Input<'_>],
 ) -> Result<(), Abandoned> {
     if events.is_empty() {
         return Ok(());
     }
     let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
+    let newest_ts_ms = events.iter().map(|(_, e)| e.source.ts_ms).max().unwrap_or(0);
     let docs = fold(events);
     if let Some(pacer) = &ctx.pacer {
         // Waiting for the rate limit ends at a stop too: nothing written, nothing committed.
@@ -268,7 +275,17 @@ async fn write_events(
         }
     }
     let started = Instant::now();
-    let (failures, refused_patches) = write_with_retry(ctx, shared, &docs).await?;
+    let one_by_one = |doc: usize| -> Vec<DocAction> {
+        docs[doc]
+            .messages
+            .iter()
+            .filter_map(|&i| match debezium::decode(batch[i].key.as_deref(), batch[i].value.as_deref(), &shared.topic) {
+                Ok(Decoded::Event(e)) => fold([(i, e)]).pop().map(|d| d.action),
+                _ => None,
+            })
+            .collect()
+    };
+    let Written { poison: failures, refused_patches } = write_with_retry(ctx, shared, &docs, newest_ts_ms, &one_by_one).await?;
     metrics::histogram!(m::SINK_WRITE_SECONDS, &labels).record(started.elapsed().as_secs_f64());
     let written = (docs.len() - failures.len()) as u64;
     metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
@@ -298,80 +315,5 @@ async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &Cle
                 backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
             }
         }
-    }
-}
-
-/// Writes the folded batch until every document is applied or known to be poison.
-/// Returns the poison failures by document position, and the single patches refused
-/// (by message position, with why) of documents that got their other patches.
-async fn write_with_retry(
-    ctx: &WorkerContext,
-    shared: &PartitionShared,
-    docs: &[FoldedDoc],
-) -> Result<(HashMap<usize, DocFailure>, Vec<(usize, String)>), Abandoned> {
-    let mut poison: HashMap<usize, DocFailure> = HashMap::new();
-    // Applied by an earlier attempt: not written again (patches must apply once).
-    let mut done: HashSet<usize> = HashSet::new();
-    let mut refused_patches = Vec::new();
-    let started = Instant::now();
-    let duplicate_key_budget = Duration::from_millis(ctx.config.duplicate_key_retry_ms);
-    let mut backoff = Duration::from_millis(50);
-    let mut attempts = 0u64;
-    loop {
-        let target = |ns: &Namespace| ctx.config.target_namespace(ns);
-        let skip = |i: usize| poison.contains_key(&i) || done.contains(&i);
-        let attempted: Vec<usize> = (0..docs.len()).filter(|&i| !skip(i)).collect();
-        let retry = match ctx.writer.write(docs, &skip, &target).await {
-            Ok(outcome) => {
-                let failed: HashSet<usize> = outcome.failures.iter().map(|f| f.doc).collect();
-                done.extend(attempted.into_iter().filter(|i| !failed.contains(i)));
-                refused_patches.extend(outcome.refused_patches.into_iter().filter(|(doc, ..)| !failed.contains(doc)).map(|(_, message, reason)| (message, reason)));
-                let mut retry = false;
-                for f in outcome.failures {
-                    match f.class {
-                        ErrorClass::Poison => {
-                            poison.insert(f.doc, f);
-                        }
-                        ErrorClass::DuplicateKey if started.elapsed() >= duplicate_key_budget => {
-                            poison.insert(f.doc, f);
-                        }
-                        ErrorClass::DuplicateKey => {
-                            debug!(code = f.code, "retrying a refused statement: {}", f.message);
-                            retry = true;
-                        }
-                        ErrorClass::Transient => {
-                            // Not known to be about the document: retried until it passes,
-                            // loudly, rather than dead-lettered.
-                            if attempts % 10 == 0 {
-                                warn!(topic = %shared.topic, partition = shared.partition, code = f.code, attempts, "the target refused a statement with a code not known to be permanent; retrying (never dead-lettered): {}", f.message);
-                                ctx.board.error(format!("{}[{}]: target refused a statement (code {}), retrying: {}", shared.topic, shared.partition, f.code, f.message));
-                            }
-                            retry = true;
-                        }
-                    }
-                }
-                retry
-            }
-            Err(e) => {
-                warn!(topic = %shared.topic, partition = shared.partition, "{e}; retrying in {backoff:?}");
-                true
-            }
-        };
-        if !retry {
-            return Ok((poison, refused_patches));
-        }
-        attempts += 1;
-        metrics::counter!(m::SINK_RETRIES, "topic" => shared.topic.clone(), "partition" => shared.partition.to_string()).increment(1);
-        sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
-        backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
-    }
-}
-
-/// Sleeps `base` ± 25 % jitter, or returns `Err` at once when stop was requested.
-async fn sleep_unless_stopped(stop: &CancellationToken, base: Duration) -> Result<(), ()> {
-    let jitter = rand::rng().random_range(0.75..1.25);
-    tokio::select! {
-        _ = stop.cancelled() => Err(()),
-        _ = tokio::time::sleep(base.mul_f64(jitter)) => Ok(()),
     }
 }
