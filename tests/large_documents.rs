@@ -100,3 +100,25 @@ async fn a_topic_with_a_smaller_limit_gets_parts_of_its_size() {
     assert!(run.log_text().contains("larger events are sent in parts"), "{}", run.log_text());
     assert_eq!(run.terminate(Duration::from_secs(15)), Some(0));
 }
+
+/// A broker that refuses a message as too large (here librdkafka's own limit, set below
+/// `kafka.max_message_bytes` through `kafka.properties`, which answers as a broker would)
+/// used to make the reader re-produce from its token forever. The reader halves its limit
+/// at each refusal and resends from its saved position; the document arrives in parts.
+#[tokio::test]
+async fn a_broker_refusing_messages_as_too_large_gets_smaller_parts() {
+    let mut setup = Setup::new("refused");
+    setup.kafka_extra = r#"properties = { "message.max.bytes" = "65536" }"#.into();
+    let source = common::mongo(&common::source_uri()).await;
+    let coll = source.database(&setup.db).collection::<Document>("c");
+    coll.insert_one(doc! {"_id": "big", "pad": "p".repeat(300_000)}).await.unwrap();
+    let mut run = setup.spawn("run", &[]);
+    let target = common::mongo(&common::target_uri()).await;
+    let copied = target.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(90), "the document, in parts", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 1 }).await;
+    coll.insert_one(doc! {"_id": "after"}).await.unwrap();
+    common::eventually(Duration::from_secs(60), "the next insert", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 2 }).await;
+    assert_eq!(common::documents(&source, &setup.db, "c").await, common::documents(&target, &setup.db, "c").await);
+    assert!(run.log_text().contains("refused a message as too large"), "{}", run.log_text());
+    assert_eq!(run.terminate(Duration::from_secs(15)), Some(0));
+}

@@ -106,7 +106,6 @@ impl WorkerContext {
     }
 }
 
-
 /// Runs one partition's worker. `predecessor`: the partition's previous worker in this
 /// process, when a revoke gave up waiting for it; nothing is read or written before it is
 /// silent (one writer per partition).

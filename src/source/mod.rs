@@ -4,6 +4,7 @@
 //! exactly one instance read it; the others wait as standbys.
 
 mod checkpoint;
+mod clear_markers;
 mod config;
 mod convert;
 mod copy;

@@ -3,7 +3,8 @@
 //! topic. Reading and encoding run in one task, producing and acknowledgement tracking
 //! in another, joined by a bounded channel; the resume token is saved only over the
 //! acknowledged prefix (see `watermark`). The read sides live in `copy` and `stream`,
-//! the messages between the two halves in `outgoing`, the record encoding in `encode`.
+//! the messages between the two halves in `outgoing`, the record encoding in `encode`,
+//! the clear markers in `clear_markers`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use super::outgoing::{Outgoing, ReadEnd};
 use super::pipeline::PipelineChoice;
 use super::watermark::AckWatermark;
 use super::{HistoryLostPolicy, SourceConfig};
-use crate::debezium;
 use crate::flavor::Flavor;
 use crate::kafka::delivery::{AckProducer, Failure, InFlight, Ticket};
 use crate::metrics as m;
@@ -208,56 +208,8 @@ impl Reader {
         }
     }
 
-    /// Tells the sinks to empty the target collection: one clear marker per partition
-    /// (see `debezium::ClearMarker`), each acknowledged by Kafka.
-    async fn send_clear_markers(&self, reason: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
-        let at = self.cluster_time().await?;
-        let source = crate::event::SourceInfo {
-            name: self.ctx.name.clone(),
-            rs: self.ctx.rs.clone(),
-            ts_ms: i64::from(at.time) * 1000,
-            ord: at.increment,
-            snapshot: crate::event::SnapshotMarker::Yes,
-            lsid: None,
-            txn_number: None,
-        };
-        let markers: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..self.ctx.partitions)
-            .map(|partition| {
-                let marker = debezium::ClearMarker {
-                    ns: self.origin.ns.clone(),
-                    partition,
-                    partitions: self.ctx.partitions,
-                    reason: reason.to_string(),
-                };
-                let (key, value) = debezium::encode_clear_marker(&marker, &source, m::now_ms());
-                (partition, key, value)
-            })
-            .collect();
-        let mut in_flight = InFlight::default();
-        for (seq, (partition, key, value)) in markers.iter().enumerate() {
-            if Instant::now() >= lease.borrow().deadline {
-                return Ok(Some(ReaderExit::LeaseLost));
-            }
-            let record = BaseRecord::with_opaque_to(&self.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
-            self.ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery {
-                ns: self.ns.clone(),
-                message: format!("clear marker not queued: {e}"),
-            })?;
-            in_flight.sent();
-        }
-        // Each report comes within the producer's message timeout.
-        while in_flight.due() > 0 {
-            in_flight.arrived().await;
-            for (_, outcome) in in_flight.take() {
-                outcome.map_err(|e| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {}", e.message) })?;
-            }
-        }
-        info!(ns = %self.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
-        Ok(None)
-    }
-
     /// The source's current cluster time: the copy starts after it and the stream at it.
-    async fn cluster_time(&self) -> Result<Timestamp, ReaderError> {
+    pub(super) async fn cluster_time(&self) -> Result<Timestamp, ReaderError> {
         let reply = self
             .ctx
             .client
