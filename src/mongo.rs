@@ -20,6 +20,12 @@ pub enum ConnectError {
 /// Parses `uri`, connects and pings, waiting at most about 10 s. On Amazon DocumentDB,
 /// which refuses retryable writes, they are turned off whatever the URI says.
 pub async fn connect(uri: &str, key: &str, flavor: Flavor) -> Result<mongodb::Client, ConnectError> {
+    connect_with_pool(uri, key, flavor, None).await
+}
+
+/// Like [`connect`], with a connection pool of `pool` connections at most unless the URI
+/// sets `maxPoolSize` (the driver's default is 10).
+pub async fn connect_with_pool(uri: &str, key: &str, flavor: Flavor, pool: Option<u32>) -> Result<mongodb::Client, ConnectError> {
     let redacted = redact_uri(uri);
     let mut opts = mongodb::options::ClientOptions::parse(uri).await.map_err(|e| ConnectError::BadUri {
         key: key.into(),
@@ -29,6 +35,9 @@ pub async fn connect(uri: &str, key: &str, flavor: Flavor) -> Result<mongodb::Cl
     opts.server_selection_timeout.get_or_insert(Duration::from_secs(10));
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
     opts.app_name.get_or_insert_with(|| "docrepl".into());
+    if let Some(pool) = pool {
+        opts.max_pool_size.get_or_insert(pool);
+    }
     if flavor.is_documentdb() {
         if opts.retry_writes == Some(true) {
             tracing::warn!("`{key}` asks for retryWrites=true, which Amazon DocumentDB does not support: turned off");

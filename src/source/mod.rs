@@ -55,12 +55,21 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     let (flavor, why) = src.flavor();
     info!(flavor = flavor.name(), "source cluster flavour {} ({why})", flavor.name());
     board.set_flavor("source", flavor.name());
-    let client = mongo::connect(&src.uri, "source.uri", flavor).await?;
-    let rs = mongo::replica_set_name(&client, "source.uri").await?;
+    // Three pools, so that waiting change-stream reads never delay a lease renewal or a
+    // checkpoint (with 200 collections on one pool of 10, renewals came too late and
+    // leases were lost over and over): `control` for discovery, health and the history
+    // window; `state_client` for leases and checkpoints (its own pool even on the same
+    // cluster); `client` for copies and change streams, one connection per stream.
+    let control = mongo::connect(&src.uri, "source.uri", flavor).await?;
+    let rs = mongo::replica_set_name(&control, "source.uri").await?;
     let state_client = match &src.state.uri {
         Some(uri) if uri != &src.uri => mongo::connect(uri, "source.state.uri", src.state_flavor()).await?,
-        _ => client.clone(),
+        _ => mongo::connect(&src.uri, "source.uri", flavor).await?,
     };
+    let streams = collections_to_read(&control, src).await.map(|c| c.len()).unwrap_or(0);
+    let pool = stream_pool_size(streams);
+    info!(collections = streams, pool, "source connection pool for copies and change streams: {pool} connections at most (the URI's maxPoolSize wins)");
+    let client = mongo::connect_with_pool(&src.uri, "source.uri", flavor, Some(pool)).await?;
     let state_db = state_client.database(&src.state.database);
     let name = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
     let instance = src
@@ -98,9 +107,9 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     board.set_source_ready(true);
     {
         let board = board.clone();
-        tokio::spawn(crate::health::watch(client.clone(), admin.clone(), move |ok| board.set_source_ready(ok), shutdown.clone()));
+        tokio::spawn(crate::health::watch(control.clone(), admin.clone(), move |ok| board.set_source_ready(ok), shutdown.clone()));
     }
-    tokio::spawn(history::watch(client.clone(), flavor, src.history_retention_hours, board.clone(), shutdown.clone()));
+    tokio::spawn(history::watch(control.clone(), flavor, src.history_retention_hours, board.clone(), shutdown.clone()));
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
     info!(instance = %instance, database = %src.database, "source service started");
 
@@ -112,7 +121,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = discovery.tick() => {
-                let wanted = match collections_to_read(&client, src).await {
+                let wanted = match collections_to_read(&control, src).await {
                     Ok(w) => w,
                     Err(e) => { warn!("cannot list the source's collections: {e:#}"); continue; }
                 };
@@ -277,6 +286,15 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: C
             Err(e) => warn!(ns = %ns, "lease renewal failed: {e}"),
         }
     }
+}
+
+/// Connections for copies and change streams: one per collection's stream (each waits in
+/// a `getMore` for up to half a second; fewer connections make streams queue for one,
+/// which showed as seconds of lag with 200 collections), and room for copies and
+/// collections created later. Capped: Amazon DocumentDB instances take a few hundred to
+/// a few thousand connections in all.
+fn stream_pool_size(collections: usize) -> u32 {
+    (collections + 16).clamp(10, 1000) as u32
 }
 
 /// The largest message a reader sends to `topic`: `kafka.max_message_bytes`, or the
