@@ -166,15 +166,19 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
         }
         None => out.extend_from_slice(b"null"),
     }
-    let update_description = event.update.as_ref().map(|u| UpdateOut {
-        removed_fields: &u.removed_fields,
-        updated_fields: Bson::Document(u.updated_fields.clone()).into_canonical_extjson().to_string(),
-        truncated_arrays: u
-            .truncated_arrays
-            .iter()
-            .map(|t| TruncatedOut { field: &t.field, size: t.size })
-            .collect(),
-    });
+    // The updated fields as BSON once: their text and the exact block both come from it.
+    let updated = match &event.update {
+        Some(u) => Some((u, bson::RawDocumentBuf::from_document(&u.updated_fields).map_err(|e| EncodeError::InvalidBson(e.to_string()))?)),
+        None => None,
+    };
+    let update_description = match &updated {
+        Some((u, raw)) => Some(UpdateOut {
+            removed_fields: &u.removed_fields,
+            updated_fields: crate::extjson::canonical_document(raw).map_err(|e| EncodeError::InvalidBson(e.to_string()))?,
+            truncated_arrays: u.truncated_arrays.iter().map(|t| TruncatedOut { field: &t.field, size: t.size }).collect(),
+        }),
+        None => None,
+    };
     let s = &event.source;
     let rest = ValueRest {
         update_description,
@@ -195,7 +199,7 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
         op: event.op.code(),
         ts_ms: now_ms,
         transaction: None,
-        docrepl: exact_block(after, event.update.as_ref()),
+        docrepl: exact_block(after, updated.as_ref().map(|(u, raw)| (*u, raw))),
     };
     let brace = out.len();
     serde_json::to_writer(&mut out, &rest).map_err(|e| EncodeError::InvalidBson(e.to_string()))?;
@@ -250,12 +254,15 @@ struct ExactOut {
 
 /// The exact BSON of `after` and of the patch's updated fields, for those whose field
 /// names Extended JSON cannot carry unambiguously (`$`-prefixed); `None` for the rest.
-fn exact_block(after: Option<&bson::RawDocumentBuf>, update: Option<&crate::event::UpdateDescription>) -> Option<ExactOut> {
+/// `update`: the patch with its updated fields as BSON.
+fn exact_block(
+    after: Option<&bson::RawDocumentBuf>,
+    update: Option<(&crate::event::UpdateDescription, &bson::RawDocumentBuf)>,
+) -> Option<ExactOut> {
     let after_bson = after.filter(|a| exact::has_dollar_field(a)).map(|a| exact::encode(a));
-    let updated_fields_bson = update.and_then(|u| {
+    let updated_fields_bson = update.and_then(|(u, raw)| {
         let dollar_path = u.updated_fields.keys().any(|k| k.split('.').any(|c| c.starts_with('$')));
-        let raw = bson::RawDocumentBuf::from_document(&u.updated_fields).ok()?;
-        (dollar_path || exact::has_dollar_field(&raw)).then(|| exact::encode(&raw))
+        (dollar_path || exact::has_dollar_field(raw)).then(|| exact::encode(raw))
     });
     (after_bson.is_some() || updated_fields_bson.is_some()).then_some(ExactOut { after_bson, updated_fields_bson })
 }

@@ -27,10 +27,7 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
         let outcome = match result {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(Failure {
-                message: e.to_string(),
-                too_large: e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge),
-            }),
+            Err((e, _)) => Err(Failure::from(e)),
         };
         ticket.acks.report(ticket.seq, outcome);
     }
@@ -57,6 +54,13 @@ pub struct Failure {
     pub message: String,
     /// The broker (or librdkafka) refused the record as larger than the topic takes.
     pub too_large: bool,
+}
+
+impl From<&rdkafka::error::KafkaError> for Failure {
+    fn from(e: &rdkafka::error::KafkaError) -> Self {
+        let too_large = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge);
+        Failure { message: e.to_string(), too_large }
+    }
 }
 
 /// One sender's queue of delivery reports.

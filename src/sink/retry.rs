@@ -109,15 +109,14 @@ pub async fn write_with_retry(
                         }
                     }
                 }
-                if !conflicts.is_empty() {
-                    retry = true;
-                    if conflict.final_now(&conflicts).await {
-                        for f in conflicts {
-                            poison.insert(f.doc, f);
-                        }
+                if conflicts.is_empty() {
+                    conflict.cleared();
+                } else if conflict.final_now(&conflicts).await {
+                    for f in conflicts {
+                        poison.insert(f.doc, f);
                     }
                 } else {
-                    conflict.cleared();
+                    retry = true;
                 }
                 retry
             }
@@ -126,7 +125,7 @@ pub async fn write_with_retry(
                 true
             }
         };
-        if !retry || (0..work.len()).all(|i| poison.contains_key(&i) || done.contains(&i)) {
+        if !retry {
             conflict.cleared();
             return Ok(Written { poison, refused_patches });
         }

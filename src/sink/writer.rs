@@ -61,6 +61,12 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// A command that failed as a whole, classified by its error.
+    fn from_mongo(ns: &Namespace, source: mongodb::error::Error) -> Self {
+        let class = classify_command_error(&source);
+        CommandError::Command { ns: ns.to_string(), source, class }
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             CommandError::Command { class, .. } => *class,
@@ -203,10 +209,7 @@ impl Writer {
         outcome: &mut WriteOutcome,
     ) -> Result<Vec<(usize, RawDocumentBuf)>, CommandError> {
         use futures::TryStreamExt;
-        let failed = |source: mongodb::error::Error| {
-            let class = classify_command_error(&source);
-            CommandError::Command { ns: ns.to_string(), source, class }
-        };
+        let failed = |source| CommandError::from_mongo(ns, source);
         let coll = self.client.database(&ns.db).collection::<Document>(&ns.coll);
         let mut current: HashMap<String, Document> = HashMap::new();
         for chunk in positions.chunks(1000) {
@@ -257,10 +260,7 @@ impl Writer {
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<u64, CommandError> {
         use futures::TryStreamExt;
-        let failed = |source: mongodb::error::Error| {
-            let class = classify_command_error(&source);
-            CommandError::Command { ns: ns.to_string(), source, class }
-        };
+        let failed = |source| CommandError::from_mongo(ns, source);
         let coll = self.client.database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
         let mut cursor = coll.find(bson::doc! {}).projection(bson::doc! {"_id": 1}).batch_size(10_000).await.map_err(failed)?;
         let mut chunk: Vec<(usize, RawDocumentBuf)> = Vec::new();

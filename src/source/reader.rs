@@ -448,10 +448,7 @@ impl Reader {
                         return Ok(false);
                     }
                 }
-                Err((e, _)) => {
-                    let too_large = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge);
-                    return Err(self.delivery_failed(Failure { message: e.to_string(), too_large }));
-                }
+                Err((e, _)) => return Err(self.delivery_failed(Failure::from(&e))),
             }
         }
     }
