@@ -18,15 +18,8 @@ export DOCREPL_BROKER_STORAGE=memory
 . "$(dirname "$0")/lib.sh"
 cd "$DOCREPL_ROOT"
 
-"$DOCREPL_ROOT/scripts/setup.sh"
-"$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true
-rm -rf "$DOCREPL_DATA"
-"$DOCREPL_ROOT/scripts/services.sh" start
-trap '"$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true' EXIT
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DOCREPL_CACHE/target}"
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/docrepl"
+own_services
+release_build
 WORK="$DOCREPL_DATA/run"
 mkdir -p "$WORK" "$DOCREPL_ROOT/benches/results"
 

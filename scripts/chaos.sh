@@ -19,9 +19,7 @@ export DOCREPL_BROKER_STORAGE=sqlite
 cd "$DOCREPL_ROOT"
 
 "$DOCREPL_ROOT/scripts/setup.sh"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DOCREPL_CACHE/target}"
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/docrepl"
+release_build
 SERVICES="$DOCREPL_ROOT/scripts/services.sh"
 
 PIDS=()

@@ -28,3 +28,24 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # pid_alive FILE: true when FILE names a running process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# own_services: the calling script's own services (its DOCREPL_DATA and ports, set before
+# this file is sourced) on fresh data: tools installed, what a previous run left stopped
+# and wiped, then started; stopped again when the script exits, after the processes whose
+# pids the script put in OWN_PIDS.
+OWN_PIDS=()
+own_services() {
+  "$DOCREPL_ROOT/scripts/setup.sh"
+  "$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true
+  rm -rf "$DOCREPL_DATA"
+  "$DOCREPL_ROOT/scripts/services.sh" start
+  trap 'for p in "${OWN_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; "$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true' EXIT
+}
+
+# release_build: builds docrepl with the release profile (targets cached outside the
+# checkout); its path in BIN.
+release_build() {
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DOCREPL_CACHE/target}"
+  cargo build --release --quiet
+  BIN="$CARGO_TARGET_DIR/release/docrepl"
+}

@@ -12,15 +12,8 @@ export DOCREPL_BROKER_STORAGE=memory
 . "$(dirname "$0")/lib.sh"
 cd "$DOCREPL_ROOT"
 
-"$DOCREPL_ROOT/scripts/setup.sh"
-"$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true
-rm -rf "$DOCREPL_DATA"
-"$DOCREPL_ROOT/scripts/services.sh" start
-pid=""
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; "$DOCREPL_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true' EXIT
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DOCREPL_CACHE/target}"
-cargo build --release --quiet
+own_services
+release_build
 WORK="$DOCREPL_DATA/run"
 mkdir -p "$WORK"
 cat >"$WORK/many.toml" <<TOML
@@ -37,6 +30,7 @@ partitions = 1
 listen = "127.0.0.1:18690"
 TOML
 "$PY" "$DOCREPL_ROOT/scripts/many_collections.py" create "$SOURCE_PORT" many "$N"
-"$CARGO_TARGET_DIR/release/docrepl" run --config "$WORK/many.toml" 2>"$WORK/docrepl.log" &
+"$BIN" run --config "$WORK/many.toml" 2>"$WORK/docrepl.log" &
 pid=$!
+OWN_PIDS+=("$pid")
 "$PY" "$DOCREPL_ROOT/scripts/many_collections.py" measure "$SOURCE_PORT" "$TARGET_PORT" 18690 many "$N" "$pid" "$WORK/docrepl.log"

@@ -78,6 +78,17 @@ fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
     m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
 }
 
+/// A hand-written `c` event with `after` (Extended JSON text) and `source`.
+fn create_event(after: &str, source: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"op": "c", "after": after, "source": source, "ts_ms": 0})).unwrap()
+}
+
+/// A hand-written `u` event with only `updatedFields` (Extended JSON text) and `source`.
+fn patch_event(updated_fields: &str, source: &serde_json::Value) -> Vec<u8> {
+    let update = serde_json::json!({"updatedFields": updated_fields, "removedFields": []});
+    serde_json::to_vec(&serde_json::json!({"op": "u", "after": null, "updateDescription": update, "source": source, "ts_ms": 0})).unwrap()
+}
+
 /// The `source` block of a hand-written event for collection `c` of `db`.
 fn source_block(db: &str) -> serde_json::Value {
     serde_json::json!({"connector": "mongodb", "name": "x", "db": db, "collection": "c", "ts_ms": 0, "ord": 0, "snapshot": "false"})
@@ -219,10 +230,10 @@ async fn a_patch_that_cannot_apply_to_its_document_is_a_dead_letter_not_dropped(
     let setup = Setup::new("patchfail");
     let (topic, producer) = topic_and_producer(&setup).await;
     let source = source_block(&setup.db);
-    let full = serde_json::json!({"op": "c", "after": r#"{"_id": {"$numberInt": "1"}, "a": "text"}"#, "source": source, "ts_ms": 0});
-    let patch = serde_json::json!({"op": "u", "after": null, "updateDescription": {"updatedFields": r#"{"a.b": {"$numberInt": "1"}}"#, "removedFields": []}, "source": source, "ts_ms": 0});
+    let full = create_event(r#"{"_id": {"$numberInt": "1"}, "a": "text"}"#, &source);
+    let patch = patch_event(r#"{"a.b": {"$numberInt": "1"}}"#, &source);
     for value in [full, patch] {
-        send(&producer, &topic, Some(br#"{"id":"1"}"#), &serde_json::to_vec(&value).unwrap()).await;
+        send(&producer, &topic, Some(br#"{"id":"1"}"#), &value).await;
     }
     let mut sink = setup.spawn("sink", &[]);
     let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| !m.is_empty()).await;
@@ -244,17 +255,15 @@ async fn a_refused_patch_among_several_is_the_only_dead_letter() {
     let (topic, producer) = topic_and_producer(&setup).await;
     let source = source_block(&setup.db);
     let key = br#"{"id":"1"}"#;
-    let full = serde_json::json!({"op": "c", "after": r#"{"_id": {"$numberInt": "1"}, "a": "text", "n": {"$numberInt": "0"}}"#, "source": source});
-    send(&producer, &topic, Some(key), &serde_json::to_vec(&full).unwrap()).await;
+    send(&producer, &topic, Some(key), &create_event(r#"{"_id": {"$numberInt": "1"}, "a": "text", "n": {"$numberInt": "0"}}"#, &source)).await;
     let mut sink = setup.spawn("sink", &[]);
     let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
     common::eventually(Duration::from_secs(60), "the document", || async { target.count_documents(doc! {"_id": 1}).await.unwrap_or(0) == 1 }).await;
     assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
 
     // Sent while no sink runs, so the next one takes the three in one batch.
-    let patch = |fields: &str| serde_json::json!({"op": "u", "after": null, "updateDescription": {"updatedFields": fields, "removedFields": []}, "source": source});
     for fields in [r#"{"n": {"$numberInt": "1"}}"#, r#"{"a.b": {"$numberInt": "1"}}"#, r#"{"n": {"$numberInt": "3"}, "m": {"$numberInt": "1"}}"#] {
-        send(&producer, &topic, Some(key), &serde_json::to_vec(&patch(fields)).unwrap()).await;
+        send(&producer, &topic, Some(key), &patch_event(fields, &source)).await;
     }
     let mut sink = setup.spawn("sink", &[]);
     common::eventually(Duration::from_secs(60), "the patches", || async { target.count_documents(doc! {"m": 1}).await.unwrap_or(0) == 1 }).await;

@@ -75,6 +75,24 @@ async fn big_document_and_its_updates(flavor: &str) -> String {
     run.log_text()
 }
 
+/// Inserts a 300 KB document with `_id` `id` into the source's `c`, starts `docrepl run`
+/// and waits up to `within` for the copy on the target: the source and target `c`, and
+/// the process.
+async fn run_with_a_300_kb_document(
+    setup: &Setup,
+    id: &str,
+    within: Duration,
+) -> (mongodb::Collection<Document>, mongodb::Collection<Document>, common::Proc) {
+    let source = common::mongo(&common::source_uri()).await;
+    let coll = source.database(&setup.db).collection::<Document>("c");
+    coll.insert_one(doc! {"_id": id, "pad": "p".repeat(300_000)}).await.unwrap();
+    let run = setup.spawn("run", &[]);
+    let target = common::mongo(&common::target_uri()).await;
+    let copied = target.database(&setup.db).collection::<Document>("c");
+    common::eventually(within, "the copied document", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 1 }).await;
+    (coll, copied, run)
+}
+
 /// A topic that already exists with a `max.message.bytes` below `kafka.max_message_bytes`
 /// used to make the broker refuse every large event, and the reader re-produced from its
 /// token forever. The reader reads the topic's limit and sends parts that fit it.
@@ -83,13 +101,7 @@ async fn a_topic_with_a_smaller_limit_gets_parts_of_its_size() {
     let setup = Setup::new("smalltopic");
     let admin = docrepl::kafka::admin::TopicAdmin::new(&common::kafka_config(&setup.prefix, 8)).unwrap();
     admin.ensure_topic(&setup.topic("c"), 8, 1, &[("max.message.bytes", "65536".to_string())]).await.unwrap();
-    let source = common::mongo(&common::source_uri()).await;
-    let coll = source.database(&setup.db).collection::<Document>("c");
-    coll.insert_one(doc! {"_id": "first", "pad": "p".repeat(300_000)}).await.unwrap();
-    let mut run = setup.spawn("run", &[]);
-    let target = common::mongo(&common::target_uri()).await;
-    let copied = target.database(&setup.db).collection::<Document>("c");
-    common::eventually(Duration::from_secs(60), "the copied document", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 1 }).await;
+    let (coll, copied, mut run) = run_with_a_300_kb_document(&setup, "first", Duration::from_secs(60)).await;
     coll.update_one(doc! {"_id": "first"}, doc! {"$set": {"n": 1}}).await.unwrap();
     common::eventually(Duration::from_secs(60), "its update", || async { copied.count_documents(doc! {"n": 1}).await.unwrap_or(0) == 1 }).await;
 
@@ -109,15 +121,10 @@ async fn a_topic_with_a_smaller_limit_gets_parts_of_its_size() {
 async fn a_broker_refusing_messages_as_too_large_gets_smaller_parts() {
     let mut setup = Setup::new("refused");
     setup.kafka_extra = r#"properties = { "message.max.bytes" = "65536" }"#.into();
-    let source = common::mongo(&common::source_uri()).await;
-    let coll = source.database(&setup.db).collection::<Document>("c");
-    coll.insert_one(doc! {"_id": "big", "pad": "p".repeat(300_000)}).await.unwrap();
-    let mut run = setup.spawn("run", &[]);
-    let target = common::mongo(&common::target_uri()).await;
-    let copied = target.database(&setup.db).collection::<Document>("c");
-    common::eventually(Duration::from_secs(90), "the document, in parts", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 1 }).await;
+    let (coll, copied, mut run) = run_with_a_300_kb_document(&setup, "big", Duration::from_secs(90)).await;
     coll.insert_one(doc! {"_id": "after"}).await.unwrap();
     common::eventually(Duration::from_secs(60), "the next insert", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 2 }).await;
+    let (source, target) = (common::mongo(&common::source_uri()).await, common::mongo(&common::target_uri()).await);
     assert_eq!(common::documents(&source, &setup.db, "c").await, common::documents(&target, &setup.db, "c").await);
     assert!(run.log_text().contains("refused a message as too large"), "{}", run.log_text());
     assert_eq!(run.terminate(Duration::from_secs(15)), Some(0));
