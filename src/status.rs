@@ -68,6 +68,7 @@ struct Inner {
     history_window_seconds: Option<f64>,
     flavors: BTreeMap<&'static str, &'static str>,
     pipeline: Option<String>,
+    stream_level: Option<String>,
 }
 
 /// Cheap to clone; every clone shows the same board.
@@ -90,6 +91,8 @@ pub struct StatusReport {
     /// Source side: the change-stream pipeline in use (`preferred`, or `documentdb` after
     /// a fallback), and how the large-event guard works with it.
     pub change_stream_pipeline: Option<String>,
+    /// Source side: one change stream per database or per collection, and why.
+    pub change_streams: Option<String>,
     /// Source side: seconds of change history the source keeps; a resume token older
     /// than this cannot be resumed.
     pub history_window_seconds: Option<f64>,
@@ -150,6 +153,10 @@ impl StatusBoard {
         self.with(|i| i.pipeline = Some(description));
     }
 
+    pub fn set_stream_level(&self, description: String) {
+        self.with(|i| i.stream_level = Some(description));
+    }
+
     pub fn set_source_ready(&self, ready: bool) {
         self.with(|i| i.source_ready = Some(ready));
     }
@@ -174,7 +181,8 @@ impl StatusBoard {
                 (i.collections.clone(), i.partitions.clone(), i.topics.clone(), i.dead_letters, i.errors.clone(), i.history_window_seconds)
             })
             .unwrap_or_default();
-        let (flavors, change_stream_pipeline) = self.with(|i| (i.flavors.clone(), i.pipeline.clone())).unwrap_or_default();
+        let (flavors, change_stream_pipeline, change_streams) =
+            self.with(|i| (i.flavors.clone(), i.pipeline.clone(), i.stream_level.clone())).unwrap_or_default();
         let collections = collections
             .into_iter()
             .map(|(k, mut c)| {
@@ -189,6 +197,7 @@ impl StatusBoard {
             ready,
             flavors,
             change_stream_pipeline,
+            change_streams,
             history_window_seconds,
             collections,
             partitions,

@@ -40,9 +40,12 @@ async fn own_source(port: u16) -> OwnMongod {
     OwnMongod::start_with(port, vec!["--setParameter".into(), "enableTestCommands=1".into()], "").await
 }
 
-/// A config reading collection `c` from `source`, with extra `[source]` lines.
+/// A config reading collection `c` from `source`, with extra `[source]` lines. The
+/// database's stream unless `extra` says otherwise: `auto` would first open (probe) a
+/// database stream, which would take the fail point's first answer.
 fn config(setup: &mut Setup, source: &OwnMongod, extra: &str) -> PathBuf {
-    setup.source_extra = format!("collections = [\"c\"]\n{extra}");
+    let level = if extra.contains("stream_level") { "" } else { "stream_level = \"database\"\n" };
+    setup.source_extra = format!("collections = [\"c\"]\n{level}{extra}");
     let text = std::fs::read_to_string(setup.config()).unwrap().replace(&common::source_uri(), &source.uri());
     let path = setup.dir.path().join(format!("{}.toml", common::unique("cfg")));
     std::fs::write(&path, text).unwrap();
@@ -71,16 +74,40 @@ async fn run_until_it_stops(setup: &mut Setup, source: &OwnMongod, extra: &str, 
 #[tokio::test]
 async fn change_streams_not_enabled_stop_with_the_command_to_run() {
     let source = own_source(27831).await;
-    let mut setup = Setup::new("notenabled");
-    // The stream's open and the fresh probe stream both answer 136.
-    let log = run_until_it_stops(&mut setup, &source, "flavor = \"documentdb\"\non_history_lost = \"recopy\"", 136, 2, "source").await;
-    assert!(log.contains(&format!("change streams are not enabled for {}.c", setup.db)), "{log}");
-    assert!(
-        log.contains(&format!("modifyChangeStreams: 1, database: \\\"{}\\\", collection: \\\"c\\\", enable: true", setup.db))
-            || log.contains(&format!("modifyChangeStreams: 1, database: \"{}\", collection: \"c\", enable: true", setup.db)),
-        "the message gives the command to run:\n{log}"
-    );
-    assert!(!log.contains("starting a fresh initial copy") && !log.contains("clear markers"), "no recopy loop:\n{log}");
+    for (level, ns, coll) in [("database", "$database", ""), ("collection", "c", "c")] {
+        let mut setup = Setup::new("notenabled");
+        let extra = format!("flavor = \"documentdb\"\non_history_lost = \"recopy\"\nstream_level = \"{level}\"");
+        // The stream's open and the fresh probe stream both answer 136.
+        let log = run_until_it_stops(&mut setup, &source, &extra, 136, 2, "source").await;
+        assert!(log.contains(&format!("change streams are not enabled for {}.{ns}", setup.db)), "{level}: {log}");
+        assert!(
+            log.contains(&format!("modifyChangeStreams: 1, database: \\\"{}\\\", collection: \\\"{coll}\\\", enable: true", setup.db))
+                || log.contains(&format!("modifyChangeStreams: 1, database: \"{}\", collection: \"{coll}\", enable: true", setup.db)),
+            "{level}: the message gives the command to run:\n{log}"
+        );
+        assert!(!log.contains("starting a fresh initial copy") && !log.contains("clear markers"), "{level}: no recopy loop:\n{log}");
+    }
+}
+
+/// `auto` opens a database stream first; refused (DocumentDB before `modifyChangeStreams`
+/// for the database), it reads each collection's own stream and says so on `/status`.
+#[tokio::test]
+async fn a_refused_database_stream_falls_back_to_collection_streams() {
+    let source = own_source(27835).await;
+    let mut setup = Setup::new("dbrefused");
+    let cfg = config(&mut setup, &source, "flavor = \"documentdb\"\nstream_level = \"auto\"");
+    let client = common::mongo(&source.uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    coll.insert_many((0..50).map(|i| doc! {"_id": i})).await.unwrap();
+    fail_aggregates(&client, 136, 1).await;
+    let run = setup.spawn_with("run", &cfg, &[]);
+    common::eventually(Duration::from_secs(90), "the copy", || async { target_count(&setup).await == 50 }).await;
+    coll.insert_one(doc! {"_id": 100}).await.unwrap();
+    common::eventually(Duration::from_secs(60), "a streamed insert", || async { target_count(&setup).await == 51 }).await;
+    let (_, body) = common::http_get(&common::status_addr(&run).await, "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(status["change_streams"].as_str().is_some_and(|s| s.starts_with("one change stream per collection")), "{status}");
+    assert!(run.log_text().contains("reading one change stream per collection instead"), "{}", run.log_text());
 }
 
 #[tokio::test]
@@ -89,7 +116,7 @@ async fn a_copy_that_outran_the_history_is_fatal_not_a_recopy_loop() {
     let mut setup = Setup::new("outran");
     // Only the stream after the copy fails; a fresh stream opens (history lost, not "not enabled").
     let log = run_until_it_stops(&mut setup, &source, "flavor = \"documentdb\"\non_history_lost = \"recopy\"", 136, 1, "run").await;
-    assert!(log.contains(&format!("the initial copy of {}.c outran the source's change stream history", setup.db)), "{log}");
+    assert!(log.contains(&format!("the initial copy of {}.c outran the source's change stream history", setup.db)) || log.contains(&format!("the initial copy of {}.$database outran", setup.db)), "{log}");
     assert!(log.contains("change_stream_log_retention_duration"), "says what to raise:\n{log}");
     assert!(!log.contains("starting a fresh initial copy"), "no recopy:\n{log}");
 }
@@ -123,7 +150,7 @@ async fn lost_history_136_and_an_invalid_token_9_follow_on_history_lost() {
         let exit = stopped.wait_exit(Duration::from_secs(90));
         let log = stopped.log_text();
         assert!(matches!(exit, Some(c) if c != 0), "code {code}: on_history_lost = \"fail\" must stop, got {exit:?}:\n{log}");
-        assert!(log.contains(&format!("change stream history lost for {}.c", setup.db)), "code {code}:\n{log}");
+        assert!(log.contains(&format!("change stream history lost for {}.$database", setup.db)), "code {code}:\n{log}");
         assert!(!log.contains("not enabled"), "code {code}: a lost history, not a disabled stream:\n{log}");
     }
 

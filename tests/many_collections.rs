@@ -1,5 +1,11 @@
-//! Many collections in one database: every collection's reader streams, its lease holds,
-//! and a write to any of them reaches the target. With one connection pool for 60 change
+//! Many collections in one database.
+//!
+//! On the database's one stream (the default): 200 collections are copied a few at a
+//! time, a collection created while running and one renamed into the scope arrive, and a
+//! kill -9 under load across all of them loses nothing.
+//!
+//! On a stream per collection: every collection's reader streams, its lease holds, and a
+//! write to any of them reaches the target. With one connection pool for 60 change
 //! streams and their leases, waiting `getMore`s made renewals late: leases were lost over
 //! and over ("lease not renewed in time") and writes took seconds. Leases and checkpoints
 //! now have a pool of their own, and the streams one connection each.
@@ -16,7 +22,8 @@ const COLLECTIONS: usize = 60;
 
 #[tokio::test]
 async fn sixty_collections_stream_with_their_leases_held() {
-    let setup = Setup::new("many");
+    let mut setup = Setup::new("many");
+    setup.source_extra = "stream_level = \"collection\"".into();
     let config = std::fs::read_to_string(setup.config()).unwrap().replace("partitions = 8", "partitions = 1");
     let path = setup.dir.path().join("many.toml");
     std::fs::write(&path, config).unwrap();
@@ -45,5 +52,85 @@ async fn sixty_collections_stream_with_their_leases_held() {
     common::eventually(Duration::from_secs(120), "every collection's streamed insert", || async { count_all("streamed").await == COLLECTIONS }).await;
     let log = run.log_text();
     assert!(!log.contains("lease not renewed in time"), "leases were lost:\n{}", log.lines().filter(|l| l.contains("lease not renewed")).take(5).collect::<Vec<_>>().join("\n"));
+    assert_eq!(run.terminate(Duration::from_secs(20)), Some(0));
+}
+
+const ON_ONE_STREAM: usize = 200;
+const DOCS_EACH: i32 = 10;
+
+async fn count_in(db: &mongodb::Database, coll: &str) -> u64 {
+    db.collection::<Document>(coll).count_documents(doc! {}).await.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn two_hundred_collections_on_the_database_stream_survive_kill_9() {
+    let mut setup = Setup::new("onestream");
+    setup.source_extra = "copy_parallelism = 3".into();
+    let config = std::fs::read_to_string(setup.config()).unwrap().replace("partitions = 8", "partitions = 2");
+    let path = setup.dir.path().join("onestream.toml");
+    std::fs::write(&path, config).unwrap();
+    let source = common::mongo(&common::source_uri()).await;
+    let db = source.database(&setup.db);
+    let name = |i: usize| format!("c{i:03}");
+    for i in 0..ON_ONE_STREAM {
+        let docs: Vec<Document> = (0..DOCS_EACH).map(|n| doc! {"_id": n, "v": 0}).collect();
+        db.collection::<Document>(&name(i)).insert_many(docs).await.unwrap();
+    }
+    let mut run = setup.spawn_with("run", &path, &[]);
+    let target = common::mongo(&common::target_uri()).await;
+    let tdb = target.database(&setup.db);
+    common::eventually(Duration::from_secs(180), "every collection copied", || async {
+        for i in 0..ON_ONE_STREAM {
+            if count_in(&tdb, &name(i)).await < DOCS_EACH as u64 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let (_, status) = common::http_get(&common::status_addr(&run).await, "/status", None).await;
+    assert!(status.contains("one change stream for database"), "{status}");
+    let log = run.log_text();
+    assert!(log.contains("initial copies before the database stream"), "{log}");
+
+    // Created while running: every write is in the stream, no copy needed.
+    db.collection::<Document>("late").insert_many((0..DOCS_EACH).map(|n| doc! {"_id": n})).await.unwrap();
+    // Renamed into the scope from outside it: its documents never were events.
+    let outside = source.database(&format!("{}_outside", setup.db));
+    outside.collection::<Document>("kept").insert_many((0..DOCS_EACH).map(|n| doc! {"_id": n})).await.unwrap();
+    source
+        .database("admin")
+        .run_command(doc! {"renameCollection": format!("{}_outside.kept", setup.db), "to": format!("{}.moved", setup.db)})
+        .await
+        .unwrap();
+    common::eventually(Duration::from_secs(60), "the created and the renamed collection", || async {
+        count_in(&tdb, "late").await == DOCS_EACH as u64 && count_in(&tdb, "moved").await == DOCS_EACH as u64
+    })
+    .await;
+    let names = tdb.list_collection_names().await.unwrap();
+    assert!(!names.iter().any(|n| n.ends_with(".renameCollection")), "mongod's temporary rename collection was replicated: {names:?}");
+
+    // Load over every collection; kill -9 in the middle of it.
+    let load = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for round in 1..=30i32 {
+                for i in ((round % 5) as usize..ON_ONE_STREAM).step_by(5) {
+                    let coll = db.collection::<Document>(&format!("c{i:03}"));
+                    coll.update_one(doc! {"_id": round % DOCS_EACH}, doc! {"$set": {"v": round}}).await.unwrap();
+                    coll.insert_one(doc! {"_id": 1000 + round}).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.kill9();
+    let mut run = setup.spawn_with("run", &path, &[]);
+    load.await.unwrap();
+    let (code, out) = common::verify(&path, 60);
+    assert_eq!(code, Some(0), "target differs from the source after kill -9:\n{out}\n{}", run.log_text());
+    let log = run.log_text();
+    assert!(!log.contains("lease not renewed in time"), "{log}");
     assert_eq!(run.terminate(Duration::from_secs(20)), Some(0));
 }

@@ -209,11 +209,21 @@ async fn sigterm_during_load_exits_0_and_the_restart_neither_loses_nor_repeats()
     assert!(repeated.is_empty(), "events published twice across a graceful restart (first 10): {repeated:?}");
 }
 
-/// drop and rename are reported, never crash the reader; a re-created collection is read again.
+/// drop and rename are reported, never crash the reader; a re-created collection is read
+/// again: on the database's stream (the default) and on a collection's own stream.
 #[tokio::test]
 async fn drop_and_rename_do_not_crash_the_reader() {
-    let mut setup = Setup::new("ddl");
-    setup.source_extra = "collections = [\"c\"]".into();
+    drop_and_rename("ddl", "database").await;
+}
+
+#[tokio::test]
+async fn drop_and_rename_do_not_crash_a_collection_stream() {
+    drop_and_rename("ddlc", "collection").await;
+}
+
+async fn drop_and_rename(name: &str, level: &str) {
+    let mut setup = Setup::new(name);
+    setup.source_extra = format!("collections = [\"c\"]\nstream_level = \"{level}\"");
     let client = common::mongo(&common::source_uri()).await;
     let db = client.database(&setup.db);
     db.collection::<Document>("c").insert_one(doc! {"_id": 1}).await.unwrap();
@@ -242,7 +252,9 @@ async fn drop_and_rename_do_not_crash_the_reader() {
     assert!(ids.contains("2") && ids.contains("3"), "events after drop/rename: {ids:?}\n{}", source.log_text());
     assert!(source.wait_exit(Duration::from_millis(10)).is_none(), "reader crashed:\n{}", source.log_text());
     let log = source.log_text();
-    assert!(log.contains("DDL event") && log.contains("invalidated"), "{log}");
+    assert!(log.contains("DDL event"), "{log}");
+    // Only a collection's stream ends at its collection's drop; a database's goes on.
+    assert_eq!(log.contains("invalidated"), level == "collection", "{log}");
 }
 
 /// Keys decoded back by the sink's decoder match the documents' _ids.

@@ -58,18 +58,28 @@ impl CheckpointStore {
     }
 
     pub async fn load(&self, ns: &str) -> mongodb::error::Result<Option<Checkpoint>> {
-        let Some(d) = self.coll.find_one(doc! {"_id": self.key(ns)}).await? else {
-            return Ok(None);
-        };
-        let event_time = d.get_timestamp("event_time").ok();
-        let position = match (d.get("resume_token"), d.get_timestamp("start_at"), d.get_timestamp("copy_at")) {
-            (Some(t), _, _) if *t != Bson::Null => Position::Token(t.clone()),
-            (_, Ok(ts), _) => Position::StartAt(ts),
-            (_, _, Ok(at)) => Position::Copying { at, after: d.get("copy_after").filter(|b| **b != Bson::Null).cloned() },
-            _ => return Ok(None),
-        };
-        Ok(Some(Checkpoint { position, event_time }))
+        Ok(self.coll.find_one(doc! {"_id": self.key(ns)}).await?.and_then(|d| parse(&d)))
     }
+
+    /// The checkpoints of every collection of `db` (one query, not one per collection),
+    /// by collection name; `db.$database`'s own is not among them.
+    pub async fn of_collections(&self, db: &str) -> mongodb::error::Result<Vec<(String, Checkpoint)>> {
+        // Keys are `<scope>/<db>.<coll>`: '/' follows '.' in every collation order here.
+        let from = self.key(&format!("{db}."));
+        let to = self.key(&format!("{db}/"));
+        let mut cursor = self.coll.find(doc! {"_id": {"$gte": &from, "$lt": to}}).await?;
+        let mut found = Vec::new();
+        while cursor.advance().await? {
+            let d: Document = cursor.deserialize_current()?;
+            // `$` cannot begin a collection name: that is a database reader's own key.
+            let Some(coll) = d.get_str("_id").ok().and_then(|id| id.strip_prefix(from.as_str())).filter(|c| !c.starts_with('$')).map(str::to_string) else { continue };
+            if let Some(cp) = parse(&d) {
+                found.push((coll, cp));
+            }
+        }
+        Ok(found)
+    }
+
 
     /// Saves `cp` under lease epoch `epoch`, unless a holder with a newer epoch has saved
     /// since (then `Superseded`, and nothing changes).
@@ -106,6 +116,18 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// A stored checkpoint document's position (`None`: a document of no known shape).
+fn parse(d: &Document) -> Option<Checkpoint> {
+    let event_time = d.get_timestamp("event_time").ok();
+    let position = match (d.get("resume_token"), d.get_timestamp("start_at"), d.get_timestamp("copy_at")) {
+        (Some(t), _, _) if *t != Bson::Null => Position::Token(t.clone()),
+        (_, Ok(ts), _) => Position::StartAt(ts),
+        (_, _, Ok(at)) => Position::Copying { at, after: d.get("copy_after").filter(|b| **b != Bson::Null).cloned() },
+        _ => return None,
+    };
+    Some(Checkpoint { position, event_time })
 }
 
 /// The cluster time a MongoDB resume token stands for: its `_data` KeyString starts with

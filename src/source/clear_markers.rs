@@ -4,20 +4,23 @@
 //! Kafka before the reader goes on.
 
 use rdkafka::producer::BaseRecord;
+use std::sync::Arc;
+
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::info;
 
 use super::lease::Grant;
 use super::reader::{Reader, ReaderError, ReaderExit};
+use super::route::Route;
 use crate::debezium;
 use crate::kafka::delivery::InFlight;
 use crate::metrics as m;
 
 impl Reader {
-    /// Tells the sinks to empty the target collection: one clear marker per partition
-    /// (see `debezium::ClearMarker`), each acknowledged by Kafka.
-    pub(super) async fn send_clear_markers(&self, reason: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+    /// Tells the sinks to empty `route`'s target collection: one clear marker per partition
+    /// of its topic (see `debezium::ClearMarker`), each acknowledged by Kafka.
+    pub(super) async fn send_clear_markers(&self, route: &Arc<Route>, reason: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         let at = self.cluster_time().await?;
         let source = crate::event::SourceInfo {
             name: self.ctx.name.clone(),
@@ -31,7 +34,7 @@ impl Reader {
         let markers: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..self.ctx.partitions)
             .map(|partition| {
                 let marker = debezium::ClearMarker {
-                    ns: self.origin.ns.clone(),
+                    ns: route.origin.ns.clone(),
                     partition,
                     partitions: self.ctx.partitions,
                     reason: reason.to_string(),
@@ -45,9 +48,9 @@ impl Reader {
             if Instant::now() >= lease.borrow().deadline {
                 return Ok(Some(ReaderExit::LeaseLost));
             }
-            let record = BaseRecord::with_opaque_to(&self.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
+            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
             self.ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery {
-                ns: self.ns.clone(),
+                ns: route.ns.clone(),
                 message: format!("clear marker not queued: {e}"),
             })?;
             in_flight.sent();
@@ -56,10 +59,10 @@ impl Reader {
         while in_flight.due() > 0 {
             in_flight.arrived().await;
             for (_, outcome) in in_flight.take() {
-                outcome.map_err(|e| ReaderError::Delivery { ns: self.ns.clone(), message: format!("clear marker not delivered: {}", e.message) })?;
+                outcome.map_err(|e| ReaderError::Delivery { ns: route.ns.clone(), message: format!("clear marker not delivered: {}", e.message) })?;
             }
         }
-        info!(ns = %self.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
+        info!(ns = %route.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
         Ok(None)
     }
 }

@@ -27,6 +27,15 @@ pub struct SourceConfig {
     /// Documents per batch in the initial copy.
     #[serde(default = "default_copy_batch")]
     pub copy_batch_size: u32,
+    /// Initial copies running at once in this process (each reads one collection).
+    #[serde(default = "default_copy_parallelism")]
+    pub copy_parallelism: usize,
+    /// One change stream for the whole database (`database`), one per collection
+    /// (`collection`), or `auto` (default): the database's stream where the server opens
+    /// it (DocumentDB only after `modifyChangeStreams` for the database), else one per
+    /// collection. `/status` says which is in use.
+    #[serde(default)]
+    pub stream_level: StreamLevel,
     /// What to do when the saved resume token is no longer in the change stream history.
     #[serde(default)]
     pub on_history_lost: HistoryLostPolicy,
@@ -91,6 +100,15 @@ pub enum OversizePolicy {
     Fail,
 }
 
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamLevel {
+    #[default]
+    Auto,
+    Database,
+    Collection,
+}
+
 /// `ignore` (default): reported (log, metric), the target keeps its documents.
 /// `replicate`: the target collection is emptied (clear markers); a renamed collection
 /// inside the replicated set is copied under its new name like any new collection.
@@ -107,6 +125,9 @@ fn yes() -> bool {
 }
 fn default_copy_batch() -> u32 {
     2000
+}
+fn default_copy_parallelism() -> usize {
+    4
 }
 fn default_checkpoint_interval() -> u64 {
     1000
@@ -141,6 +162,7 @@ impl SourceConfig {
             }
         }
         require_at_least("source.copy_batch_size", self.copy_batch_size, 1)?;
+        require_at_least("source.copy_parallelism", self.copy_parallelism, 1)?;
         require_at_least("source.checkpoint_interval_ms", self.checkpoint_interval_ms, 10)?;
         require_at_least("source.lease_ttl_ms", self.lease_ttl_ms, 2000)?;
         if let Some(h) = self.history_retention_hours {

@@ -25,7 +25,7 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<Option<ReaderExit>, ReaderError> {
-        let coll = self.collection();
+        let coll = self.collection()?;
         let total = coll.estimated_document_count().await.ok();
         self.ctx.board.update_collection(&self.ns, |c| {
             c.copy_total = total;
@@ -50,8 +50,9 @@ impl Reader {
         let cursor = find.await.map_err(self.mongo_err())?;
         let progress = super::copy_progress::show(self.ctx.board.clone(), self.ns.clone(), total);
         let (tx, rx) = mpsc::channel(4096);
-        let origin = self.origin.clone();
-        let encoder = self.encoder();
+        let route = self.route()?;
+        let origin = route.origin.clone();
+        let encoder = self.encoder(route);
         let ns = self.ns.clone();
         let read = tokio::spawn(async move {
             let mut cursor = cursor;
@@ -86,7 +87,7 @@ impl Reader {
         progress.finish();
         match result? {
             PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
-            PumpEnd::Read(ReadEnd::Invalidated(_) | ReadEnd::Reopen) => Ok(None),
+            PumpEnd::Read(ReadEnd::Invalidated(_) | ReadEnd::Reopen | ReadEnd::CopyRenamed(_)) => Ok(None),
             PumpEnd::Exit(exit) => Ok(Some(exit)),
         }
     }

@@ -10,6 +10,7 @@ use bson::{Bson, Timestamp};
 use super::convert::describe_id;
 use super::errors::ReaderError;
 use super::outgoing::{Outgoing, Record};
+use super::route::Route;
 use super::OversizePolicy;
 use crate::debezium;
 use crate::metrics as m;
@@ -21,7 +22,7 @@ pub(super) const RECORD_OVERHEAD: usize = 512;
 /// Encodes events into Kafka records (pure CPU work, done on the read side).
 #[derive(Clone)]
 pub(super) struct Encoder {
-    pub(super) ns: String,
+    pub(super) route: Arc<Route>,
     pub(super) tombstones: bool,
     /// The largest message the topic takes: the smaller of `kafka.max_message_bytes` and
     /// the topic's own `max.message.bytes`, lowered when the broker refuses a message as
@@ -48,7 +49,7 @@ impl Encoder {
         let mut records = if key.len() + value.len() + RECORD_OVERHEAD <= max_bytes {
             vec![Record { key: key.clone(), value: Some(value), part: None }]
         } else {
-            metrics::counter!(m::SOURCE_EVENTS_IN_PARTS, "collection" => self.ns.clone()).increment(1);
+            metrics::counter!(m::SOURCE_EVENTS_IN_PARTS, "collection" => self.route.ns.clone()).increment(1);
             let event = format!("{:016x}", rand::random::<u64>());
             let values = parts::split(&value, &event, parts::data_per_part(max_bytes - RECORD_OVERHEAD, key.len()));
             let count = values.len();
@@ -61,7 +62,7 @@ impl Encoder {
         if self.tombstones && ev.op == crate::event::Op::Delete {
             records.push(Record { key, value: None, part: None });
         }
-        Outgoing::Event { records, token, event_time }
+        Outgoing::Event { route: Arc::clone(&self.route), records, token, event_time }
     }
 
     /// An event that cannot travel on the topic: `source.on_oversize` says whether its key
@@ -75,10 +76,10 @@ impl Encoder {
         event_time: Option<Timestamp>,
     ) -> Outgoing {
         let id = describe_id(&ev.id);
-        let reason = format!("event ({} op) for _id {id} in {} {why}", ev.op.code(), self.ns);
+        let reason = format!("event ({} op) for _id {id} in {} {why}", ev.op.code(), self.route.ns);
         match self.oversize {
             OversizePolicy::Fail => Outgoing::Done(Err(ReaderError::CannotCarry { reason })),
-            OversizePolicy::DeadLetter => Outgoing::DeadLetter { key, reason, token, event_time },
+            OversizePolicy::DeadLetter => Outgoing::DeadLetter { route: Arc::clone(&self.route), key, reason, token, event_time },
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The source service: one reader task per collection turns an initial copy and then a
-//! change stream into Debezium events on the collection's topic, saving resume tokens
-//! only after Kafka acknowledged everything before them. A lease per collection makes
-//! exactly one instance read it; the others wait as standbys.
+//! The source service: a reader task turns initial copies and then a change stream into
+//! Debezium events on each collection's topic, saving resume tokens only after Kafka
+//! acknowledged everything before them. One reader reads the whole database (see
+//! `database`) where the server opens a database stream, else one per collection. A lease
+//! per reader makes exactly one instance read it; the others wait as standbys.
 
 mod checkpoint;
 mod clear_markers;
@@ -10,13 +11,17 @@ mod convert;
 mod copy;
 mod copy_progress;
 pub mod copy_resume;
+mod database;
 mod encode;
 pub mod errors;
 pub mod history;
 mod lease;
 mod outgoing;
 pub mod pipeline;
+mod produce;
+mod progress;
 pub mod reader;
+mod route;
 mod stream;
 pub mod watermark;
 
@@ -33,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Position, CHECKPOINTS, LEASES};
-pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig};
+pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel};
 pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
@@ -66,12 +71,18 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         Some(uri) if uri != &src.uri => mongo::connect(uri, "source.state.uri", src.state_flavor()).await?,
         _ => mongo::connect(&src.uri, "source.uri", flavor).await?,
     };
-    let streams = collections_to_read(&control, src).await.map(|c| c.len()).unwrap_or(0);
-    let pool = stream_pool_size(streams);
-    info!(collections = streams, pool, "source connection pool for copies and change streams: {pool} connections at most (the URI's maxPoolSize wins)");
-    let client = mongo::connect_with_pool(&src.uri, "source.uri", flavor, Some(pool)).await?;
     let state_db = state_client.database(&src.state.database);
     let name = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
+    let checkpoints = CheckpointStore::new(&state_db, &name);
+    let level = stream_level(&control, src, flavor, &checkpoints).await?;
+    board.set_stream_level(level.describe(&src.database));
+    let streams = match level {
+        Level::Database(_) => 1,
+        Level::Collection(_) => collections_to_read(&control, src).await.map(|c| c.len()).unwrap_or(0),
+    };
+    let pool = stream_pool_size(streams, src.copy_parallelism);
+    info!(streams, pool, "source connection pool for copies and change streams: {pool} connections at most (the URI's maxPoolSize wins)");
+    let client = mongo::connect_with_pool(&src.uri, "source.uri", flavor, Some(pool)).await?;
     let instance = src
         .instance_id
         .clone()
@@ -96,13 +107,15 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         config: src.clone(),
         partitions: config.kafka.partitions,
         dead_letter_topic,
-        checkpoints: CheckpointStore::new(&state_db, &name),
+        checkpoints,
         name: name.clone(),
         rs,
         instance: instance.clone(),
         board: board.clone(),
         flavor,
         pipeline: pipeline::PipelineChoice::new(flavor, &board),
+        topics: route::Topics { admin: admin.clone(), kafka: config.kafka.clone() },
+        copies: tokio::sync::Semaphore::new(src.copy_parallelism),
     });
     board.set_source_ready(true);
     {
@@ -117,10 +130,17 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     let mut started = BTreeSet::new();
     let mut discovery = tokio::time::interval(DISCOVERY_INTERVAL);
     let mut failure: Option<anyhow::Error> = None;
+    if let Level::Database(_) = level {
+        // The database reader finds collections created later in its stream.
+        let reader = Reader::database(Arc::clone(&ctx), &src.database, config.kafka.max_message_bytes);
+        let ns = database::unit_name(&src.database);
+        let span = tracing::info_span!("reader", database = %src.database);
+        readers.spawn(supervise(reader, leases.clone(), ns, board.clone(), shutdown.clone()).instrument(span));
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = discovery.tick() => {
+            _ = discovery.tick(), if matches!(level, Level::Collection(_)) => {
                 let wanted = match collections_to_read(&control, src).await {
                     Ok(w) => w,
                     Err(e) => { warn!("cannot list the source's collections: {e:#}"); continue; }
@@ -129,10 +149,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
                     if started.contains(&coll) {
                         continue;
                     }
-                    let topic = config.kafka.topic_for(&src.database, &coll);
-                    let topic_configs = [("max.message.bytes", config.kafka.max_message_bytes.to_string())];
-                    admin.ensure_topic(&topic, config.kafka.partitions, config.kafka.replication_factor, &topic_configs).await?;
-                    let max_bytes = message_limit(&admin, &topic, config.kafka.max_message_bytes).await;
+                    let (topic, max_bytes) = ctx.topics.ensure(&src.database, &coll).await?;
                     let reader = Reader::new(Arc::clone(&ctx), &coll, topic, max_bytes);
                     let span = tracing::info_span!("reader", collection = %format!("{}.{}", src.database, coll));
                     let ns = format!("{}.{}", src.database, coll);
@@ -174,7 +191,7 @@ pub async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig) -
     let state_here = src.state.database == src.database && src.state.uri.as_ref().is_none_or(|u| u == &src.uri);
     Ok(names
         .into_iter()
-        .filter(|n| !n.starts_with("system."))
+        .filter(|n| !n.starts_with("system.") && !database::is_rename_temporary(n))
         .filter(|n| !(state_here && (n == CHECKPOINTS || n == LEASES)))
         .collect())
 }
@@ -288,30 +305,59 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: C
     }
 }
 
-/// Connections for copies and change streams: one per collection's stream (each waits in
-/// a `getMore` for up to half a second; fewer connections make streams queue for one,
-/// which showed as seconds of lag with 200 collections), and room for copies and
-/// collections created later. Capped: Amazon DocumentDB instances take a few hundred to
-/// a few thousand connections in all.
-fn stream_pool_size(collections: usize) -> u32 {
-    (collections + 16).clamp(10, 1000) as u32
+/// Connections for copies and change streams: one per stream (each waits in a `getMore`
+/// for up to half a second; fewer connections make streams queue for one, which showed
+/// as seconds of lag with 200 collection streams), one per copy running at once, and
+/// room for collections created later. Capped: Amazon DocumentDB instances take a few
+/// hundred to a few thousand connections in all.
+fn stream_pool_size(streams: usize, copies: usize) -> u32 {
+    (streams + copies + 16).clamp(10, 1000) as u32
 }
 
-/// The largest message a reader sends to `topic`: `kafka.max_message_bytes`, or the
-/// topic's own limit when that is smaller (an existing topic created with less). Larger
-/// events go in parts of this size (see `crate::parts`).
-async fn message_limit(admin: &TopicAdmin, topic: &str, configured: usize) -> usize {
-    match admin.topic_max_message_bytes(topic).await {
-        Ok(Some(limit)) if limit < configured => {
-            warn!(topic, limit, configured, "the topic takes messages of at most {limit} bytes, less than kafka.max_message_bytes: larger events are sent in parts of that size");
-            limit
-        }
-        Ok(_) => configured,
-        Err(e) => {
-            warn!(topic, "cannot read the topic's max.message.bytes ({e}); using kafka.max_message_bytes ({configured})");
-            configured
+/// How the source is read, and why.
+#[derive(Debug, Clone)]
+enum Level {
+    Database(String),
+    Collection(String),
+}
+
+impl Level {
+    fn describe(&self, db: &str) -> String {
+        match self {
+            Level::Database(why) => format!("one change stream for database {db} ({why})"),
+            Level::Collection(why) => format!("one change stream per collection ({why})"),
         }
     }
+}
+
+/// `source.stream_level`, and for `auto` a probe: a database stream is opened (and
+/// closed) once; where the server refuses it (DocumentDB before `modifyChangeStreams`
+/// for the database), each collection gets its own stream. Only a refusal falls back: any
+/// other error stops the start, since collection readers would go on from positions of
+/// their own (older than the database's, if it was read as a whole before).
+async fn stream_level(client: &mongodb::Client, src: &SourceConfig, flavor: crate::flavor::Flavor, state: &CheckpointStore) -> anyhow::Result<Level> {
+    use errors::{classify_error, StreamFailure};
+    let db = &src.database;
+    match src.stream_level {
+        StreamLevel::Collection => return Ok(Level::Collection("source.stream_level = \"collection\"".into())),
+        // Its reader's own errors say what to do (`NotEnabled` names the command).
+        StreamLevel::Database => return Ok(Level::Database("source.stream_level = \"database\"".into())),
+        StreamLevel::Auto => {}
+    }
+    // The scope filter alone: the pipeline's own stages have their own fallback.
+    let refusal = match client.database(db).watch().pipeline([database::Scope::of(src).match_stage()]).await {
+        Ok(_) => return Ok(Level::Database("source.stream_level = \"auto\": the server opened a database stream".into())),
+        Err(e) => match classify_error(&e, flavor) {
+            StreamFailure::NotEnabled | StreamFailure::LostOrNotEnabled | StreamFailure::UnsupportedPipeline => e,
+            _ => anyhow::bail!("cannot open a change stream on the source database {db}: {e}; check source.uri and that the source is a replica set"),
+        },
+    };
+    let enable = format!("db.adminCommand({{modifyChangeStreams: 1, database: \"{db}\", collection: \"\", enable: true}})");
+    if state.load(&database::unit_name(db)).await.ok().flatten().is_some() {
+        anyhow::bail!("database {db} was read through one database stream before, and the source now refuses that stream: {refusal}. Enable it again ({enable} on Amazon DocumentDB), or set source.stream_level = \"collection\" to read each collection from its own saved position (older ones than the database's: changes may be sent again, or found lost)");
+    }
+    warn!(database = %db, "the source refused a change stream on the whole database ({refusal}): reading one change stream per collection instead (on Amazon DocumentDB, {enable} enables the database's stream)");
+    Ok(Level::Collection(format!("source.stream_level = \"auto\": the server refused a database stream: {refusal}")))
 }
 
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bson::{doc, Bson, Timestamp};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::BaseRecord;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,15 +19,18 @@ use tracing::{info, warn};
 
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::Origin;
+use super::database::Scope;
 use super::encode::Encoder;
 pub use super::errors::ReaderError;
 use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
 use super::pipeline::PipelineChoice;
+use super::progress::Published;
+use super::route::{Route, Routes, Topics};
 use super::watermark::AckWatermark;
 use super::{HistoryLostPolicy, SourceConfig};
 use crate::flavor::Flavor;
-use crate::kafka::delivery::{AckProducer, Failure, InFlight, Ticket};
+use crate::kafka::delivery::{AckProducer, InFlight};
 use crate::metrics as m;
 
 /// Most events handed to the producer and not yet acknowledged, per reader. Kept small
@@ -38,9 +40,6 @@ use crate::metrics as m;
 const MAX_IN_FLIGHT: usize = 20_000;
 /// Events the pump takes from the read side at once (one lease check per chunk).
 const RECEIVE_CHUNK: usize = 256;
-/// The smallest message limit a reader lowers itself to after the broker refused messages
-/// as too large (below it, the broker's limit is taken to be misconfigured: fatal).
-const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// Everything a reader needs, shared by the readers of one process.
 pub struct ReaderContext {
@@ -59,6 +58,10 @@ pub struct ReaderContext {
     pub flavor: Flavor,
     /// The change-stream pipeline form in use (see `pipeline`).
     pub pipeline: PipelineChoice,
+    /// Creates the collection topics (a database reader does so on a collection's first event).
+    pub topics: Topics,
+    /// Initial copies running at once in this process (`source.copy_parallelism`).
+    pub copies: tokio::sync::Semaphore,
 }
 
 /// Why a reader stopped without an error.
@@ -91,10 +94,20 @@ pub(super) enum PumpEnd {
     Exit(ReaderExit),
 }
 
+/// What a reader reads.
+pub(super) enum Reads {
+    /// One collection: its initial copy, then its change stream.
+    Collection(Arc<Route>),
+    /// A whole database's change stream, each event sent to its collection's topic; the
+    /// initial copies of its collections come first (see `database`).
+    Database { db: String, scope: Scope, routes: Arc<Routes> },
+}
+
 pub struct Reader {
     pub(super) ctx: Arc<ReaderContext>,
-    pub(super) origin: Origin,
-    pub(super) topic: String,
+    pub(super) reads: Reads,
+    /// What the reader's lease and checkpoint are named by: `db.coll`, or `db.$database`
+    /// for a database reader (see `database::unit_name`).
     pub(super) ns: String,
     /// The next stream leaves updateDescription out, to read past an event over 16 MB.
     pub(super) slim: AtomicBool,
@@ -115,9 +128,8 @@ impl Reader {
             rs: ctx.rs.clone(),
         };
         Reader {
+            reads: Reads::Collection(Arc::new(Route { ns: ns.clone(), topic, origin })),
             ctx,
-            origin,
-            topic,
             ns,
             slim: AtomicBool::new(false),
             fresh_copy: AtomicBool::new(false),
@@ -125,9 +137,37 @@ impl Reader {
         }
     }
 
-    /// The source collection this reader reads.
-    pub(super) fn collection(&self) -> mongodb::Collection<bson::RawDocumentBuf> {
-        self.ctx.client.database(&self.origin.ns.db).collection(&self.origin.ns.coll)
+    /// The collection a collection reader reads (a database reader copies through
+    /// collection readers of its own, see `database`).
+    pub(super) fn route(&self) -> Result<&Arc<Route>, ReaderError> {
+        match &self.reads {
+            Reads::Collection(route) => Ok(route),
+            Reads::Database { .. } => Err(ReaderError::Encode { ns: self.ns.clone(), message: "a database reader has no single collection".into() }),
+        }
+    }
+
+    pub(super) fn collection(&self) -> Result<mongodb::Collection<bson::RawDocumentBuf>, ReaderError> {
+        let ns = &self.route()?.origin.ns;
+        Ok(self.ctx.client.database(&ns.db).collection(&ns.coll))
+    }
+
+    /// The collections whose topics this reader writes (a database reader's grow as
+    /// their first events arrive).
+    pub(super) fn members(&self) -> Vec<Arc<Route>> {
+        match &self.reads {
+            Reads::Collection(route) => vec![Arc::clone(route)],
+            Reads::Database { routes, .. } => routes.all(),
+        }
+    }
+
+    /// Updates this reader's status, and each of its collections' for a database reader.
+    pub(super) fn show(&self, f: impl Fn(&mut crate::status::CollectionStatus)) {
+        self.ctx.board.update_collection(&self.ns, &f);
+        if let Reads::Database { .. } = self.reads {
+            for route in self.members() {
+                self.ctx.board.update_collection(&route.ns, &f);
+            }
+        }
     }
 
     pub(super) fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
@@ -137,6 +177,9 @@ impl Reader {
     /// Runs until shutdown, lease loss or an error. `lease` carries the local deadline
     /// until which this instance may produce.
     pub async fn run(&self, lease: watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
+        if let Reads::Database { .. } = self.reads {
+            return self.run_database(lease, shutdown).await;
+        }
         loop {
             let checkpoint = self
                 .ctx
@@ -161,6 +204,8 @@ impl Reader {
                 }
             };
             if let Some((at, after)) = copy {
+                // Bounded across the process: a thousand collections must not copy at once.
+                let _permit = self.ctx.copies.acquire().await.map_err(|_| ReaderError::Encode { ns: self.ns.clone(), message: "copy slots closed".into() })?;
                 if let Some(exit) = self.initial_copy(at, after, &lease, shutdown).await? {
                     return Ok(exit);
                 }
@@ -186,12 +231,12 @@ impl Reader {
                     }
                     // A slim stream ends this way (only a copy ends with CopyDone): reload
                     // the position it saved.
-                    Ok(PumpEnd::Read(ReadEnd::CopyDone | ReadEnd::Reopen)) => break,
+                    Ok(PumpEnd::Read(ReadEnd::CopyDone | ReadEnd::Reopen | ReadEnd::CopyRenamed(_))) => break,
                     Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
                         warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy (source.on_history_lost = \"recopy\")");
                         // The markers first, the checkpoint cleared after they are acknowledged:
                         // a crash in between finds the lost history again and resends them.
-                        if let Some(exit) = self.send_clear_markers("change stream history lost: a fresh initial copy follows", &lease).await? {
+                        if let Some(exit) = self.send_clear_markers(self.route()?, "change stream history lost: a fresh initial copy follows", &lease).await? {
                             return Ok(exit);
                         }
                         let epoch = lease.borrow().epoch;
@@ -234,15 +279,19 @@ impl Reader {
             .map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
         metrics::counter!(m::SOURCE_CHECKPOINTS, "collection" => self.ns.clone()).increment(1);
         if let Some(t) = cp.event_time {
-            metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => self.ns.clone()).set(m::seconds_since(t.time));
-            self.ctx.board.update_collection(&self.ns, |c| c.checkpoint_time = Some(t.time));
+            let age = m::seconds_since(t.time);
+            for route in self.members() {
+                metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => route.ns.clone()).set(age);
+            }
+            self.show(|c| c.checkpoint_time = Some(t.time));
         }
         Ok(())
     }
 
-    pub(super) fn encoder(&self) -> Encoder {
+    /// The encoder of `route`'s events.
+    pub(super) fn encoder(&self, route: &Arc<Route>) -> Encoder {
         Encoder {
-            ns: self.ns.clone(),
+            route: Arc::clone(route),
             tombstones: self.ctx.config.tombstones,
             max_bytes: Arc::clone(&self.max_bytes),
             oversize: self.ctx.config.on_oversize,
@@ -264,10 +313,11 @@ impl Reader {
         let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_end: Option<ReadEnd> = None;
-        // Counted locally and shown on the status board once per tick (cheap per event).
-        let mut acked_since_tick = 0u64;
+        // Counted per collection as handed to Kafka (a failed delivery restarts the reader,
+        // which sends them again), shown once per tick (cheap per event).
+        let mut published = Published::default();
         let mut caught_up = false;
-        self.ctx.board.update_collection(&self.ns, |c| c.state = phase.state().into());
+        self.show(|c| c.state = phase.state().into());
         let mut items = Vec::with_capacity(RECEIVE_CHUNK);
         let exit = 'pump: loop {
             if read_end.is_some() && in_flight.due() == 0 {
@@ -279,10 +329,7 @@ impl Reader {
                 _ = in_flight.arrived(), if in_flight.due() > 0 => {
                     for (seq, outcome) in in_flight.take() {
                         match outcome {
-                            Ok(()) => {
-                                watermark.acked(seq);
-                                acked_since_tick += 1;
-                            }
+                            Ok(()) => watermark.acked(seq),
                             Err(failure) => return Err(self.delivery_failed(failure)),
                         }
                     }
@@ -292,7 +339,7 @@ impl Reader {
                         break Some(ReaderExit::LeaseLost);
                     }
                     self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
-                    self.show_progress(phase, std::mem::take(&mut acked_since_tick), event_time, caught_up);
+                    self.show_progress(phase, &mut published, event_time, caught_up);
                 }
                 received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight.due() < MAX_IN_FLIGHT => {
                     if received == 0 {
@@ -304,28 +351,29 @@ impl Reader {
                     }
                     for item in items.drain(..) {
                         match item {
-                            Outgoing::Event { records, token, event_time: t } => {
+                            Outgoing::Event { route, records, token, event_time: t } => {
                                 event_time = t.or(event_time);
                                 caught_up = false;
+                                published.add(&route);
                                 let n = records.len();
                                 for (i, record) in records.into_iter().enumerate() {
                                     let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
                                     let seq = watermark.sent(token);
                                     let headers = record.part.as_deref().map(|p| OwnedHeaders::new().insert(Header { key: crate::parts::HEADER, value: Some(p) }));
-                                    if !self.send(&self.topic, &record.key, record.value.as_deref(), headers, in_flight.ticket(seq), lease).await? {
+                                    if !self.send(&route.topic, &record.key, record.value.as_deref(), headers, in_flight.ticket(seq), lease).await? {
                                         break 'pump Some(ReaderExit::LeaseLost);
                                     }
                                     in_flight.sent();
                                 }
                             }
-                            Outgoing::DeadLetter { key, reason, token, event_time: t } => {
+                            Outgoing::DeadLetter { route, key, reason, token, event_time: t } => {
                                 event_time = t.or(event_time);
-                                metrics::counter!(m::SOURCE_OVERSIZE, "collection" => self.ns.clone()).increment(1);
-                                warn!(ns = %self.ns, %reason, "event cannot be carried on the topic: sent to the dead-letter topic");
+                                metrics::counter!(m::SOURCE_OVERSIZE, "collection" => route.ns.clone()).increment(1);
+                                warn!(ns = %route.ns, %reason, "event cannot be carried on the topic: sent to the dead-letter topic");
                                 let seq = watermark.sent(token.map(|tk| (tk, event_time)));
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
-                                    .insert(Header { key: "docrepl.source.topic", value: Some(self.topic.as_str()) });
+                                    .insert(Header { key: "docrepl.source.topic", value: Some(route.topic.as_str()) });
                                 if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), in_flight.ticket(seq), lease).await? {
                                     break 'pump Some(ReaderExit::LeaseLost);
                                 }
@@ -337,10 +385,10 @@ impl Reader {
                                 event_time = super::checkpoint::token_cluster_time(&token).or(event_time);
                                 watermark.idle_token((token, event_time));
                             }
-                            Outgoing::Clear { reason, token } => {
+                            Outgoing::Clear { route, reason, token } => {
                                 // Every event before the DDL is already queued ahead of the
                                 // markers in each partition.
-                                if let Some(exit) = self.send_clear_markers(&reason, lease).await? {
+                                if let Some(exit) = self.send_clear_markers(&route, &reason, lease).await? {
                                     break 'pump Some(exit);
                                 }
                                 if let Some(t) = token {
@@ -370,29 +418,11 @@ impl Reader {
             }
         }
         self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
-        self.show_progress(phase, acked_since_tick, event_time, caught_up);
+        self.show_progress(phase, &mut published, event_time, caught_up);
         Ok(match exit {
             Some(exit) => PumpEnd::Exit(exit),
             None => PumpEnd::Read(read_end.unwrap_or(ReadEnd::CopyDone)),
         })
-    }
-
-    /// Publishes counters to metrics and the status board (once per tick, not per event).
-    fn show_progress(&self, phase: Phase, acked: u64, event_time: Option<Timestamp>, caught_up: bool) {
-        metrics::counter!(m::SOURCE_EVENTS_PUBLISHED, "collection" => self.ns.clone()).increment(acked);
-        let lag = if caught_up { Some(0.0) } else { event_time.map(|t| m::seconds_since(t.time)) };
-        if let Some(lag) = lag {
-            metrics::gauge!(m::SOURCE_LAG_SECONDS, "collection" => self.ns.clone()).set(lag);
-        }
-        self.ctx.board.update_collection(&self.ns, |c| {
-            c.events_published += acked;
-            if matches!(phase, Phase::Copy { .. }) {
-                c.copied += acked;
-            } else {
-                c.last_event_time = event_time.map(|t| t.time).or(c.last_event_time);
-                c.lag_seconds = lag;
-            }
-        });
     }
 
     /// Saves the newest position Kafka acknowledged with everything before it: a resume
@@ -418,56 +448,4 @@ impl Reader {
         Ok(())
     }
 
-    /// Hands one record to librdkafka, waiting (without blocking the runtime) while its
-    /// bounded queue is full; its delivery report goes where `ticket` says. `false`: the
-    /// lease's produce window ended while waiting (the pump checks it once per chunk of
-    /// events, and only a full queue makes a chunk take long).
-    async fn send(
-        &self,
-        topic: &str,
-        key: &[u8],
-        value: Option<&[u8]>,
-        headers: Option<OwnedHeaders>,
-        ticket: Box<Ticket>,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<bool, ReaderError> {
-        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> = BaseRecord::with_opaque_to(topic, ticket).key(key);
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        loop {
-            match self.ctx.producer.send(record) {
-                Ok(()) => return Ok(true),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), again)) => {
-                    record = again;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    if Instant::now() >= lease.borrow().deadline {
-                        return Ok(false);
-                    }
-                }
-                Err((e, _)) => return Err(self.delivery_failed(Failure::from(&e))),
-            }
-        }
-    }
-
-    /// What a record Kafka did not take means for the reader. Any failure restarts it
-    /// from its saved token; a refusal as too large also halves the message limit first,
-    /// so the events are sent again in smaller parts (the topic's limit may be below the
-    /// one configured or read); at the smallest limit the reader stops for good.
-    fn delivery_failed(&self, failure: Failure) -> ReaderError {
-        if failure.too_large {
-            let now = self.max_bytes.load(Ordering::Relaxed);
-            if now <= MIN_MESSAGE_BYTES {
-                return ReaderError::BrokerRefusesSize { ns: self.ns.clone(), bytes: now, message: failure.message };
-            }
-            let lower = (now / 2).max(MIN_MESSAGE_BYTES);
-            self.max_bytes.store(lower, Ordering::Relaxed);
-            warn!(ns = %self.ns, from = now, to = lower, "the broker refused a message as too large: sending messages of at most {lower} bytes from now on (set kafka.max_message_bytes to the topic's max.message.bytes)");
-        }
-        ReaderError::Delivery { ns: self.ns.clone(), message: failure.message }
-    }
 }
-

@@ -1,13 +1,16 @@
-//! A collection's change stream: opened from the saved position with the pipeline the
-//! server accepts (see `pipeline`), read into the reader's pump, and its failures turned
-//! into the errors the operator must see (see `errors`): lost history, change streams not
-//! enabled (DocumentDB), a copy that outran the history, an event over 16 MB.
+//! A collection's or a database's change stream: opened from the saved position with the
+//! pipeline the server accepts (see `pipeline`), read into the reader's pump (a database
+//! stream's events each to their collection's route, see `route`), and its failures
+//! turned into the errors the operator must see (see `errors`): lost history, change
+//! streams not enabled (DocumentDB), a copy that outran the history, an event over 16 MB.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bson::Bson;
-use mongodb::change_stream::event::ResumeToken;
+use bson::{Bson, Document, RawDocumentBuf};
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentType;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -16,11 +19,14 @@ use tracing::{info, warn};
 
 use super::checkpoint::{Checkpoint, Position};
 use super::convert::StreamItem;
+use super::database::Scope;
+use super::encode::Encoder;
 use super::errors::{classify_error, ReaderError, StreamFailure};
 use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
-use super::reader::{Phase, PumpEnd, Reader};
-use super::DdlPolicy;
+use super::reader::{Phase, PumpEnd, Reader, Reads};
+use super::route::Routes;
+use super::{DdlPolicy, OversizePolicy};
 use crate::metrics as m;
 
 /// How long a slim stream (no updateDescription, after an event over 16 MB) runs before
@@ -35,27 +41,10 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
-        let coll = self.collection();
         let slim = self.slim.load(Ordering::Relaxed);
         let stream = loop {
             let form = self.ctx.pipeline.current();
-            let mut watch = coll
-                .watch()
-                .pipeline(form.stages(slim))
-                .full_document(FullDocumentType::UpdateLookup)
-                .batch_size(2000)
-                .max_await_time(Duration::from_millis(500));
-            match &checkpoint.position {
-                Position::Token(t) => {
-                    let token: ResumeToken = bson::from_bson(t.clone())
-                        .map_err(|e| ReaderError::Encode { ns: self.ns.clone(), message: format!("saved resume token is unreadable: {e}") })?;
-                    watch = watch.resume_after(token);
-                }
-                Position::StartAt(ts) => watch = watch.start_at_operation_time(*ts),
-                // `run` finishes a copy before it streams.
-                Position::Copying { at, .. } => watch = watch.start_at_operation_time(*at),
-            }
-            match watch.await {
+            match self.open(form.stages(slim), Some(&checkpoint.position)).await? {
                 Ok(s) => break s,
                 Err(e) if classify_error(&e, self.ctx.flavor) == StreamFailure::UnsupportedPipeline => {
                     // Probe, don't guess: the server refused a stage or operator, so try the
@@ -72,11 +61,10 @@ impl Reader {
         if slim {
             warn!(ns = %self.ns, "reading past an event over 16 MB with updateDescription left out (full documents still carry every change) for {SLIM_FOR:?}");
         }
-        info!(ns = %self.ns, topic = %self.topic, "streaming changes");
+        info!(ns = %self.ns, "streaming changes");
         let slim_until = slim.then(|| Instant::now() + SLIM_FOR);
         let (tx, rx) = mpsc::channel(4096);
-        let origin = self.origin.clone();
-        let encoder = self.encoder();
+        let destination = self.destination();
         let ns = self.ns.clone();
         let replicate_ddl = self.ctx.config.ddl == DdlPolicy::Replicate;
         let read = tokio::spawn(async move {
@@ -94,36 +82,11 @@ impl Reader {
                 let item = match stream.next_if_any().await {
                     Ok(Some(ev)) => {
                         read_any = true;
-                        let token = bson::to_bson(&ev.id).ok();
                         events_read.increment(1);
-                        match origin.convert(ev) {
-                            StreamItem::Change(ev) => encoder.encode(&ev, token),
-                            StreamItem::Ddl { kind, to, cluster_time } => {
-                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind.clone()).increment(1);
-                                if replicate_ddl {
-                                    warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: replicated (source.ddl = \"replicate\"): the target collection is emptied");
-                                    let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
-                                    Outgoing::Clear { reason: format!("{kind}{to} on the source"), token }
-                                } else {
-                                    warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (source.ddl = \"ignore\": the target keeps its data)");
-                                    match token {
-                                        Some(t) => Outgoing::Idle(t),
-                                        None => continue,
-                                    }
-                                }
-                            }
-                            StreamItem::Invalidate { cluster_time } => {
-                                metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => "Invalidate").increment(1);
-                                Outgoing::Done(Ok(ReadEnd::Invalidated(cluster_time)))
-                            }
-                            StreamItem::Skipped(kind) => {
-                                info!(ns = %ns, kind = %kind, "change stream event type not replicated; skipped");
-                                match token {
-                                    Some(t) => Outgoing::Idle(t),
-                                    None => continue,
-                                }
-                            }
+                        if !forward(ev, &destination, replicate_ddl, &tx).await {
+                            break;
                         }
+                        continue;
                     }
                     Ok(None) => {
                         let token = stream.resume_token().and_then(|t| bson::to_bson(&t).ok());
@@ -155,6 +118,66 @@ impl Reader {
         }
     }
 
+    /// Opens the collection's or the database's stream with `stages` (after a database
+    /// reader's scope filter), from `position` (or from now). The outer error: the saved
+    /// token is unreadable.
+    async fn open(
+        &self,
+        stages: Vec<Document>,
+        position: Option<&Position>,
+    ) -> Result<mongodb::error::Result<ChangeStream<ChangeStreamEvent<RawDocumentBuf>>>, ReaderError> {
+        let token = match position {
+            Some(Position::Token(t)) => Some(
+                bson::from_bson::<ResumeToken>(t.clone())
+                    .map_err(|e| ReaderError::Encode { ns: self.ns.clone(), message: format!("saved resume token is unreadable: {e}") })?,
+            ),
+            _ => None,
+        };
+        // `run` finishes a copy before it streams, so a copy's position starts at its time.
+        let start_at = match position {
+            Some(Position::StartAt(ts) | Position::Copying { at: ts, .. }) => Some(*ts),
+            _ => None,
+        };
+        /// The same options on a collection's or a database's stream.
+        fn configured<T>(mut watch: mongodb::action::Watch<'_, T>, from_position: bool, token: Option<ResumeToken>, start_at: Option<bson::Timestamp>) -> mongodb::action::Watch<'_, T> {
+            if from_position {
+                watch = watch.full_document(FullDocumentType::UpdateLookup).batch_size(2000).max_await_time(Duration::from_millis(500));
+            }
+            if let Some(t) = start_at {
+                watch = watch.start_at_operation_time(t);
+            }
+            watch.resume_after(token)
+        }
+        let from_position = position.is_some();
+        Ok(match &self.reads {
+            Reads::Collection(route) => {
+                let coll = self.ctx.client.database(&route.origin.ns.db).collection::<RawDocumentBuf>(&route.origin.ns.coll);
+                configured(coll.watch().pipeline(stages), from_position, token, start_at).await
+            }
+            Reads::Database { db, scope, .. } => {
+                let mut pipeline = vec![scope.match_stage()];
+                pipeline.extend(stages);
+                let database = self.ctx.client.database(db);
+                configured(database.watch().pipeline(pipeline), from_position, token, start_at).await.map(ChangeStream::with_type)
+            }
+        })
+    }
+
+    /// Where this reader's events go.
+    fn destination(&self) -> Destination {
+        match &self.reads {
+            Reads::Collection(route) => Destination::One(self.encoder(route)),
+            Reads::Database { scope, routes, db } => Destination::Database {
+                db: db.clone(),
+                scope: scope.clone(),
+                routes: Arc::clone(routes),
+                tombstones: self.ctx.config.tombstones,
+                max_bytes: Arc::clone(&self.max_bytes),
+                oversize: self.ctx.config.on_oversize,
+            },
+        }
+    }
+
     /// The error a failed open (`opening`) or read of the stream stands for.
     async fn stream_failed(&self, e: mongodb::error::Error, checkpoint: &Checkpoint, opening: bool) -> ReaderError {
         let failure = match classify_error(&e, self.ctx.flavor) {
@@ -171,12 +194,14 @@ impl Reader {
             other => other,
         };
         match failure {
-            StreamFailure::NotEnabled => ReaderError::NotEnabled {
-                ns: self.ns.clone(),
-                db: self.origin.ns.db.clone(),
-                coll: self.origin.ns.coll.clone(),
-                message: e.to_string(),
-            },
+            StreamFailure::NotEnabled => {
+                let (db, coll) = match &self.reads {
+                    Reads::Collection(route) => (route.origin.ns.db.clone(), route.origin.ns.coll.clone()),
+                    // `collection: ""` enables the whole database.
+                    Reads::Database { db, .. } => (db.clone(), String::new()),
+                };
+                ReaderError::NotEnabled { ns: self.ns.clone(), db, coll, message: e.to_string() }
+            }
             StreamFailure::HistoryLost if opening && self.fresh_copy.load(Ordering::Relaxed) => {
                 let copy_time = match &checkpoint.position {
                     Position::StartAt(t) | Position::Copying { at: t, .. } => format!("{}.{} ({:.0} s ago)", t.time, t.increment, m::seconds_since(t.time)),
@@ -199,10 +224,13 @@ impl Reader {
         }
     }
 
-    /// Opens (and closes) a change stream on the collection from now.
+    /// Opens (and closes) a change stream on the collection or database from now.
     async fn open_fresh_stream(&self) -> mongodb::error::Result<()> {
-        let coll = self.collection();
-        coll.watch().pipeline(self.ctx.pipeline.current().stages(false)).await.map(drop)
+        match self.open(self.ctx.pipeline.current().stages(false), None).await {
+            Ok(opened) => opened.map(drop),
+            // No position, so no token to read: cannot happen.
+            Err(_) => Ok(()),
+        }
     }
 
     fn history_lost(&self, e: mongodb::error::Error, checkpoint: &Checkpoint) -> ReaderError {
@@ -212,4 +240,99 @@ impl Reader {
         };
         ReaderError::HistoryLost { ns: self.ns.clone(), token_time, age, message: e.to_string() }
     }
+}
+
+/// Where a stream's events go: one collection's encoder, or, for a database stream, the
+/// encoder of each event's collection (its topic made ready on first sight).
+enum Destination {
+    One(Encoder),
+    Database {
+        db: String,
+        scope: Scope,
+        routes: Arc<Routes>,
+        tombstones: bool,
+        max_bytes: Arc<AtomicUsize>,
+        oversize: OversizePolicy,
+    },
+}
+
+impl Destination {
+    /// The encoder of `ev`'s collection; `None` for an event outside the scope or of the
+    /// database itself (dropDatabase, invalidate).
+    async fn encoder(&self, ev: &ChangeStreamEvent<RawDocumentBuf>) -> Result<Option<Encoder>, ReaderError> {
+        match self {
+            Destination::One(encoder) => Ok(Some(encoder.clone())),
+            Destination::Database { scope, routes, tombstones, max_bytes, oversize, .. } => {
+                let Some(coll) = ev.ns.as_ref().and_then(|n| n.coll.as_deref()) else { return Ok(None) };
+                if !scope.includes(coll) {
+                    return Ok(None);
+                }
+                Ok(Some(Encoder { route: routes.get(coll).await?, tombstones: *tombstones, max_bytes: Arc::clone(max_bytes), oversize: *oversize }))
+            }
+        }
+    }
+
+    /// The collection a rename moved into a database stream's scope (to `to_db.to_coll`):
+    /// its documents never appeared as events, so it must be copied.
+    fn renamed_into_scope(&self, to_db: &str, to_coll: Option<&str>) -> Option<String> {
+        let Destination::Database { db, scope, .. } = self else { return None };
+        let coll = to_coll.filter(|c| to_db == db && scope.includes(c))?;
+        info!(to = %format!("{db}.{coll}"), "collection renamed into the replicated scope: copying it before the stream goes on");
+        Some(coll.to_string())
+    }
+}
+
+/// Hands the pump what one change event means. False: reading ends here (the stream
+/// ended or failed, or the pump is gone).
+async fn forward(ev: ChangeStreamEvent<RawDocumentBuf>, destination: &Destination, replicate_ddl: bool, tx: &mpsc::Sender<Outgoing>) -> bool {
+    let token = bson::to_bson(&ev.id).ok();
+    let copy_renamed = match (&ev.operation_type, &ev.to) {
+        (OperationType::Rename, Some(to)) => destination.renamed_into_scope(&to.db, to.coll.as_deref()),
+        _ => None,
+    };
+    let then_copy = |copy_renamed: Option<String>| copy_renamed.map(|coll| Outgoing::Done(Ok(ReadEnd::CopyRenamed(coll))));
+    let encoder = match destination.encoder(&ev).await {
+        Ok(Some(encoder)) => encoder,
+        Ok(None) if ev.operation_type == OperationType::Invalidate => {
+            let _ = tx.send(Outgoing::Done(Ok(ReadEnd::Invalidated(ev.cluster_time)))).await;
+            return false;
+        }
+        // Outside the scope (a rename may bring a collection into it: mongod renames across
+        // databases through a temporary collection), or dropDatabase (each of its
+        // collections' drops came first).
+        Ok(None) => return send(tx, token.map(Outgoing::Idle)).await && send(tx, then_copy(copy_renamed)).await,
+        Err(e) => return send(tx, Some(Outgoing::Done(Err(e)))).await,
+    };
+    let ns = &encoder.route.ns;
+    let item = match encoder.route.origin.convert(ev) {
+        StreamItem::Change(ev) => encoder.encode(&ev, token),
+        StreamItem::Ddl { kind, to, cluster_time } => {
+            metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind.clone()).increment(1);
+            let item = if replicate_ddl {
+                warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: replicated (source.ddl = \"replicate\"): the target collection is emptied");
+                let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
+                Some(Outgoing::Clear { route: Arc::clone(&encoder.route), reason: format!("{kind}{to} on the source"), token })
+            } else {
+                warn!(ns = %ns, kind = %kind, to = ?to, ?cluster_time, "DDL event on the source: reported, not replicated (source.ddl = \"ignore\": the target keeps its data)");
+                token.map(Outgoing::Idle)
+            };
+            return send(tx, item).await && send(tx, then_copy(copy_renamed)).await;
+        }
+        StreamItem::Invalidate { cluster_time } => {
+            metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => "Invalidate").increment(1);
+            Outgoing::Done(Ok(ReadEnd::Invalidated(cluster_time)))
+        }
+        StreamItem::Skipped(kind) => {
+            info!(ns = %ns, kind = %kind, "change stream event type not replicated; skipped");
+            return send(tx, token.map(Outgoing::Idle)).await;
+        }
+    };
+    send(tx, Some(item)).await
+}
+
+/// Sends `item` (when there is one) to the pump; false after a `Done` or when the pump is gone.
+async fn send(tx: &mpsc::Sender<Outgoing>, item: Option<Outgoing>) -> bool {
+    let Some(item) = item else { return true };
+    let last = matches!(item, Outgoing::Done(_));
+    tx.send(item).await.is_ok() && !last
 }

@@ -1,0 +1,308 @@
+//! A database reader: one change stream for a whole database, each event sent to its
+//! collection's topic, under one lease and one checkpoint, instead of a stream, a lease
+//! and a checkpoint per collection (200 of those starved each other's connections).
+//!
+//! On its first start it records the cluster time, then copies every collection in scope
+//! (a few at a time, `source.copy_parallelism`, each resumable through its own copy
+//! checkpoint), and only then streams from that time: every change made during the
+//! copies is read after them, and nothing falls between two copies. Collections created
+//! later need no copy (their every write is in the stream); one renamed into the scope
+//! is copied when the rename is read. A database whose collections were read by
+//! collection readers before goes on from the oldest of their positions.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use bson::{doc, Document, Timestamp};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::checkpoint::{token_cluster_time, Checkpoint, Position};
+use super::lease::Grant;
+use super::outgoing::ReadEnd;
+use super::reader::{PumpEnd, Reader, ReaderContext, ReaderError, ReaderExit, Reads};
+use super::route::{Route, Routes};
+use super::{HistoryLostPolicy, SourceConfig, CHECKPOINTS, LEASES};
+
+/// The name of a database reader's lease and checkpoint: `$` begins no collection name.
+pub fn unit_name(db: &str) -> String {
+    format!("{db}.$database")
+}
+
+/// Which collections of the database a database reader replicates.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// `source.collections`.
+    Listed(Vec<String>),
+    /// Every collection but `system.*` and, when the state lives in this database,
+    /// docrepl's own.
+    Every { own: Vec<String> },
+}
+
+impl Scope {
+    pub fn of(src: &SourceConfig) -> Self {
+        if !src.collections.is_empty() {
+            return Scope::Listed(src.collections.clone());
+        }
+        let state_here = src.state.database == src.database && src.state.uri.as_ref().is_none_or(|u| u == &src.uri);
+        Scope::Every { own: if state_here { vec![CHECKPOINTS.into(), LEASES.into()] } else { Vec::new() } }
+    }
+
+    pub fn includes(&self, coll: &str) -> bool {
+        match self {
+            Scope::Listed(colls) => colls.iter().any(|c| c == coll),
+            Scope::Every { own } => !coll.starts_with("system.") && !is_rename_temporary(coll) && !own.iter().any(|c| c == coll),
+        }
+    }
+
+    /// The stream's first stage: the server leaves out what is outside the scope (above
+    /// all docrepl's own checkpoint writes, which would otherwise come back as events).
+    /// Events that name no collection (dropDatabase, invalidate) pass. Only `$match`
+    /// with `$in`, `$nin`, `$or` and `$exists`: Amazon DocumentDB takes these.
+    pub fn match_stage(&self) -> Document {
+        match self {
+            Scope::Listed(colls) => doc! {"$match": {"$or": [{"ns.coll": {"$in": colls}}, {"ns.coll": {"$exists": false}}]}},
+            Scope::Every { own } => doc! {"$match": {"ns.coll": {"$nin": own}}},
+        }
+    }
+}
+
+impl Reader {
+    /// A reader of the whole of `db` (see the module comment).
+    pub fn database(ctx: Arc<ReaderContext>, db: &str, max_bytes: usize) -> Self {
+        let max_bytes = Arc::new(AtomicUsize::new(max_bytes));
+        let routes = Routes::new(db, &ctx.name, &ctx.rs, ctx.topics.clone(), Arc::clone(&max_bytes));
+        Reader {
+            reads: Reads::Database { db: db.to_string(), scope: Scope::of(&ctx.config), routes: Arc::new(routes) },
+            ns: unit_name(db),
+            ctx,
+            slim: Default::default(),
+            fresh_copy: Default::default(),
+            max_bytes,
+        }
+    }
+
+    fn db(&self) -> &str {
+        match &self.reads {
+            Reads::Database { db, .. } => db,
+            Reads::Collection(route) => &route.origin.ns.db,
+        }
+    }
+
+    /// A database reader's life: copies first, then the stream, until stopped.
+    pub(super) async fn run_database(&self, lease: watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
+        loop {
+            let checkpoint = match self.ctx.checkpoints.load(&self.ns).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })? {
+                Some(cp) => cp,
+                None => self.first_start(&lease).await?,
+            };
+            // Every collection in scope has its topic, and is on the status page, from the
+            // start, not only once its first event arrives.
+            self.routes()?.prepare(&self.collections_in_scope().await?).await?;
+            if let Some(exit) = self.finish_copies(&lease, shutdown).await? {
+                return Ok(exit);
+            }
+            match self.stream(&checkpoint, &lease, shutdown).await {
+                Ok(PumpEnd::Exit(exit)) => return Ok(exit),
+                Ok(PumpEnd::Read(ReadEnd::Invalidated(at))) => {
+                    // The database was dropped: listen on from just after it.
+                    let at = match at {
+                        Some(t) => Timestamp { time: t.time, increment: t.increment + 1 },
+                        None => self.cluster_time().await?,
+                    };
+                    info!(ns = %self.ns, "database stream invalidated (dropDatabase); listening for the database to be created again");
+                    self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
+                }
+                Ok(PumpEnd::Read(ReadEnd::CopyRenamed(coll))) => {
+                    // The stream saved its position past the rename; the copy starts now,
+                    // and the stream replays what came after the rename on top of it.
+                    let at = self.cluster_time().await?;
+                    self.save_collection(&coll, &Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }, &lease).await?;
+                }
+                Ok(PumpEnd::Read(ReadEnd::CopyDone | ReadEnd::Reopen)) => {}
+                Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
+                    warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy of each of the database's collections (source.on_history_lost = \"recopy\")");
+                    if let Some(exit) = self.start_over(&lease).await? {
+                        return Ok(exit);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn routes(&self) -> Result<&Arc<Routes>, ReaderError> {
+        match &self.reads {
+            Reads::Database { routes, .. } => Ok(routes),
+            Reads::Collection(_) => Err(ReaderError::Encode { ns: self.ns.clone(), message: "a collection reader has no routes".into() }),
+        }
+    }
+
+    /// The source's collections this reader replicates, as they are now.
+    async fn collections_in_scope(&self) -> Result<Vec<String>, ReaderError> {
+        let Reads::Database { db, scope, .. } = &self.reads else { return Ok(Vec::new()) };
+        let names = self.ctx.client.database(db).list_collection_names().await.map_err(self.mongo_err())?;
+        Ok(names.into_iter().filter(|n| scope.includes(n)).collect())
+    }
+
+    /// No checkpoint yet: the stream's start time, recorded before any copy begins, and a
+    /// copy checkpoint for every collection that needs one. A collection a collection
+    /// reader read before goes on from its position (the stream starts at the oldest).
+    async fn first_start(&self, lease: &watch::Receiver<Grant>) -> Result<Checkpoint, ReaderError> {
+        let at = self.cluster_time().await?;
+        let earlier = self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        let mut start = at;
+        let mut copies = 0;
+        for coll in self.collections_in_scope().await? {
+            let known = earlier.iter().find(|(c, _)| *c == coll).map(|(_, cp)| cp);
+            match known.map(|cp| (&cp.position, position_time(cp))) {
+                // A copy under way goes on where it stopped (see `finish_copies`).
+                Some((Position::Copying { at: copy_at, .. }, _)) => start = start.min(*copy_at),
+                Some((_, Some(t))) => start = start.min(t),
+                _ if self.ctx.config.initial_copy => {
+                    self.save_collection(&coll, &Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }, lease).await?;
+                    copies += 1;
+                }
+                _ => {}
+            }
+        }
+        if start != at {
+            info!(ns = %self.ns, "collections of this database were read one by one before: the database stream starts at the oldest of their positions ({}.{})", start.time, start.increment);
+        }
+        info!(ns = %self.ns, copies, "database stream starts at cluster time {}.{} after {copies} initial copies", start.time, start.increment);
+        let checkpoint = Checkpoint { position: Position::StartAt(start), event_time: Some(start) };
+        self.save(&checkpoint, lease).await?;
+        Ok(checkpoint)
+    }
+
+    /// Runs every copy under way (a copy checkpoint of a collection in scope), at most
+    /// `source.copy_parallelism` at once. `Some(exit)`: stopped before they finished.
+    async fn finish_copies(&self, lease: &watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<Option<ReaderExit>, ReaderError> {
+        let Reads::Database { scope, routes, .. } = &self.reads else { return Ok(None) };
+        let earlier = self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        let pending: Vec<(String, Timestamp, Option<bson::Bson>)> = earlier
+            .into_iter()
+            .filter(|(coll, _)| scope.includes(coll))
+            .filter_map(|(coll, cp)| match cp.position {
+                Position::Copying { at, after } => Some((coll, at, after)),
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        info!(ns = %self.ns, collections = pending.len(), parallelism = self.ctx.config.copy_parallelism, "initial copies before the database stream");
+        let mut copies = futures::stream::iter(pending)
+            .map(|(coll, at, after)| async move {
+                let route = routes.get(&coll).await?;
+                self.copy_one(route, at, after, lease, shutdown).await
+            })
+            .buffer_unordered(self.ctx.config.copy_parallelism);
+        while let Some(done) = copies.next().await {
+            if let Some(exit) = done? {
+                return Ok(Some(exit));
+            }
+        }
+        // Lost history at the stream's next open means the copies outran it (fatal).
+        self.fresh_copy.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// One collection's initial copy, by a collection reader under this reader's lease;
+    /// when it is done, its checkpoint says so (a start time the database stream covers).
+    async fn copy_one(
+        &self,
+        route: Arc<Route>,
+        at: Timestamp,
+        after: Option<bson::Bson>,
+        lease: &watch::Receiver<Grant>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<ReaderExit>, ReaderError> {
+        let _permit = self.ctx.copies.acquire().await.map_err(|_| ReaderError::Encode { ns: self.ns.clone(), message: "copy slots closed".into() })?;
+        let reader = Reader {
+            ctx: Arc::clone(&self.ctx),
+            ns: route.ns.clone(),
+            reads: Reads::Collection(Arc::clone(&route)),
+            slim: Default::default(),
+            fresh_copy: Default::default(),
+            max_bytes: Arc::clone(&self.max_bytes),
+        };
+        if let Some(exit) = reader.initial_copy(at, after, lease, shutdown).await? {
+            return Ok(Some(exit));
+        }
+        reader.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, lease).await?;
+        Ok(None)
+    }
+
+    /// Saves a collection's own checkpoint (its copy's progress) under this reader's lease.
+    async fn save_collection(&self, coll: &str, cp: &Checkpoint, lease: &watch::Receiver<Grant>) -> Result<(), ReaderError> {
+        let ns = format!("{}.{coll}", self.db());
+        let epoch = lease.borrow().epoch;
+        self.ctx.checkpoints.save(&ns, cp, &self.ctx.instance, epoch).await.map_err(|e| ReaderError::from_checkpoint(&ns, e))
+    }
+
+    /// History lost with `on_history_lost = "recopy"`: clear markers to every collection
+    /// in scope, then their checkpoints and this reader's forgotten, so the next round
+    /// starts over with fresh copies. The markers go first: a crash before the
+    /// checkpoints are gone finds the lost history again and sends them again.
+    async fn start_over(&self, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+        let routes = self.routes()?;
+        for coll in self.collections_in_scope().await? {
+            let route = routes.get(&coll).await?;
+            if let Some(exit) = self.send_clear_markers(&route, "change stream history lost: a fresh initial copy follows", lease).await? {
+                return Ok(Some(exit));
+            }
+        }
+        let epoch = lease.borrow().epoch;
+        let earlier = self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        for (coll, _) in earlier {
+            let ns = format!("{}.{coll}", self.db());
+            self.ctx.checkpoints.clear(&ns, epoch).await.map_err(|e| ReaderError::from_checkpoint(&ns, e))?;
+        }
+        self.ctx.checkpoints.clear(&self.ns, epoch).await.map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
+        Ok(None)
+    }
+}
+
+/// mongod renames a collection across databases by copying it into `tmpXXXXX.renameCollection`
+/// in the destination database and renaming that: the rename brings the result in.
+pub fn is_rename_temporary(coll: &str) -> bool {
+    coll.starts_with("tmp") && coll.ends_with(".renameCollection")
+}
+
+/// The cluster time a collection reader's saved position stands for: where a database
+/// stream must start to miss none of that collection's changes. `None` for a copy under
+/// way or a position of unknown time (the collection is then copied again).
+fn position_time(cp: &Checkpoint) -> Option<Timestamp> {
+    match &cp.position {
+        Position::StartAt(t) => Some(*t),
+        Position::Token(token) => cp.event_time.or_else(|| token_cluster_time(token)),
+        Position::Copying { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_leave_out_system_and_own_collections() {
+        let every = Scope::Every { own: vec![CHECKPOINTS.into(), LEASES.into()] };
+        assert!(every.includes("orders"));
+        assert!(!every.includes("system.views"));
+        assert!(!every.includes(CHECKPOINTS));
+        assert!(!every.includes("tmpAb12c.renameCollection"));
+        let listed = Scope::Listed(vec!["a".into()]);
+        assert!(listed.includes("a") && !listed.includes("b"));
+        assert_eq!(every.match_stage(), doc! {"$match": {"ns.coll": {"$nin": [CHECKPOINTS, LEASES]}}});
+    }
+
+    #[test]
+    fn a_copy_under_way_has_no_stream_time() {
+        let t = Timestamp { time: 5, increment: 1 };
+        assert_eq!(position_time(&Checkpoint { position: Position::StartAt(t), event_time: None }), Some(t));
+        assert_eq!(position_time(&Checkpoint { position: Position::Copying { at: t, after: None }, event_time: Some(t) }), None);
+    }
+}
