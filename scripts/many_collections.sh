@@ -3,7 +3,8 @@
 # collections in one source database, starts `docrepl run` (collections = [], one
 # partition per topic) on its own services, and prints (see many_collections.py): the
 # time until every collection streams, lease-loss warnings, source connections held,
-# end-to-end lag p50/p99 of writes spread over random collections, idle CPU and RSS.
+# end-to-end lag p50/p99 of writes spread over random collections (under LOAD docs/s,
+# default 1000), idle CPU and RSS.
 set -euo pipefail
 N="${1:-200}"
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/many"

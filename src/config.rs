@@ -142,7 +142,11 @@ impl Config {
         if let Some(s) = &self.source {
             lines.push("[source]".to_string());
             lines.push(format!("uri = {:?}", redact_uri(&s.uri)));
-            lines.push(format!("database = {:?}", s.database));
+            if let Some(db) = &s.database {
+                lines.push(format!("database = {db:?}"));
+            } else {
+                lines.push(format!("databases = {:?}", s.databases));
+            }
             lines.push(format!("collections = {:?}", s.collections));
         }
         if let Some(s) = &self.sink {

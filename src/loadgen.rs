@@ -134,13 +134,17 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
         (sink.uri.clone(), "sink.uri", None, sink.flavor().0)
     } else {
         let src = config.source.as_ref().context("loadgen needs a [source] section (or --target with [sink])")?;
-        (src.uri.clone(), "source.uri", Some(src.database.clone()), src.flavor().0)
+        let single = match src.database_selection() {
+            crate::source::DatabaseSelection::Named(dbs) if dbs.len() == 1 => dbs.into_iter().next(),
+            _ => None,
+        };
+        (src.uri.clone(), "source.uri", single, src.flavor().0)
     };
     let database = args
         .database
         .clone()
         .or(default_db)
-        .context("no database: pass --database or set source.database")?;
+        .context("no database: pass --database (or set a single source.database)")?;
     if args.batch == 0 || args.concurrency == 0 {
         bail!("--batch and --concurrency must be at least 1");
     }

@@ -68,7 +68,7 @@ struct Inner {
     history_window_seconds: Option<f64>,
     flavors: BTreeMap<&'static str, &'static str>,
     pipeline: Option<String>,
-    stream_level: Option<String>,
+    stream_level: BTreeMap<String, String>,
 }
 
 /// Cheap to clone; every clone shows the same board.
@@ -91,8 +91,8 @@ pub struct StatusReport {
     /// Source side: the change-stream pipeline in use (`preferred`, or `documentdb` after
     /// a fallback), and how the large-event guard works with it.
     pub change_stream_pipeline: Option<String>,
-    /// Source side: one change stream per database or per collection, and why.
-    pub change_streams: Option<String>,
+    /// Source side, per database: one change stream for it or one per collection, and why.
+    pub change_streams: BTreeMap<String, String>,
     /// Source side: seconds of change history the source keeps; a resume token older
     /// than this cannot be resumed.
     pub history_window_seconds: Option<f64>,
@@ -153,8 +153,10 @@ impl StatusBoard {
         self.with(|i| i.pipeline = Some(description));
     }
 
-    pub fn set_stream_level(&self, description: String) {
-        self.with(|i| i.stream_level = Some(description));
+    pub fn set_stream_level(&self, db: &str, description: String) {
+        self.with(|i| {
+            i.stream_level.insert(db.to_string(), description);
+        });
     }
 
     pub fn set_source_ready(&self, ready: bool) {

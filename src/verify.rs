@@ -13,12 +13,14 @@ use clap::Args;
 use futures::TryStreamExt;
 
 use crate::config::Config;
+use crate::event::Namespace;
+use crate::source::SourceConfig;
 use crate::debezium::id_relaxed_json;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Collections to compare; default: `source.collections` (or every collection of
-    /// `source.database` when that list is empty).
+    /// Collections to compare (`coll` with one `source.database`, else `db.coll`);
+    /// default: every collection the source replicates.
     #[arg(long = "collection")]
     pub collections: Vec<String>,
     /// How many `_id`s of each kind to print.
@@ -66,27 +68,41 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// The namespaces to compare: `--collection`s (`coll` of the one database, or `db.coll`),
+/// or every collection of every database the source replicates.
+async fn namespaces_to_compare(source: &mongodb::Client, src: &SourceConfig, named: &[String]) -> anyhow::Result<Vec<Namespace>> {
+    let databases = crate::source::discovery::databases_to_read(source, src).await?;
+    if !named.is_empty() {
+        return named
+            .iter()
+            .map(|n| match (n.split_once('.'), databases.as_slice()) {
+                (Some((db, coll)), _) if databases.iter().any(|d| d == db) => Ok(Namespace::new(db, coll)),
+                (_, [db]) => Ok(Namespace::new(db, n)),
+                _ => anyhow::bail!("--collection {n:?}: name it as db.coll (the source reads {databases:?})"),
+            })
+            .collect();
+    }
+    let mut namespaces = Vec::new();
+    for db in &databases {
+        let mut colls = crate::source::discovery::collections_to_read(source, src, db).await?;
+        colls.sort();
+        namespaces.extend(colls.iter().map(|c| Namespace::new(db, c)));
+    }
+    Ok(namespaces)
+}
+
 /// Runs verify; returns the process exit code (0 equal, 1 different).
 pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
     let src = config.source.as_ref().context("verify needs the [source] section")?;
     let sink = config.sink.as_ref().context("verify needs the [sink] section")?;
     let source = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
     let target = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
-    let collections = if !args.collections.is_empty() {
-        args.collections.clone()
-    } else if !src.collections.is_empty() {
-        src.collections.clone()
-    } else {
-        let mut names = crate::source::collections_to_read(&source, src).await?;
-        names.sort();
-        names
-    };
+    let namespaces = namespaces_to_compare(&source, src, &args.collections).await?;
     let deadline = args.wait_for_quiet.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
         let mut all_equal = true;
         let mut text = String::new();
-        for coll in &collections {
-            let ns = crate::event::Namespace::new(&src.database, coll);
+        for ns in &namespaces {
             let target_ns = sink.target_namespace(&ns);
             let report = compare(&source, &ns, &target, &target_ns, args.show).await?;
             all_equal &= report.equal();

@@ -55,10 +55,23 @@ fn unknown_key_names_the_key() {
 
 #[test]
 fn missing_required_key_names_it() {
+    let text = GOOD.replacen("uri = \"mongodb://127.0.0.1:27117", "url = \"mongodb://127.0.0.1:27117", 1);
+    let (code, err, _) = check("source", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`source`") && (err.contains("missing field `uri`") || err.contains("unknown field `url`")), "{err}");
+    // Without a database: says both ways to name them.
     let text = GOOD.replace("database = \"app\"\n", "");
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("`source`") && err.contains("missing field `database`"), "{err}");
+    assert!(err.contains("source.database") && err.contains("source.databases = [\"app\", \"billing\"]"), "{err}");
+    // Both, or collections without a single database: refused with what to do.
+    let text = GOOD.replace("database = \"app\"\n", "databases = [\"app\", \"billing\"]\n");
+    let (code, err, _) = check("source", &text, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("source.collections") && err.contains("source.include"), "{err}");
+    let text = GOOD.replace("database = \"app\"\n", "database = \"app\"\ndatabases = [\"*\"]\ninclude = [\"nodot\"]\n");
+    let (code, err, _) = check("source", &text, &[]);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]

@@ -134,3 +134,58 @@ async fn two_hundred_collections_on_the_database_stream_survive_kill_9() {
     assert!(!log.contains("lease not renewed in time"), "{log}");
     assert_eq!(run.terminate(Duration::from_secs(20)), Some(0));
 }
+
+const PER_DATABASE: usize = 100;
+
+/// 200 collections in two databases read with `databases = ["*"]`, an include pattern
+/// (this test's databases only: the services are shared) and an exclude pattern; a
+/// collection and a whole database created while running arrive; verify is equal.
+#[tokio::test]
+async fn two_databases_with_patterns_and_late_arrivals() {
+    let mut setup = Setup::new("twodbs");
+    let (a, b, c) = (format!("{}_a", setup.db), format!("{}_b", setup.db), format!("{}_c", setup.db));
+    setup.source_extra = format!("databases = [\"*\"]\ninclude = [\"{0}_*.*\"]\nexclude = [\"{0}_b.skip*\"]", setup.db);
+    let config = std::fs::read_to_string(setup.config())
+        .unwrap()
+        .replace(&format!("database = {:?}\n", setup.db), "")
+        .replace("partitions = 8", "partitions = 1");
+    let path = setup.dir.path().join("twodbs.toml");
+    std::fs::write(&path, config).unwrap();
+    let source = common::mongo(&common::source_uri()).await;
+    for db in [&a, &b] {
+        for i in 0..PER_DATABASE {
+            source.database(db).collection::<Document>(&format!("c{i:03}")).insert_many((0..5).map(|n| doc! {"_id": n})).await.unwrap();
+        }
+    }
+    source.database(&b).collection::<Document>("skip_me").insert_one(doc! {"_id": 1}).await.unwrap();
+    let run = setup.spawn_with("run", &path, &[]);
+    let target = common::mongo(&common::target_uri()).await;
+    common::eventually(Duration::from_secs(180), "both databases copied", || async {
+        for db in [&a, &b] {
+            for i in 0..PER_DATABASE {
+                if count_in(&target.database(db), &format!("c{i:03}")).await < 5 {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    source.database(&a).collection::<Document>("late").insert_one(doc! {"_id": "late"}).await.unwrap();
+    source.database(&c).collection::<Document>("new").insert_many((0..5).map(|n| doc! {"_id": n})).await.unwrap();
+    source.database(&b).collection::<Document>("skip_later").insert_one(doc! {"_id": 1}).await.unwrap();
+    common::eventually(Duration::from_secs(60), "the late collection and the new database", || async {
+        count_in(&target.database(&a), "late").await == 1 && count_in(&target.database(&c), "new").await == 5
+    })
+    .await;
+    let (code, out) = common::verify(&path, 60);
+    assert_eq!(code, Some(0), "{out}\n{}", run.log_text());
+    assert!(out.contains(&format!("{c}.new")) && out.contains(&format!("{a}.c099")), "verify compares every database:\n{out}");
+    let names = target.database(&b).list_collection_names().await.unwrap();
+    assert!(!names.iter().any(|n| n.starts_with("skip")), "excluded collections were replicated: {names:?}");
+    let (_, status) = common::http_get(&common::status_addr(&run).await, "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    for db in [&a, &b, &c] {
+        assert!(status["change_streams"][db.as_str()].as_str().is_some_and(|s| s.starts_with("one change stream for database")), "{status}");
+    }
+}

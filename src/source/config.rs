@@ -14,12 +14,24 @@ pub struct SourceConfig {
     /// `documentdb`. Decides the change-stream pipeline and error handling (see `flavor`).
     #[serde(default)]
     pub flavor: FlavorSetting,
-    /// The database to replicate.
-    pub database: String,
-    /// Collections to replicate; empty (the default) means every collection of the
-    /// database, including ones created later.
+    /// The database to replicate (or `databases`).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The databases to replicate, or `["*"]` for every user database of the cluster
+    /// (databases created later included); not with `database`.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Collections to replicate, with one `database`; empty (the default) means every
+    /// collection, including ones created later.
     #[serde(default)]
     pub collections: Vec<String>,
+    /// `db.coll` glob patterns (`*`, `?`, `[abc]`, `{a,b}`; `*` also crosses a `.`): when
+    /// given, only matching namespaces are replicated.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// `db.coll` glob patterns never replicated (they win over `include`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
     /// Copy the existing documents (`op: r`) before streaming changes, when a collection
     /// has no saved resume token.
     #[serde(default = "yes")]
@@ -100,6 +112,17 @@ pub enum OversizePolicy {
     Fail,
 }
 
+/// Databases never replicated, whatever the config says.
+pub const NEVER_REPLICATED: [&str; 3] = ["admin", "local", "config"];
+
+/// Which databases a source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseSelection {
+    Named(Vec<String>),
+    /// Every database of the cluster but `admin`, `local`, `config` and docrepl's state.
+    Every,
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamLevel {
@@ -151,7 +174,26 @@ impl SourceConfig {
         if let Some(uri) = &self.state.uri {
             validate_mongo_uri("source.state.uri", uri)?;
         }
-        validate_db_name("source.database", &self.database)?;
+        match (&self.database, self.databases.as_slice()) {
+            (Some(_), [_, ..]) => return Err(ConfigError::invalid("source.databases", "set either source.database or source.databases, not both")),
+            (None, []) => return Err(ConfigError::invalid("source.database", "set source.database = \"app\", or source.databases = [\"app\", \"billing\"] (or [\"*\"] for every database)")),
+            (Some(db), []) => validate_db_name("source.database", db)?,
+            (None, all) if all.iter().any(|d| d == "*") && all.len() > 1 => {
+                return Err(ConfigError::invalid("source.databases", "\"*\" means every database: give it alone"))
+            }
+            (None, all) => {
+                for (i, db) in all.iter().enumerate().filter(|(_, d)| *d != "*") {
+                    validate_db_name(&format!("source.databases[{i}]"), db)?;
+                    if NEVER_REPLICATED.contains(&db.as_str()) {
+                        return Err(ConfigError::invalid(format!("source.databases[{i}]"), format!("{db:?} is a system database and is never replicated")));
+                    }
+                }
+            }
+        }
+        if !self.collections.is_empty() && self.database.is_none() {
+            return Err(ConfigError::invalid("source.collections", "names collections of one source.database; with source.databases, use source.include = [\"db.coll\", ...]"));
+        }
+        super::scope::NamespaceFilter::new(&self.include, &self.exclude)?;
         validate_db_name("source.state.database", &self.state.database)?;
         for (i, c) in self.collections.iter().enumerate() {
             if c.is_empty() || c.starts_with("system.") || c.contains('$') {
@@ -171,6 +213,20 @@ impl SourceConfig {
             }
         }
         Ok(())
+    }
+
+    /// The databases to read, as configured.
+    pub fn database_selection(&self) -> DatabaseSelection {
+        match &self.database {
+            Some(db) => DatabaseSelection::Named(vec![db.clone()]),
+            None if self.databases.iter().any(|d| d == "*") => DatabaseSelection::Every,
+            None => DatabaseSelection::Named(self.databases.clone()),
+        }
+    }
+
+    /// True when docrepl's state database is `db` on the source cluster.
+    pub fn state_lives_in(&self, db: &str) -> bool {
+        self.state.database == db && self.state.uri.as_ref().is_none_or(|u| u == &self.uri)
     }
 
     pub fn state_uri(&self) -> &str {

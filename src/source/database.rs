@@ -13,7 +13,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use bson::{doc, Document, Timestamp};
+use bson::Timestamp;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,49 +24,12 @@ use super::lease::Grant;
 use super::outgoing::ReadEnd;
 use super::reader::{PumpEnd, Reader, ReaderContext, ReaderError, ReaderExit, Reads};
 use super::route::{Route, Routes};
-use super::{HistoryLostPolicy, SourceConfig, CHECKPOINTS, LEASES};
+use super::scope::Scope;
+use super::HistoryLostPolicy;
 
 /// The name of a database reader's lease and checkpoint: `$` begins no collection name.
 pub fn unit_name(db: &str) -> String {
     format!("{db}.$database")
-}
-
-/// Which collections of the database a database reader replicates.
-#[derive(Debug, Clone)]
-pub enum Scope {
-    /// `source.collections`.
-    Listed(Vec<String>),
-    /// Every collection but `system.*` and, when the state lives in this database,
-    /// docrepl's own.
-    Every { own: Vec<String> },
-}
-
-impl Scope {
-    pub fn of(src: &SourceConfig) -> Self {
-        if !src.collections.is_empty() {
-            return Scope::Listed(src.collections.clone());
-        }
-        let state_here = src.state.database == src.database && src.state.uri.as_ref().is_none_or(|u| u == &src.uri);
-        Scope::Every { own: if state_here { vec![CHECKPOINTS.into(), LEASES.into()] } else { Vec::new() } }
-    }
-
-    pub fn includes(&self, coll: &str) -> bool {
-        match self {
-            Scope::Listed(colls) => colls.iter().any(|c| c == coll),
-            Scope::Every { own } => !coll.starts_with("system.") && !is_rename_temporary(coll) && !own.iter().any(|c| c == coll),
-        }
-    }
-
-    /// The stream's first stage: the server leaves out what is outside the scope (above
-    /// all docrepl's own checkpoint writes, which would otherwise come back as events).
-    /// Events that name no collection (dropDatabase, invalidate) pass. Only `$match`
-    /// with `$in`, `$nin`, `$or` and `$exists`: Amazon DocumentDB takes these.
-    pub fn match_stage(&self) -> Document {
-        match self {
-            Scope::Listed(colls) => doc! {"$match": {"$or": [{"ns.coll": {"$in": colls}}, {"ns.coll": {"$exists": false}}]}},
-            Scope::Every { own } => doc! {"$match": {"ns.coll": {"$nin": own}}},
-        }
-    }
 }
 
 impl Reader {
@@ -75,7 +38,7 @@ impl Reader {
         let max_bytes = Arc::new(AtomicUsize::new(max_bytes));
         let routes = Routes::new(db, &ctx.name, &ctx.rs, ctx.topics.clone(), Arc::clone(&max_bytes));
         Reader {
-            reads: Reads::Database { db: db.to_string(), scope: Scope::of(&ctx.config), routes: Arc::new(routes) },
+            reads: Reads::Database { db: db.to_string(), scope: Scope::of(&ctx.config, db), routes: Arc::new(routes) },
             ns: unit_name(db),
             ctx,
             slim: Default::default(),
@@ -266,12 +229,6 @@ impl Reader {
     }
 }
 
-/// mongod renames a collection across databases by copying it into `tmpXXXXX.renameCollection`
-/// in the destination database and renaming that: the rename brings the result in.
-pub fn is_rename_temporary(coll: &str) -> bool {
-    coll.starts_with("tmp") && coll.ends_with(".renameCollection")
-}
-
 /// The cluster time a collection reader's saved position stands for: where a database
 /// stream must start to miss none of that collection's changes. `None` for a copy under
 /// way or a position of unknown time (the collection is then copied again).
@@ -286,18 +243,6 @@ fn position_time(cp: &Checkpoint) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scopes_leave_out_system_and_own_collections() {
-        let every = Scope::Every { own: vec![CHECKPOINTS.into(), LEASES.into()] };
-        assert!(every.includes("orders"));
-        assert!(!every.includes("system.views"));
-        assert!(!every.includes(CHECKPOINTS));
-        assert!(!every.includes("tmpAb12c.renameCollection"));
-        let listed = Scope::Listed(vec!["a".into()]);
-        assert!(listed.includes("a") && !listed.includes("b"));
-        assert_eq!(every.match_stage(), doc! {"$match": {"ns.coll": {"$nin": [CHECKPOINTS, LEASES]}}});
-    }
 
     #[test]
     fn a_copy_under_way_has_no_stream_time() {

@@ -12,6 +12,7 @@ mod copy;
 mod copy_progress;
 pub mod copy_resume;
 mod database;
+pub mod discovery;
 mod encode;
 pub mod errors;
 pub mod history;
@@ -22,10 +23,11 @@ mod produce;
 mod progress;
 pub mod reader;
 mod route;
+pub mod scope;
 mod stream;
 pub mod watermark;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Position, CHECKPOINTS, LEASES};
-pub use config::{DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel};
+pub use config::{DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED};
+use discovery::Level;
 pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
@@ -48,7 +51,8 @@ use crate::kafka::admin::TopicAdmin;
 use crate::metrics as m;
 use crate::mongo;
 
-/// How often "every collection" mode looks for new collections.
+/// How often new databases (with `["*"]`), and new collections of databases read a
+/// stream per collection, are looked for.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the source service until `shutdown` is cancelled or a reader fails for good.
@@ -74,12 +78,17 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     let state_db = state_client.database(&src.state.database);
     let name = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
     let checkpoints = CheckpointStore::new(&state_db, &name);
-    let level = stream_level(&control, src, flavor, &checkpoints).await?;
-    board.set_stream_level(level.describe(&src.database));
-    let streams = match level {
-        Level::Database(_) => 1,
-        Level::Collection(_) => collections_to_read(&control, src).await.map(|c| c.len()).unwrap_or(0),
-    };
+    // The databases there are now, and how each is read (more may come with `["*"]`).
+    let mut levels = BTreeMap::new();
+    let mut streams = 0;
+    for db in discovery::databases_to_read(&control, src).await? {
+        let level = discovery::stream_level(&control, src, &db, flavor, &checkpoints).await?;
+        streams += match level {
+            Level::Database(_) => 1,
+            Level::Collection(_) => discovery::collections_to_read(&control, src, &db).await.map(|c| c.len()).unwrap_or(0),
+        };
+        levels.insert(db, level);
+    }
     let pool = stream_pool_size(streams, src.copy_parallelism);
     info!(streams, pool, "source connection pool for copies and change streams: {pool} connections at most (the URI's maxPoolSize wins)");
     let client = mongo::connect_with_pool(&src.uri, "source.uri", flavor, Some(pool)).await?;
@@ -107,7 +116,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         config: src.clone(),
         partitions: config.kafka.partitions,
         dead_letter_topic,
-        checkpoints,
+        checkpoints: checkpoints.clone(),
         name: name.clone(),
         rs,
         instance: instance.clone(),
@@ -124,37 +133,55 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     }
     tokio::spawn(history::watch(control.clone(), flavor, src.history_retention_hours, board.clone(), shutdown.clone()));
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
-    info!(instance = %instance, database = %src.database, "source service started");
+    info!(instance = %instance, databases = ?levels.keys().collect::<Vec<_>>(), "source service started");
 
     let mut readers = JoinSet::new();
-    let mut started = BTreeSet::new();
+    let mut started: BTreeSet<(String, Option<String>)> = BTreeSet::new();
     let mut discovery = tokio::time::interval(DISCOVERY_INTERVAL);
     let mut failure: Option<anyhow::Error> = None;
-    if let Level::Database(_) = level {
-        // The database reader finds collections created later in its stream.
-        let reader = Reader::database(Arc::clone(&ctx), &src.database, config.kafka.max_message_bytes);
-        let ns = database::unit_name(&src.database);
-        let span = tracing::info_span!("reader", database = %src.database);
-        readers.spawn(supervise(reader, leases.clone(), ns, board.clone(), shutdown.clone()).instrument(span));
-    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = discovery.tick(), if matches!(level, Level::Collection(_)) => {
-                let wanted = match collections_to_read(&control, src).await {
-                    Ok(w) => w,
-                    Err(e) => { warn!("cannot list the source's collections: {e:#}"); continue; }
-                };
-                for coll in wanted {
-                    if started.contains(&coll) {
+            _ = discovery.tick() => {
+                // Databases created later (`["*"]`) get a level of their own.
+                match discovery::databases_to_read(&control, src).await {
+                    Ok(dbs) => {
+                        let new: Vec<String> = dbs.into_iter().filter(|db| !levels.contains_key(db)).collect();
+                        for db in new {
+                            match discovery::stream_level(&control, src, &db, flavor, &ctx.checkpoints).await {
+                                Ok(level) => { info!(database = %db, "new database to replicate"); levels.insert(db, level); }
+                                Err(e) => warn!(database = %db, "cannot start reading the new database: {e:#}"),
+                            }
+                        }
+                    }
+                    Err(e) => warn!("cannot list the source's databases: {e:#}"),
+                }
+                for (db, level) in &levels {
+                    board.set_stream_level(db, level.describe(db));
+                    if let Level::Database(_) = level {
+                        // A database reader finds collections created later in its stream.
+                        if started.insert((db.clone(), None)) {
+                            let reader = Reader::database(Arc::clone(&ctx), db, config.kafka.max_message_bytes);
+                            let span = tracing::info_span!("reader", database = %db);
+                            readers.spawn(supervise(reader, leases.clone(), database::unit_name(db), board.clone(), shutdown.clone()).instrument(span));
+                        }
                         continue;
                     }
-                    let (topic, max_bytes) = ctx.topics.ensure(&src.database, &coll).await?;
-                    let reader = Reader::new(Arc::clone(&ctx), &coll, topic, max_bytes);
-                    let span = tracing::info_span!("reader", collection = %format!("{}.{}", src.database, coll));
-                    let ns = format!("{}.{}", src.database, coll);
-                    readers.spawn(supervise(reader, leases.clone(), ns, board.clone(), shutdown.clone()).instrument(span));
-                    started.insert(coll);
+                    let wanted = match discovery::collections_to_read(&control, src, db).await {
+                        Ok(w) => w,
+                        Err(e) => { warn!(database = %db, "cannot list the source's collections: {e:#}"); continue; }
+                    };
+                    for coll in wanted {
+                        if started.contains(&(db.clone(), Some(coll.clone()))) {
+                            continue;
+                        }
+                        let (topic, max_bytes) = ctx.topics.ensure(db, &coll).await?;
+                        let reader = Reader::new(Arc::clone(&ctx), db, &coll, topic, max_bytes);
+                        let ns = format!("{db}.{coll}");
+                        let span = tracing::info_span!("reader", collection = %ns);
+                        readers.spawn(supervise(reader, leases.clone(), ns, board.clone(), shutdown.clone()).instrument(span));
+                        started.insert((db.clone(), Some(coll)));
+                    }
                 }
             }
             Some(done) = readers.join_next(), if !readers.is_empty() => {
@@ -179,21 +206,6 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// The collections to read: the configured list, or every collection of the database
-/// except system collections and docrepl's own bookkeeping.
-pub async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig) -> anyhow::Result<Vec<String>> {
-    if !src.collections.is_empty() {
-        return Ok(src.collections.clone());
-    }
-    let names = client.database(&src.database).list_collection_names().await?;
-    let state_here = src.state.database == src.database && src.state.uri.as_ref().is_none_or(|u| u == &src.uri);
-    Ok(names
-        .into_iter()
-        .filter(|n| !n.starts_with("system.") && !database::is_rename_temporary(n))
-        .filter(|n| !(state_here && (n == CHECKPOINTS || n == LEASES)))
-        .collect())
 }
 
 /// Holds the collection's lease while reading it; waits as standby while another
@@ -312,52 +324,6 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: C
 /// hundred to a few thousand connections in all.
 fn stream_pool_size(streams: usize, copies: usize) -> u32 {
     (streams + copies + 16).clamp(10, 1000) as u32
-}
-
-/// How the source is read, and why.
-#[derive(Debug, Clone)]
-enum Level {
-    Database(String),
-    Collection(String),
-}
-
-impl Level {
-    fn describe(&self, db: &str) -> String {
-        match self {
-            Level::Database(why) => format!("one change stream for database {db} ({why})"),
-            Level::Collection(why) => format!("one change stream per collection ({why})"),
-        }
-    }
-}
-
-/// `source.stream_level`, and for `auto` a probe: a database stream is opened (and
-/// closed) once; where the server refuses it (DocumentDB before `modifyChangeStreams`
-/// for the database), each collection gets its own stream. Only a refusal falls back: any
-/// other error stops the start, since collection readers would go on from positions of
-/// their own (older than the database's, if it was read as a whole before).
-async fn stream_level(client: &mongodb::Client, src: &SourceConfig, flavor: crate::flavor::Flavor, state: &CheckpointStore) -> anyhow::Result<Level> {
-    use errors::{classify_error, StreamFailure};
-    let db = &src.database;
-    match src.stream_level {
-        StreamLevel::Collection => return Ok(Level::Collection("source.stream_level = \"collection\"".into())),
-        // Its reader's own errors say what to do (`NotEnabled` names the command).
-        StreamLevel::Database => return Ok(Level::Database("source.stream_level = \"database\"".into())),
-        StreamLevel::Auto => {}
-    }
-    // The scope filter alone: the pipeline's own stages have their own fallback.
-    let refusal = match client.database(db).watch().pipeline([database::Scope::of(src).match_stage()]).await {
-        Ok(_) => return Ok(Level::Database("source.stream_level = \"auto\": the server opened a database stream".into())),
-        Err(e) => match classify_error(&e, flavor) {
-            StreamFailure::NotEnabled | StreamFailure::LostOrNotEnabled | StreamFailure::UnsupportedPipeline => e,
-            _ => anyhow::bail!("cannot open a change stream on the source database {db}: {e}; check source.uri and that the source is a replica set"),
-        },
-    };
-    let enable = format!("db.adminCommand({{modifyChangeStreams: 1, database: \"{db}\", collection: \"\", enable: true}})");
-    if state.load(&database::unit_name(db)).await.ok().flatten().is_some() {
-        anyhow::bail!("database {db} was read through one database stream before, and the source now refuses that stream: {refusal}. Enable it again ({enable} on Amazon DocumentDB), or set source.stream_level = \"collection\" to read each collection from its own saved position (older ones than the database's: changes may be sent again, or found lost)");
-    }
-    warn!(database = %db, "the source refused a change stream on the whole database ({refusal}): reading one change stream per collection instead (on Amazon DocumentDB, {enable} enables the database's stream)");
-    Ok(Level::Collection(format!("source.stream_level = \"auto\": the server refused a database stream: {refusal}")))
 }
 
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::Origin;
-use super::database::Scope;
+use super::scope::Scope;
 use super::encode::Encoder;
 pub use super::errors::ReaderError;
 use super::lease::Grant;
@@ -120,10 +120,10 @@ pub struct Reader {
 
 impl Reader {
     /// `max_bytes`: the largest message `topic` takes.
-    pub fn new(ctx: Arc<ReaderContext>, coll: &str, topic: String, max_bytes: usize) -> Self {
-        let ns = format!("{}.{}", ctx.config.database, coll);
+    pub fn new(ctx: Arc<ReaderContext>, db: &str, coll: &str, topic: String, max_bytes: usize) -> Self {
+        let ns = format!("{db}.{coll}");
         let origin = Origin {
-            ns: crate::event::Namespace::new(&ctx.config.database, coll),
+            ns: crate::event::Namespace::new(db, coll),
             name: ctx.name.clone(),
             rs: ctx.rs.clone(),
         };

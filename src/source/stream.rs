@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::checkpoint::{Checkpoint, Position};
 use super::convert::StreamItem;
-use super::database::Scope;
+use super::scope::Scope;
 use super::encode::Encoder;
 use super::errors::{classify_error, ReaderError, StreamFailure};
 use super::lease::Grant;
