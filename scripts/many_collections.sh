@@ -7,6 +7,11 @@
 # default 1000), idle CPU and RSS.
 set -euo pipefail
 N="${1:-200}"
+# TOPIC_PER=database: one topic for the database (with PARTITIONS partitions, default 8)
+# instead of one per collection (default, PARTITIONS default 1).
+TOPIC_PER="${TOPIC_PER:-collection}"
+if [ "$TOPIC_PER" = database ]; then PARTITIONS="${PARTITIONS:-8}"; EXPECT_PARTITIONS="$PARTITIONS"; else PARTITIONS="${PARTITIONS:-1}"; EXPECT_PARTITIONS=$((N * PARTITIONS)); fi
+export EXPECT_PARTITIONS
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/many"
 export DOCREPL_SOURCE_PORT=28617 DOCREPL_TARGET_PORT=28717 DOCREPL_BROKER_PORT=19692
 export DOCREPL_BROKER_STORAGE=memory
@@ -26,7 +31,8 @@ uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
 [kafka]
 bootstrap_servers = "127.0.0.1:$BROKER_PORT"
 topic_prefix = "many"
-partitions = 1
+partitions = $PARTITIONS
+topic_per = "$TOPIC_PER"
 [http]
 listen = "127.0.0.1:18690"
 TOML

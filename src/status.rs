@@ -32,6 +32,32 @@ pub struct CollectionStatus {
     pub last_error: Option<String>,
 }
 
+/// All initial copies together, as `/status` shows them: how many collections are
+/// copying and have been copied, and documents sent of those estimated.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CopyProgress {
+    pub collections_copying: usize,
+    pub collections_copied: usize,
+    pub documents_copied: u64,
+    pub documents_estimated: u64,
+}
+
+impl CopyProgress {
+    fn of<'a>(collections: impl Iterator<Item = &'a CollectionStatus>) -> Self {
+        let mut p = CopyProgress::default();
+        for c in collections.filter(|c| c.copy_total.is_some()) {
+            if c.state == "copying" {
+                p.collections_copying += 1;
+            } else {
+                p.collections_copied += 1;
+            }
+            p.documents_copied += c.copied;
+            p.documents_estimated += c.copy_total.unwrap_or(0);
+        }
+        p
+    }
+}
+
 /// One assigned partition's worker, as `/status` shows it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PartitionStatus {
@@ -93,6 +119,8 @@ pub struct StatusReport {
     pub change_stream_pipeline: Option<String>,
     /// Source side, per database: one change stream for it or one per collection, and why.
     pub change_streams: BTreeMap<String, String>,
+    /// Source side: the initial copies over all collections (see `CopyProgress`).
+    pub copies: CopyProgress,
     /// Source side: seconds of change history the source keeps; a resume token older
     /// than this cannot be resumed.
     pub history_window_seconds: Option<f64>,
@@ -185,13 +213,14 @@ impl StatusBoard {
             .unwrap_or_default();
         let (flavors, change_stream_pipeline, change_streams) =
             self.with(|i| (i.flavors.clone(), i.pipeline.clone(), i.stream_level.clone())).unwrap_or_default();
-        let collections = collections
+        let collections: BTreeMap<String, CollectionStatus> = collections
             .into_iter()
             .map(|(k, mut c)| {
                 c.resume_token_age_seconds = c.checkpoint_time.map(crate::metrics::seconds_since);
                 (k, c)
             })
             .collect();
+        let copies = CopyProgress::of(collections.values());
         StatusReport {
             version: env!("CARGO_PKG_VERSION"),
             role: self.role,
@@ -200,6 +229,7 @@ impl StatusBoard {
             flavors,
             change_stream_pipeline,
             change_streams,
+            copies,
             history_window_seconds,
             collections,
             partitions,
@@ -207,5 +237,19 @@ impl StatusBoard {
             dead_letters,
             recent_errors,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_progress_sums_the_collections_that_were_copied() {
+        let copying = CollectionStatus { state: "copying".into(), copied: 5, copy_total: Some(10), ..Default::default() };
+        let done = CollectionStatus { state: "streaming".into(), copied: 7, copy_total: Some(7), ..Default::default() };
+        let never = CollectionStatus { state: "streaming".into(), ..Default::default() };
+        let p = CopyProgress::of([&copying, &done, &never].into_iter());
+        assert_eq!(p, CopyProgress { collections_copying: 1, collections_copied: 1, documents_copied: 12, documents_estimated: 17 });
     }
 }

@@ -138,13 +138,15 @@ async fn two_hundred_collections_on_the_database_stream_survive_kill_9() {
 const PER_DATABASE: usize = 100;
 
 /// 200 collections in two databases read with `databases = ["*"]`, an include pattern
-/// (this test's databases only: the services are shared) and an exclude pattern; a
-/// collection and a whole database created while running arrive; verify is equal.
+/// (this test's databases only: the services are shared) and an exclude pattern, on one
+/// topic per database (`kafka.topic_per = "database"`); a collection and a whole database
+/// created while running arrive; verify is equal.
 #[tokio::test]
 async fn two_databases_with_patterns_and_late_arrivals() {
     let mut setup = Setup::new("twodbs");
     let (a, b, c) = (format!("{}_a", setup.db), format!("{}_b", setup.db), format!("{}_c", setup.db));
     setup.source_extra = format!("databases = [\"*\"]\ninclude = [\"{0}_*.*\"]\nexclude = [\"{0}_b.skip*\"]", setup.db);
+    setup.kafka_extra = "topic_per = \"database\"".into();
     let config = std::fs::read_to_string(setup.config())
         .unwrap()
         .replace(&format!("database = {:?}\n", setup.db), "")
@@ -180,6 +182,9 @@ async fn two_databases_with_patterns_and_late_arrivals() {
     .await;
     let (code, out) = common::verify(&path, 60);
     assert_eq!(code, Some(0), "{out}\n{}", run.log_text());
+    // Every collection of a database on its one topic.
+    let on_topic = common::consume(&format!("{}.{a}", setup.prefix), Duration::from_secs(30), |m| m.len() > PER_DATABASE * 5).await;
+    assert!(on_topic.len() > PER_DATABASE * 5, "{} messages on the database's topic", on_topic.len());
     assert!(out.contains(&format!("{c}.new")) && out.contains(&format!("{a}.c099")), "verify compares every database:\n{out}");
     let names = target.database(&b).list_collection_names().await.unwrap();
     assert!(!names.iter().any(|n| n.starts_with("skip")), "excluded collections were replicated: {names:?}");
@@ -188,4 +193,29 @@ async fn two_databases_with_patterns_and_late_arrivals() {
     for db in [&a, &b, &c] {
         assert!(status["change_streams"][db.as_str()].as_str().is_some_and(|s| s.starts_with("one change stream for database")), "{status}");
     }
+    assert_eq!(status["copies"]["collections_copying"], 0, "{}", status["copies"]);
+    assert!(status["copies"]["collections_copied"].as_u64().is_some_and(|n| n >= 2 * PER_DATABASE as u64 + 1), "{}", status["copies"]);
+
+    // kill -9 under load over both databases, on their shared topics: nothing lost.
+    let load = {
+        let (source, a, b) = (source.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            for round in 0..20i32 {
+                for db in [&a, &b] {
+                    for i in (0..PER_DATABASE).step_by(7) {
+                        let coll = source.database(db).collection::<Document>(&format!("c{i:03}"));
+                        coll.update_one(doc! {"_id": round % 5}, doc! {"$set": {"round": round}}).await.unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut run = run;
+    run.kill9();
+    let run = setup.spawn_with("run", &path, &[]);
+    load.await.unwrap();
+    let (code, out) = common::verify(&path, 90);
+    assert_eq!(code, Some(0), "after kill -9: {out}\n{}", run.log_text());
 }

@@ -91,6 +91,7 @@ impl TopicAdmin {
     pub async fn ensure_topics(&self, topics: &[String], partitions: i32, replication: i32, configs: &[(&str, String)]) -> Result<(), TopicError> {
         let known = self.partition_counts().await?;
         let mut missing = Vec::new();
+        let topics: std::collections::BTreeSet<&String> = topics.iter().collect();
         for topic in topics {
             match known.get(topic) {
                 Some(&actual) => check_count(topic, partitions, actual)?,

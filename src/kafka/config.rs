@@ -14,6 +14,12 @@ pub struct KafkaConfig {
     /// Topic names are `<topic_prefix>.<database>.<collection>`, like Debezium's.
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
+    /// `collection` (default): a topic per collection, `<prefix>.<db>.<coll>`, as Debezium
+    /// names them; `database`: one topic per database, `<prefix>.<db>`, carrying all its
+    /// collections (each event names its collection; the sink folds and writes by
+    /// namespace and `_id`), for thousands of collections.
+    #[serde(default)]
+    pub topic_per: TopicPer,
     /// Partitions of each collection topic (created at start when missing; an existing
     /// topic with another count is an error, because it would reshuffle keys).
     #[serde(default = "default_partitions")]
@@ -68,6 +74,15 @@ impl Compression {
     }
 }
 
+/// How collections map to topics (see `KafkaConfig::topic_per`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicPer {
+    #[default]
+    Collection,
+    Database,
+}
+
 fn default_prefix() -> String {
     "docrepl".into()
 }
@@ -120,9 +135,13 @@ impl KafkaConfig {
         vec![("max.message.bytes", (self.max_message_bytes + 65_536).to_string())]
     }
 
-    /// `<prefix>.<database>.<collection>`.
+    /// `<prefix>.<database>.<collection>`, or `<prefix>.<database>` with `topic_per =
+    /// "database"`.
     pub fn topic_for(&self, database: &str, collection: &str) -> String {
-        format!("{}.{}.{}", self.topic_prefix, database, collection)
+        match self.topic_per {
+            TopicPer::Collection => format!("{}.{}.{}", self.topic_prefix, database, collection),
+            TopicPer::Database => format!("{}.{}", self.topic_prefix, database),
+        }
     }
 
     pub fn dead_letter_topic(&self) -> String {

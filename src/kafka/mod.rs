@@ -6,7 +6,7 @@ mod config;
 pub mod delivery;
 pub mod partitioner;
 
-pub use config::{Compression, KafkaConfig};
+pub use config::{Compression, KafkaConfig, TopicPer};
 
 use rdkafka::ClientConfig;
 
