@@ -33,6 +33,30 @@ pub enum Command {
     Verify(VerifyCommand),
     /// Print a running service's /status as a table.
     Status(StatusArgs),
+    /// Emulate a WAN link: relay TCP with delay, jitter and a bandwidth cap, cut on command.
+    Link(LinkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// Where the near side connects (loopback, high port).
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// The far side each connection is relayed to.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    /// One-way delay per direction (half the round trip).
+    #[arg(long, default_value_t = 0.0)]
+    pub delay_ms: f64,
+    /// Up to this much extra one-way delay per chunk (order is kept).
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter_ms: f64,
+    /// Bandwidth cap per direction, in Mbit/s; none when absent.
+    #[arg(long)]
+    pub rate_mbit: Option<f64>,
+    /// The HTTP control endpoint (`/stats`, `/cut/reset`, `/cut/blackhole`, `/restore`, `/shape`).
+    #[arg(long)]
+    pub control: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +130,27 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(a) => (a, Role::Both),
         Command::Loadgen(a) => (&a.service, Role::Tool),
         Command::Verify(a) => (&a.service, Role::Tool),
+        Command::Link(a) => {
+            crate::logging::init(&crate::logging::LogConfig::default());
+            let shape = crate::link::Shape {
+                delay: std::time::Duration::from_secs_f64(a.delay_ms.max(0.0) / 1000.0),
+                jitter: std::time::Duration::from_secs_f64(a.jitter_ms.max(0.0) / 1000.0),
+                rate_bits: a.rate_mbit.map(|m| (m * 1_000_000.0) as u64),
+            };
+            let (listen, to, control) = (a.listen, a.to, a.control);
+            return serve(|shutdown| async move {
+                let link = crate::link::Link::start(listen, to, crate::link::Shapes { up: shape, down: shape })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                tracing::info!(listen = %link.local_addr, %to, ?shape, "link up");
+                if let Some(addr) = control {
+                    let addr = crate::link::control::serve(link, addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+                    tracing::info!("link control on http://{addr}/stats");
+                }
+                shutdown.cancelled().await;
+                Ok(())
+            });
+        }
         Command::Status(a) => {
             return match crate::status_cli::run(&a.url, a.token.as_deref()) {
                 Ok(table) => {
@@ -151,7 +196,7 @@ pub fn run(cli: Cli) -> ExitCode {
         // verify: 0 equal, 1 different, 2 could not compare.
         Command::Verify(c) => serve_with_codes(2, |_| async move { crate::verify::run(&config, &c.args).await }),
         // Answered above, before any config is loaded.
-        Command::Status(_) => ExitCode::SUCCESS,
+        Command::Status(_) | Command::Link(_) => ExitCode::SUCCESS,
     }
 }
 

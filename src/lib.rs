@@ -12,6 +12,7 @@ pub mod flavor;
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod link;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;
