@@ -1,13 +1,9 @@
 //! What a reader shows of its progress: counters and lag on `/metrics` and the status
 //! board, once per tick rather than per event.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use bson::Timestamp;
 
-use super::reader::{Phase, Reader};
-use super::route::Route;
+use super::reader::{Phase, Published, Reader};
 use crate::metrics as m;
 
 impl Reader {
@@ -35,21 +31,6 @@ impl Reader {
         }
         if !copying {
             self.show(|c| c.lag_seconds = lag);
-        }
-    }
-}
-
-/// Events handed to Kafka per collection since the last tick.
-#[derive(Default)]
-pub(super) struct Published(HashMap<String, (Arc<Route>, u64)>);
-
-impl Published {
-    pub(super) fn add(&mut self, route: &Arc<Route>) {
-        match self.0.get_mut(&route.ns) {
-            Some((_, n)) => *n += 1,
-            None => {
-                self.0.insert(route.ns.clone(), (Arc::clone(route), 1));
-            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the messages between the two halves in `outgoing`, the record encoding in `encode`,
 //! the clear markers in `clear_markers`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,6 @@ pub use super::errors::ReaderError;
 use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
 use super::pipeline::PipelineChoice;
-use super::progress::Published;
 use super::route::{Route, Routes, Topics};
 use super::watermark::AckWatermark;
 use super::{HistoryLostPolicy, SourceConfig};
@@ -447,5 +447,19 @@ impl Reader {
         }
         Ok(())
     }
+}
 
+/// Events handed to Kafka per collection since the last tick.
+#[derive(Default)]
+pub(super) struct Published(pub(super) HashMap<String, (Arc<Route>, u64)>);
+
+impl Published {
+    pub(super) fn add(&mut self, route: &Arc<Route>) {
+        match self.0.get_mut(&route.ns) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.0.insert(route.ns.clone(), (Arc::clone(route), 1));
+            }
+        }
+    }
 }
