@@ -39,27 +39,6 @@ impl TopicAdmin {
         Ok(TopicAdmin { client: Arc::new(client), servers: kafka.bootstrap_servers.clone() })
     }
 
-    /// The partition count of `topic`, or `None` when it does not exist.
-    pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, TopicError> {
-        let client = Arc::clone(&self.client);
-        let name = topic.to_string();
-        // fetch_metadata blocks: keep it off the runtime's worker threads.
-        // Asks for every topic: a metadata request naming one topic may make a broker
-        // auto-create it with its own default partition count.
-        let metadata = tokio::task::spawn_blocking(move || {
-            client.inner().fetch_metadata(None, ADMIN_TIMEOUT).map(|m| {
-                m.topics().iter().find(|t| t.name() == name).and_then(|t| match t.error() {
-                    Some(_) => None,
-                    None if t.partitions().is_empty() => None,
-                    None => Some(t.partitions().len() as i32),
-                })
-            })
-        })
-        .await
-        .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
-        metadata.map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })
-    }
-
     /// True when the broker answers a metadata request.
     pub async fn reachable(&self) -> bool {
         let client = Arc::clone(&self.client);
@@ -68,9 +47,12 @@ impl TopicAdmin {
             .unwrap_or(false)
     }
 
-    /// The partition count of every topic in the cluster (one metadata request).
+    /// The partition count of every topic in the cluster (one metadata request). Asks for
+    /// every topic: a metadata request naming one topic may make a broker auto-create it
+    /// with its own default partition count.
     pub async fn partition_counts(&self) -> Result<std::collections::HashMap<String, i32>, TopicError> {
         let client = Arc::clone(&self.client);
+        // fetch_metadata blocks: keep it off the runtime's worker threads.
         let metadata = tokio::task::spawn_blocking(move || {
             client.inner().fetch_metadata(None, ADMIN_TIMEOUT).map(|m| {
                 m.topics()
@@ -166,35 +148,7 @@ impl TopicAdmin {
         replication: i32,
         configs: &[(&str, String)],
     ) -> Result<(), TopicError> {
-        if let Some(actual) = self.partition_count(topic).await? {
-            return check_count(topic, partitions, actual);
-        }
-        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-        for (k, v) in configs {
-            new_topic = new_topic.set(k, v);
-        }
-        let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        let results = self
-            .client
-            .create_topics(&[new_topic], &opts)
-            .await
-            .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
-        for result in results {
-            match result {
-                Ok(_) => {}
-                // Another instance created it between our check and our create.
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(TopicError::Create { topic: name, message: code.to_string() }),
-            }
-        }
-        // Metadata can lag the creation for a moment; wait until the partitions are visible.
-        for _ in 0..50 {
-            if let Some(actual) = self.partition_count(topic).await? {
-                return check_count(topic, partitions, actual);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(TopicError::Create { topic: topic.to_string(), message: "created, but not visible in metadata after 5 s".into() })
+        self.ensure_topics(&[topic.to_string()], partitions, replication, configs).await
     }
 }
 
