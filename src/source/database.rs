@@ -115,7 +115,7 @@ impl Reader {
     /// reader read before goes on from its position (the stream starts at the oldest).
     async fn first_start(&self, lease: &watch::Receiver<Grant>) -> Result<Checkpoint, ReaderError> {
         let at = self.cluster_time().await?;
-        let earlier = self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        let earlier = self.collection_checkpoints().await?;
         let mut start = at;
         let mut copies = 0;
         for coll in self.collections_in_scope().await? {
@@ -144,7 +144,7 @@ impl Reader {
     /// `source.copy_parallelism` at once. `Some(exit)`: stopped before they finished.
     async fn finish_copies(&self, lease: &watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<Option<ReaderExit>, ReaderError> {
         let Reads::Database { scope, routes, .. } = &self.reads else { return Ok(None) };
-        let earlier = self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        let earlier = self.collection_checkpoints().await?;
         let pending: Vec<(String, Timestamp, Option<bson::Bson>)> = earlier
             .into_iter()
             .filter(|(coll, _)| scope.includes(coll))
@@ -199,6 +199,11 @@ impl Reader {
         Ok(None)
     }
 
+    /// The checkpoints of this database's collections (one query).
+    async fn collection_checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, ReaderError> {
+        self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })
+    }
+
     /// Saves a collection's own checkpoint (its copy's progress) under this reader's lease.
     async fn save_collection(&self, coll: &str, cp: &Checkpoint, lease: &watch::Receiver<Grant>) -> Result<(), ReaderError> {
         let ns = format!("{}.{coll}", self.db());
@@ -219,7 +224,7 @@ impl Reader {
             }
         }
         let epoch = lease.borrow().epoch;
-        let earlier = self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
+        let earlier = self.collection_checkpoints().await?;
         for (coll, _) in earlier {
             let ns = format!("{}.{coll}", self.db());
             self.ctx.checkpoints.clear(&ns, epoch).await.map_err(|e| ReaderError::from_checkpoint(&ns, e))?;

@@ -37,12 +37,19 @@ impl Topics {
     /// `kafka.max_message_bytes`, or the topic's own limit when that is smaller (an
     /// existing topic created with less). Larger events go in parts (see `crate::parts`).
     pub async fn ensure(&self, db: &str, coll: &str) -> Result<(String, usize), crate::kafka::admin::TopicError> {
-        let topic = self.kafka.topic_for(db, coll);
+        let (mut topics, limit) = self.ensure_all(db, &[coll.to_string()]).await?;
+        Ok((topics.remove(0), limit))
+    }
+
+    /// `ensure` for many collections of `db` in a few requests: their topics (in the
+    /// order of `colls`) and the smallest message limit among them.
+    pub async fn ensure_all(&self, db: &str, colls: &[String]) -> Result<(Vec<String>, usize), crate::kafka::admin::TopicError> {
+        let names: Vec<String> = colls.iter().map(|c| self.kafka.topic_for(db, c)).collect();
         let configured = self.kafka.max_message_bytes;
         let topic_configs = [("max.message.bytes", configured.to_string())];
-        self.admin.ensure_topic(&topic, self.kafka.partitions, self.kafka.replication_factor, &topic_configs).await?;
-        let limit = self.limits(std::slice::from_ref(&topic)).await.remove(&topic).unwrap_or(configured);
-        Ok((topic, limit))
+        self.admin.ensure_topics(&names, self.kafka.partitions, self.kafka.replication_factor, &topic_configs).await?;
+        let limit = self.limits(&names).await.into_values().min().unwrap_or(configured);
+        Ok((names, limit))
     }
 
     /// The largest message each topic takes, where the topic's own limit is below
@@ -86,23 +93,17 @@ impl Routes {
         }
     }
 
-    /// `coll`'s route; its topic is created first when this process has not seen it.
+    /// `coll`'s route; its topic is made ready first when this process has not seen it.
     pub async fn get(&self, coll: &str) -> Result<Arc<Route>, ReaderError> {
-        if let Some(route) = self.known.lock().ok().and_then(|k| k.get(coll).cloned()) {
+        if let Some(route) = self.known(coll) {
             return Ok(route);
         }
-        let ns = format!("{}.{coll}", self.db);
-        let (topic, limit) = self
-            .topics
-            .ensure(&self.db, coll)
-            .await
-            .map_err(|e| ReaderError::Delivery { ns: ns.clone(), message: format!("cannot make the collection's topic ready: {e}") })?;
-        self.max_bytes.fetch_min(limit, Ordering::Relaxed);
-        let route = self.route(coll, topic);
-        if let Ok(mut known) = self.known.lock() {
-            known.entry(coll.to_string()).or_insert_with(|| Arc::clone(&route));
-        }
-        Ok(route)
+        self.prepare(&[coll.to_string()]).await?;
+        self.known(coll).ok_or_else(|| ReaderError::Encode { ns: format!("{}.{coll}", self.db), message: "the collection's route was not kept".into() })
+    }
+
+    fn known(&self, coll: &str) -> Option<Arc<Route>> {
+        self.known.lock().ok().and_then(|k| k.get(coll).cloned())
     }
 
     fn route(&self, coll: &str, topic: String) -> Arc<Route> {
@@ -113,25 +114,25 @@ impl Routes {
     /// Makes the routes of `colls` ready at once: their topics created and their limits
     /// read in a few requests, not a few per collection.
     pub async fn prepare(&self, colls: &[String]) -> Result<(), ReaderError> {
-        let new: Vec<&String> = match self.known.lock() {
-            Ok(known) => colls.iter().filter(|c| !known.contains_key(*c)).collect(),
+        let new: Vec<String> = match self.known.lock() {
+            Ok(known) => colls.iter().filter(|c| !known.contains_key(*c)).cloned().collect(),
             Err(_) => return Ok(()),
         };
         if new.is_empty() {
             return Ok(());
         }
-        let kafka = &self.topics.kafka;
-        let names: Vec<String> = new.iter().map(|c| kafka.topic_for(&self.db, c)).collect();
-        let topic_configs = [("max.message.bytes", kafka.max_message_bytes.to_string())];
-        self.topics
-            .admin
-            .ensure_topics(&names, kafka.partitions, kafka.replication_factor, &topic_configs)
-            .await
-            .map_err(|e| ReaderError::Delivery { ns: format!("{}.*", self.db), message: format!("cannot make the collections' topics ready: {e}") })?;
-        if let Some(&limit) = self.topics.limits(&names).await.values().min() {
-            self.max_bytes.fetch_min(limit, Ordering::Relaxed);
-        }
-        let routes: Vec<(String, Arc<Route>)> = new.into_iter().zip(names).map(|(coll, topic)| (coll.clone(), self.route(coll, topic))).collect();
+        let (names, limit) = self.topics.ensure_all(&self.db, &new).await.map_err(|e| {
+            let ns = match new.as_slice() {
+                [one] => format!("{}.{one}", self.db),
+                _ => format!("{}.*", self.db),
+            };
+            ReaderError::Delivery { ns, message: format!("cannot make the collections' topics ready: {e}") }
+        })?;
+        self.max_bytes.fetch_min(limit, Ordering::Relaxed);
+        let routes: Vec<(String, Arc<Route>)> = new.into_iter().zip(names).map(|(coll, topic)| {
+            let route = self.route(&coll, topic);
+            (coll, route)
+        }).collect();
         if let Ok(mut known) = self.known.lock() {
             for (coll, route) in routes {
                 known.entry(coll).or_insert(route);
