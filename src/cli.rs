@@ -29,8 +29,11 @@ pub enum Command {
     Run(ServiceArgs),
     /// Insert (or mix inserts/updates/deletes) into a collection to load-test the pipe.
     Loadgen(LoadgenCommand),
-    /// Compare a source and a target collection: counts and per-document checksums.
+    /// Compare source and target: counts, per-document checksums, options and indexes.
     Verify(VerifyCommand),
+    /// Switch to the target: wait for quiet and for the sink, make unique and TTL indexes
+    /// final, verify; "ready to switch" (exit 0) or "not ready" with reasons (exit 1).
+    Cutover(CutoverCommand),
     /// Print a running service's /status as a table.
     Status(StatusArgs),
     /// Emulate a WAN link: relay TCP with delay, jitter and a bandwidth cap, cut on command.
@@ -98,6 +101,14 @@ pub struct VerifyCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct CutoverCommand {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub args: crate::cutover::CutoverArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Base URL of the service's HTTP listener.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -130,6 +141,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(a) => (a, Role::Both),
         Command::Loadgen(a) => (&a.service, Role::Tool),
         Command::Verify(a) => (&a.service, Role::Tool),
+        Command::Cutover(a) => (&a.service, Role::Tool),
         Command::Link(a) => {
             crate::logging::init(&crate::logging::LogConfig::default());
             let shape = crate::link::Shape {
@@ -195,6 +207,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Loadgen(c) => serve(|_| async move { crate::loadgen::run(&config, &c.args).await }),
         // verify: 0 equal, 1 different, 2 could not compare.
         Command::Verify(c) => serve_with_codes(2, |_| async move { crate::verify::run(&config, &c.args).await }),
+        // cutover: 0 ready to switch, 1 not ready, 2 could not check.
+        Command::Cutover(c) => serve_with_codes(2, |_| async move { crate::cutover::run(&config, &c.args).await }),
         // Answered above, before any config is loaded.
         Command::Status(_) | Command::Link(_) => ExitCode::SUCCESS,
     }

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cutover;
 pub mod debezium;
 pub mod event;
 pub mod extjson;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod kafka;
 pub mod link;
 pub mod loadgen;
+pub mod metadata;
 pub mod logging;
 pub mod metrics;
 pub mod mongo;

@@ -12,6 +12,8 @@ pub const SOURCE_OVERSIZE: &str = "docrepl_source_oversize_events_total";
 pub const SOURCE_EVENTS_IN_PARTS: &str = "docrepl_source_events_in_parts_total";
 /// Counter: drop / rename / dropDatabase / invalidate events seen.
 pub const SOURCE_DDL_EVENTS: &str = "docrepl_source_ddl_events_total";
+/// Counter: metadata messages (a collection's options and indexes) sent to its topic.
+pub const SOURCE_METADATA_SENT: &str = "docrepl_source_metadata_sent_total";
 /// Counter: checkpoints saved.
 pub const SOURCE_CHECKPOINTS: &str = "docrepl_source_checkpoints_saved_total";
 /// Gauge: seconds between now and the cluster time of the newest event read.
@@ -45,6 +47,12 @@ pub const SINK_RETRIES: &str = "docrepl_sink_write_retries_total";
 pub const SINK_CONFLICTS_WAITING: &str = "docrepl_sink_conflicts_waiting";
 /// Gauge: messages between the committed offset and the partition's high watermark.
 pub const SINK_CONSUMER_LAG: &str = "docrepl_sink_consumer_lag_messages";
+/// Counter: metadata messages applied to the target (options changed, indexes built or
+/// dropped), by the collection's home partition.
+pub const SINK_METADATA_APPLIED: &str = "docrepl_sink_metadata_applied_total";
+/// Counter: metadata the target could not take (a difference fixed at creation, an
+/// index the target refuses): dead-lettered with the reason, and drift in `verify`.
+pub const SINK_METADATA_REFUSED: &str = "docrepl_sink_metadata_refused_total";
 /// Gauge: seconds between now and the source cluster time of the newest applied event.
 pub const SINK_LAG_SECONDS: &str = "docrepl_sink_lag_seconds";
 
@@ -55,6 +63,7 @@ pub const ALL: &[&str] = &[
     SOURCE_OVERSIZE,
     SOURCE_EVENTS_IN_PARTS,
     SOURCE_DDL_EVENTS,
+    SOURCE_METADATA_SENT,
     SOURCE_CHECKPOINTS,
     SOURCE_LAG_SECONDS,
     SOURCE_TOKEN_AGE_SECONDS,
@@ -70,6 +79,8 @@ pub const ALL: &[&str] = &[
     SINK_RETRIES,
     SINK_CONFLICTS_WAITING,
     SINK_CONSUMER_LAG,
+    SINK_METADATA_APPLIED,
+    SINK_METADATA_REFUSED,
     SINK_LAG_SECONDS,
 ];
 

@@ -132,6 +132,9 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
     if op_code == "t" {
         return decode_clear(&envelope, topic);
     }
+    if op_code == "m" {
+        return super::metadata::decode(envelope.docrepl.as_ref()).map(Decoded::Metadata);
+    }
     let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;
 
     // The exact BSON, where the Extended JSON text is ambiguous (see `exact`).

@@ -19,10 +19,12 @@ use crate::event::{ChangeEvent, Namespace, Op, SourceInfo};
 
 mod decode;
 pub mod exact;
+pub mod metadata;
 #[cfg(test)]
 mod tests;
 
 pub use decode::{decode, decode_key_id, parse_extjson_document, MAX_ARRAY_PADDING};
+pub use metadata::MetadataMessage;
 
 /// The connector name written in `source.connector`.
 pub const CONNECTOR: &str = "mongodb";
@@ -57,6 +59,8 @@ pub enum DecodeError {
     MissingNamespace(String),
     #[error("a truncate event (op \"t\") that is not docrepl's clear marker: truncates are not replicated")]
     ForeignTruncate,
+    #[error("a message event (op \"m\") that is not docrepl's metadata message: nothing to apply")]
+    ForeignMessage,
 }
 
 /// What one message on the topic means.
@@ -68,6 +72,9 @@ pub enum Decoded {
     /// docrepl's clear marker: the sink deletes this partition's share of the target
     /// collection (history lost and re-copied, or the collection dropped on the source).
     Clear(ClearMarker),
+    /// docrepl's metadata message: the target collection's options and indexes follow
+    /// the source's (see `metadata`).
+    Metadata(MetadataMessage),
 }
 
 /// Sent by the source to every partition of a collection's topic when the target must

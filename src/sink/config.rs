@@ -53,12 +53,19 @@ pub struct SinkConfig {
     /// them over; raise it for a target that needs longer per write.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u64,
+    /// The target's database where the sink records each collection's source metadata
+    /// (for `docrepl cutover`, which may run when the source is gone).
+    #[serde(default = "default_state_database")]
+    pub state_database: String,
     /// Target names per source namespace: `"app.orders" = "app_copy.orders"`.
     /// Namespaces not listed keep their names.
     #[serde(default)]
     pub namespace_map: BTreeMap<String, String>,
 }
 
+fn default_state_database() -> String {
+    "docrepl".into()
+}
 fn default_group() -> String {
     "docrepl-sink".into()
 }
@@ -126,6 +133,7 @@ impl SinkConfig {
             return Err(ConfigError::invalid("sink.batch_size", "must be at most 100000 (MongoDB's statements per command)"));
         }
         require_at_least("sink.batch_ms", self.batch_ms, 1)?;
+        crate::source::validate_db_name("sink.state_database", &self.state_database)?;
         require_at_least("sink.session_timeout_ms", self.session_timeout_ms, 1000)?;
         require_at_least("sink.max_backoff_ms", self.max_backoff_ms, 10)?;
         if self.write_concern != "majority" && self.write_concern.parse::<u32>().is_err() {

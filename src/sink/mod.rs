@@ -9,6 +9,7 @@ pub mod errors;
 pub mod fold;
 pub mod group;
 mod input;
+pub mod metadata;
 mod patching;
 pub mod progress;
 mod retry;

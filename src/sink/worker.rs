@@ -24,7 +24,8 @@ use super::input::Input;
 use super::retry::{sleep_unless_stopped, write_with_retry, Abandoned, Written};
 use super::writer::Writer;
 use super::SinkConfig;
-use crate::debezium::{self, ClearMarker, Decoded};
+use super::metadata::{Applied, MetadataApplier};
+use crate::debezium::{self, ClearMarker, Decoded, MetadataMessage};
 use crate::event::ChangeEvent;
 use crate::metrics as m;
 
@@ -91,6 +92,8 @@ pub struct WorkerContext {
     /// Reads the other partitions' progress for unique-index conflicts (`None`: every
     /// partition counts as past, as in tests of the writer alone).
     pub progress: Option<Arc<super::conflicts::TopicProgress>>,
+    /// Applies metadata messages (see `metadata`).
+    pub metadata: MetadataApplier,
 }
 
 impl WorkerContext {
@@ -102,7 +105,7 @@ impl WorkerContext {
         progress: Option<Arc<super::conflicts::TopicProgress>>,
     ) -> Self {
         let pacer = crate::pacer::Pacer::per_second(config.max_docs_per_sec);
-        WorkerContext { writer, dead_letters, config, pacer, board, progress }
+        WorkerContext { writer, dead_letters, config, pacer, board, progress, metadata: MetadataApplier::default() }
     }
 }
 
@@ -214,6 +217,13 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: us
                 write_events(ctx, shared, std::mem::take(&mut segment), &mut letters, batch).await?;
                 clear_share(ctx, shared, &marker).await?;
             }
+            // A barrier too: the collection exists with its options before what follows.
+            Ok(Decoded::Metadata(message)) => {
+                write_events(ctx, shared, std::mem::take(&mut segment), &mut letters, batch).await?;
+                if let Some(reason) = apply_metadata(ctx, shared, &message).await? {
+                    letters.push((i, reason));
+                }
+            }
             Err(e) => letters.push((i, format!("undecodable message: {e}"))),
         }
     }
@@ -295,6 +305,41 @@ async fn write_events(
     }
     letters.extend(refused_patches);
     Ok(())
+}
+
+/// Applies a metadata message, retrying transient failures until it is applied or the
+/// worker is told to stop. `Some(reason)`: what the target refused (dead-lettered).
+async fn apply_metadata(ctx: &WorkerContext, shared: &PartitionShared, message: &MetadataMessage) -> Result<Option<String>, Abandoned> {
+    let target = ctx.config.target_namespace(&message.metadata.ns);
+    let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let applying = ctx.metadata.apply(ctx.writer.client(), &ctx.config.state_database, &target, message);
+        let outcome = tokio::select! {
+            biased;
+            // An index build goes on on the server; the partition's next owner waits for it.
+            _ = shared.stop.cancelled() => return Err(Abandoned),
+            outcome = applying => outcome,
+        };
+        match outcome {
+            Ok(Applied::Done) => {
+                if message.partition == message.home {
+                    metrics::counter!(m::SINK_METADATA_APPLIED, &labels).increment(1);
+                }
+                return Ok(None);
+            }
+            Ok(Applied::Refused(reason)) => {
+                metrics::counter!(m::SINK_METADATA_REFUSED, &labels).increment(1);
+                tracing::error!(target_ns = %target, %reason, "the target cannot take the source's collection metadata: it differs from the source until this is fixed by hand (docrepl verify shows the drift)");
+                return Ok(Some(format!("the target cannot take the collection's metadata: {reason}")));
+            }
+            Err(e) => {
+                warn!(target_ns = %target, "applying collection metadata: {e}; retrying in {backoff:?}");
+                sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
+                backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
+            }
+        }
+    }
 }
 
 /// Clears the partition's share of the target collection for a clear marker, retrying

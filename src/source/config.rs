@@ -60,6 +60,9 @@ pub struct SourceConfig {
     /// What a drop, rename or dropDatabase of a source collection does to the target.
     #[serde(default)]
     pub ddl: DdlPolicy,
+    /// `[source.metadata]`: collection options and indexes follow the source.
+    #[serde(default)]
+    pub metadata: super::metadata::MetadataConfig,
     /// The logical server name written to `source.name` (Debezium's `topic.prefix`).
     /// Default: `kafka.topic_prefix`.
     #[serde(default)]
@@ -207,6 +210,7 @@ impl SourceConfig {
         require_at_least("source.copy_parallelism", self.copy_parallelism, 1)?;
         require_at_least("source.checkpoint_interval_ms", self.checkpoint_interval_ms, 10)?;
         require_at_least("source.lease_ttl_ms", self.lease_ttl_ms, 2000)?;
+        require_at_least("source.metadata.poll_secs", self.metadata.poll_secs, 1)?;
         if let Some(h) = self.history_retention_hours {
             if !(h > 0.0 && h.is_finite()) {
                 return Err(ConfigError::invalid("source.history_retention_hours", format!("{h} is not a positive number of hours")));
@@ -249,7 +253,7 @@ impl SourceConfig {
 
 }
 
-pub(crate) fn validate_db_name(key: &str, name: &str) -> Result<(), ConfigError> {
+pub fn validate_db_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 63 || name.contains(['/', '\\', '.', ' ', '"', '$']) {
         return Err(ConfigError::invalid(key, format!("{name:?} is not a valid database name")));
     }

@@ -13,9 +13,16 @@ pub enum StreamItem {
     Ddl { kind: String, to: Option<String>, cluster_time: Option<Timestamp> },
     /// The stream ended for good (after a drop or rename); reopen after `cluster_time`.
     Invalidate { cluster_time: Option<Timestamp> },
-    /// A type this version does not replicate (createIndexes, ...): skipped with a log line.
+    /// The collection's options or indexes changed (`create`, `createIndexes`,
+    /// `dropIndexes`, `modify`: reported with `showExpandedEvents`): its metadata is sent
+    /// again (see `metadata`).
+    Metadata(String),
+    /// A type this version does not replicate (shardCollection, ...): skipped with a log line.
     Skipped(String),
 }
+
+/// The expanded events that change a collection's metadata.
+const METADATA_EVENTS: [&str; 4] = ["create", "createIndexes", "dropIndexes", "modify"];
 
 /// Static facts every event of a collection carries.
 #[derive(Debug, Clone)]
@@ -70,6 +77,7 @@ impl Origin {
                 }
             }
             OperationType::Invalidate => return StreamItem::Invalidate { cluster_time: ev.cluster_time },
+            OperationType::Other(kind) if METADATA_EVENTS.contains(&kind.as_str()) => return StreamItem::Metadata(kind.clone()),
             other => return StreamItem::Skipped(format!("{other:?}")),
         };
         let id = ev.document_key.as_ref().and_then(|k| k.get("_id")).cloned().unwrap_or(Bson::Null);

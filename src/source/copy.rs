@@ -25,6 +25,11 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<Option<ReaderExit>, ReaderError> {
+        // The sinks create the target collection with the source's options before the
+        // first document of the copy arrives.
+        if let Some(exit) = self.send_options_before_copy(lease).await? {
+            return Ok(Some(exit));
+        }
         let coll = self.collection()?;
         let total = coll.estimated_document_count().await.ok();
         self.ctx.board.update_collection(&self.ns, |c| {

@@ -103,11 +103,18 @@ impl Reader {
         }
     }
 
-    /// The source's collections this reader replicates, as they are now.
+    /// The source's collections this reader copies and streams, as they are now (views
+    /// have no documents of their own: only their definitions follow, see `metadata`).
     async fn collections_in_scope(&self) -> Result<Vec<String>, ReaderError> {
         let Reads::Database { db, scope, .. } = &self.reads else { return Ok(Vec::new()) };
-        let names = self.ctx.client.database(db).list_collection_names().await.map_err(self.mongo_err())?;
-        Ok(names.into_iter().filter(|n| scope.includes(n)).collect())
+        let listed = crate::metadata::catalog::read_database(&self.ctx.client, db, None, false).await.map_err(self.mongo_err())?;
+        let mut out = Vec::new();
+        for meta in listed.into_iter().filter(|m| scope.includes(&m.ns.coll)) {
+            if super::discovery::replicated_kind(&meta)? {
+                out.push(meta.ns.coll);
+            }
+        }
+        Ok(out)
     }
 
     /// No checkpoint yet: the stream's start time, recorded before any copy begins, and a

@@ -5,6 +5,8 @@
 use tracing::warn;
 
 use super::checkpoint::CheckpointStore;
+use super::errors::ReaderError;
+use crate::metadata::{CollectionMetadata, Kind};
 use super::errors::{classify_error, StreamFailure};
 use super::scope::{is_rename_temporary, NamespaceFilter, Scope};
 use super::{database, DatabaseSelection, SourceConfig, StreamLevel, NEVER_REPLICATED};
@@ -32,8 +34,31 @@ pub async fn databases_to_read(client: &mongodb::Client, src: &SourceConfig) -> 
 /// (see `scope`).
 pub async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig, db: &str) -> anyhow::Result<Vec<String>> {
     let scope = Scope::of(src, db);
-    let names = if src.collections.is_empty() { client.database(db).list_collection_names().await? } else { src.collections.clone() };
-    Ok(names.into_iter().filter(|n| scope.includes(n) && !is_rename_temporary(n)).collect())
+    if !src.collections.is_empty() {
+        return Ok(src.collections.iter().filter(|n| scope.includes(n)).cloned().collect());
+    }
+    let mut names = Vec::new();
+    for meta in crate::metadata::catalog::read_database(client, db, None, false).await? {
+        if scope.includes(&meta.ns.coll) && !is_rename_temporary(&meta.ns.coll) && replicated_kind(&meta)? {
+            names.push(meta.ns.coll);
+        }
+    }
+    Ok(names)
+}
+
+/// True for a collection (copied and streamed), false for a view (no documents of its
+/// own: a database stream sends its definition); a time-series collection in scope is
+/// refused, since change streams do not report its changes.
+pub(super) fn replicated_kind(meta: &CollectionMetadata) -> Result<bool, ReaderError> {
+    match &meta.kind {
+        Kind::Collection => Ok(true),
+        Kind::Timeseries => Err(ReaderError::CannotReplicate {
+            ns: meta.ns.to_string(),
+            kind: "time-series collection".into(),
+            why: "change streams do not report the changes of a time-series collection, so its replica would silently stop changing".into(),
+        }),
+        Kind::View | Kind::Other(_) => Ok(false),
+    }
 }
 
 /// How the source is read, and why.

@@ -33,6 +33,8 @@ pub enum ReaderError {
     Superseded(String),
     #[error("cannot encode an event of {ns}: {message}")]
     Encode { ns: String, message: String },
+    #[error("{ns} is a {kind} and cannot be replicated: {why}. Leave it out with source.exclude = [\"{ns}\"] (or leave it out of source.collections)")]
+    CannotReplicate { ns: String, kind: String, why: String },
 }
 
 impl ReaderError {
@@ -47,6 +49,7 @@ impl ReaderError {
                 | ReaderError::EventTooLarge { .. }
                 | ReaderError::CannotCarry { .. }
                 | ReaderError::BrokerRefusesSize { .. }
+                | ReaderError::CannotReplicate { .. }
         )
     }
 

@@ -5,7 +5,7 @@
 //! per reader makes exactly one instance read it; the others wait as standbys.
 
 mod checkpoint;
-mod clear_markers;
+mod control;
 mod config;
 mod convert;
 mod copy;
@@ -17,6 +17,7 @@ mod encode;
 pub mod errors;
 pub mod history;
 mod lease;
+pub mod metadata;
 mod outgoing;
 pub mod pipeline;
 mod produce;
@@ -40,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Position, CHECKPOINTS, LEASES};
-pub use config::{DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED};
+pub use config::{validate_db_name, DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED};
 use discovery::Level;
 pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
@@ -125,6 +126,8 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         pipeline: pipeline::PipelineChoice::new(flavor, &board),
         topics: route::Topics { admin: admin.clone(), kafka: config.kafka.clone() },
         copies: tokio::sync::Semaphore::new(src.copy_parallelism),
+        metadata_sent: Default::default(),
+        expanded_events: std::sync::atomic::AtomicBool::new(src.metadata.events == metadata::MetadataEvents::Auto && !flavor.is_documentdb()),
     });
     board.set_source_ready(true);
     {

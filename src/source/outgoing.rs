@@ -1,5 +1,5 @@
 //! What a reader's read side (the copy's cursor or the change stream, with the encoder)
-//! hands its pump: records to produce, dead letters, idle tokens, clear markers, and how
+//! hands its pump: records to produce, dead letters, idle tokens, clear markers, metadata, and how
 //! reading ended. Shared by `reader`, `copy`, `stream` and `encode`.
 
 use std::sync::Arc;
@@ -24,6 +24,10 @@ pub(super) enum Outgoing {
     /// markers to every partition of its topic; `token` covers the DDL event once they are
     /// delivered.
     Clear { route: Arc<Route>, reason: String, token: Option<Bson> },
+    /// The collection's metadata may have changed, or was never sent (a database stream's
+    /// first event of a collection): its current metadata is sent, if it changed, before
+    /// what follows; `token` covers the event that said so.
+    Metadata { route: Arc<Route>, token: Option<Bson> },
     /// The read side finished (copy done, stream invalidated) or failed.
     Done(Result<ReadEnd, ReaderError>),
 }

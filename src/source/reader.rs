@@ -4,7 +4,7 @@
 //! in another, joined by a bounded channel; the resume token is saved only over the
 //! acknowledged prefix (see `watermark`). The read sides live in `copy` and `stream`,
 //! the messages between the two halves in `outgoing`, the record encoding in `encode`,
-//! the clear markers in `clear_markers`.
+//! the clear markers and metadata messages in `control`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -62,6 +62,11 @@ pub struct ReaderContext {
     pub topics: Topics,
     /// Initial copies running at once in this process (`source.copy_parallelism`).
     pub copies: tokio::sync::Semaphore,
+    /// The collection metadata this process sent (see `metadata`).
+    pub metadata_sent: super::metadata::Sent,
+    /// Streams ask for metadata events (`showExpandedEvents`); cleared when the server
+    /// refuses the option.
+    pub expanded_events: AtomicBool,
 }
 
 /// Why a reader stopped without an error.
@@ -389,6 +394,14 @@ impl Reader {
                                 // Every event before the DDL is already queued ahead of the
                                 // markers in each partition.
                                 if let Some(exit) = self.send_clear_markers(&route, &reason, lease).await? {
+                                    break 'pump Some(exit);
+                                }
+                                if let Some(t) = token {
+                                    watermark.idle_token((t, event_time));
+                                }
+                            }
+                            Outgoing::Metadata { route, token } => {
+                                if let Some(exit) = self.send_current_metadata(&route, lease).await? {
                                     break 'pump Some(exit);
                                 }
                                 if let Some(t) = token {

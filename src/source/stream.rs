@@ -4,6 +4,7 @@
 //! turned into the errors the operator must see (see `errors`): lost history, change
 //! streams not enabled (DocumentDB), a copy that outran the history, an event over 16 MB.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +25,8 @@ use super::encode::Encoder;
 use super::errors::{classify_error, ReaderError, StreamFailure};
 use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
-use super::reader::{Phase, PumpEnd, Reader, Reads};
-use super::route::Routes;
+use super::reader::{Phase, PumpEnd, Reader, ReaderContext, Reads};
+use super::route::{Route, Routes};
 use super::{DdlPolicy, OversizePolicy};
 use crate::metrics as m;
 
@@ -41,6 +42,10 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<PumpEnd, ReaderError> {
+        // Indexes and options as they are now, before the first event of this stream.
+        if let Some(exit) = self.send_all_metadata(lease).await? {
+            return Ok(PumpEnd::Exit(exit));
+        }
         let slim = self.slim.load(Ordering::Relaxed);
         let stream = loop {
             let form = self.ctx.pipeline.current();
@@ -106,8 +111,12 @@ impl Reader {
                 }
             }
         });
+        let poller = self.poll_metadata(lease.clone());
         let result = self.pump(rx, checkpoint.event_time, Phase::Stream, lease, shutdown).await;
         read.abort();
+        if let Some(poller) = poller {
+            poller.abort();
+        }
         match result {
             Ok(PumpEnd::Read(ReadEnd::Reopen)) => {
                 self.slim.store(false, Ordering::Relaxed);
@@ -138,10 +147,39 @@ impl Reader {
             Some(Position::StartAt(ts) | Position::Copying { at: ts, .. }) => Some(*ts),
             _ => None,
         };
+        let expanded = position.is_some() && self.ctx.config.metadata.replicate && self.ctx.expanded_events.load(Ordering::Relaxed);
+        let opened = self.open_with(stages.clone(), position, token.clone(), start_at, expanded).await;
+        if expanded && opened.is_err() {
+            // Probe, don't guess: a server without metadata events (before MongoDB 6.0)
+            // refuses the option; one that opens without it gets no more of them.
+            if let Ok(stream) = self.open_with(stages, position, token, start_at, false).await {
+                if self.ctx.expanded_events.swap(false, Ordering::Relaxed) {
+                    let refusal = opened.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                    warn!(ns = %self.ns, "the source refused metadata events (showExpandedEvents: {refusal}): index and option changes reach the target through the listing every source.metadata.poll_secs");
+                }
+                return Ok(Ok(stream));
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Opens the stream with `stages` from the position's `token` or `start_at`;
+    /// `expanded`: with the metadata events.
+    async fn open_with(
+        &self,
+        stages: Vec<Document>,
+        position: Option<&Position>,
+        token: Option<ResumeToken>,
+        start_at: Option<bson::Timestamp>,
+        expanded: bool,
+    ) -> mongodb::error::Result<ChangeStream<ChangeStreamEvent<RawDocumentBuf>>> {
         /// The same options on a collection's or a database's stream.
-        fn configured<T>(mut watch: mongodb::action::Watch<'_, T>, from_position: bool, token: Option<ResumeToken>, start_at: Option<bson::Timestamp>) -> mongodb::action::Watch<'_, T> {
+        fn configured<T>(mut watch: mongodb::action::Watch<'_, T>, from_position: bool, token: Option<ResumeToken>, start_at: Option<bson::Timestamp>, expanded: bool) -> mongodb::action::Watch<'_, T> {
             if from_position {
                 watch = watch.full_document(FullDocumentType::UpdateLookup).batch_size(2000).max_await_time(Duration::from_millis(500));
+            }
+            if expanded {
+                watch = watch.show_expanded_events(true);
             }
             if let Some(t) = start_at {
                 watch = watch.start_at_operation_time(t);
@@ -149,18 +187,18 @@ impl Reader {
             watch.resume_after(token)
         }
         let from_position = position.is_some();
-        Ok(match &self.reads {
+        match &self.reads {
             Reads::Collection(route) => {
                 let coll = self.ctx.client.database(&route.origin.ns.db).collection::<RawDocumentBuf>(&route.origin.ns.coll);
-                configured(coll.watch().pipeline(stages), from_position, token, start_at).await
+                configured(coll.watch().pipeline(stages), from_position, token, start_at, expanded).await
             }
             Reads::Database { db, scope, .. } => {
                 let mut pipeline = vec![scope.match_stage()];
                 pipeline.extend(stages);
                 let database = self.ctx.client.database(db);
-                configured(database.watch().pipeline(pipeline), from_position, token, start_at).await.map(ChangeStream::with_type)
+                configured(database.watch().pipeline(pipeline), from_position, token, start_at, expanded).await.map(ChangeStream::with_type)
             }
-        })
+        }
     }
 
     /// Where this reader's events go.
@@ -174,6 +212,8 @@ impl Reader {
                 tombstones: self.ctx.config.tombstones,
                 max_bytes: Arc::clone(&self.max_bytes),
                 oversize: self.ctx.config.on_oversize,
+                described: self.ctx.config.metadata.replicate.then(|| Arc::clone(&self.ctx)),
+                asked: Default::default(),
             },
         }
     }
@@ -253,6 +293,10 @@ enum Destination {
         tombstones: bool,
         max_bytes: Arc<AtomicUsize>,
         oversize: OversizePolicy,
+        /// Where the metadata this process sent is known (`None`: not replicated).
+        described: Option<Arc<ReaderContext>>,
+        /// Collections whose metadata this stream already asked the pump to send.
+        asked: std::sync::Mutex<HashSet<String>>,
     },
 }
 
@@ -270,6 +314,16 @@ impl Destination {
                 Ok(Some(Encoder { route: routes.get(coll).await?, tombstones: *tombstones, max_bytes: Arc::clone(max_bytes), oversize: *oversize }))
             }
         }
+    }
+
+    /// `route`, when a database stream meets a collection whose metadata this process has
+    /// not sent yet (created after the stream started): it goes out before the first event.
+    fn undescribed(&self, route: &Arc<Route>) -> Option<Arc<Route>> {
+        let Destination::Database { described: Some(ctx), asked, .. } = self else { return None };
+        if ctx.metadata_sent.knows(&route.ns) {
+            return None;
+        }
+        asked.lock().ok()?.insert(route.ns.clone()).then(|| Arc::clone(route))
     }
 
     /// The collection a rename moved into a database stream's scope (to `to_db.to_coll`):
@@ -303,6 +357,11 @@ async fn forward(ev: ChangeStreamEvent<RawDocumentBuf>, destination: &Destinatio
         Ok(None) => return send(tx, token.map(Outgoing::Idle)).await && send(tx, then_copy(copy_renamed)).await,
         Err(e) => return send(tx, Some(Outgoing::Done(Err(e)))).await,
     };
+    if let Some(route) = destination.undescribed(&encoder.route) {
+        if !send(tx, Some(Outgoing::Metadata { route, token: None })).await {
+            return false;
+        }
+    }
     let ns = &encoder.route.ns;
     let item = match encoder.route.origin.convert(ev) {
         StreamItem::Change(ev) => encoder.encode(&ev, token),
@@ -321,6 +380,11 @@ async fn forward(ev: ChangeStreamEvent<RawDocumentBuf>, destination: &Destinatio
         StreamItem::Invalidate { cluster_time } => {
             metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => "Invalidate").increment(1);
             Outgoing::Done(Ok(ReadEnd::Invalidated(cluster_time)))
+        }
+        StreamItem::Metadata(kind) => {
+            metrics::counter!(m::SOURCE_DDL_EVENTS, "collection" => ns.clone(), "kind" => kind.clone()).increment(1);
+            info!(ns = %ns, kind = %kind, "metadata event on the source: sending the collection's options and indexes");
+            Outgoing::Metadata { route: Arc::clone(&encoder.route), token }
         }
         StreamItem::Skipped(kind) => {
             info!(ns = %ns, kind = %kind, "change stream event type not replicated; skipped");

@@ -1,7 +1,9 @@
 //! `docrepl verify`: compares a source and a target collection. Exact counts, then both
 //! sides walked in `_id` order at once (streaming: memory does not grow with the
 //! collection), each document's canonical BSON bytes hashed and compared. Reports the
-//! first missing, extra and differing `_id`s with totals. Exit 0 equal, 1 different, 2 error.
+//! first missing, extra and differing `_id`s with totals; then each namespace's options
+//! and indexes (see `metadata`), drift reported per namespace. Exit 0 equal, 1 different
+//! (documents or metadata), 2 error.
 
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
@@ -17,6 +19,8 @@ use crate::event::Namespace;
 use crate::source::SourceConfig;
 use crate::debezium::id_relaxed_json;
 
+pub mod metadata;
+
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Collections to compare (`coll` with one `source.database`, else `db.coll`);
@@ -29,6 +33,9 @@ pub struct VerifyArgs {
     /// Re-check until equal or this many seconds passed (for "caught up" checks in scripts).
     #[arg(long, value_name = "SECS")]
     pub wait_for_quiet: Option<u64>,
+    /// Compare documents only, not options and indexes.
+    #[arg(long)]
+    pub documents_only: bool,
 }
 
 /// What a comparison found for one collection.
@@ -70,7 +77,7 @@ impl std::fmt::Display for Report {
 
 /// The namespaces to compare: `--collection`s (`coll` of the one database, or `db.coll`),
 /// or every collection of every database the source replicates.
-async fn namespaces_to_compare(source: &mongodb::Client, src: &SourceConfig, named: &[String]) -> anyhow::Result<Vec<Namespace>> {
+pub(crate) async fn namespaces_to_compare(source: &mongodb::Client, src: &SourceConfig, named: &[String]) -> anyhow::Result<Vec<Namespace>> {
     let databases = crate::source::discovery::databases_to_read(source, src).await?;
     if !named.is_empty() {
         return named
@@ -98,15 +105,28 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
     let source = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
     let target = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let namespaces = namespaces_to_compare(&source, src, &args.collections).await?;
+    let databases = crate::source::discovery::databases_to_read(&source, src).await?;
+    let only = (!args.collections.is_empty()).then_some(namespaces.as_slice());
     let deadline = args.wait_for_quiet.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
         let mut all_equal = true;
         let mut text = String::new();
         for ns in &namespaces {
-            let target_ns = sink.target_namespace(&ns);
-            let report = compare(&source, &ns, &target, &target_ns, args.show).await?;
+            let target_ns = sink.target_namespace(ns);
+            let report = compare(&source, ns, &target, &target_ns, args.show).await?;
             all_equal &= report.equal();
             text.push_str(&report.to_string());
+        }
+        if src.metadata.replicate && !args.documents_only {
+            let described = metadata::source_metadata(&source, src, &databases, only).await?;
+            let drifts = metadata::drifts(&target, sink, &described, false).await?;
+            all_equal &= drifts.is_empty();
+            for drift in &drifts {
+                text.push_str(&drift.to_string());
+            }
+            if drifts.is_empty() {
+                text.push_str(&format!("metadata: EQUAL ({} namespaces: options and indexes)\n", described.len()));
+            }
         }
         let retry = !all_equal && deadline.is_some_and(|d| Instant::now() < d);
         if !retry {

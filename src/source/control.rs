@@ -1,0 +1,88 @@
+//! Control messages: records that go to every partition of a collection's topic, each
+//! acknowledged by Kafka before the reader goes on. Clear markers (when the target must
+//! lose a collection's documents: history lost and re-copied, or the collection dropped
+//! with `source.ddl = "replicate"`, see `debezium::ClearMarker`) and metadata messages
+//! (the collection's options and indexes, see `metadata`).
+
+use rdkafka::producer::BaseRecord;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::info;
+
+use super::lease::Grant;
+use super::reader::{Reader, ReaderContext, ReaderError, ReaderExit};
+use super::route::Route;
+use crate::debezium;
+use crate::event::{SnapshotMarker, SourceInfo};
+use crate::kafka::delivery::InFlight;
+use crate::metrics as m;
+
+impl Reader {
+    /// Tells the sinks to empty `route`'s target collection: one clear marker per partition
+    /// of its topic (see `debezium::ClearMarker`), each acknowledged by Kafka.
+    pub(super) async fn send_clear_markers(&self, route: &Arc<Route>, reason: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+        let at = self.cluster_time().await?;
+        let source = source_info(&self.ctx, at, SnapshotMarker::Yes);
+        let markers: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..self.ctx.partitions)
+            .map(|partition| {
+                let marker = debezium::ClearMarker {
+                    ns: route.origin.ns.clone(),
+                    partition,
+                    partitions: self.ctx.partitions,
+                    reason: reason.to_string(),
+                };
+                let (key, value) = debezium::encode_clear_marker(&marker, &source, m::now_ms());
+                (partition, key, value)
+            })
+            .collect();
+        let exit = deliver_to_every_partition(&self.ctx, route, markers, "clear marker", lease).await?;
+        if exit.is_none() {
+            info!(ns = %route.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
+        }
+        Ok(exit)
+    }
+}
+
+/// The `source` block of a control message sent at cluster time `at`.
+pub(super) fn source_info(ctx: &ReaderContext, at: bson::Timestamp, snapshot: SnapshotMarker) -> SourceInfo {
+    SourceInfo {
+        name: ctx.name.clone(),
+        rs: ctx.rs.clone(),
+        ts_ms: i64::from(at.time) * 1000,
+        ord: at.increment,
+        snapshot,
+        lsid: None,
+        txn_number: None,
+    }
+}
+
+/// Sends `records` ((partition, key, value)) to `route`'s topic and waits until Kafka
+/// acknowledged each. `Some(exit)`: the lease ran out first. `what` names the records in
+/// errors.
+pub(super) async fn deliver_to_every_partition(
+    ctx: &ReaderContext,
+    route: &Arc<Route>,
+    records: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    what: &str,
+    lease: &watch::Receiver<Grant>,
+) -> Result<Option<ReaderExit>, ReaderError> {
+    let mut in_flight = InFlight::default();
+    for (seq, (partition, key, value)) in records.iter().enumerate() {
+        if Instant::now() >= lease.borrow().deadline {
+            return Ok(Some(ReaderExit::LeaseLost));
+        }
+        let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
+        ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not queued: {e}") })?;
+        in_flight.sent();
+    }
+    // Each report comes within the producer's message timeout.
+    while in_flight.due() > 0 {
+        in_flight.arrived().await;
+        for (_, outcome) in in_flight.take() {
+            outcome.map_err(|e| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not delivered: {}", e.message) })?;
+        }
+    }
+    Ok(None)
+}
