@@ -5,7 +5,9 @@
 //! docrepl does all it does on a DocumentDB pair: two source instances (the lease, a
 //! standby taking over an interrupted initial copy, which then resumes after its last
 //! `_id`), the change stream with inserts, updates, replaces and deletes, a sink writing
-//! the target, and `docrepl verify`. The test then reads every command logged for the
+//! the target, collection metadata (a validator; plain, unique and TTL indexes; an index
+//! and an option changed while streaming, found by the listing), `docrepl verify` and
+//! `docrepl cutover`. The test then reads every command logged for the
 //! app name `docrepl` and takes out each command name, aggregation stage, change-stream
 //! stage and option, query, update and expression operator and system variable, and fails
 //! on any that `tests/documentdb/support-5.0.tsv` (facts from AWS's documentation and its
@@ -27,6 +29,9 @@ const WRAPPERS: [&str; 17] = [
     "$oid", "$date", "$numberLong", "$numberInt", "$numberDouble", "$numberDecimal", "$binary", "$timestamp",
     "$regularExpression", "$minKey", "$maxKey", "$undefined", "$symbol", "$code", "$scope", "$dbPointer", "$uuid",
 ];
+
+/// Fields the driver adds to every command: not options of the command.
+const DRIVER_FIELDS: [&str; 9] = ["$db", "lsid", "$clusterTime", "writeConcern", "$readPreference", "txnNumber", "maxTimeMS", "apiVersion", "readConcern"];
 
 /// One feature a command uses: (kind, name).
 type Feature = (&'static str, String);
@@ -87,6 +92,9 @@ fn features(command: &serde_json::Map<String, Value>) -> BTreeSet<Feature> {
             }
         }
         "update" => {
+            if field("bypassDocumentValidation").is_some() {
+                out.insert(("option", "update.bypassDocumentValidation".into()));
+            }
             for statement in field("updates").and_then(Value::as_array).into_iter().flatten() {
                 if let Some(q) = statement.get("q") {
                     query(q, &mut out);
@@ -137,6 +145,43 @@ fn features(command: &serde_json::Map<String, Value>) -> BTreeSet<Feature> {
                     }
                 }
                 _ => {}
+            }
+        }
+        "insert" => {
+            if field("bypassDocumentValidation").is_some() {
+                out.insert(("option", "insert.bypassDocumentValidation".into()));
+            }
+        }
+        "create" | "collMod" => {
+            for (k, v) in command.iter().skip(1).filter(|(k, _)| !DRIVER_FIELDS.contains(&k.as_str())) {
+                out.insert(("option", format!("{name}.{k}")));
+                if k == "validator" {
+                    query(v, &mut out);
+                }
+            }
+        }
+        "createIndexes" => {
+            for ix in field("indexes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_object) {
+                for (k, v) in ix {
+                    match k.as_str() {
+                        "name" => {}
+                        // The kind of index: `1`/`-1` are plain; "text", "2dsphere", "hashed" are kinds.
+                        "key" => {
+                            for kind in v.as_object().into_iter().flat_map(|o| o.values()).filter_map(Value::as_str) {
+                                out.insert(("option", format!("createIndexes.key.{kind}")));
+                            }
+                            if v.as_object().is_some_and(|o| o.keys().any(|k| k.contains("$**"))) {
+                                out.insert(("option", "createIndexes.key.wildcard".into()));
+                            }
+                        }
+                        other => {
+                            out.insert(("option", format!("createIndexes.{other}")));
+                            if other == "partialFilterExpression" {
+                                query(v, &mut out);
+                            }
+                        }
+                    }
+                }
             }
         }
         "count" | "listCollections" | "distinct" => {
@@ -326,7 +371,7 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     let source = logging_mongod(27841).await;
     let target = logging_mongod(27842).await;
     let mut setup = Setup::new("docdbprofile");
-    setup.source_extra = "collections = [\"c\"]\nflavor = \"documentdb\"\ncopy_batch_size = 500\nddl = \"replicate\"".into();
+    setup.source_extra = "collections = [\"c\"]\nflavor = \"documentdb\"\ncopy_batch_size = 500\nddl = \"replicate\"\n[source.metadata]\npoll_secs = 1".into();
     setup.sink_extra = "flavor = \"documentdb\"".into();
     let text = std::fs::read_to_string(setup.config_with_target(&target.uri())).unwrap().replace(&common::source_uri(), &source.uri());
     let cfg = setup.dir.path().join("documentdb.toml");
@@ -340,6 +385,12 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
 
     let client = common::mongo(&source.uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("c");
+    // Metadata the sink creates the target collection with, and indexes of the kinds
+    // DocumentDB has (plain, unique, TTL); more arrive by the listing while streaming.
+    let db = client.database(&setup.db);
+    db.run_command(doc! {"create": "c", "validator": {"$jsonSchema": {"bsonType": "object", "required": ["_id"]}}, "validationLevel": "moderate"}).await.unwrap();
+    let indexes = [doc! {"key": {"v": 1}, "name": "v_1"}, doc! {"key": {"u": 1}, "name": "u_1", "unique": true, "sparse": true}, doc! {"key": {"at": 1}, "name": "at_1", "expireAfterSeconds": 2_000_000_000}];
+    db.run_command(doc! {"createIndexes": "c", "indexes": indexes.to_vec()}).await.unwrap();
     coll.insert_many((0..5000).map(|i| doc! {"_id": i, "v": 0, "pad": "x".repeat(200)})).await.unwrap();
     // The copy's first getMores are slow, so the copy is surely under way when its reader dies.
     client
@@ -371,6 +422,14 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
         target_coll.count_documents(doc! {}).await.unwrap_or(0) == 5000
     })
     .await;
+    db.run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"w": -1}, "name": "w_-1"}]}).await.unwrap();
+    db.run_command(doc! {"collMod": "c", "validationAction": "warn"}).await.unwrap();
+    let target_client = common::mongo(&target.uri()).await;
+    common::eventually(Duration::from_secs(60), "the new index through the listing", || async {
+        let meta = docrepl::metadata::catalog::read_one(&target_client, &setup.db, "c", true).await.unwrap();
+        meta.is_some_and(|m| m.index("w_-1").is_some() && m.options.get_str("validationAction") == Ok("warn"))
+    })
+    .await;
     coll.insert_many((5000..5100).map(|i| doc! {"_id": i})).await.unwrap();
     coll.update_many(doc! {"_id": {"$lt": 100}}, doc! {"$set": {"v": 1}, "$unset": {"pad": ""}}).await.unwrap();
     coll.update_one(doc! {"_id": 200}, doc! {"$push": {"arr": {"$each": [1, 2, 3]}}}).await.unwrap();
@@ -388,6 +447,16 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     .await;
     let (code, out) = common::verify(&cfg, 120);
     assert_eq!(code, Some(0), "the target differs:\n{out}\n{}", b.log_text());
+    // Cutover on a DocumentDB target: the unique and TTL indexes rebuilt in their final form.
+    let cutover = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl"))
+        .args(["cutover", "--quiet-secs", "2", "--timeout-secs", "60", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&cutover.stdout).to_string() + &String::from_utf8_lossy(&cutover.stderr);
+    assert_eq!(cutover.status.code(), Some(0), "{said}");
+    let u = docrepl::metadata::catalog::read_one(&target_client, &setup.db, "c", true).await.unwrap().unwrap();
+    assert_eq!(u.index("u_1").and_then(|ix| ix.get_bool("unique").ok()), Some(true), "{said}");
     // A drop, replicated: clear markers make the sink delete the target's documents
     // partition by partition; the database's stream goes on (a collection's is reopened
     // after its invalidate), and the re-created collection arrives.
@@ -431,6 +500,15 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
         ("change-stream-stage", "$match"),
         ("operator", "$or"),
         ("operator", "$exists"),
+        // Metadata: the target collection created with the source's validator, indexes
+        // built, changed options applied, both sides listed.
+        ("command", "create"),
+        ("option", "create.validator"),
+        ("command", "createIndexes"),
+        ("option", "createIndexes.unique"),
+        ("command", "collMod"),
+        ("command", "listIndexes"),
+        ("option", "insert.bypassDocumentValidation"),
     ] {
         assert!(seen.contains_key(&(expected.0, expected.1.to_string())), "{expected:?} not seen in the logs: {names:?}");
     }

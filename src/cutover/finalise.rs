@@ -2,19 +2,26 @@
 //! (and a clustered collection's expiry) given their `expireAfterSeconds`, as the source
 //! has them (see `metadata::rule` for why they wait). In place through `collMod` where
 //! the target can (MongoDB 6.0+ converts an index to unique after `prepareUnique`), else
-//! the index is built again in its final form under the same name.
+//! (Amazon DocumentDB's `collMod` changes validation rules only, or an older server
+//! refused it) the index is built again in its final form under the same name.
 
 use bson::{doc, Document};
 
 use crate::event::Namespace;
+use crate::flavor::Flavor;
 use crate::metadata::plan::Finalise;
 use crate::metadata::CollectionMetadata;
 
 /// Carries out `step` on `target` (whose source metadata is `source`). `Err(why)`: the
 /// target refused it (duplicates under a unique index, an unsupported option).
-pub async fn apply(client: &mongodb::Client, target: &Namespace, source: &CollectionMetadata, step: &Finalise) -> Result<(), String> {
+pub async fn apply(client: &mongodb::Client, flavor: Flavor, target: &Namespace, source: &CollectionMetadata, step: &Finalise) -> Result<(), String> {
     let db = client.database(&target.db);
     let coll = target.coll.as_str();
+    if flavor.is_documentdb() && !matches!(step, Finalise::CollectionExpiry { .. }) {
+        let index = index_of(step);
+        let Some(spec) = source.index(index) else { return Err(format!("{target}: index {index} is not in the source's metadata")) };
+        return rebuild(&db, coll, spec).await.map_err(|e| format!("{target}: index {index} could not be rebuilt in its final form: {e}"));
+    }
     let in_place = match step {
         Finalise::MakeUnique { index } => {
             let prepared = db.run_command(doc! {"collMod": coll, "index": {"name": index, "prepareUnique": true}}).await;

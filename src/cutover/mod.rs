@@ -175,7 +175,7 @@ async fn finalise_all(target: &mongodb::Client, sink: &crate::sink::SinkConfig, 
     for (ns, source) in by_target {
         let Some(actual) = catalog::read_one(target, &ns.db, &ns.coll, true).await? else { continue };
         for step in plan::finalise(source, &actual) {
-            match finalise::apply(target, &ns, source, &step).await {
+            match finalise::apply(target, sink.flavor().0, &ns, source, &step).await {
                 Ok(()) => out.done += 1,
                 Err(why) => out.refused.push(why),
             }

@@ -68,20 +68,45 @@ pub(super) async fn deliver_to_every_partition(
     what: &str,
     lease: &watch::Receiver<Grant>,
 ) -> Result<Option<ReaderExit>, ReaderError> {
+    deliver_all(ctx, vec![(Arc::clone(route), records)], what, lease).await
+}
+
+/// `deliver_to_every_partition` for the records of several routes at once: all queued,
+/// then every acknowledgement awaited (one round trip, not one per collection).
+pub(super) async fn deliver_all(
+    ctx: &ReaderContext,
+    batches: Vec<(Arc<Route>, Vec<(i32, Vec<u8>, Vec<u8>)>)>,
+    what: &str,
+    lease: &watch::Receiver<Grant>,
+) -> Result<Option<ReaderExit>, ReaderError> {
     let mut in_flight = InFlight::default();
-    for (seq, (partition, key, value)) in records.iter().enumerate() {
-        if Instant::now() >= lease.borrow().deadline {
-            return Ok(Some(ReaderExit::LeaseLost));
+    let mut seq = 0u64;
+    for (route, records) in &batches {
+        for (partition, key, value) in records {
+            if Instant::now() >= lease.borrow().deadline {
+                return Ok(Some(ReaderExit::LeaseLost));
+            }
+            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq)).partition(*partition).key(key).payload(value);
+            ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not queued: {e}") })?;
+            in_flight.sent();
+            seq += 1;
         }
-        let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq as u64)).partition(*partition).key(key).payload(value);
-        ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not queued: {e}") })?;
-        in_flight.sent();
     }
     // Each report comes within the producer's message timeout.
+    let ns = |i: u64| {
+        let mut left = i;
+        for (route, records) in &batches {
+            if left < records.len() as u64 {
+                return route.ns.clone();
+            }
+            left -= records.len() as u64;
+        }
+        String::new()
+    };
     while in_flight.due() > 0 {
         in_flight.arrived().await;
-        for (_, outcome) in in_flight.take() {
-            outcome.map_err(|e| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not delivered: {}", e.message) })?;
+        for (i, outcome) in in_flight.take() {
+            outcome.map_err(|e| ReaderError::Delivery { ns: ns(i), message: format!("{what} not delivered: {}", e.message) })?;
         }
     }
     Ok(None)

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::control::{deliver_to_every_partition, source_info};
+use super::control::{deliver_all, source_info};
 use super::lease::Grant;
 use super::reader::{Reader, ReaderContext, ReaderError, ReaderExit, Reads};
 use super::route::{Route, Routes};
@@ -91,30 +91,39 @@ impl Sent {
     }
 }
 
-/// Sends `meta` to every partition of `route`'s topic unless it is what this process
-/// sent last. `Some(exit)`: the lease ran out first.
-async fn send(ctx: &ReaderContext, route: &Arc<Route>, meta: &CollectionMetadata, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
-    if ctx.metadata_sent.is_current(meta) {
+/// Sends each metadata to every partition of its route's topic, those that differ from
+/// what this process sent last, all at once. `Some(exit)`: the lease ran out first.
+async fn send(ctx: &ReaderContext, found: Vec<(Arc<Route>, CollectionMetadata)>, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+    let changed: Vec<(Arc<Route>, CollectionMetadata)> = found.into_iter().filter(|(_, meta)| !ctx.metadata_sent.is_current(meta)).collect();
+    if changed.is_empty() {
         return Ok(None);
     }
     let now = bson::Timestamp { time: (m::now_ms() / 1000) as u32, increment: 0 };
     let source = source_info(ctx, now, SnapshotMarker::No);
-    let home = partition_for_key(route.ns.as_bytes(), ctx.partitions);
-    let records = (0..ctx.partitions)
-        .map(|partition| {
-            let message = MetadataMessage { metadata: meta.clone(), partition, partitions: ctx.partitions, home };
-            let (key, value) = encode(&message, &source, m::now_ms());
-            (partition, key, value)
+    let batches = changed
+        .iter()
+        .map(|(route, meta)| {
+            let home = partition_for_key(route.ns.as_bytes(), ctx.partitions);
+            let records = (0..ctx.partitions)
+                .map(|partition| {
+                    let message = MetadataMessage { metadata: meta.clone(), partition, partitions: ctx.partitions, home };
+                    let (key, value) = encode(&message, &source, m::now_ms());
+                    (partition, key, value)
+                })
+                .collect();
+            (Arc::clone(route), records)
         })
         .collect();
-    let exit = deliver_to_every_partition(ctx, route, records, "metadata message", lease).await?;
-    if exit.is_none() {
+    if let Some(exit) = deliver_all(ctx, batches, "metadata message", lease).await? {
+        return Ok(Some(exit));
+    }
+    for (route, meta) in &changed {
         ctx.metadata_sent.record(meta);
         metrics::counter!(m::SOURCE_METADATA_SENT, "collection" => route.ns.clone()).increment(1);
         let indexes = meta.indexes.as_ref().map(Vec::len);
-        info!(ns = %route.ns, kind = meta.kind.name(), ?indexes, home, "collection metadata sent (options and indexes follow the source)");
+        info!(ns = %route.ns, kind = meta.kind.name(), ?indexes, "collection metadata sent (options and indexes follow the source)");
     }
-    Ok(exit)
+    Ok(None)
 }
 
 /// The metadata worth sending for `meta`'s namespace: collections and views; a time-series
@@ -138,7 +147,7 @@ impl Reader {
         let ns = &route.origin.ns;
         let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, false).await.map_err(self.mongo_err())?;
         match found.map(replicable).transpose()?.flatten() {
-            Some(meta) => send(&self.ctx, route, &meta, lease).await,
+            Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], lease).await,
             None => Ok(None),
         }
     }
@@ -152,7 +161,7 @@ impl Reader {
         let ns = &route.origin.ns;
         let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, true).await.map_err(self.mongo_err())?;
         match found.map(replicable).transpose()?.flatten() {
-            Some(meta) => send(&self.ctx, route, &meta, lease).await,
+            Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], lease).await,
             None => Ok(None),
         }
     }
@@ -162,14 +171,13 @@ impl Reader {
         if !self.ctx.config.metadata.replicate {
             return Ok(None);
         }
-        let target = Described::of(self);
-        for (route, meta) in target.read(&self.ctx).await.map_err(self.mongo_err())? {
-            let Some(meta) = replicable(meta)? else { continue };
-            if let Some(exit) = send(&self.ctx, &route, &meta, lease).await? {
-                return Ok(Some(exit));
+        let mut found = Vec::new();
+        for (route, meta) in Described::of(self).read(&self.ctx).await.map_err(self.mongo_err())? {
+            if let Some(meta) = replicable(meta)? {
+                found.push((route, meta));
             }
         }
-        Ok(None)
+        send(&self.ctx, found, lease).await
     }
 
     /// Lists the source's metadata every `source.metadata.poll_secs` and sends what
@@ -181,7 +189,10 @@ impl Reader {
         if !config.replicate {
             return None;
         }
-        let every = Duration::from_secs(config.poll_secs);
+        // With the stream's metadata events the listing is a backstop (an event a server
+        // dropped, a change made while no stream was open), so it runs ten times as rarely.
+        let events = self.ctx.expanded_events.load(std::sync::atomic::Ordering::Relaxed);
+        let every = Duration::from_secs(config.poll_secs * if events { 10 } else { 1 });
         let ctx = Arc::clone(&self.ctx);
         let target = Described::of(self);
         let ns = self.ns.clone();
@@ -195,17 +206,18 @@ impl Reader {
                         continue;
                     }
                 };
+                let mut replicated = Vec::new();
                 for (route, meta) in found {
-                    let sent = match replicable(meta) {
-                        Ok(Some(meta)) => send(&ctx, &route, &meta, &lease).await,
-                        Ok(None) => continue,
-                        Err(e) => Err(e),
-                    };
-                    match sent {
+                    match replicable(meta) {
+                        Ok(Some(meta)) => replicated.push((route, meta)),
                         Ok(None) => {}
-                        Ok(Some(_)) => return,
-                        Err(e) => warn!(ns = %route.ns, "collection metadata not sent: {e}; trying again in {every:?}"),
+                        Err(e) => warn!(ns = %route.ns, "{e}"),
                     }
+                }
+                match send(&ctx, replicated, &lease).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => return,
+                    Err(e) => warn!(%ns, "collection metadata not sent: {e}; trying again in {every:?}"),
                 }
             }
         }))

@@ -149,7 +149,7 @@ impl Reader {
         };
         let expanded = position.is_some() && self.ctx.config.metadata.replicate && self.ctx.expanded_events.load(Ordering::Relaxed);
         let opened = self.open_with(stages.clone(), position, token.clone(), start_at, expanded).await;
-        if expanded && opened.is_err() {
+        if expanded && opened.as_ref().err().is_some_and(refuses_option) {
             // Probe, don't guess: a server without metadata events (before MongoDB 6.0)
             // refuses the option; one that opens without it gets no more of them.
             if let Ok(stream) = self.open_with(stages, position, token, start_at, false).await {
@@ -279,6 +279,16 @@ impl Reader {
             None => ("unknown".into(), "age unknown".into()),
         };
         ReaderError::HistoryLost { ns: self.ns.clone(), token_time, age, message: e.to_string() }
+    }
+}
+
+/// Whether a failed open is the server refusing `showExpandedEvents` (a server before
+/// MongoDB 6.0: an unknown field), not the stream's position or the network.
+fn refuses_option(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        // 40415: unknown field; 9: FailedToParse; 2: BadValue; 72: InvalidOptions.
+        mongodb::error::ErrorKind::Command(c) => c.message.contains("showExpandedEvents") || [40415, 9, 2, 72].contains(&c.code),
+        _ => false,
     }
 }
 
