@@ -7,10 +7,13 @@ use bson::{doc, Bson, Document};
 use super::rule::{self, Deferred};
 use super::{index_name, same_index, same_value, CollectionMetadata, Kind, ID_INDEX};
 
+/// The value of an option that is not set.
+type Unset = fn() -> Bson;
+
 /// Options the target can change in place (`collMod`), with the value that stands for
 /// "not set". The rest (collation, `capped`, a clustered index, storage options) are fixed
 /// when the collection is created.
-const MUTABLE_OPTIONS: [(&str, Option<fn() -> Bson>); 6] = [
+const MUTABLE_OPTIONS: [(&str, Option<Unset>); 6] = [
     ("validator", Some(|| Bson::Document(Document::new()))),
     ("validationLevel", Some(|| Bson::String("strict".into()))),
     ("validationAction", Some(|| Bson::String("error".into()))),
@@ -46,7 +49,7 @@ impl TargetPlan {
 }
 
 /// The value of option `key`, with its default when it is not set.
-fn effective(options: &Document, key: &str, default: Option<fn() -> Bson>) -> Option<Bson> {
+fn effective(options: &Document, key: &str, default: Option<Unset>) -> Option<Bson> {
     options.get(key).cloned().or_else(|| default.map(|d| d()))
 }
 

@@ -64,18 +64,21 @@ pub(super) fn source_info(ctx: &ReaderContext, at: bson::Timestamp, snapshot: Sn
 pub(super) async fn deliver_to_every_partition(
     ctx: &ReaderContext,
     route: &Arc<Route>,
-    records: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    records: PartitionRecords,
     what: &str,
     lease: &watch::Receiver<Grant>,
 ) -> Result<Option<ReaderExit>, ReaderError> {
     deliver_all(ctx, vec![(Arc::clone(route), records)], what, lease).await
 }
 
+/// Records for one partition each: (partition, key, value).
+pub(super) type PartitionRecords = Vec<(i32, Vec<u8>, Vec<u8>)>;
+
 /// `deliver_to_every_partition` for the records of several routes at once: all queued,
 /// then every acknowledgement awaited (one round trip, not one per collection).
 pub(super) async fn deliver_all(
     ctx: &ReaderContext,
-    batches: Vec<(Arc<Route>, Vec<(i32, Vec<u8>, Vec<u8>)>)>,
+    batches: Vec<(Arc<Route>, PartitionRecords)>,
     what: &str,
     lease: &watch::Receiver<Grant>,
 ) -> Result<Option<ReaderExit>, ReaderError> {
