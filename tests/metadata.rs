@@ -3,7 +3,8 @@
 //! index created, an index dropped and a `collMod` while streaming reach it (through the
 //! change stream's metadata events, and through the periodic listing alone); `docrepl
 //! cutover` says "not ready" while the sink lags and "ready" on a quiet source, with the
-//! unique and TTL indexes made final; `verify` reports an index drift made by hand.
+//! unique and TTL indexes made final; `verify` reports an index drift made by hand; a
+//! time-series collection in scope stops the source with what to do.
 
 mod common;
 
@@ -200,4 +201,20 @@ async fn index_and_option_changes_reach_the_target_through_the_listing_alone() {
     let t = catalog::read_one(&target, &setup.db, "c", true).await.unwrap().unwrap();
     assert!(t.index("w_-1").is_some() && t.index("x_1").is_none(), "{:?}", t.indexes);
     assert_eq!(t.options.get_str("validationAction"), Ok("warn"));
+}
+
+#[tokio::test]
+async fn a_time_series_collection_in_scope_is_refused_loudly() {
+    let setup = Setup::new("metats");
+    let source = common::mongo(&common::source_uri()).await;
+    let d = source.database(&setup.db);
+    d.run_command(doc! {"create": "plain"}).await.unwrap();
+    d.run_command(doc! {"create": "weather", "timeseries": {"timeField": "at", "metaField": "station"}}).await.unwrap();
+    d.collection::<Document>("weather").insert_one(doc! {"at": bson::DateTime::now(), "station": 1, "t": 20.5}).await.unwrap();
+    let mut src = setup.spawn("source", &[]);
+    let code = src.wait_exit(Duration::from_secs(60));
+    let log = src.log_text();
+    assert!(code.is_some_and(|c| c != 0), "the source must stop, got {code:?}:\n{log}");
+    let ns = format!("{}.weather", setup.db);
+    assert!(log.contains(&format!("{ns} is a time-series collection and cannot be replicated")) && log.contains("source.exclude"), "{log}");
 }

@@ -5,12 +5,11 @@
 use tracing::warn;
 
 use super::checkpoint::CheckpointStore;
-use super::errors::ReaderError;
-use crate::metadata::{CollectionMetadata, Kind};
-use super::errors::{classify_error, StreamFailure};
+use super::errors::{classify_error, ReaderError, StreamFailure};
 use super::scope::{is_rename_temporary, NamespaceFilter, Scope};
 use super::{database, DatabaseSelection, SourceConfig, StreamLevel, NEVER_REPLICATED};
 use crate::flavor::Flavor;
+use crate::metadata::{CollectionMetadata, Kind};
 
 /// The databases to read now: the configured ones, or (`["*"]`) every database of the
 /// cluster but `admin`, `local`, `config`, docrepl's own state database and those no
