@@ -53,8 +53,17 @@ pub const SINK_METADATA_APPLIED: &str = "docrepl_sink_metadata_applied_total";
 /// Counter: metadata the target could not take (a difference fixed at creation, an
 /// index the target refuses): dead-lettered with the reason, and drift in `verify`.
 pub const SINK_METADATA_REFUSED: &str = "docrepl_sink_metadata_refused_total";
-/// Gauge: seconds between now and the source cluster time of the newest applied event.
+/// Gauge: seconds between now and the source cluster time of the newest applied event
+/// (or heartbeat: an idle source's still moves).
 pub const SINK_LAG_SECONDS: &str = "docrepl_sink_lag_seconds";
+/// Gauge: of the last batch's newest change, seconds from the change on the source to its
+/// message being produced (reading it).
+pub const SINK_LAG_SOURCE_SECONDS: &str = "docrepl_sink_lag_source_seconds";
+/// Gauge: seconds from produced to taken from the partition's queue by the sink (broker,
+/// link, waiting behind earlier batches).
+pub const SINK_LAG_TRANSPORT_SECONDS: &str = "docrepl_sink_lag_transport_seconds";
+/// Gauge: seconds from taken to written to the target.
+pub const SINK_LAG_APPLY_SECONDS: &str = "docrepl_sink_lag_apply_seconds";
 
 /// Every name above, for `/metrics` tests and the README.
 pub const ALL: &[&str] = &[
@@ -82,6 +91,9 @@ pub const ALL: &[&str] = &[
     SINK_METADATA_APPLIED,
     SINK_METADATA_REFUSED,
     SINK_LAG_SECONDS,
+    SINK_LAG_SOURCE_SECONDS,
+    SINK_LAG_TRANSPORT_SECONDS,
+    SINK_LAG_APPLY_SECONDS,
 ];
 
 /// Seconds from a cluster time (seconds since the epoch) to now.

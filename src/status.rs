@@ -69,6 +69,23 @@ pub struct PartitionStatus {
     pub docs_per_second: f64,
     /// Source time of the newest event applied from this partition.
     pub applied_source_time: Option<String>,
+    /// Where the newest applied change's time went (heartbeats keep it current while the
+    /// source is idle); `None` before the first.
+    pub lag: Option<LagSplit>,
+}
+
+/// A partition's lag, split (see `sink::progress::lag_split`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LagSplit {
+    /// Change on the source → produced to Kafka (for a heartbeat: how old the stream's
+    /// position was when it was sent).
+    pub source_seconds: f64,
+    /// Produced → taken from the partition's queue by the sink.
+    pub transport_seconds: f64,
+    /// Taken → written to the target.
+    pub apply_seconds: f64,
+    /// Now − the source time of the newest change (or heartbeat) applied.
+    pub end_to_end_seconds: f64,
 }
 
 /// How far the target is for one topic (one source collection), over the partitions

@@ -1,5 +1,5 @@
-//! What Kafka says about a cutover: whether the topics have gone quiet (no message added
-//! for a while: the source's writes stopped, or nothing is being read), and whether the
+//! What Kafka says about a cutover: whether the topics have gone quiet (no message but an
+//! idle source's heartbeats added for a while: the source's writes stopped), and whether the
 //! sink group has applied everything on them (its committed offset at each partition's
 //! end). Only the broker is asked, so this works with the source region gone.
 
@@ -80,6 +80,57 @@ impl Progress {
                 ((e.topic().to_string(), e.partition()), offset)
             })
             .collect())
+    }
+}
+
+impl Progress {
+    /// True when every message added between `from` and `to` is a heartbeat (an idle
+    /// source's: not a change). Reads those messages; more than a few per partition is
+    /// taken for writes without reading them.
+    pub fn only_heartbeats(&self, config: &Config, from: &Offsets, to: &Offsets) -> anyhow::Result<bool> {
+        use rdkafka::message::Message;
+        const AT_MOST: i64 = 64;
+        let mut wanted = TopicPartitionList::new();
+        let mut left: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (key, &end) in to {
+            let start = from.get(key).copied().unwrap_or(0);
+            if end - start > AT_MOST {
+                return Ok(false);
+            }
+            if end > start {
+                wanted.add_partition_offset(&key.0, key.1, Offset::Offset(start))?;
+                left.insert(key.clone(), end);
+            }
+        }
+        if left.is_empty() {
+            return Ok(true);
+        }
+        let sink = config.sink.as_ref().context("cutover needs the [sink] section")?;
+        let reader: BaseConsumer = crate::kafka::consumer_config(&config.kafka, &format!("{}-cutover-reader", sink.group_id), sink.session_timeout_ms)
+            .create()
+            .context("cannot create the Kafka consumer that reads the newest messages")?;
+        reader.assign(&wanted)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !left.is_empty() {
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("cannot read the newest messages of {} partitions within 15 s", left.len());
+            }
+            let Some(message) = reader.poll(Duration::from_millis(200)) else { continue };
+            let message = message.context("reading the newest messages")?;
+            let key = (message.topic().to_string(), message.partition());
+            let Some(&end) = left.get(&key) else { continue };
+            if message.offset() >= end {
+                left.remove(&key);
+                continue;
+            }
+            if !message.key().is_some_and(|k| k.starts_with(br#"{"docrepl_heartbeat""#)) {
+                return Ok(false);
+            }
+            if message.offset() + 1 >= end {
+                left.remove(&key);
+            }
+        }
+        Ok(true)
     }
 }
 

@@ -2,8 +2,8 @@
 //! checked in order, ending "ready to switch" (exit 0) or "not ready" with every reason
 //! (exit 1; 2 when it could not check):
 //!
-//! 1. wait for quiet: no message added to the sink's topics for `--quiet-secs` (the
-//!    applications' writes stopped, and the source has published what it read);
+//! 1. wait for quiet: no message but heartbeats added to the sink's topics for
+//!    `--quiet-secs` (the applications' writes stopped, the source published what it read);
 //! 2. wait until the sink group has applied everything (its committed offset at each
 //!    partition's end);
 //! 3. make the unique and TTL indexes final (see `metadata::rule`), unless `--check-only`;
@@ -51,7 +51,7 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
 
     let progress = kafka::Progress::new(config).await?;
     println!("cutover: {} partitions of the sink's topics (group {})", progress.partition_count(), sink.group_id);
-    let ends = wait_for_quiet(&progress, args.quiet_secs, deadline, &mut not_ready).await?;
+    let ends = wait_for_quiet(config, &progress, args.quiet_secs, deadline, &mut not_ready).await?;
     if not_ready.is_empty() {
         println!("1. quiet: no message added for {} s", args.quiet_secs);
     }
@@ -131,7 +131,7 @@ async fn connect_source(src: &crate::source::SourceConfig) -> anyhow::Result<mon
 }
 
 /// Waits until the topics' ends stop moving for `quiet_secs`; returns the ends.
-async fn wait_for_quiet(progress: &kafka::Progress, quiet_secs: u64, deadline: Instant, not_ready: &mut Vec<String>) -> anyhow::Result<kafka::Offsets> {
+async fn wait_for_quiet(config: &Config, progress: &kafka::Progress, quiet_secs: u64, deadline: Instant, not_ready: &mut Vec<String>) -> anyhow::Result<kafka::Offsets> {
     let mut ends = tokio::task::block_in_place(|| progress.ends())?;
     let mut since = Instant::now();
     loop {
@@ -145,8 +145,11 @@ async fn wait_for_quiet(progress: &kafka::Progress, quiet_secs: u64, deadline: I
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = tokio::task::block_in_place(|| progress.ends())?;
         if now != ends {
+            // An idle source's heartbeats move the ends too: only changes break the quiet.
+            if !tokio::task::block_in_place(|| progress.only_heartbeats(config, &ends, &now))? {
+                since = Instant::now();
+            }
             ends = now;
-            since = Instant::now();
         }
     }
 }

@@ -133,6 +133,10 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<D
         return decode_clear(&envelope, topic);
     }
     if op_code == "m" {
+        if envelope.docrepl.as_ref().is_some_and(|d| d.get("heartbeat").is_some()) {
+            let source_ms = envelope.source.as_ref().and_then(|s| s.ts_ms).ok_or(DecodeError::MissingField("source.ts_ms"))?;
+            return Ok(Decoded::Heartbeat { source_ms });
+        }
         return super::metadata::decode(envelope.docrepl.as_ref()).map(Decoded::Metadata);
     }
     let op = Op::from_code(op_code).ok_or_else(|| DecodeError::UnknownOp(op_code.to_string()))?;

@@ -19,6 +19,7 @@ use crate::event::{ChangeEvent, Namespace, Op, SourceInfo};
 
 mod decode;
 pub mod exact;
+pub mod heartbeat;
 pub mod metadata;
 #[cfg(test)]
 mod tests;
@@ -75,6 +76,9 @@ pub enum Decoded {
     /// docrepl's metadata message: the target collection's options and indexes follow
     /// the source's (see `metadata`).
     Metadata(MetadataMessage),
+    /// docrepl's heartbeat: every change of this partition up to `source_ms` (source
+    /// cluster time) was published before it (see `heartbeat`).
+    Heartbeat { source_ms: i64 },
 }
 
 /// Sent by the source to every partition of a collection's topic when the target must

@@ -312,6 +312,7 @@ impl GroupContext {
                 last_batch_size: w.shared.last_batch_size.load(Ordering::Relaxed),
                 docs_written: w.shared.docs_written.load(Ordering::Relaxed),
                 applied_source_ms: w.shared.applied_source_ms.load(Ordering::Relaxed),
+                lag_split_ms: [0, 1, 2].map(|i| w.shared.lag_split_ms[i].load(Ordering::Relaxed)),
             })
             .collect();
         v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

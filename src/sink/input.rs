@@ -16,6 +16,8 @@ pub struct Input<'a> {
     pub value: Option<Cow<'a, [u8]>>,
     /// The message's offset (a joined event's: its first part's).
     pub offset: i64,
+    /// When the source produced it (the message's create time, ms since the epoch).
+    pub produced_ms: Option<i64>,
     /// Known to be unusable before decoding (a broken part, or one whose earlier parts
     /// never came): it goes to the dead-letter topic with this reason.
     pub refused: Option<String>,
@@ -26,7 +28,8 @@ pub struct Input<'a> {
 pub fn inputs<'a, M: Message>(batch: &'a [M], joiner: &mut Joiner, topic: &str, partition: i32) -> Vec<Input<'a>> {
     let mut out = Vec::with_capacity(batch.len());
     for msg in batch {
-        let borrowed = |refused| Input { key: msg.key().map(Cow::Borrowed), value: msg.payload().map(Cow::Borrowed), offset: msg.offset(), refused };
+        let produced_ms = msg.timestamp().to_millis();
+        let borrowed = |refused| Input { key: msg.key().map(Cow::Borrowed), value: msg.payload().map(Cow::Borrowed), offset: msg.offset(), produced_ms, refused };
         let Some(part) = msg.payload().and_then(parts::parse) else {
             if let Some(u) = joiner.interrupt() {
                 unfinished(u);
@@ -53,7 +56,7 @@ pub fn inputs<'a, M: Message>(batch: &'a [M], joiner: &mut Joiner, topic: &str, 
             Fed::Stray(reason) => out.push(borrowed(Some(reason))),
             Fed::Whole { value, first_offset } => {
                 metrics::counter!(m::SINK_EVENTS_JOINED, "topic" => topic.to_string(), "partition" => partition.to_string()).increment(1);
-                out.push(Input { key: msg.key().map(Cow::Borrowed), value: Some(Cow::Owned(value)), offset: first_offset, refused: None });
+                out.push(Input { key: msg.key().map(Cow::Borrowed), value: Some(Cow::Owned(value)), offset: first_offset, produced_ms, refused: None });
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use crate::status::{PartitionStatus, TopicRecovery};
+use crate::status::{LagSplit, PartitionStatus, TopicRecovery};
 
 /// One assigned partition, as its worker left it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub struct PartitionProgress {
     /// Source `ts_ms` of the newest event applied since this member took the partition
     /// (0: none yet).
     pub applied_source_ms: u64,
+    /// The last batch's lag split (see [`lag_split`]), in milliseconds.
+    pub lag_split_ms: [i64; 3],
 }
 
 /// The source time up to which the target holds every change of one topic, over the
@@ -46,6 +48,15 @@ pub fn recovery_point(partitions: &[(&PartitionProgress, Option<i64>)]) -> Optio
     // Every partition caught up: the target holds the newest event it applied and all
     // before it. (With no event applied at all there is nothing to state.)
     point.or((newest_applied > 0).then_some(newest_applied))
+}
+
+/// Where the time between a change on the source and its write on the target went, in
+/// milliseconds: source (change → produced to Kafka: reading it), transport (produced →
+/// taken from the partition's queue: the broker, the link, waiting behind earlier
+/// batches), apply (taken → written to the target). Clocks of two regions differ by their
+/// skew; a negative span (a clock behind) counts as 0.
+pub fn lag_split(source_ms: i64, produced_ms: i64, taken_ms: i64, written_ms: i64) -> [i64; 3] {
+    [(produced_ms - source_ms).max(0), (taken_ms - produced_ms).max(0), (written_ms - taken_ms).max(0)]
 }
 
 /// Turns cumulative per-partition document counts into rates between snapshots.
@@ -86,6 +97,12 @@ impl RateTracker {
                     docs_written: p.docs_written,
                     docs_per_second: rate,
                     applied_source_time: millis_to_rfc3339(p.applied_source_ms),
+                    lag: (p.applied_source_ms > 0).then(|| LagSplit {
+                        source_seconds: p.lag_split_ms[0] as f64 / 1000.0,
+                        transport_seconds: p.lag_split_ms[1] as f64 / 1000.0,
+                        apply_seconds: p.lag_split_ms[2] as f64 / 1000.0,
+                        end_to_end_seconds: age_seconds(p.applied_source_ms),
+                    }),
                 },
             );
         }
@@ -128,6 +145,7 @@ mod tests {
             last_batch_size: 0,
             docs_written: 0,
             applied_source_ms,
+            lag_split_ms: [0; 3],
         }
     }
 

@@ -44,6 +44,9 @@ pub struct PartitionShared {
     pub docs_written: AtomicU64,
     /// Source `ts_ms` of the newest event applied (0: none yet), for the recovery point.
     pub applied_source_ms: AtomicU64,
+    /// The last batch's newest message, in milliseconds: source (change → produced),
+    /// transport (produced → taken from the queue), apply (taken → written).
+    pub lag_split_ms: [AtomicI64; 3],
     /// Why the worker stopped for good, when it did: the member stops the sink with it.
     pub failure: std::sync::Mutex<Option<WorkerFailure>>,
 }
@@ -77,6 +80,7 @@ impl PartitionShared {
             last_batch_size: AtomicU64::new(0),
             docs_written: AtomicU64::new(0),
             applied_source_ms: AtomicU64::new(0),
+            lag_split_ms: Default::default(),
             failure: std::sync::Mutex::new(None),
         }
     }
@@ -202,6 +206,9 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: us
     let mut segment = Vec::with_capacity(batch.len());
     let mut letters: Vec<(usize, String)> = Vec::new();
     let mut newest_ts_ms = 0;
+    let taken_ms = m::now_ms();
+    // Source time and produce time of the batch's last event or heartbeat.
+    let mut last_times: Option<(i64, Option<i64>)> = None;
     for (i, msg) in batch.iter().enumerate() {
         if let Some(reason) = &msg.refused {
             letters.push((i, reason.clone()));
@@ -210,7 +217,13 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: us
         match debezium::decode(msg.key.as_deref(), msg.value.as_deref(), &shared.topic) {
             Ok(Decoded::Event(e)) => {
                 newest_ts_ms = newest_ts_ms.max(e.source.ts_ms);
+                last_times = Some((e.source.ts_ms, msg.produced_ms));
                 segment.push((i, e));
+            }
+            // Everything of this partition up to its time came before it.
+            Ok(Decoded::Heartbeat { source_ms }) => {
+                newest_ts_ms = newest_ts_ms.max(source_ms);
+                last_times = Some((source_ms, msg.produced_ms));
             }
             Ok(Decoded::Tombstone) => {}
             Ok(Decoded::Clear(marker)) => {
@@ -231,6 +244,13 @@ async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: us
     if newest_ts_ms > 0 {
         shared.applied_source_ms.fetch_max(newest_ts_ms.max(0) as u64, Ordering::Relaxed);
         metrics::gauge!(m::SINK_LAG_SECONDS, &labels).set(m::seconds_since((newest_ts_ms / 1000) as u32));
+    }
+    if let Some((source_ms, Some(produced_ms))) = last_times {
+        let split = super::progress::lag_split(source_ms, produced_ms, taken_ms, m::now_ms());
+        for ((slot, value), name) in shared.lag_split_ms.iter().zip(split).zip([m::SINK_LAG_SOURCE_SECONDS, m::SINK_LAG_TRANSPORT_SECONDS, m::SINK_LAG_APPLY_SECONDS]) {
+            slot.store(value, Ordering::Relaxed);
+            metrics::gauge!(name, &labels).set(value as f64 / 1000.0);
+        }
     }
 
     letters.sort_by_key(|(i, _)| *i);

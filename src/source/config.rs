@@ -67,6 +67,10 @@ pub struct SourceConfig {
     /// Default: `kafka.topic_prefix`.
     #[serde(default)]
     pub name: Option<String>,
+    /// How often an idle reader sends a heartbeat to every partition of its topics, so
+    /// that the sinks' recovery point and lag keep moving (0: never).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
     /// How often resume tokens are saved (after Kafka acknowledged the events before them).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
@@ -155,6 +159,9 @@ fn default_copy_batch() -> u32 {
 fn default_copy_parallelism() -> usize {
     4
 }
+fn default_heartbeat() -> u64 {
+    10_000
+}
 fn default_checkpoint_interval() -> u64 {
     1000
 }
@@ -211,6 +218,9 @@ impl SourceConfig {
         require_at_least("source.checkpoint_interval_ms", self.checkpoint_interval_ms, 10)?;
         require_at_least("source.lease_ttl_ms", self.lease_ttl_ms, 2000)?;
         require_at_least("source.metadata.poll_secs", self.metadata.poll_secs, 1)?;
+        if self.heartbeat_ms != 0 && self.heartbeat_ms < 100 {
+            return Err(ConfigError::invalid("source.heartbeat_ms", "must be 0 (no heartbeats) or at least 100"));
+        }
         if let Some(h) = self.history_retention_hours {
             if !(h > 0.0 && h.is_finite()) {
                 return Err(ConfigError::invalid("source.history_retention_hours", format!("{h} is not a positive number of hours")));

@@ -98,8 +98,9 @@ async fn send(ctx: &ReaderContext, found: Vec<(Arc<Route>, CollectionMetadata)>,
     if changed.is_empty() {
         return Ok(None);
     }
-    let now = bson::Timestamp { time: (m::now_ms() / 1000) as u32, increment: 0 };
-    let source = source_info(ctx, now, SnapshotMarker::No);
+    // No source time: it is state, not a change at a time (a sink's conflict judge reading
+    // it as the partition's next event must not take the partition to be past anything).
+    let source = source_info(ctx, bson::Timestamp { time: 0, increment: 0 }, SnapshotMarker::No);
     let batches = changed
         .iter()
         .map(|(route, meta)| {

@@ -14,6 +14,7 @@ pub mod copy_resume;
 mod database;
 pub mod discovery;
 mod encode;
+mod heartbeat;
 pub mod errors;
 pub mod history;
 mod lease;

@@ -322,6 +322,8 @@ impl Reader {
         // which sends them again), shown once per tick (cheap per event).
         let mut published = Published::default();
         let mut caught_up = false;
+        let heartbeat_every = (self.ctx.config.heartbeat_ms > 0).then(|| Duration::from_millis(self.ctx.config.heartbeat_ms));
+        let mut last_heartbeat = Instant::now();
         self.show(|c| c.state = phase.state().into());
         let mut items = Vec::with_capacity(RECEIVE_CHUNK);
         let exit = 'pump: loop {
@@ -342,6 +344,13 @@ impl Reader {
                 _ = tick.tick() => {
                     if Instant::now() >= lease.borrow().deadline {
                         break Some(ReaderExit::LeaseLost);
+                    }
+                    // Idle and everything acknowledged: the sinks learn that time moved on.
+                    if let (Phase::Stream, true, 0, Some(at)) = (phase, caught_up, in_flight.due(), event_time) {
+                        if heartbeat_every.is_some_and(|every| last_heartbeat.elapsed() >= every) {
+                            self.send_heartbeats(at, &mut watermark, &mut in_flight);
+                            last_heartbeat = Instant::now();
+                        }
                     }
                     self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
                     self.show_progress(phase, &mut published, event_time, caught_up);

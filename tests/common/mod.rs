@@ -306,15 +306,16 @@ pub fn spawn_inserts(
     })
 }
 
-/// True for docrepl's metadata messages (a collection's options and indexes, on every
-/// partition of its topic): they are not document events.
-pub fn is_metadata_message(m: &rdkafka::message::OwnedMessage) -> bool {
+/// True for docrepl's metadata messages (a collection's options and indexes) and
+/// heartbeats, on every partition of a topic: they are not document events.
+pub fn is_control_message(m: &rdkafka::message::OwnedMessage) -> bool {
     use rdkafka::Message;
-    m.key().is_some_and(|k| k.starts_with(br#"{"docrepl_metadata""#))
+    m.key().is_some_and(|k| k.starts_with(br#"{"docrepl_metadata""#) || k.starts_with(br#"{"docrepl_heartbeat""#))
 }
 
 /// Reads `topic` from the beginning until `done(messages so far)` or `within` passes.
-/// Metadata messages are left out: the tests that read topics look at document events.
+/// Metadata messages and heartbeats are left out: the tests that read topics look at
+/// document events.
 pub async fn consume(
     topic: &str,
     within: Duration,
@@ -334,7 +335,7 @@ pub async fn consume(
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(m)) => {
                 let m = m.detach();
-                if !is_metadata_message(&m) {
+                if !is_control_message(&m) {
                     out.push(m);
                 }
             }
