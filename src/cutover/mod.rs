@@ -53,7 +53,7 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
     println!("cutover: {} partitions of the sink's topics (group {})", progress.partition_count(), sink.group_id);
     let ends = wait_for_quiet(config, &progress, args.quiet_secs, deadline, &mut not_ready).await?;
     if not_ready.is_empty() {
-        println!("1. quiet: no message added for {} s", args.quiet_secs);
+        println!("1. quiet: no message but heartbeats added for {} s", args.quiet_secs);
     }
     let behind = wait_until_applied(&progress, &ends, deadline).await?;
     if behind.is_empty() {
