@@ -178,6 +178,11 @@ async fn options_indexes_and_views_follow_the_source_through_streaming_and_cutov
     assert_eq!(target_index(&target, &setup.db, "orders", "email_1").await.unwrap().get_bool("unique"), Ok(true));
     assert!(sink.terminate(Duration::from_secs(20)).is_some());
     assert!(src.terminate(Duration::from_secs(20)).is_some());
+
+    // The source region gone: the target against the metadata the sink recorded.
+    let (code, out) = cutover(&setup.config(), &["--source-down", "--check-only", "--quiet-secs", "1", "--timeout-secs", "30"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("metadata checked against the sink's record") && out.contains("READY TO SWITCH"), "{out}");
 }
 
 #[tokio::test]

@@ -55,7 +55,7 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
     if not_ready.is_empty() {
         println!("1. quiet: no message but heartbeats added for {} s", args.quiet_secs);
     }
-    let behind = wait_until_applied(&progress, &ends, deadline).await?;
+    let behind = wait_until_applied(config, &progress, &ends, deadline).await?;
     if behind.is_empty() {
         println!("2. caught up: the sink group applied every message on its topics");
     } else {
@@ -80,7 +80,14 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
             let databases = crate::source::discovery::databases_to_read(client, src).await?;
             crate::verify::metadata::source_metadata(client, src, &databases, None).await?
         }
-        None => crate::sink::metadata::recorded(&target, &sink.state_database).await?.into_iter().map(|(_, m)| m).collect(),
+        // What the sink recorded, of the namespaces this pair replicates (other pairs may
+        // record theirs on the same target).
+        None => crate::sink::metadata::recorded(&target, &sink.state_database)
+            .await?
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| config.source.as_ref().is_none_or(|src| replicates(src, &m.ns)))
+            .collect(),
     };
 
     // Unique and TTL only once nothing is left to apply: a unique index made early could
@@ -154,16 +161,35 @@ async fn wait_for_quiet(config: &Config, progress: &kafka::Progress, quiet_secs:
     }
 }
 
-/// Waits until the group committed `ends` everywhere; returns what is still behind.
-async fn wait_until_applied(progress: &kafka::Progress, ends: &kafka::Offsets, deadline: Instant) -> anyhow::Result<Vec<(String, i32, i64)>> {
+/// Waits until the group committed `ends` everywhere (or all it has left are heartbeats,
+/// which change nothing: the last ones of a source that stopped after its sinks); returns
+/// what is still behind.
+async fn wait_until_applied(config: &Config, progress: &kafka::Progress, ends: &kafka::Offsets, deadline: Instant) -> anyhow::Result<Vec<(String, i32, i64)>> {
     loop {
         let committed = tokio::task::block_in_place(|| progress.committed())?;
         let behind = kafka::behind(ends, &committed);
-        if behind.is_empty() || Instant::now() >= deadline {
+        if behind.is_empty() {
+            return Ok(behind);
+        }
+        let applied: kafka::Offsets = committed.iter().map(|(k, &o)| (k.clone(), o.max(0))).collect();
+        let rest: kafka::Offsets = behind.iter().filter_map(|(t, p, _)| ends.get(&(t.clone(), *p)).map(|&e| ((t.clone(), *p), e))).collect();
+        if tokio::task::block_in_place(|| progress.only_heartbeats(config, &applied, &rest))? {
+            return Ok(Vec::new());
+        }
+        if Instant::now() >= deadline {
             return Ok(behind);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Whether the source configuration `src` replicates `ns` (without asking the source).
+fn replicates(src: &crate::source::SourceConfig, ns: &Namespace) -> bool {
+    let database = match src.database_selection() {
+        crate::source::DatabaseSelection::Named(dbs) => dbs.contains(&ns.db),
+        crate::source::DatabaseSelection::Every => true,
+    };
+    database && crate::source::scope::Scope::of(src, &ns.db).includes(&ns.coll)
 }
 
 struct Finalised {
