@@ -10,8 +10,9 @@
 //!   `modify`: MongoDB 6.0+ reports those with `showExpandedEvents`), and when a database
 //!   stream meets a collection it has not described yet, before that collection's first
 //!   event (so that a collection created later gets its collation before its documents);
-//! - every `source.metadata.poll_secs`, from a listing of the source (Amazon DocumentDB
-//!   reports no such events, and a server may drop them): the path that always works.
+//! - every `source.metadata.poll_secs` (ten times as rarely while metadata events flow),
+//!   from a listing of the source (Amazon DocumentDB reports no such events, and a server
+//!   may drop them): the path that always works.
 
 use std::collections::HashMap;
 use std::sync::Arc;
