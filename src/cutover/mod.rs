@@ -111,7 +111,8 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
     if let Some((client, src)) = &source {
         let unequal = compare_documents(client, src, &target, sink).await?;
         if unequal.is_empty() {
-            println!("4. verify: documents and metadata equal ({} namespaces)", metadata.len());
+            let what = if drift_lines.is_empty() { "documents and metadata equal" } else { "documents equal, metadata differs (below)" };
+            println!("4. verify: {what} ({} namespaces)", metadata.len());
         } else {
             not_ready.push(format!("documents differ:\n{}", unequal.concat().trim_end()));
         }
