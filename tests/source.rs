@@ -61,10 +61,12 @@ async fn change_events_become_debezium_envelopes_in_the_key_partition() {
     coll.insert_one(doc! {"_id": 0, "seed": true}).await.unwrap();
     let mut source = setup.spawn("source", &[]);
 
-    // The initial copy produced `r` for _id 0; wait until the stream is open.
+    // The initial copy produced `r` for _id 0; wait until the stream is open (an update
+    // read after the delete that follows it would find no document to look up).
     let topic = setup.topic("orders");
     consume(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::eventually(Duration::from_secs(60), "the change stream open", || async { source.log_text().contains("streaming changes") }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let oid = bson::oid::ObjectId::new();
     coll.insert_one(doc! {"_id": oid, "n": 1i64, "arr": [1, 2, 3, 4]}).await.unwrap();
