@@ -142,26 +142,24 @@ fn replicable(meta: CollectionMetadata) -> Result<Option<CollectionMetadata>, Re
 impl Reader {
     /// Before a collection's initial copy: its options alone (indexes follow the copy).
     pub(super) async fn send_options_before_copy(&self, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
-        if !self.ctx.config.metadata.replicate {
-            return Ok(None);
-        }
-        let route = self.route()?;
-        let ns = &route.origin.ns;
-        let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, false).await.map_err(self.mongo_err())?;
-        match found.map(replicable).transpose()?.flatten() {
-            Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], lease).await,
-            None => Ok(None),
-        }
+        let route = Arc::clone(self.route()?);
+        self.send_metadata_of(&route, false, lease).await
     }
 
     /// The current metadata of `route`'s namespace, sent if it changed (a metadata event
     /// or a database stream's first event of a collection).
     pub(super) async fn send_current_metadata(&self, route: &Arc<Route>, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+        self.send_metadata_of(route, true, lease).await
+    }
+
+    /// Reads `route`'s namespace (its indexes too when `with_indexes`) and sends what
+    /// changed.
+    async fn send_metadata_of(&self, route: &Arc<Route>, with_indexes: bool, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         if !self.ctx.config.metadata.replicate {
             return Ok(None);
         }
         let ns = &route.origin.ns;
-        let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, true).await.map_err(self.mongo_err())?;
+        let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, with_indexes).await.map_err(self.mongo_err())?;
         match found.map(replicable).transpose()?.flatten() {
             Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], lease).await,
             None => Ok(None),
