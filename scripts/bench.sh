@@ -7,10 +7,16 @@
 #   drain     source + sink (docrepl run) started after N inserts: until verify says equal
 #   live      docrepl run under a steady 5,000 docs/s load for 60 s: end-to-end lag of
 #             marker documents (source write acknowledged -> visible on the target)
-# plus peak RSS and CPU seconds per million documents of each docrepl process.
-# Prints one table and saves it as Markdown and JSON under benches/results/.
+# plus peak RSS and CPU seconds per million documents of each docrepl process; then the
+# cross-region phases (scripts/bench_link.sh): catch-up of inserts, catch-up of mixed
+# changes, the initial copy and the live lag, each across an emulated WAN link, a row per
+# job and link setting (LINK_SETTINGS, LINK_N, LIVE_SECS; see that file).
+# BENCH_PHASES="local link" (default: both) picks the parts.
+# Prints the tables and saves them as Markdown (and the local one as JSON) under
+# benches/results/.
 set -euo pipefail
 N="${1:-${N:-1000000}}"
+BENCH_PHASES="${BENCH_PHASES:-local link}"
 # Own ports and data folder: the bench never touches the demo's or the tests' services.
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/bench"
 export DOCREPL_SOURCE_PORT=28117 DOCREPL_TARGET_PORT=28217 DOCREPL_BROKER_PORT=19192
@@ -45,36 +51,20 @@ EOF
   echo "$WORK/$1.toml"
 }
 
-now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
 rate() { python3 -c "import sys; n,t=float(sys.argv[1]),float(sys.argv[2]); print(f'{n/t:.0f}')" "$1" "$2"; }
 # published PORT: events the source on that status port has published.
 published() { curl -sf "http://127.0.0.1:$1/status" | python3 -c "import json,sys; s=json.load(sys.stdin); print(sum(c.get('events_published',0) for c in s['collections'].values()))" 2>/dev/null || echo 0; }
-target_count() { "$PY" -c "
-import sys
-from pymongo import MongoClient
-print(MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['bench'][sys.argv[1]].count_documents({}))" "$1" 2>/dev/null || echo 0; }
 published_at_least() { [ "$(published "$1")" -ge "$2" ]; }
-target_at_least() { [ "$(target_count "$1")" -ge "$2" ]; }
-# proc_stats PID: "peak_rss_mb cpu_seconds"
-proc_stats() {
-  local rss ticks hz
-  rss=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
-  ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
-  hz=$(getconf CLK_TCK)
-  python3 -c "print(f'{$rss/1024:.0f} {$ticks/$hz:.1f}')"
-}
-wait_for() { # CMD... : polls until it succeeds (bounded by 30 minutes)
-  local deadline=$(( $(date +%s) + 1800 ))
-  until "$@"; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for: $*"
-    sleep 0.2
-  done
-}
-stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+target_at_least() { [ "$(count_docs "$TARGET_PORT" bench "$1")" -ge "$2" ]; }
 PY="$PYTHON_VENV/bin/python"
 "$PY" -c 'import sys' # the venv from setup.sh
+. "$DOCREPL_ROOT/scripts/bench_link.sh"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+md="$DOCREPL_ROOT/benches/results/bench-$N-$stamp.md"
+: >"$md"
 
+local_phases() {
 log "1/5 ceiling: $N documents straight into the target"
 CFG=$(config b8 8 18201 g8)
 ceiling=$("$BIN" loadgen --config "$CFG" --target --collection ceiling -n "$N" --database bench | sed -E 's/.* = ([0-9]+) docs\/s.*/\1/')
@@ -148,9 +138,7 @@ wait "$LOAD" || true
 read -r live_rss live_cpu < <(proc_stats $RUN)
 stop_pid $RUN
 
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-md="$DOCREPL_ROOT/benches/results/bench-$N-$stamp.md"
-cat >"$md" <<EOF
+cat >>"$md" <<EOF
 docrepl end-to-end benchmark, N = $N small documents ($(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, mongod 6.0.5 x2, nisshi memory broker, all on loopback)
 
 | measure | value |
@@ -175,4 +163,8 @@ cat >"${md%.md}.json" <<EOF
  "live_lag_p50_ms": $lag_p50, "live_lag_p99_ms": $lag_p99, "live_lag_max_ms": $lag_max, "live_markers": $lag_n,
  "live_peak_rss_mb": $live_rss, "live_cpu_s": $live_cpu}
 EOF
+}
+
+case " $BENCH_PHASES " in *" local "*) local_phases ;; esac
+case " $BENCH_PHASES " in *" link "*) [ -s "$md" ] && echo >>"$md"; link_phases >>"$md" ;; esac
 cat "$md"

@@ -2,13 +2,22 @@
 # The fault suite: `scripts/chaos.sh [TRIALS]` (default 3). Each trial runs its own
 # services (own ports, sqlite broker so a restart keeps the log), a docrepl source and two
 # sinks in one group, and a mixed load (inserts, updates, deletes, replaces over a few
-# thousand hot `_id`s plus new ones, documents with every BSON type). During the load it
+# thousand hot `_id`s plus new ones, documents with every BSON type). The regions are
+# joined by an emulated WAN link (`docrepl link`, RTT 100 ms, 1 Gbit/s) with the broker in
+# the target region on odd trials (placement A: the source produces across the link) and
+# in the source region on even ones (B: the sinks consume across it); the side across
+# reaches the broker through a Kafka proxy that advertises the link's near end. During
+# the load it
 # injects, in random order at random moments:
 #   kill -9 of the source service, then a restart
 #   kill -9 of one of the two sinks, then a restart
 #   a broker restart, and a 20 s broker outage while the source keeps writing
 #   a restart of the target mongod, then of the source mongod
-# After the load, `docrepl verify --wait-for-quiet` must say equal, with no manual step.
+#   on the link: a 30 s black-hole cut (connections accepted but silent, no reset), a
+#   flapping link (4 times: every connection reset, 2 s down, 3 s up), and 60 s at 1 Mbit/s
+# After each link fault, the end-to-end lag (probe writes on the source timed to the
+# target) must be back under 1 s within 30 s of the link returning. After the load,
+# `docrepl verify --wait-for-quiet` must say equal, with no manual step.
 # Prints a line per trial and `passed N / TRIALS`; exit 0 only when every trial passed.
 set -euo pipefail
 TRIALS="${1:-3}"
@@ -21,6 +30,8 @@ cd "$DOCREPL_ROOT"
 "$DOCREPL_ROOT/scripts/setup.sh"
 release_build
 SERVICES="$DOCREPL_ROOT/scripts/services.sh"
+
+LINK_DELAY_MS=50 PROXY_PORT=19293 LINK_PORT=19294 LINK_CONTROL=19295
 
 PIDS=()
 stop_docrepl() {
@@ -44,14 +55,56 @@ spawn() {
 }
 kill9() { kill -KILL "${PID_OF[$1]}" 2>/dev/null || true; wait "${PID_OF[$1]}" 2>/dev/null || true; }
 
+# The link between the regions and the Kafka proxy behind it (stopped with the docrepl
+# processes).
+start_link() {
+  spawn link link --listen "127.0.0.1:$LINK_PORT" --to "127.0.0.1:$PROXY_PORT" --delay-ms "$LINK_DELAY_MS" --control "127.0.0.1:$LINK_CONTROL"
+  "$NISSHI_BIN" proxy --listener-url "tcp://127.0.0.1:$PROXY_PORT" --advertised-listener-url "tcp://127.0.0.1:$LINK_PORT" \
+    --origin-url "tcp://127.0.0.1:$BROKER_PORT" >>"$WORK/proxy.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 50); do port_open "$LINK_CONTROL" && port_open "$PROXY_PORT" && return; sleep 0.2; done
+  echo "the link or its proxy did not start: $WORK/link.log, $WORK/proxy.log" >&2
+  exit 1
+}
+link_control() { curl -sf -X POST "http://127.0.0.1:$LINK_CONTROL/$1" >/dev/null; }
+# lag_back FAULT: after the link returned, probe writes until one reaches the target within
+# 1 s; records how long after the return that was (a failure beyond 30 s).
+lag_back() {
+  local secs
+  secs=$("$PY" - "$SOURCE_PORT" "$TARGET_PORT" <<'PY'
+import sys, time
+from pymongo import MongoClient
+source = MongoClient("127.0.0.1", int(sys.argv[1]), directConnection=True, serverSelectionTimeoutMS=5000)["chaos"]["probe"]
+target = MongoClient("127.0.0.1", int(sys.argv[2]), directConnection=True, serverSelectionTimeoutMS=5000)["chaos"]["probe"]
+returned = time.time()
+while time.time() - returned < 90:
+    written = time.time()
+    _id = source.insert_one({"written": written}).inserted_id
+    while time.time() - written < 1.0:
+        if target.find_one({"_id": _id}) is not None:
+            print(f"{written - returned:.1f}")
+            sys.exit(0)
+        time.sleep(0.05)
+print("never")
+PY
+) || secs=never
+  LAG_BACK+=("$1 $secs s")
+  if [ "$secs" = never ] || python3 -c "import sys; sys.exit(0 if float('$secs') > 30 else 1)"; then
+    LAG_FAILED+=("$1: lag back under 1 s only after $secs s")
+  fi
+}
+
 # The faults. Each leaves everything running again when it returns.
-fault_kill_source() { kill9 source; sleep 1; spawn source source --config "$CONFIG"; }
-fault_kill_sink() { local s="sink$((RANDOM % 2 + 1))"; kill9 "$s"; sleep 1; spawn "$s" sink --config "$CONFIG"; }
+fault_kill_source() { kill9 source; sleep 1; spawn source source --config "$SOURCE_CONFIG"; }
+fault_kill_sink() { local s="sink$((RANDOM % 2 + 1))"; kill9 "$s"; sleep 1; spawn "$s" sink --config "$SINK_CONFIG"; }
 fault_restart_broker() { "$SERVICES" stop broker >/dev/null 2>&1; "$SERVICES" start broker >/dev/null 2>&1; }
 fault_broker_outage() { "$SERVICES" stop broker >/dev/null 2>&1; sleep 20; "$SERVICES" start broker >/dev/null 2>&1; }
 fault_restart_target() { "$SERVICES" stop target >/dev/null 2>&1; sleep 2; "$SERVICES" start target >/dev/null 2>&1; }
 fault_restart_source_mongod() { "$SERVICES" stop source >/dev/null 2>&1; sleep 2; "$SERVICES" start source >/dev/null 2>&1; }
-FAULTS=(kill_source kill_sink restart_broker broker_outage restart_target restart_source_mongod)
+fault_link_blackhole() { link_control cut/blackhole; sleep 30; link_control restore; lag_back link_blackhole; }
+fault_link_flap() { for _ in 1 2 3 4; do link_control cut/reset; sleep 2; link_control restore; sleep 3; done; lag_back link_flap; }
+fault_link_slow() { link_control "shape?delay_ms=$LINK_DELAY_MS&rate_mbit=1"; sleep 60; link_control "shape?delay_ms=$LINK_DELAY_MS"; lag_back link_slow; }
+FAULTS=(kill_source kill_sink restart_broker broker_outage restart_target restart_source_mongod link_blackhole link_flap link_slow)
 
 passed=0
 for trial in $(seq 1 "$TRIALS"); do
@@ -61,12 +114,20 @@ for trial in $(seq 1 "$TRIALS"); do
   "$SERVICES" start >/dev/null 2>&1
   WORK="$DOCREPL_DATA/trial-$trial"
   mkdir -p "$WORK"
-  CONFIG="$WORK/docrepl.toml"
-  cat >"$CONFIG" <<EOF
+  if [ $((trial % 2)) = 1 ]; then placement=A; else placement=B; fi
+  start_link
+  # Each side's file: the same but for its way to the broker.
+  for side in source sink; do
+    if { [ "$side" = source ] && [ "$placement" = A ]; } || { [ "$side" = sink ] && [ "$placement" = B ]; }; then
+      bootstrap="127.0.0.1:$LINK_PORT"
+    else
+      bootstrap="127.0.0.1:$BROKER_PORT"
+    fi
+    cat >"$WORK/$side.toml" <<EOF
 [source]
 uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
 database = "chaos"
-collections = ["c"]
+collections = ["c", "probe"]
 checkpoint_interval_ms = 500
 lease_ttl_ms = 6000
 [sink]
@@ -75,7 +136,7 @@ group_id = "chaos-$trial"
 session_timeout_ms = 6000
 max_backoff_ms = 1000
 [kafka]
-bootstrap_servers = "127.0.0.1:$BROKER_PORT"
+bootstrap_servers = "$bootstrap"
 topic_prefix = "chaos"
 partitions = 4
 [http]
@@ -83,30 +144,37 @@ listen = "127.0.0.1:0"
 [log]
 level = "info,rdkafka=warn"
 EOF
+  done
+  SOURCE_CONFIG="$WORK/source.toml" SINK_CONFIG="$WORK/sink.toml" CONFIG="$WORK/source.toml"
   # Hot documents of every BSON type exist before the services start (initial copy).
   "$BIN" loadgen --config "$CONFIG" --collection c -n 3000 --shape types --seed "$trial" >"$WORK/preload.log" 2>&1
-  spawn source source --config "$CONFIG"
-  spawn sink1 sink --config "$CONFIG"
-  spawn sink2 sink --config "$CONFIG"
-  # About 80 s of mixed load: new documents and changes to the hot ones.
-  "$BIN" loadgen --config "$CONFIG" --collection c -n 40000 --shape types --mix 40:30:15:15 --hot 3000 \
+  spawn source source --config "$SOURCE_CONFIG"
+  spawn sink1 sink --config "$SINK_CONFIG"
+  spawn sink2 sink --config "$SINK_CONFIG"
+  # Mixed load while the faults run (stopped 5 s after the last): new documents and
+  # changes to the hot ones.
+  "$BIN" loadgen --config "$CONFIG" --collection c -n 1000000 --shape types --mix 40:30:15:15 --hot 3000 \
     --append --rate 500 --batch 50 --concurrency 2 --seed "$trial" >"$WORK/load.log" 2>&1 &
   load=$!
 
-  done_faults=()
+  done_faults=() LAG_BACK=() LAG_FAILED=()
   for f in $(printf '%s\n' "${FAULTS[@]}" | shuf --random-source=<(yes "$trial")); do
     sleep $((3 + RANDOM % 6))
     "fault_$f"
     done_faults+=("$f")
   done
+  sleep 5
+  kill -INT "$load" 2>/dev/null || true
   wait "$load" || true
 
-  if "$BIN" verify --config "$CONFIG" --collection c --wait-for-quiet 300 >"$WORK/verify.log" 2>&1; then
-    result=passed; passed=$((passed + 1))
-  else
+  if ! "$BIN" verify --config "$CONFIG" --collection c --wait-for-quiet 300 >"$WORK/verify.log" 2>&1; then
     result="FAILED ($(tail -n 3 "$WORK/verify.log" | tr '\n' ' '))"
+  elif [ "${#LAG_FAILED[@]}" -gt 0 ]; then
+    result="FAILED (${LAG_FAILED[*]})"
+  else
+    result=passed; passed=$((passed + 1))
   fi
-  echo "trial $trial: $result in $(( $(date +%s) - started )) s; $(grep -o 'loadgen: .* docs into .*' "$WORK/load.log" | tail -1); $(grep -o '[a-z]*.c: [A-Z]* (.*)' "$WORK/verify.log" | tail -1); faults: ${done_faults[*]}; logs in $WORK"
+  echo "trial $trial (placement $placement): $result in $(( $(date +%s) - started )) s; $(grep -o 'loadgen: .* docs into .*' "$WORK/load.log" | tail -1); $(grep -o '[a-z]*.c: [A-Z]* (.*)' "$WORK/verify.log" | tail -1); lag back under 1 s after the link returned: ${LAG_BACK[*]}; faults: ${done_faults[*]}; logs in $WORK"
   stop_docrepl
 done
 "$SERVICES" stop >/dev/null 2>&1 || true

@@ -49,3 +49,29 @@ release_build() {
   cargo build --release --quiet
   BIN="$CARGO_TARGET_DIR/release/docrepl"
 }
+
+# Helpers of the benchmark scripts.
+now() { date +%s.%N; }
+# wait_for CMD...: polls until CMD succeeds, bounded by 30 minutes.
+wait_for() {
+  local deadline=$(( $(date +%s) + 1800 ))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for: $*"
+    sleep 0.2
+  done
+}
+# stop_pid PID: SIGTERM, then waits for it to exit.
+stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# proc_stats PID: "peak_rss_mb cpu_seconds" of a running process.
+proc_stats() {
+  local rss ticks hz
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
+  ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  hz=$(getconf CLK_TCK)
+  python3 -c "print(f'{$rss/1024:.0f} {$ticks/$hz:.1f}')"
+}
+# count_docs PORT DATABASE COLLECTION [FILTER_JSON]: documents in a collection (0 when unreachable).
+count_docs() { "$PY" -c "
+import json, sys
+from pymongo import MongoClient
+print(MongoClient('127.0.0.1', int(sys.argv[1]), directConnection=True)[sys.argv[2]][sys.argv[3]].count_documents(json.loads(sys.argv[4])))" "$1" "$2" "$3" "${4:-{\}}" 2>/dev/null || echo 0; }
