@@ -4,7 +4,8 @@
 #   ceiling   loadgen straight into the target cluster (the fastest these documents go in)
 #   source    docrepl source alone draining an N-document backlog into the topic (8 partitions)
 #   sink      docrepl sink alone applying those N events (8 partitions), then with 1 partition
-#   drain     source + sink (docrepl run) started after N inserts: until verify says equal
+#   drain     the initial copy: source + sink (docrepl run) on a fresh topic prefix after
+#             N inserts, until verify says equal
 #   live      docrepl run under a steady 5,000 docs/s load for 60 s: end-to-end lag of
 #             marker documents (source write acknowledged -> visible on the target)
 # plus peak RSS and CPU seconds per million documents of each docrepl process; then the
@@ -108,7 +109,7 @@ t1=$(now)
 stop_pid $SNK
 sink1_rate=$(rate "$N" "$(secs "$t0" "$t1")")
 
-log "4/5 drain: source + sink together on a fresh $N-document backlog"
+log "4/5 drain: the initial copy, source + sink together on a fresh prefix over $N documents"
 "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['bench']['docs'].drop()"
 CFGD=$(config bd 8 18203 gd)
 t0=$(now)
@@ -147,7 +148,7 @@ docrepl end-to-end benchmark, N = $N small documents ($(nproc) cores, $(free -g 
 | source alone: backlog into the topic, 8 partitions (events/s) | $source_rate |
 | sink alone: 8 partitions (docs/s) | $sink8_rate |
 | sink alone: 1 partition (docs/s) | $sink1_rate |
-| drain: source + sink in one process until verify equal (docs/s) | $drain_rate ($drain_secs s) |
+| drain (initial copy): source + sink in one process until verify equal (docs/s) | $drain_rate ($drain_secs s) |
 | drain / ceiling | $ratio |
 | source: peak RSS (MB), CPU s per million | $src_rss, $(per_m "$src_cpu") |
 | sink: peak RSS (MB), CPU s per million | $snk_rss, $(per_m "$snk_cpu") |
