@@ -212,6 +212,24 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     }
 }
 
+/// The shortest and the longest wait before a failed reader restarts (doubling between).
+const MIN_RESTART_WAIT: Duration = Duration::from_millis(200);
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(10);
+
+/// The wait before restarting a reader that failed after running `ran_for`, the previous
+/// restart having waited `previous`: a reader that ran longer than the longest wait
+/// failed once after a healthy run, not again in a row, and starts over from the shortest.
+/// (Without this the waits of every fault in a process's life added up: after a few
+/// broker outages and link cuts a reader waited 10 s after each later one, and the lag
+/// stayed up 25 s after a flapping link returned in `scripts/chaos.sh`.)
+fn restart_wait(previous: Duration, ran_for: Duration) -> Duration {
+    if ran_for >= MAX_RESTART_WAIT {
+        MIN_RESTART_WAIT
+    } else {
+        previous
+    }
+}
+
 /// Holds the collection's lease while reading it; waits as standby while another
 /// instance holds it; restarts the reader after transient errors.
 async fn supervise(
@@ -221,7 +239,7 @@ async fn supervise(
     board: StatusBoard,
     shutdown: CancellationToken,
 ) -> Result<(), ReaderError> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIN_RESTART_WAIT;
     let mut standby_logged = false;
     while !shutdown.is_cancelled() {
         let grant = match leases.acquire(&ns).await {
@@ -256,6 +274,7 @@ async fn supervise(
         let (tx, rx) = watch::channel(grant);
         let stop_renewing = CancellationToken::new();
         let renewer = tokio::spawn(renew(leases.clone(), ns.clone(), tx, stop_renewing.clone()));
+        let started = Instant::now();
         let result = reader.run(rx, &shutdown).await;
         stop_renewing.cancel();
         let _ = renewer.await;
@@ -283,6 +302,7 @@ async fn supervise(
             }
             Err(e) => {
                 metrics::counter!(m::SOURCE_READER_RESTARTS, "collection" => ns.clone()).increment(1);
+                backoff = restart_wait(backoff, started.elapsed());
                 warn!(ns = %ns, "reader stopped: {e}; restarting from the last saved resume token in {backoff:?}");
                 board.update_collection(&ns, |c| {
                     c.state = "restarting".into();
@@ -290,11 +310,11 @@ async fn supervise(
                 });
                 board.error(format!("{ns}: {e}"));
                 sleep_or_shutdown(backoff, &shutdown).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(MAX_RESTART_WAIT);
                 continue;
             }
         }
-        backoff = Duration::from_millis(200);
+        backoff = MIN_RESTART_WAIT;
     }
     Ok(())
 }
@@ -334,5 +354,18 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_ran_a_while_restarts_after_the_shortest_wait() {
+        // Failures in a row keep the doubled wait; one after a healthy run starts over.
+        assert_eq!(restart_wait(Duration::from_secs(8), Duration::from_secs(1)), Duration::from_secs(8));
+        assert_eq!(restart_wait(MAX_RESTART_WAIT, Duration::from_secs(60)), MIN_RESTART_WAIT);
+        assert_eq!(restart_wait(MIN_RESTART_WAIT, Duration::ZERO), MIN_RESTART_WAIT);
     }
 }
