@@ -145,6 +145,13 @@ async fn options_indexes_and_views_follow_the_source_through_streaming_and_cutov
     d.run_command(doc! {"collMod": "orders", "validationLevel": "off"}).await.unwrap();
     d.collection::<Document>("orders").insert_one(doc! {"_id": 1000, "a": "not an int"}).await.unwrap();
     d.run_command(doc! {"collMod": "orders", "validationLevel": "strict"}).await.unwrap();
+    // Both applied before the hand-made drift below (verify then reads at once, so
+    // anything still on its way would be reported with it).
+    wait_for_no_drift(&source, &target, &setup.db, "after validationLevel off and strict again").await;
+    common::eventually(Duration::from_secs(60), "the document the validator would refuse, on the target", || async {
+        target.database(&setup.db).collection::<Document>("orders").find_one(doc! {"_id": 1000}).await.ok().flatten().is_some()
+    })
+    .await;
 
     // Drift made by hand on the target: verify names it and exits 1.
     target.database(&setup.db).run_command(doc! {"dropIndexes": "orders", "index": "h_hashed"}).await.unwrap();
