@@ -73,7 +73,20 @@ async fn try_drift(source: &mongodb::Client, target: &mongodb::Client, db: &str,
 }
 
 async fn target_index(target: &mongodb::Client, db: &str, coll: &str, name: &str) -> Option<Document> {
-    let meta: CollectionMetadata = catalog::read_one(target, db, coll, true).await.unwrap()?;
+    // A busy machine may stall a listing now and then (the driver's pool cleared by a
+    // monitor timeout): asked again, a few times.
+    let mut attempt = 0;
+    let meta: CollectionMetadata = loop {
+        match catalog::read_one(target, db, coll, true).await {
+            Ok(found) => break found?,
+            Err(e) if attempt < 10 => {
+                attempt += 1;
+                eprintln!("listing {db}.{coll} on the target failed, asking again: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("listing {db}.{coll} on the target: {e}"),
+        }
+    };
     meta.index(name).cloned()
 }
 
