@@ -40,11 +40,7 @@ link_config() {
   local side bootstrap http
   for side in source sink; do
     if [ "$side" = source ]; then http=18211; else http=18212; fi
-    if { [ "$side" = source ] && [ "$PLACEMENT" = A ]; } || { [ "$side" = sink ] && [ "$PLACEMENT" = B ]; }; then
-      bootstrap="127.0.0.1:$LINK_PORT"
-    else
-      bootstrap="127.0.0.1:$BROKER_PORT"
-    fi
+    bootstrap=$(bootstrap_for "$side" "$PLACEMENT")
     cat >"$WORK/$1-$side.toml" <<EOF
 [source]
 uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"

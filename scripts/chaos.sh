@@ -118,11 +118,7 @@ for trial in $(seq 1 "$TRIALS"); do
   start_link
   # Each side's file: the same but for its way to the broker.
   for side in source sink; do
-    if { [ "$side" = source ] && [ "$placement" = A ]; } || { [ "$side" = sink ] && [ "$placement" = B ]; }; then
-      bootstrap="127.0.0.1:$LINK_PORT"
-    else
-      bootstrap="127.0.0.1:$BROKER_PORT"
-    fi
+    bootstrap=$(bootstrap_for "$side" "$placement")
     cat >"$WORK/$side.toml" <<EOF
 [source]
 uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"

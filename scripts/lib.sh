@@ -75,3 +75,14 @@ count_docs() { "$PY" -c "
 import json, sys
 from pymongo import MongoClient
 print(MongoClient('127.0.0.1', int(sys.argv[1]), directConnection=True)[sys.argv[2]][sys.argv[3]].count_documents(json.loads(sys.argv[4])))" "$1" "$2" "$3" "${4:-{\}}" 2>/dev/null || echo 0; }
+# bootstrap_for SIDE PLACEMENT: how a docrepl side (source|sink) reaches the broker with an
+# emulated link between the regions: across the link (LINK_PORT, a Kafka proxy behind it)
+# for the side in the other region (the source in placement A, the broker in the target
+# region; the sink in B), directly for the side next to it.
+bootstrap_for() {
+  if { [ "$1" = source ] && [ "$2" = A ]; } || { [ "$1" = sink ] && [ "$2" = B ]; }; then
+    echo "127.0.0.1:$LINK_PORT"
+  else
+    echo "127.0.0.1:$BROKER_PORT"
+  fi
+}
