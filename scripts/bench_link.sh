@@ -13,13 +13,17 @@
 #                      through the topic until the target holds it all (then verify)
 #   live               5,000 docs/s for LIVE_SECS: end-to-end lag of marker documents
 #                      (source write acknowledged -> visible on the target)
+#   catch-up, text     the inserts' catch-up for LINK_TEXT_N (LINK_N / 4) documents of
+#                      ~4 KB random text (`loadgen --shape text`), which compression
+#                      hardly shrinks: at 100 Mbit/s the link, not the CPU, is the limit,
+#                      so the row says how much of the link the pipeline uses
 # Between the regions runs `docrepl link` (one-way delay, bandwidth cap per direction).
 # Placement A: the broker in the target region (the source produces across the link);
 # B: in the source region (the sink consumes across it). The side across reaches the
 # broker through a Kafka-protocol proxy that advertises the link's near end, so every
 # broker connection crosses the link; the side next to the broker uses it directly.
 # Settings: LINK_SETTINGS="A:0:1000 A:75:100 ..." (placement:one-way delay ms:Mbit/s);
-# LINK_JOBS="inserts mixed copy live" (default: all; copy needs inserts);
+# LINK_JOBS="inserts mixed copy live text" (default: all; copy needs inserts);
 # LINK_PARTITIONS (default 8) per topic.
 # Tuning experiments: KAFKA_PROPERTIES="linger.ms = \"20\"" (TOML lines of
 # [kafka.properties], both processes) and KAFKA_COMPRESSION (lz4, zstd, ...).
@@ -28,7 +32,8 @@ LINK_N="${LINK_N:-200000}"
 LIVE_SECS="${LIVE_SECS:-60}"
 LINK_SETTINGS="${LINK_SETTINGS:-A:0:1000 A:25:1000 A:75:1000 A:75:100 B:0:1000 B:25:1000 B:75:1000 B:75:100}"
 PROXY_PORT=19193 LINK_PORT=19194 LINK_CONTROL=19195
-LINK_JOBS="${LINK_JOBS:-inserts mixed copy live}"
+LINK_JOBS="${LINK_JOBS:-inserts mixed copy live text}"
+LINK_TEXT_N="${LINK_TEXT_N:-$((LINK_N / 4))}"
 LINK_MIX="${LINK_MIX:-20:50:10:20}"
 LINK_PARTITIONS="${LINK_PARTITIONS:-8}"
 LINK_ROWS=()
@@ -137,22 +142,33 @@ link_setting() {
   job_wanted mixed && link_mixed "$i"
   job_wanted copy && link_copy "$i"
   job_wanted live && link_live "$i"
+  job_wanted text && link_text "$i"
   stop_pid "$PROXY"; stop_pid "$LINK"
 }
 
-link_inserts() {
-  local i=$1 coll="ins$1" before t0
+# catch_up_inserts NAME N SHAPE JOB: N inserts of SHAPE arrive after the source saved its
+# position; one row for the catch-up.
+catch_up_inserts() {
+  local coll=$1 n=$2 shape=$3 job=$4 before t0
   link_config "$coll" "$coll"
   create_collection "$coll"
   save_position "$coll"
-  "$BIN" loadgen --config "$WORK/$coll-source.toml" --collection "$coll" -n "$LINK_N" --database wan --append >/dev/null
-  [ -n "${BSON_SIZE:-}" ] || BSON_SIZE=$("$PY" -c "from pymongo import MongoClient; print(MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['wan'].command('collStats', '$coll')['avgObjSize'])")
+  "$BIN" loadgen --config "$WORK/$coll-source.toml" --collection "$coll" -n "$n" --database wan --append --shape "$shape" >/dev/null
   before=$(link_bytes); t0=$(now)
   start_pair "$coll"
-  wait_for target_has "$coll" "$LINK_N"
+  wait_for target_has "$coll" "$n"
   stop_pair
-  measured "catch-up, inserts" "$coll" "$LINK_N" "$t0" "$before"
+  measured "$job" "$coll" "$n" "$t0" "$before"
   verify_equal "$coll"
+}
+
+link_inserts() {
+  catch_up_inserts "ins$1" "$LINK_N" flat "catch-up, inserts"
+  [ -n "${BSON_SIZE:-}" ] || BSON_SIZE=$("$PY" -c "from pymongo import MongoClient; print(MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['wan'].command('collStats', 'ins$1')['avgObjSize'])")
+}
+
+link_text() {
+  catch_up_inserts "text$1" "$LINK_TEXT_N" text "catch-up, text (4 KB)"
 }
 
 link_mixed() {
@@ -237,8 +253,9 @@ for p, rtt, mbit, job, value, secs, per_doc, limit, scpu, srss, kcpu, krss in ro
     else:
         b = base.get((p, job))
         ratio = f'{float(value) / b:.2f}' if b else '-'
+        # At a capped link, how much of what the link could carry the job used.
+        limit = f'{int(limit):,} ({float(value) / float(limit):.2f} used)' if mbit != '1000' and float(limit) else '-'
         value = f'{int(value):,}'
-        limit = f'{int(limit):,}' if mbit != '1000' else '-'
     cpu = lambda c, r: r if c == '-' else f'{c}, {r}'
     print(f'| {p} | {rtt} | {mbit} | {job} | {value} | {secs} | {ratio} | {per_doc} | {limit} | {cpu(scpu, srss)} | {cpu(kcpu, krss)} |')
 "

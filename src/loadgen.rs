@@ -24,6 +24,9 @@ pub enum Shape {
     Nested,
     /// Every BSON type, including the awkward ones (Decimal128, old dates, regex, ...).
     Types,
+    /// ~4 KB of random text per document: little for compression to take, so a capped
+    /// link, not the CPU, limits how fast they cross it (scripts/bench.sh's 100 Mbit/s rows).
+    Text,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +88,9 @@ fn parse_mix(s: &str) -> anyhow::Result<Mix> {
     }
 }
 
+/// Characters of a `Text` document's body.
+const TEXT_BYTES: usize = 4000;
+
 /// One generated document: deterministic for (seed, id).
 pub fn make_document(shape: Shape, id: i64, seed: u64) -> Document {
     let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -123,6 +129,11 @@ pub fn make_document(shape: Shape, id: i64, seed: u64) -> Document {
             "arr": [[1, 2], [], [{"k": "v"}]],
             "ключ": "значение",
         },
+        Shape::Text => {
+            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .";
+            let body: String = (0..TEXT_BYTES).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+            doc! { "_id": id, "title": word, "body": body }
+        }
     }
 }
 
@@ -342,10 +353,16 @@ mod tests {
 
     #[test]
     fn documents_are_deterministic_per_seed() {
-        for shape in [Shape::Flat, Shape::Nested, Shape::Types] {
+        for shape in [Shape::Flat, Shape::Nested, Shape::Types, Shape::Text] {
             assert_eq!(make_document(shape, 7, 1), make_document(shape, 7, 1));
             assert_ne!(make_document(shape, 7, 1), make_document(shape, 7, 2));
         }
+    }
+
+    #[test]
+    fn text_documents_are_about_four_kilobytes() {
+        let size = bson::to_vec(&make_document(Shape::Text, 7, 1)).map(|b| b.len()).unwrap_or(0);
+        assert!((4000..4200).contains(&size), "{size}");
     }
 
     #[test]

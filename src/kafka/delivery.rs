@@ -29,19 +29,21 @@ impl ProducerContext for AckContext {
             Ok(_) => Ok(()),
             Err((e, _)) => Err(Failure::from(e)),
         };
-        ticket.acks.report(ticket.seq, outcome);
+        ticket.acks.report(ticket.seq, ticket.bytes, outcome);
     }
 }
 
-/// What a record carries to find its way back: the sender's queue and its number there.
+/// What a record carries to find its way back: the sender's queue, its number there and
+/// its size (key and value).
 pub struct Ticket {
     acks: Arc<Acks>,
     seq: u64,
+    bytes: usize,
 }
 
 impl Ticket {
-    fn new(acks: &Arc<Acks>, seq: u64) -> Box<Ticket> {
-        Box::new(Ticket { acks: Arc::clone(acks), seq })
+    fn new(acks: &Arc<Acks>, seq: u64, bytes: usize) -> Box<Ticket> {
+        Box::new(Ticket { acks: Arc::clone(acks), seq, bytes })
     }
 }
 
@@ -66,7 +68,8 @@ impl From<&rdkafka::error::KafkaError> for Failure {
 /// One sender's queue of delivery reports.
 #[derive(Default)]
 struct Acks {
-    reports: Mutex<Vec<(u64, Outcome)>>,
+    /// The reports, and the bytes of the records they report on.
+    reports: Mutex<(Vec<(u64, Outcome)>, usize)>,
     arrived: Notify,
 }
 
@@ -75,9 +78,10 @@ impl Acks {
         Arc::new(Acks::default())
     }
 
-    fn report(&self, seq: u64, outcome: Outcome) {
+    fn report(&self, seq: u64, bytes: usize, outcome: Outcome) {
         if let Ok(mut reports) = self.reports.lock() {
-            reports.push((seq, outcome));
+            reports.0.push((seq, outcome));
+            reports.1 += bytes;
         }
         self.arrived.notify_one();
     }
@@ -88,41 +92,62 @@ impl Acks {
         self.arrived.notified().await
     }
 
-    /// Moves every report received so far into `into` (which is cleared first).
-    fn take(&self, into: &mut Vec<(u64, Outcome)>) {
+    /// Moves every report received so far into `into` (which is cleared first); returns
+    /// the bytes of their records.
+    fn take(&self, into: &mut Vec<(u64, Outcome)>) -> usize {
         into.clear();
-        if let Ok(mut reports) = self.reports.lock() {
-            std::mem::swap(&mut *reports, into);
+        match self.reports.lock() {
+            Ok(mut reports) => {
+                std::mem::swap(&mut reports.0, into);
+                std::mem::take(&mut reports.1)
+            }
+            Err(_) => 0,
         }
     }
 }
 
-/// What one sender has in flight: a queue for its reports and how many are still due.
+/// What one sender has in flight: a queue for its reports and how many records (and
+/// bytes) are still due.
 pub struct InFlight {
     acks: Arc<Acks>,
     reports: Vec<(u64, Outcome)>,
     due: usize,
+    due_bytes: usize,
+    /// Bytes of the records reported on by the last `take`.
+    taken_bytes: usize,
 }
 
 impl Default for InFlight {
     fn default() -> Self {
-        InFlight { acks: Acks::new(), reports: Vec::new(), due: 0 }
+        InFlight { acks: Acks::new(), reports: Vec::new(), due: 0, due_bytes: 0, taken_bytes: 0 }
     }
 }
 
 impl InFlight {
-    /// The ticket for the record numbered `seq`; call `sent` once librdkafka took it.
-    pub fn ticket(&self, seq: u64) -> Box<Ticket> {
-        Ticket::new(&self.acks, seq)
+    /// The ticket for the record numbered `seq` of `bytes` (key and value); call `sent`
+    /// with the same size once librdkafka took it.
+    pub fn ticket(&self, seq: u64, bytes: usize) -> Box<Ticket> {
+        Ticket::new(&self.acks, seq, bytes)
     }
 
-    pub fn sent(&mut self) {
+    pub fn sent(&mut self, bytes: usize) {
         self.due += 1;
+        self.due_bytes += bytes;
     }
 
     /// Records whose report has not come yet.
     pub fn due(&self) -> usize {
         self.due
+    }
+
+    /// Their bytes.
+    pub fn due_bytes(&self) -> usize {
+        self.due_bytes
+    }
+
+    /// The bytes of the records the last `take` reported on.
+    pub fn taken_bytes(&self) -> usize {
+        self.taken_bytes
     }
 
     /// Waits for reports (see `Acks::arrived`).
@@ -132,8 +157,9 @@ impl InFlight {
 
     /// The reports that came since the last call, in arrival order.
     pub fn take(&mut self) -> std::vec::Drain<'_, (u64, Outcome)> {
-        self.acks.take(&mut self.reports);
+        self.taken_bytes = self.acks.take(&mut self.reports);
         self.due = self.due.saturating_sub(self.reports.len());
+        self.due_bytes = self.due_bytes.saturating_sub(self.taken_bytes);
         self.reports.drain(..)
     }
 }
@@ -146,17 +172,19 @@ mod tests {
     async fn reports_reach_the_sender_in_one_take() {
         let mut in_flight = InFlight::default();
         for seq in 0..3 {
-            let _ = in_flight.ticket(seq);
-            in_flight.sent();
+            let _ = in_flight.ticket(seq, 100);
+            in_flight.sent(100);
         }
-        in_flight.acks.report(1, Ok(()));
+        in_flight.acks.report(1, 100, Ok(()));
         let down = Failure { message: "broker down".into(), too_large: false };
-        in_flight.acks.report(0, Err(down.clone()));
+        in_flight.acks.report(0, 100, Err(down.clone()));
         // The wake-up that came while nobody waited is kept.
         tokio::time::timeout(std::time::Duration::from_secs(1), in_flight.arrived()).await.expect("woken");
         let got: Vec<_> = in_flight.take().collect();
         assert_eq!(got, vec![(1, Ok(())), (0, Err(down))]);
         assert_eq!(in_flight.due(), 1);
+        assert_eq!((in_flight.taken_bytes(), in_flight.due_bytes()), (200, 100));
         assert_eq!(in_flight.take().count(), 0);
+        assert_eq!(in_flight.taken_bytes(), 0);
     }
 }

@@ -89,9 +89,10 @@ pub(super) async fn deliver_all(
             if Instant::now() >= lease.borrow().deadline {
                 return Ok(Some(ReaderExit::LeaseLost));
             }
-            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq)).partition(*partition).key(key).payload(value);
+            let bytes = key.len() + value.len();
+            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq, bytes)).partition(*partition).key(key).payload(value);
             ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not queued: {e}") })?;
-            in_flight.sent();
+            in_flight.sent(bytes);
             seq += 1;
         }
     }

@@ -35,9 +35,10 @@ impl Reader {
             for partition in 0..self.ctx.partitions {
                 let (key, value) = heartbeat::encode(partition, &source, db, coll, m::now_ms());
                 let seq = watermark.sent(None);
-                let record = BaseRecord::with_opaque_to(topic, in_flight.ticket(seq)).partition(partition).key(&key).payload(&value);
+                let bytes = key.len() + value.len();
+                let record = BaseRecord::with_opaque_to(topic, in_flight.ticket(seq, bytes)).partition(partition).key(&key).payload(&value);
                 match self.ctx.producer.send(record) {
-                    Ok(()) => in_flight.sent(),
+                    Ok(()) => in_flight.sent(bytes),
                     // Never sent: nothing will acknowledge it.
                     Err(_) => watermark.acked(seq),
                 }

@@ -30,6 +30,11 @@ pub fn produce_window(ttl: Duration) -> Duration {
     ttl / 2
 }
 
+/// The producer's delivery timeout for a lease of `ttl` (see `produce_window`).
+pub fn delivery_timeout(ttl: Duration) -> Duration {
+    ttl * 2 / 5
+}
+
 /// What holding a lease lets an instance do: produce until `deadline` (its own clock),
 /// and write checkpoints stamped with `epoch`, which a successor's higher epoch outranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

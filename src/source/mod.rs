@@ -28,6 +28,7 @@ mod route;
 pub mod scope;
 mod stream;
 pub mod watermark;
+mod window;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -106,7 +107,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
 
     // A message not delivered within this time fails (and the reader restarts from its
     // saved token), so nothing this instance queued can land after its lease has ended.
-    let delivery_timeout = ttl * 2 / 5;
+    let delivery_timeout = lease::delivery_timeout(ttl);
     let producer: crate::kafka::delivery::AckProducer = crate::kafka::producer_config(&config.kafka)
         .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
         .create_with_context(crate::kafka::delivery::AckContext)

@@ -28,6 +28,7 @@ use super::outgoing::{Outgoing, ReadEnd};
 use super::pipeline::PipelineChoice;
 use super::route::{Route, Routes, Topics};
 use super::watermark::AckWatermark;
+use super::window::SendWindow;
 use super::{HistoryLostPolicy, SourceConfig};
 use crate::flavor::Flavor;
 use crate::kafka::delivery::{AckProducer, InFlight};
@@ -314,6 +315,7 @@ impl Reader {
     ) -> Result<PumpEnd, ReaderError> {
         let mut watermark: AckWatermark<(Bson, Option<Timestamp>)> = AckWatermark::new();
         let mut in_flight = InFlight::default();
+        let mut window = SendWindow::new(super::lease::delivery_timeout(Duration::from_millis(self.ctx.config.lease_ttl_ms)), Instant::now().into_std());
         let mut saved: Option<Bson> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -340,6 +342,7 @@ impl Reader {
                             Err(failure) => return Err(self.delivery_failed(failure)),
                         }
                     }
+                    window.acked(in_flight.taken_bytes(), Instant::now().into_std());
                 }
                 _ = tick.tick() => {
                     if Instant::now() >= lease.borrow().deadline {
@@ -355,7 +358,7 @@ impl Reader {
                     self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
                     self.show_progress(phase, &mut published, event_time, caught_up);
                 }
-                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight.due() < MAX_IN_FLIGHT => {
+                received = rx.recv_many(&mut items, RECEIVE_CHUNK), if read_end.is_none() && in_flight.due() < MAX_IN_FLIGHT && window.allows(in_flight.due_bytes()) => {
                     if received == 0 {
                         return Err(ReaderError::Encode { ns: self.ns.clone(), message: "the read side stopped unexpectedly".into() });
                     }
@@ -374,10 +377,11 @@ impl Reader {
                                     let token = if i + 1 == n { token.clone().map(|tk| (tk, event_time)) } else { None };
                                     let seq = watermark.sent(token);
                                     let headers = record.part.as_deref().map(|p| OwnedHeaders::new().insert(Header { key: crate::parts::HEADER, value: Some(p) }));
-                                    if !self.send(&route.topic, &record.key, record.value.as_deref(), headers, in_flight.ticket(seq), lease).await? {
+                                    let bytes = record.key.len() + record.value.as_ref().map_or(0, |v| v.len());
+                                    if !self.send(&route.topic, &record.key, record.value.as_deref(), headers, in_flight.ticket(seq, bytes), lease).await? {
                                         break 'pump Some(ReaderExit::LeaseLost);
                                     }
-                                    in_flight.sent();
+                                    in_flight.sent(bytes);
                                 }
                             }
                             Outgoing::DeadLetter { route, key, reason, token, event_time: t } => {
@@ -388,10 +392,10 @@ impl Reader {
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
                                     .insert(Header { key: "docrepl.source.topic", value: Some(route.topic.as_str()) });
-                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), in_flight.ticket(seq), lease).await? {
+                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), in_flight.ticket(seq, key.len()), lease).await? {
                                     break 'pump Some(ReaderExit::LeaseLost);
                                 }
-                                in_flight.sent();
+                                in_flight.sent(key.len());
                             }
                             Outgoing::Idle(token) => {
                                 caught_up = true;
