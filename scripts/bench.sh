@@ -10,7 +10,8 @@
 #             marker documents (source write acknowledged -> visible on the target)
 # plus peak RSS and CPU seconds per million documents of each docrepl process; then the
 # cross-region phases (scripts/bench_link.sh): catch-up of inserts, catch-up of mixed
-# changes, the initial copy and the live lag, each across an emulated WAN link, a row per
+# changes, the initial copy, the live lag and a catch-up of 4 KB text documents, each
+# across an emulated WAN link, a row per
 # job and link setting (LINK_SETTINGS, LINK_N, LIVE_SECS; see that file).
 # BENCH_PHASES="local link" (default: both) picks the parts.
 # Prints the tables and saves them as Markdown (and the local one as JSON) under
