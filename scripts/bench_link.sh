@@ -70,6 +70,11 @@ EOF
 }
 
 link_bytes() { curl -sf "http://127.0.0.1:$LINK_CONTROL/stats" | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['bytes_up'], s['bytes_down'])"; }
+# sample_link FILE: "time bytes_up bytes_down" every 0.25 s into FILE until killed (the
+# job's transfer rate, start-up left out: see `measured`); sampling NAME starts it for a
+# job into $WORK/NAME-link.txt (its pid in SAMPLER).
+sample_link() { : >"$1"; while sleep 0.25; do echo "$(now) $(link_bytes)" >>"$1"; done; }
+sampling() { sample_link "$WORK/$1-link.txt" & SAMPLER=$!; OWN_PIDS+=("$SAMPLER"); }
 create_collection() { "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['wan'].create_collection('$1')"; }
 target_has() { [ "$(count_docs "$TARGET_PORT" wan "$1" "${3:-{\}}")" -ge "$2" ]; }
 
@@ -84,6 +89,12 @@ stop_pair() {
   SRC_STATS=$(proc_stats "$SRC") SNK_STATS=$(proc_stats "$SNK")
   stop_pid "$SNK"; stop_pid "$SRC"
 }
+# streaming NAME: true once NAME's source streams; stops the bench when the source died
+# first (a bad setting: waiting would only run into wait_for's 30 minutes).
+streaming() {
+  kill -0 "$SRC" 2>/dev/null || die "the source of $1 stopped ($SETTING): $(tail -n 3 "$WORK/$1-source.log")"
+  grep -q "streaming changes" "$WORK/$1-source.log"
+}
 # save_position NAME [WITH_SINK_UNTIL_COUNT]: the source opens its stream once (and the
 # sink applies the copy first, when a count is given), then both stop.
 save_position() {
@@ -95,7 +106,7 @@ save_position() {
     wait_for target_has "$1" "$2"
     stop_pid "$SNK"
   fi
-  wait_for grep -q "streaming changes" "$WORK/$1-source.log"
+  wait_for streaming "$1"
   sleep 1
   stop_pid "$SRC"
 }
@@ -104,12 +115,15 @@ verify_equal() {
     || die "verify $1 ($SETTING): $(cat "$WORK/$1-verify.txt")"
 }
 
-# measured JOB NAME OPS START_TIME BYTES_BEFORE: one table row for a job that ended now.
+# measured JOB NAME OPS START_TIME BYTES_BEFORE [SAMPLES]: one table row for a job that
+# ended now. SAMPLES (from sample_link) give the rate while the documents crossed: the
+# bytes of the loaded direction between 5 % and 95 % of its total, over the time between,
+# so the processes' start, the group's join and the last stragglers are left out.
 measured() {
-  local job=$1 name=$2 ops=$3 t0=$4 before=$5 t1 after
+  local job=$1 name=$2 ops=$3 t0=$4 before=$5 samples=${6:-/dev/null} t1 after
   t1=$(now)
   after=$(link_bytes)
-  LINK_ROWS+=("$(python3 - "$job" "$ops" "$t0" "$t1" "$before" "$after" "$SRC_STATS" "$SNK_STATS" <<'PY'
+  LINK_ROWS+=("$(python3 - "$job" "$ops" "$t0" "$t1" "$before" "$after" "$SRC_STATS" "$SNK_STATS" "$samples" <<'PY'
 import os, sys
 job, ops, t0, t1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 up0, down0 = map(int, sys.argv[5].split()); up1, down1 = map(int, sys.argv[6].split())
@@ -122,8 +136,17 @@ total = (up1 - up0 + down1 - down0) / ops
 heavy = ((up1 - up0) if placement == "A" else (down1 - down0)) / ops
 limit = mbit * 1e6 / 8 / heavy if heavy else 0
 per_m = lambda cpu: float(cpu) * 1e6 / ops
+col = 1 if placement == "A" else 2
+points = [(float(f[0]), int(f[col])) for f in (l.split() for l in open(sys.argv[9])) if len(f) == 3]
+crossing = "-"
+if len(points) > 2 and points[-1][1] > points[0][1]:
+    first, last = points[0][1], points[-1][1]
+    lo = next(p for p in points if p[1] - first >= 0.05 * (last - first))
+    hi = next(p for p in points if p[1] - first >= 0.95 * (last - first))
+    if hi[0] > lo[0] and heavy:
+        crossing = f"{(hi[1] - lo[1]) / (hi[0] - lo[0]) / heavy:.0f}"
 print(f"{placement}|{2 * delay}|{mbit}|{job}|{rate:.0f}|{secs:.1f}|{total:.0f}|{limit:.0f}|"
-      f"{per_m(src_cpu):.1f}|{src_rss}|{per_m(snk_cpu):.1f}|{snk_rss}")
+      f"{per_m(src_cpu):.1f}|{src_rss}|{per_m(snk_cpu):.1f}|{snk_rss}|{crossing}")
 PY
 )")
   log "  $job: $ops in $(python3 -c "print(f'{$t1 - $t0:.1f}')") s"
@@ -154,11 +177,13 @@ catch_up_inserts() {
   create_collection "$coll"
   save_position "$coll"
   "$BIN" loadgen --config "$WORK/$coll-source.toml" --collection "$coll" -n "$n" --database wan --append --shape "$shape" >/dev/null
+  sampling "$coll"
   before=$(link_bytes); t0=$(now)
   start_pair "$coll"
   wait_for target_has "$coll" "$n"
   stop_pair
-  measured "$job" "$coll" "$n" "$t0" "$before"
+  kill "$SAMPLER" 2>/dev/null || true
+  measured "$job" "$coll" "$n" "$t0" "$before" "$WORK/$coll-link.txt"
   verify_equal "$coll"
 }
 
@@ -180,11 +205,13 @@ link_mixed() {
   "$BIN" loadgen --config "$WORK/$coll-source.toml" --collection "$coll" -n "$ops" --database wan --append \
     --mix "$LINK_MIX" --hot $((LINK_N / 10)) --batch 100 --concurrency 4 --seed "$i" >/dev/null
   "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['wan']['$coll'].insert_many([{'_id': 10**12 + k} for k in range(128)])"
+  sampling "$coll"
   before=$(link_bytes); t0=$(now)
   start_pair "$coll"
   wait_for target_has "$coll" 128 '{"_id": {"$gte": 1000000000000}}'
   stop_pair
-  measured "catch-up, mixed $LINK_MIX" "$coll" $((ops + 128)) "$t0" "$before"
+  kill "$SAMPLER" 2>/dev/null || true
+  measured "catch-up, mixed $LINK_MIX" "$coll" $((ops + 128)) "$t0" "$before" "$WORK/$coll-link.txt"
   verify_equal "$coll"
 }
 
@@ -193,11 +220,13 @@ link_copy() {
   local i=$1 name="copy$1" coll="ins$1" before t0
   link_config "$name" "$coll"
   "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $TARGET_PORT, directConnection=True)['wan'].drop_collection('$coll')"
+  sampling "$name"
   before=$(link_bytes); t0=$(now)
   start_pair "$name"
   wait_for target_has "$coll" "$LINK_N"
   stop_pair
-  measured "initial copy" "$coll" "$LINK_N" "$t0" "$before"
+  kill "$SAMPLER" 2>/dev/null || true
+  measured "initial copy" "$coll" "$LINK_N" "$t0" "$before" "$WORK/$name-link.txt"
   "$BIN" verify --config "$WORK/$name-source.toml" --collection "$coll" --wait-for-quiet 60 --documents-only >"$WORK/$name-verify.txt" \
     || die "verify $name ($SETTING): $(cat "$WORK/$name-verify.txt")"
 }
@@ -207,7 +236,7 @@ link_live() {
   link_config "$coll" "$coll"
   create_collection "$coll"
   start_pair "$coll"
-  wait_for grep -q "streaming changes" "$WORK/$coll-source.log"
+  wait_for streaming "$coll"
   # One document through first: the sink's group formed and its partitions assigned (a
   # first join takes a few seconds, which the lag of the first markers would count).
   "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $SOURCE_PORT, directConnection=True)['wan']['$coll'].insert_one({'_id': 'warm-up'})"
@@ -219,7 +248,7 @@ link_live() {
     || die "lag probe ($SETTING): markers did not all arrive"
   stop_pid "$LOAD"
   stop_pair
-  LINK_ROWS+=("$PLACEMENT|$((2 * DELAY))|$MBIT|live, 5,000 docs/s|$lag_p50/$lag_p99/$lag_max|$lag_n|-|-|-|${SRC_STATS% *}|-|${SNK_STATS% *}")
+  LINK_ROWS+=("$PLACEMENT|$((2 * DELAY))|$MBIT|live, 5,000 docs/s|$lag_p50/$lag_p99/$lag_max|$lag_n|-|-|-|${SRC_STATS% *}|-|${SNK_STATS% *}|-")
   log "  live: lag p50/p99/max $lag_p50/$lag_p99/$lag_max ms"
 }
 
@@ -241,22 +270,26 @@ link_phases() {
 link_table() {
   echo "Across an emulated link: LINK_N = $LINK_N documents of ${BSON_SIZE:-?} bytes BSON, $LINK_PARTITIONS partitions, compression ${KAFKA_COMPRESSION:-lz4}${KAFKA_PROPERTIES:+, properties: $KAFKA_PROPERTIES} ($(nproc) cores, mongod 6.0.5 x2, nisshi memory broker, all on loopback). A: broker in the target region; B: in the source region."
   echo
-  echo "| placement | RTT (ms) | link (Mbit/s) | job | docs/s or lag p50/p99/max (ms) | s or markers | vs RTT 0 | bytes/doc on the link | link limit (docs/s) | source CPU-s/M, RSS MB | sink CPU-s/M, RSS MB |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| placement | RTT (ms) | link (Mbit/s) | job | docs/s or lag p50/p99/max (ms) | s or markers | vs RTT 0 | bytes/doc on the link | link limit (docs/s) | docs/s while crossing (share of the limit) | source CPU-s/M, RSS MB | sink CPU-s/M, RSS MB |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${LINK_ROWS[@]}" | python3 -c "
 import sys
 rows = [l.rstrip('\n').split('|') for l in sys.stdin if l.strip()]
 base = {(r[0], r[3]): float(r[4]) for r in rows if r[1] == '0' and not r[3].startswith('live')}
-for p, rtt, mbit, job, value, secs, per_doc, limit, scpu, srss, kcpu, krss in rows:
+for p, rtt, mbit, job, value, secs, per_doc, limit, scpu, srss, kcpu, krss, crossing in rows:
+    capped = mbit != '1000' and limit != '-' and float(limit)
     if job.startswith('live'):
         ratio = '-'
     else:
         b = base.get((p, job))
         ratio = f'{float(value) / b:.2f}' if b else '-'
-        # At a capped link, how much of what the link could carry the job used.
-        limit = f'{int(limit):,} ({float(value) / float(limit):.2f} used)' if mbit != '1000' and float(limit) else '-'
+        # At a capped link, how much of what the link could carry the job used: over the
+        # whole job (start included), and while the documents crossed.
+        if crossing != '-':
+            crossing = f'{int(crossing):,}' + (f' ({int(crossing) / float(limit):.2f})' if capped else '')
+        limit = f'{int(limit):,} ({float(value) / float(limit):.2f} used)' if capped else '-'
         value = f'{int(value):,}'
     cpu = lambda c, r: r if c == '-' else f'{c}, {r}'
-    print(f'| {p} | {rtt} | {mbit} | {job} | {value} | {secs} | {ratio} | {per_doc} | {limit} | {cpu(scpu, srss)} | {cpu(kcpu, krss)} |')
+    print(f'| {p} | {rtt} | {mbit} | {job} | {value} | {secs} | {ratio} | {per_doc} | {limit} | {crossing} | {cpu(scpu, srss)} | {cpu(kcpu, krss)} |')
 "
 }
