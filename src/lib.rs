@@ -9,6 +9,7 @@ pub mod cutover;
 pub mod debezium;
 pub mod event;
 pub mod extjson;
+pub mod fence;
 pub mod flavor;
 pub mod health;
 pub mod http;

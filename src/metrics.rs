@@ -34,6 +34,9 @@ pub const SINK_MESSAGES: &str = "docrepl_sink_messages_total";
 pub const SINK_DOCS_WRITTEN: &str = "docrepl_sink_docs_written_total";
 /// Counter: events joined from several messages (parts).
 pub const SINK_EVENTS_JOINED: &str = "docrepl_sink_events_joined_total";
+/// Counter: messages left out as late sendings of an earlier run of a source reader
+/// (see `crate::fence`; the later run sent the same changes again).
+pub const SINK_STALE_SKIPPED: &str = "docrepl_sink_stale_messages_skipped_total";
 /// Counter: messages sent to the dead-letter topic.
 pub const SINK_DEAD_LETTERS: &str = "docrepl_sink_dead_letters_total";
 /// Histogram: messages per batch.
@@ -82,6 +85,7 @@ pub const ALL: &[&str] = &[
     SINK_MESSAGES,
     SINK_DOCS_WRITTEN,
     SINK_EVENTS_JOINED,
+    SINK_STALE_SKIPPED,
     SINK_DEAD_LETTERS,
     SINK_BATCH_SIZE,
     SINK_WRITE_SECONDS,

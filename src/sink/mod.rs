@@ -6,6 +6,7 @@ mod config;
 pub mod conflicts;
 pub mod dead_letter;
 pub mod errors;
+mod fences;
 pub mod fold;
 pub mod group;
 mod input;

@@ -1,7 +1,8 @@
 //! One partition's worker: takes a batch (size and time bounds) from the partition's own
-//! librdkafka queue, decodes it, folds it per document, writes it (retrying transient
-//! errors with backoff and jitter), dead-letters what can never be applied, and only then
-//! publishes the offset to commit.
+//! librdkafka queue, leaves out late sendings of earlier source runs (`crate::fence`),
+//! decodes it, folds it per document, writes it (retrying transient errors with backoff
+//! and jitter), dead-letters what can never be applied, and only then publishes the
+//! offset to commit.
 //! When told to stop (partition revoked, shutdown) it never starts another write or
 //! retry: a late retry landing after the new owner wrote newer versions would leave the
 //! target stale for good.
@@ -24,9 +25,11 @@ use super::input::Input;
 use super::retry::{sleep_unless_stopped, write_with_retry, Abandoned, Written};
 use super::writer::Writer;
 use super::SinkConfig;
+use super::fences::FenceStore;
 use super::metadata::{Applied, MetadataApplier};
 use crate::debezium::{self, ClearMarker, Decoded, MetadataMessage};
 use crate::event::ChangeEvent;
+use crate::fence::Fence;
 use crate::metrics as m;
 
 /// State a worker shares with the consumer thread (which commits) and `/status`.
@@ -98,6 +101,8 @@ pub struct WorkerContext {
     pub progress: Option<Arc<super::conflicts::TopicProgress>>,
     /// Applies metadata messages (see `metadata`).
     pub metadata: MetadataApplier,
+    /// Each partition's fence history (see `fences`).
+    pub fences: FenceStore,
 }
 
 impl WorkerContext {
@@ -109,7 +114,8 @@ impl WorkerContext {
         progress: Option<Arc<super::conflicts::TopicProgress>>,
     ) -> Self {
         let pacer = crate::pacer::Pacer::per_second(config.max_docs_per_sec);
-        WorkerContext { writer, dead_letters, config, pacer, board, progress, metadata: MetadataApplier::default() }
+        let fences = FenceStore::new(writer.client(), &config.state_database);
+        WorkerContext { writer, dead_letters, config, pacer, board, progress, metadata: MetadataApplier::default(), fences }
     }
 }
 
@@ -142,6 +148,15 @@ pub async fn run<C: ConsumerContext + 'static>(
     let batch_wait = Duration::from_millis(ctx.config.batch_ms);
     // Parts of an event too large for one message, kept from batch to batch until whole.
     let mut joiner = crate::parts::Joiner::default();
+    // Late sendings of earlier source runs are left out; the fence is rebuilt from the
+    // stored history as it stood at the first offset read (see `crate::fence`).
+    let (topic, partition) = (shared.topic.clone(), shared.partition);
+    let Ok(mut history) = until_done(&ctx, &shared, "reading the partition's fence history", || ctx.fences.load(&topic, partition)).await else {
+        drop(queue);
+        shared.finished.store(true, Ordering::SeqCst);
+        return;
+    };
+    let mut fence: Option<Fence> = None;
     'batches: loop {
         let mut batch = Vec::new();
         let mut deadline = None;
@@ -178,12 +193,21 @@ pub async fn run<C: ConsumerContext + 'static>(
             }
         }
         let last_offset = batch.last().map(|m| m.offset()).unwrap_or(-1);
-        let inputs = super::input::inputs(&batch, &mut joiner, &shared.topic, shared.partition);
-        match apply_batch(&ctx, &shared, batch.len(), &inputs).await {
-            // Never past the first part of an event not joined yet: a restart reads it whole.
-            Ok(()) => shared.applied.store(joiner.hold().map_or(last_offset + 1, |h| h.min(last_offset + 1)), Ordering::SeqCst),
-            Err(Abandoned) => break,
+        let first_offset = batch.first().map(|m| m.offset()).unwrap_or(-1);
+        let fence = fence.get_or_insert_with(|| Fence::at(std::mem::take(&mut history), first_offset));
+        let inputs = super::input::inputs(&batch, fence, &mut joiner, &shared.topic, shared.partition);
+        if apply_batch(&ctx, &shared, batch.len(), &inputs).await.is_err() {
+            break;
         }
+        // A raised generation is stored before the offset past it is committed, so the
+        // partition's next reader knows it too.
+        if let Some(raised) = fence.history_update() {
+            if until_done(&ctx, &shared, "saving the partition's fence history", || ctx.fences.save(&topic, partition, &raised)).await.is_err() {
+                break;
+            }
+        }
+        // Never past the first part of an event not joined yet: a restart reads it whole.
+        shared.applied.store(joiner.hold().map_or(last_offset + 1, |h| h.min(last_offset + 1)), Ordering::SeqCst);
         if shared.stop.is_cancelled() {
             break;
         }
@@ -366,15 +390,27 @@ async fn apply_metadata(ctx: &WorkerContext, shared: &PartitionShared, message: 
 /// until it succeeds or the worker is told to stop.
 async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &ClearMarker) -> Result<(), Abandoned> {
     let ns = ctx.config.target_namespace(&marker.ns);
+    let what = format!("clear marker of {ns}");
+    let deleted = until_done(ctx, shared, &what, || ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions, &shared.stop)).await?;
+    warn!(target = %ns, partition = marker.partition, deleted, reason = %marker.reason, "clear marker: cleared this partition's share of the target");
+    Ok(())
+}
+
+/// Runs `op` until it succeeds, waiting with backoff between failures (logged as `what`);
+/// `Err(Abandoned)` when the worker is told to stop while it waits. An attempt under way
+/// is never dropped halfway (a write the server would still carry out after the worker
+/// fell silent): `op` honours the stop itself where it must.
+async fn until_done<T, E, Fut>(ctx: &WorkerContext, shared: &PartitionShared, what: &str, mut op: impl FnMut() -> Fut) -> Result<T, Abandoned>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = Duration::from_millis(100);
     loop {
-        match ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions, &shared.stop).await {
-            Ok(deleted) => {
-                warn!(target = %ns, partition = marker.partition, deleted, reason = %marker.reason, "clear marker: cleared this partition's share of the target");
-                return Ok(());
-            }
+        match op().await {
+            Ok(value) => return Ok(value),
             Err(e) => {
-                warn!(target = %ns, partition = marker.partition, "clear marker: {e}; retrying in {backoff:?}");
+                warn!(topic = %shared.topic, partition = shared.partition, "{what}: {e}; retrying in {backoff:?}");
                 sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
                 backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
             }

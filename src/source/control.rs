@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::lease::Grant;
+use super::produce::stamped;
 use super::reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 use super::route::Route;
 use crate::debezium;
@@ -37,7 +38,7 @@ impl Reader {
                 (partition, key, value)
             })
             .collect();
-        let exit = deliver_to_every_partition(&self.ctx, route, markers, "clear marker", lease).await?;
+        let exit = deliver_to_every_partition(&self.ctx, route, markers, "clear marker", &self.stamp(lease), lease).await?;
         if exit.is_none() {
             info!(ns = %route.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
         }
@@ -58,17 +59,18 @@ pub(super) fn source_info(ctx: &ReaderContext, at: bson::Timestamp, snapshot: Sn
     }
 }
 
-/// Sends `records` ((partition, key, value)) to `route`'s topic and waits until Kafka
-/// acknowledged each. `Some(exit)`: the lease ran out first. `what` names the records in
-/// errors.
+/// Sends `records` ((partition, key, value)), stamped with the run's `stamp`, to
+/// `route`'s topic and waits until Kafka acknowledged each. `Some(exit)`: the lease ran
+/// out first. `what` names the records in errors.
 pub(super) async fn deliver_to_every_partition(
     ctx: &ReaderContext,
     route: &Arc<Route>,
     records: PartitionRecords,
     what: &str,
+    stamp: &str,
     lease: &watch::Receiver<Grant>,
 ) -> Result<Option<ReaderExit>, ReaderError> {
-    deliver_all(ctx, vec![(Arc::clone(route), records)], what, lease).await
+    deliver_all(ctx, vec![(Arc::clone(route), records)], what, stamp, lease).await
 }
 
 /// Records for one partition each: (partition, key, value).
@@ -80,6 +82,7 @@ pub(super) async fn deliver_all(
     ctx: &ReaderContext,
     batches: Vec<(Arc<Route>, PartitionRecords)>,
     what: &str,
+    stamp: &str,
     lease: &watch::Receiver<Grant>,
 ) -> Result<Option<ReaderExit>, ReaderError> {
     let mut in_flight = InFlight::default();
@@ -90,7 +93,7 @@ pub(super) async fn deliver_all(
                 return Ok(Some(ReaderExit::LeaseLost));
             }
             let bytes = key.len() + value.len();
-            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq, bytes)).partition(*partition).key(key).payload(value);
+            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq, bytes)).partition(*partition).key(key).payload(value).headers(stamped(None, stamp));
             ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not queued: {e}") })?;
             in_flight.sent(bytes);
             seq += 1;

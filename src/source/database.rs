@@ -40,6 +40,7 @@ impl Reader {
         Reader {
             reads: Reads::Database { db: db.to_string(), scope: Scope::of(&ctx.config, db), routes: Arc::new(routes) },
             ns: unit_name(db),
+            writer: format!("{}/{}", ctx.name, unit_name(db)),
             ctx,
             slim: Default::default(),
             fresh_copy: Default::default(),
@@ -194,6 +195,8 @@ impl Reader {
         let reader = Reader {
             ctx: Arc::clone(&self.ctx),
             ns: route.ns.clone(),
+            // Under the database's lease: its records carry the database reader's stamp.
+            writer: self.writer.clone(),
             reads: Reads::Collection(Arc::clone(&route)),
             slim: Default::default(),
             fresh_copy: Default::default(),

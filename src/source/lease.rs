@@ -37,10 +37,20 @@ pub fn delivery_timeout(ttl: Duration) -> Duration {
 
 /// What holding a lease lets an instance do: produce until `deadline` (its own clock),
 /// and write checkpoints stamped with `epoch`, which a successor's higher epoch outranks.
+/// `generation`: the epoch the reader's run began with, which its records carry so that
+/// a sink can fence out a late record of an earlier run (see `crate::fence`); renewals
+/// keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     pub deadline: Instant,
     pub epoch: i64,
+    pub generation: i64,
+}
+
+impl Grant {
+    fn new(deadline: Instant, epoch: i64) -> Grant {
+        Grant { deadline, epoch, generation: epoch }
+    }
 }
 
 /// A lease as a standby last saw it, and since when (its own clock).
@@ -100,7 +110,7 @@ impl LeaseStore {
         let sent_at = Instant::now();
         let bump = doc! {"$set": {"owner": &self.instance}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
         if let Some(epoch) = self.bump(doc! {"_id": id, "owner": &self.instance}, bump.clone()).await? {
-            return Ok(Some(Grant { deadline: sent_at + produce_window(self.ttl), epoch }));
+            return Ok(Some(Grant::new(sent_at + produce_window(self.ttl), epoch)));
         }
         let Some(current) = self.coll.find_one(doc! {"_id": id}).await? else {
             // No lease yet: create it; a concurrent creator wins the duplicate `_id` race
@@ -110,7 +120,7 @@ impl LeaseStore {
             let epoch = bson::DateTime::now().timestamp_millis();
             let lease = doc! {"_id": id, "owner": &self.instance, "epoch": epoch, "renewed_at": bson::DateTime::now()};
             return match self.coll.insert_one(lease).await {
-                Ok(_) => Ok(Some(Grant { deadline: sent_at + produce_window(self.ttl), epoch })),
+                Ok(_) => Ok(Some(Grant::new(sent_at + produce_window(self.ttl), epoch))),
                 Err(e) if crate::mongo::is_duplicate_key(&e) => Ok(None),
                 Err(e) => Err(e),
             };
@@ -129,7 +139,7 @@ impl LeaseStore {
         // took over) a moment ago.
         let filter = doc! {"_id": id, "owner": seen.owner, "epoch": seen.epoch};
         let sent_at = Instant::now();
-        Ok(self.bump(filter, bump).await?.map(|epoch| Grant { deadline: sent_at + produce_window(self.ttl), epoch }))
+        Ok(self.bump(filter, bump).await?.map(|epoch| Grant::new(sent_at + produce_window(self.ttl), epoch)))
     }
 
     /// Applies `update` to the lease matching `filter`; its epoch after the update, or

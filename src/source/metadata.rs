@@ -94,7 +94,7 @@ impl Sent {
 
 /// Sends each metadata to every partition of its route's topic, those that differ from
 /// what this process sent last, all at once. `Some(exit)`: the lease ran out first.
-async fn send(ctx: &ReaderContext, found: Vec<(Arc<Route>, CollectionMetadata)>, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+async fn send(ctx: &ReaderContext, found: Vec<(Arc<Route>, CollectionMetadata)>, stamp: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
     let changed: Vec<(Arc<Route>, CollectionMetadata)> = found.into_iter().filter(|(_, meta)| !ctx.metadata_sent.is_current(meta)).collect();
     if changed.is_empty() {
         return Ok(None);
@@ -116,7 +116,7 @@ async fn send(ctx: &ReaderContext, found: Vec<(Arc<Route>, CollectionMetadata)>,
             (Arc::clone(route), records)
         })
         .collect();
-    if let Some(exit) = deliver_all(ctx, batches, "metadata message", lease).await? {
+    if let Some(exit) = deliver_all(ctx, batches, "metadata message", stamp, lease).await? {
         return Ok(Some(exit));
     }
     for (route, meta) in &changed {
@@ -161,7 +161,7 @@ impl Reader {
         let ns = &route.origin.ns;
         let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, with_indexes).await.map_err(self.mongo_err())?;
         match found.map(replicable).transpose()?.flatten() {
-            Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], lease).await,
+            Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], &self.stamp(lease), lease).await,
             None => Ok(None),
         }
     }
@@ -177,7 +177,7 @@ impl Reader {
                 found.push((route, meta));
             }
         }
-        send(&self.ctx, found, lease).await
+        send(&self.ctx, found, &self.stamp(lease), lease).await
     }
 
     /// Lists the source's metadata every `source.metadata.poll_secs` and sends what
@@ -196,6 +196,7 @@ impl Reader {
         let ctx = Arc::clone(&self.ctx);
         let target = Described::of(self);
         let ns = self.ns.clone();
+        let stamp = self.stamp(&lease);
         Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -214,7 +215,7 @@ impl Reader {
                         Err(e) => warn!(ns = %route.ns, "{e}"),
                     }
                 }
-                match send(&ctx, replicated, &lease).await {
+                match send(&ctx, replicated, &stamp, &lease).await {
                     Ok(None) => {}
                     Ok(Some(_)) => return,
                     Err(e) => warn!(%ns, "collection metadata not sent: {e}; trying again in {every:?}"),

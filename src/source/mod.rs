@@ -106,9 +106,11 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &config.kafka.dead_letter_topic_configs()).await?;
 
     // A message not delivered within this time fails (and the reader restarts from its
-    // saved token), so nothing this instance queued can land after its lease has ended.
+    // saved token), so nothing this instance queued is still sent after its lease has
+    // ended; a request already on a silent link may still land later, which the sinks'
+    // generation fence sets aside (see `crate::fence`).
     let delivery_timeout = lease::delivery_timeout(ttl);
-    let producer: crate::kafka::delivery::AckProducer = crate::kafka::producer_config(&config.kafka)
+    let producer: crate::kafka::delivery::AckProducer = crate::kafka::source_producer_config(&config.kafka)
         .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
         .create_with_context(crate::kafka::delivery::AckContext)
         .context("cannot create the Kafka producer")?;
@@ -331,7 +333,9 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: C
         }
         match leases.acquire(&ns).await {
             Ok(Some(grant)) => {
-                let _ = tx.send(grant);
+                // The run keeps the generation it began with.
+                let generation = tx.borrow().generation;
+                let _ = tx.send(Grant { generation, ..grant });
             }
             Ok(None) => {
                 warn!(ns = %ns, "lease taken over by another instance");

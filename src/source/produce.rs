@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -15,30 +15,36 @@ use super::lease::Grant;
 use super::reader::{Reader, ReaderError};
 use crate::kafka::delivery::{Failure, Ticket};
 
+/// `headers` (or none) with the run's stamp (see `crate::fence`), which every record a
+/// reader sends carries.
+pub(super) fn stamped(headers: Option<OwnedHeaders>, stamp: &str) -> OwnedHeaders {
+    headers.unwrap_or_default().insert(Header { key: crate::fence::HEADER, value: Some(stamp) })
+}
+
 /// The smallest message limit a reader lowers itself to after the broker refused messages
 /// as too large (below it, the broker's limit is taken to be misconfigured: fatal).
 const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
 impl Reader {
-    /// Hands one record to librdkafka, waiting (without blocking the runtime) while its
-    /// bounded queue is full; its delivery report goes where `ticket` says. `false`: the
-    /// lease's produce window ended while waiting (the pump checks it once per chunk of
-    /// events, and only a full queue makes a chunk take long).
+    /// Hands one record, stamped with the run's `stamp`, to librdkafka, waiting (without
+    /// blocking the runtime) while its bounded queue is full; its delivery report goes
+    /// where `ticket` says. `false`: the lease's produce window ended while waiting (the
+    /// pump checks it once per chunk of events, and only a full queue makes a chunk take
+    /// long).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn send(
         &self,
         topic: &str,
         key: &[u8],
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
+        stamp: &str,
         ticket: Box<Ticket>,
         lease: &watch::Receiver<Grant>,
     ) -> Result<bool, ReaderError> {
-        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> = BaseRecord::with_opaque_to(topic, ticket).key(key);
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> = BaseRecord::with_opaque_to(topic, ticket).key(key).headers(stamped(headers, stamp));
         if let Some(v) = value {
             record = record.payload(v);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
         }
         loop {
             match self.ctx.producer.send(record) {

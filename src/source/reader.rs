@@ -115,6 +115,9 @@ pub struct Reader {
     /// What the reader's lease and checkpoint are named by: `db.coll`, or `db.$database`
     /// for a database reader (see `database::unit_name`).
     pub(super) ns: String,
+    /// The lease its records are stamped with (`<source.name>/<lease ns>`; a database
+    /// reader's copies carry the database's): see `crate::fence`.
+    pub(super) writer: String,
     /// The next stream leaves updateDescription out, to read past an event over 16 MB.
     pub(super) slim: AtomicBool,
     /// A copy just finished and its stream has not opened yet: lost history now means
@@ -135,6 +138,7 @@ impl Reader {
         };
         Reader {
             reads: Reads::Collection(Arc::new(Route { ns: ns.clone(), topic, origin })),
+            writer: format!("{}/{ns}", ctx.name),
             ctx,
             ns,
             slim: AtomicBool::new(false),
@@ -174,6 +178,12 @@ impl Reader {
                 self.ctx.board.update_collection(&route.ns, &f);
             }
         }
+    }
+
+    /// The stamp of this run's records (see `crate::fence`): the generation is the lease
+    /// epoch the run began with.
+    pub(super) fn stamp(&self, lease: &watch::Receiver<Grant>) -> String {
+        crate::fence::stamp(&self.writer, lease.borrow().generation)
     }
 
     pub(super) fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
@@ -328,6 +338,7 @@ impl Reader {
         let mut last_heartbeat = Instant::now();
         self.show(|c| c.state = phase.state().into());
         let mut items = Vec::with_capacity(RECEIVE_CHUNK);
+        let stamp = self.stamp(lease);
         let exit = 'pump: loop {
             if read_end.is_some() && in_flight.due() == 0 {
                 break None;
@@ -351,7 +362,7 @@ impl Reader {
                     // Idle and everything acknowledged: the sinks learn that time moved on.
                     if let (Phase::Stream, true, 0, Some(at)) = (phase, caught_up, in_flight.due(), event_time) {
                         if heartbeat_every.is_some_and(|every| last_heartbeat.elapsed() >= every) {
-                            self.send_heartbeats(at, &mut watermark, &mut in_flight);
+                            self.send_heartbeats(at, &stamp, &mut watermark, &mut in_flight);
                             last_heartbeat = Instant::now();
                         }
                     }
@@ -378,7 +389,7 @@ impl Reader {
                                     let seq = watermark.sent(token);
                                     let headers = record.part.as_deref().map(|p| OwnedHeaders::new().insert(Header { key: crate::parts::HEADER, value: Some(p) }));
                                     let bytes = record.key.len() + record.value.as_ref().map_or(0, |v| v.len());
-                                    if !self.send(&route.topic, &record.key, record.value.as_deref(), headers, in_flight.ticket(seq, bytes), lease).await? {
+                                    if !self.send(&route.topic, &record.key, record.value.as_deref(), headers, &stamp, in_flight.ticket(seq, bytes), lease).await? {
                                         break 'pump Some(ReaderExit::LeaseLost);
                                     }
                                     in_flight.sent(bytes);
@@ -392,7 +403,7 @@ impl Reader {
                                 let headers = OwnedHeaders::new()
                                     .insert(Header { key: "docrepl.reason", value: Some(reason.as_str()) })
                                     .insert(Header { key: "docrepl.source.topic", value: Some(route.topic.as_str()) });
-                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), in_flight.ticket(seq, key.len()), lease).await? {
+                                if !self.send(&self.ctx.dead_letter_topic, &key, None, Some(headers), &stamp, in_flight.ticket(seq, key.len()), lease).await? {
                                     break 'pump Some(ReaderExit::LeaseLost);
                                 }
                                 in_flight.sent(key.len());
