@@ -244,7 +244,7 @@ link_live() {
   "$BIN" loadgen --config "$WORK/$coll-source.toml" --collection "$coll" --database wan -n $((5000 * (LIVE_SECS + 10))) --rate 5000 --append >"$WORK/$coll-load.txt" & LOAD=$!
   OWN_PIDS+=("$LOAD")
   sleep 3 # the load at its pace first
-  read -r lag_p50 lag_p99 lag_max lag_n < <("$PY" "$DOCREPL_ROOT/scripts/lag_probe.py" "$SOURCE_PORT" "$TARGET_PORT" wan "$coll" "$LIVE_SECS" 0.1) \
+  read -r lag_p50 lag_p99 lag_max lag_n < <(LAG_PROBE_TRACE="$WORK/$coll-lags.txt" "$PY" "$DOCREPL_ROOT/scripts/lag_probe.py" "$SOURCE_PORT" "$TARGET_PORT" wan "$coll" "$LIVE_SECS" 0.1) \
     || die "lag probe ($SETTING): markers did not all arrive"
   stop_pid "$LOAD"
   stop_pair
@@ -289,7 +289,8 @@ for p, rtt, mbit, job, value, secs, per_doc, limit, scpu, srss, kcpu, krss, cros
             crossing = f'{int(crossing):,}' + (f' ({int(crossing) / float(limit):.2f})' if capped else '')
         limit = f'{int(limit):,} ({float(value) / float(limit):.2f} used)' if capped else '-'
         value = f'{int(value):,}'
-    cpu = lambda c, r: r if c == '-' else f'{c}, {r}'
+    # A live row has no CPU per million (the load never ends): '-, RSS'.
+    cpu = lambda c, r: f'{c}, {r}'
     print(f'| {p} | {rtt} | {mbit} | {job} | {value} | {secs} | {ratio} | {per_doc} | {limit} | {crossing} | {cpu(scpu, srss)} | {cpu(kcpu, krss)} |')
 "
 }

@@ -1,10 +1,13 @@
 """End-to-end lag probe for scripts/bench.sh: while a load runs, inserts a marker
 document into the source collection every INTERVAL seconds for DURATION seconds, watches
 the target for each marker, and prints the lag (write acknowledged on the source ->
-visible on the target) as `p50_ms p99_ms max_ms samples`.
+visible on the target) as `p50_ms p99_ms max_ms samples`. With LAG_PROBE_TRACE=FILE,
+also each marker's send time (Unix seconds, and seconds since the first) and lag, one per
+line, to FILE: to tell a steady tail from a few stalls.
 
 usage: lag_probe.py SOURCE_PORT TARGET_PORT DATABASE COLLECTION DURATION INTERVAL
 """
+import os
 import statistics
 import sys
 import threading
@@ -18,6 +21,7 @@ source = MongoClient("127.0.0.1", source_port, directConnection=True)[db][coll]
 target = MongoClient("127.0.0.1", target_port, directConnection=True)[db][coll]
 
 written = {}  # marker _id -> time its insert was acknowledged
+wall = {}  # marker _id -> the same as Unix time (for the trace)
 seen = {}  # marker _id -> time it was first visible on the target
 lock = threading.Lock()
 done_writing = threading.Event()
@@ -48,10 +52,19 @@ while time.monotonic() < end:
     source.insert_one({"_id": marker, "probe": i})
     with lock:
         written[marker] = time.monotonic()
+        wall[marker] = time.time()
     i += 1
     time.sleep(interval)
 done_writing.set()
 watcher.join()
+
+trace = os.environ.get("LAG_PROBE_TRACE")
+if trace and written:
+    first = min(written.values())
+    with open(trace, "w") as out:
+        for k, t in sorted(written.items(), key=lambda kv: kv[1]):
+            lag = f"{(seen[k] - t) * 1000:.0f}" if k in seen else "missing"
+            out.write(f"{wall[k]:.2f} {t - first:.2f} {lag}\n")
 
 lags = sorted((seen[k] - written[k]) * 1000 for k in written if k in seen)
 missing = len(written) - len(lags)
