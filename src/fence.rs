@@ -32,6 +32,7 @@
 
 use std::collections::HashMap;
 
+use rdkafka::message::{Headers, Message};
 use serde::{Deserialize, Serialize};
 
 /// The Kafka header every record of a reader carries.
@@ -50,6 +51,11 @@ pub fn parse(value: &[u8]) -> Option<(&str, i64)> {
     // A collection name may hold an '@'; the generation is what follows the last one.
     let (writer, generation) = text.rsplit_once('@')?;
     Some((writer, generation.parse().ok()?))
+}
+
+/// The writer and generation a Kafka message is stamped with, if it is.
+pub fn stamp_of<M: Message>(msg: &M) -> Option<(&str, i64)> {
+    msg.headers()?.iter().find(|h| h.key == HEADER).and_then(|h| parse(h.value?))
 }
 
 /// What the fence says of a message.

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bson::{doc, Document};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use common::Setup;
@@ -94,8 +94,7 @@ async fn a_late_sending_of_an_earlier_run_never_overwrites_a_later_runs_version(
 
 /// The stamp of a message (`writer@generation`), if any.
 fn stamp_of(m: &rdkafka::message::OwnedMessage) -> Option<(String, i64)> {
-    let h = m.headers()?.iter().find(|h| h.key == docrepl::fence::HEADER)?;
-    docrepl::fence::parse(h.value?).map(|(w, g)| (w.to_string(), g))
+    docrepl::fence::stamp_of(m).map(|(w, g)| (w.to_string(), g))
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use tracing::warn;
 
 use crate::fence::{self, Fence, Verdict};
@@ -31,7 +31,7 @@ pub fn inputs<'a, M: Message>(batch: &'a [M], fence: &mut Fence, joiner: &mut Jo
     let mut out = Vec::with_capacity(batch.len());
     let mut stale = Stale::default();
     for msg in batch {
-        if let Some((writer, generation)) = stamp_of(msg) {
+        if let Some((writer, generation)) = fence::stamp_of(msg) {
             if let Verdict::Stale { newer } = fence.admit(writer, generation, msg.offset()) {
                 stale.add(writer, generation, newer, msg.offset());
                 continue;
@@ -71,11 +71,6 @@ pub fn inputs<'a, M: Message>(batch: &'a [M], fence: &mut Fence, joiner: &mut Jo
     }
     stale.report(topic, partition);
     out
-}
-
-/// The writer and generation a message is stamped with, if it is.
-fn stamp_of<M: Message>(msg: &M) -> Option<(&str, i64)> {
-    msg.headers()?.iter().find(|h| h.key == fence::HEADER).and_then(|h| fence::parse(h.value?))
 }
 
 /// The stale messages of one batch, reported once.

@@ -131,9 +131,7 @@ pub async fn run<C: ConsumerContext + 'static>(
     if let Some(old) = predecessor {
         while !old.finished.load(Ordering::SeqCst) {
             if sleep_unless_stopped(&shared.stop, Duration::from_millis(20)).await.is_err() {
-                drop(queue);
-                shared.finished.store(true, Ordering::SeqCst);
-                return;
+                return finish(queue, &shared);
             }
         }
     }
@@ -150,11 +148,8 @@ pub async fn run<C: ConsumerContext + 'static>(
     let mut joiner = crate::parts::Joiner::default();
     // Late sendings of earlier source runs are left out; the fence is rebuilt from the
     // stored history as it stood at the first offset read (see `crate::fence`).
-    let (topic, partition) = (shared.topic.clone(), shared.partition);
-    let Ok(mut history) = until_done(&ctx, &shared, "reading the partition's fence history", || ctx.fences.load(&topic, partition)).await else {
-        drop(queue);
-        shared.finished.store(true, Ordering::SeqCst);
-        return;
+    let Ok(mut history) = until_done(&ctx, &shared, "reading the partition's fence history", || ctx.fences.load(&shared.topic, shared.partition)).await else {
+        return finish(queue, &shared);
     };
     let mut fence: Option<Fence> = None;
     'batches: loop {
@@ -202,7 +197,7 @@ pub async fn run<C: ConsumerContext + 'static>(
         // A raised generation is stored before the offset past it is committed, so the
         // partition's next reader knows it too.
         if let Some(raised) = fence.history_update() {
-            if until_done(&ctx, &shared, "saving the partition's fence history", || ctx.fences.save(&topic, partition, &raised)).await.is_err() {
+            if until_done(&ctx, &shared, "saving the partition's fence history", || ctx.fences.save(&shared.topic, shared.partition, &raised)).await.is_err() {
                 break;
             }
         }
@@ -212,8 +207,13 @@ pub async fn run<C: ConsumerContext + 'static>(
             break;
         }
     }
-    // The queue (and the consumer it keeps alive) goes before the member learns that this
-    // worker is done, so the member thread is the one that closes the consumer.
+    finish(queue, &shared);
+}
+
+/// Ends a worker: the queue (and the consumer it keeps alive) goes before the member
+/// learns that this worker is done, so the member thread is the one that closes the
+/// consumer.
+fn finish<Q>(queue: Q, shared: &PartitionShared) {
     drop(queue);
     shared.finished.store(true, Ordering::SeqCst);
 }
