@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end benchmark on this machine: `scripts/bench.sh [N]` (default 1,000,000).
-# Runs its own services on their own ports (broker in memory mode) and measures:
+# Runs its own services on their own ports (Apache Kafka, one broker) and measures:
 #   ceiling   loadgen straight into the target cluster (the fastest these documents go in)
 #   source    docrepl source alone draining an N-document backlog into the topic (8 partitions)
 #   sink      docrepl sink alone applying those N events (8 partitions), then with 1 partition
@@ -22,7 +22,6 @@ BENCH_PHASES="${BENCH_PHASES:-local link}"
 # Own ports and data folder: the bench never touches the demo's or the tests' services.
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/bench"
 export DOCREPL_SOURCE_PORT=28117 DOCREPL_TARGET_PORT=28217 DOCREPL_BROKER_PORT=19192
-export DOCREPL_BROKER_STORAGE=memory
 . "$(dirname "$0")/lib.sh"
 cd "$DOCREPL_ROOT"
 
@@ -141,7 +140,7 @@ read -r live_rss live_cpu < <(proc_stats $RUN)
 stop_pid $RUN
 
 cat >>"$md" <<EOF
-docrepl end-to-end benchmark, N = $N small documents ($(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, mongod 6.0.5 x2, nisshi memory broker, all on loopback)
+docrepl end-to-end benchmark, N = $N small documents ($(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, mongod 6.0.5 x2, Apache Kafka $KAFKA_VERSION (1 broker, KRaft), all on loopback)
 
 | measure | value |
 |---|---|

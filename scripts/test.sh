@@ -24,5 +24,7 @@ export DOCREPL_TEST_SOURCE_URI="mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-
 export DOCREPL_TEST_TARGET_URI="mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
 export DOCREPL_TEST_BROKER="127.0.0.1:$BROKER_PORT"
 export DOCREPL_MONGOD_BIN="$MONGOD_BIN"
-export DOCREPL_NISSHI_BIN="$NISSHI_BIN"
+export DOCREPL_TEST_BROKER_LINKS="$DOCREPL_BROKER_LINKS"
+export DOCREPL_KAFKA_LIBS="$KAFKA_LIBS"
+log "broker: Apache Kafka $KAFKA_VERSION (KRaft) on $DOCREPL_TEST_BROKER"
 cargo test --all-targets "$@"

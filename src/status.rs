@@ -99,6 +99,38 @@ pub struct TopicRecovery {
     pub recovery_point_age_seconds: Option<f64>,
 }
 
+/// Which side of the pair a report comes from (`docrepl run` is both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Sink,
+}
+
+impl Side {
+    /// The name of the side's MongoDB cluster in `/status`'s `connections`.
+    fn cluster_name(self) -> &'static str {
+        match self {
+            Side::Source => "source_cluster",
+            Side::Sink => "target_cluster",
+        }
+    }
+}
+
+/// One connection a side needs, as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Connection {
+    pub reachable: bool,
+    /// While unreachable: seconds since the first check that failed.
+    pub unreachable_for_seconds: Option<f64>,
+}
+
+/// The last check of one connection: reachable or not, and since when.
+#[derive(Debug, Clone, Copy)]
+struct Reachability {
+    reachable: bool,
+    since: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     collections: BTreeMap<String, CollectionStatus>,
@@ -108,6 +140,7 @@ struct Inner {
     errors: Vec<String>,
     source_ready: Option<bool>,
     sink_ready: Option<bool>,
+    connections: BTreeMap<&'static str, Reachability>,
     history_window_seconds: Option<f64>,
     flavors: BTreeMap<&'static str, &'static str>,
     pipeline: Option<String>,
@@ -128,6 +161,9 @@ pub struct StatusReport {
     pub role: &'static str,
     pub uptime_seconds: u64,
     pub ready: bool,
+    /// `source_cluster`, `target_cluster`, `broker`: reachable at the last check (every
+    /// 2 s), or for how long not. While the broker is away docrepl waits for it.
+    pub connections: BTreeMap<&'static str, Connection>,
     /// What each cluster this process talks to is taken to be: `source` / `target` →
     /// `mongodb` or `documentdb`.
     pub flavors: BTreeMap<&'static str, &'static str>,
@@ -204,12 +240,45 @@ impl StatusBoard {
         });
     }
 
-    pub fn set_source_ready(&self, ready: bool) {
-        self.with(|i| i.source_ready = Some(ready));
+    /// A side's connectivity check: it is ready when its cluster and the broker answered.
+    pub fn set_connectivity(&self, side: Side, found: crate::health::Connectivity) {
+        self.with(|i| {
+            let ready = found.cluster && found.broker;
+            match side {
+                Side::Source => i.source_ready = Some(ready),
+                Side::Sink => i.sink_ready = Some(ready),
+            }
+            for (name, reachable) in [(side.cluster_name(), found.cluster), ("broker", found.broker)] {
+                let now = Instant::now();
+                let entry = i.connections.entry(name).or_insert(Reachability { reachable, since: now });
+                if entry.reachable != reachable {
+                    *entry = Reachability { reachable, since: now };
+                }
+            }
+        });
     }
 
-    pub fn set_sink_ready(&self, ready: bool) {
-        self.with(|i| i.sink_ready = Some(ready));
+    /// The connections seen unreachable at the last check, for `/readyz`: e.g. "broker
+    /// unreachable for 12 s".
+    pub fn unreachable(&self) -> Vec<String> {
+        self.connections()
+            .into_iter()
+            .filter(|(_, c)| !c.reachable)
+            .map(|(name, c)| format!("{name} unreachable for {:.0} s", c.unreachable_for_seconds.unwrap_or(0.0)))
+            .collect()
+    }
+
+    fn connections(&self) -> BTreeMap<&'static str, Connection> {
+        self.with(|i| {
+            i.connections
+                .iter()
+                .map(|(name, r)| {
+                    let unreachable_for_seconds = (!r.reachable).then(|| r.since.elapsed().as_secs_f64());
+                    (*name, Connection { reachable: r.reachable, unreachable_for_seconds })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Ready when every side this process runs reported itself connected.
@@ -243,6 +312,7 @@ impl StatusBoard {
             role: self.role,
             uptime_seconds: self.started.elapsed().as_secs(),
             ready,
+            connections: self.connections(),
             flavors,
             change_stream_pipeline,
             change_streams,
@@ -268,5 +338,23 @@ mod tests {
         let never = CollectionStatus { state: "streaming".into(), ..Default::default() };
         let p = CopyProgress::of([&copying, &done, &never].into_iter());
         assert_eq!(p, CopyProgress { collections_copying: 1, collections_copied: 1, documents_copied: 12, documents_estimated: 17 });
+    }
+
+    #[test]
+    fn an_unreachable_broker_makes_the_process_unready_and_is_named() {
+        use crate::health::Connectivity;
+        let board = StatusBoard::new("run");
+        board.set_connectivity(Side::Source, Connectivity { cluster: true, broker: true });
+        board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: true });
+        assert!(board.ready() && board.unreachable().is_empty());
+        board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: false });
+        assert!(!board.ready());
+        assert_eq!(board.unreachable(), vec!["broker unreachable for 0 s".to_string()]);
+        let report = board.report();
+        assert_eq!(report.connections["broker"].reachable, false);
+        assert_eq!(report.connections["target_cluster"].reachable, true);
+        board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: true });
+        board.set_connectivity(Side::Source, Connectivity { cluster: true, broker: true });
+        assert!(board.ready() && board.report().connections["broker"].unreachable_for_seconds.is_none());
     }
 }

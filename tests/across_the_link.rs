@@ -2,9 +2,10 @@
 //! mongod reached through it end to end, in both placements of the broker:
 //!
 //! - A, broker in the target region: the source produces across the link. Its bootstrap
-//!   address is the link's near end; the link leads to a Kafka-protocol proxy (nisshi's
-//!   `proxy`) that advertises the link's near end in its metadata, so every broker
-//!   connection the source makes crosses the link, while the sink reads the broker directly.
+//!   address is the link's near end; the link leads to a listener of the broker that
+//!   advertises the link's near end in its metadata (`DOCREPL_TEST_BROKER_LINKS`, set up by
+//!   `scripts/services.sh`), so every broker connection the source makes crosses the link,
+//!   while the sink reads the broker's plain listener directly.
 //! - B, broker in the source region: the sink consumes across the link the same way, and
 //!   writes a target reached through a second link (`directConnection=true`: the member is
 //!   known by the link's address only).
@@ -14,7 +15,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,47 +34,26 @@ fn addr(uri: &str) -> SocketAddr {
     host.parse().unwrap()
 }
 
-/// A Kafka-protocol proxy process, stopped when dropped (a failing test too).
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The broker's listeners for clients across a link: (listen, advertised) port pairs, from
+/// `DOCREPL_TEST_BROKER_LINKS` ("LISTEN>ADVERTISED ..."; the defaults of scripts/lib.sh).
+fn broker_link_ports() -> Vec<(u16, u16)> {
+    let pairs = std::env::var("DOCREPL_TEST_BROKER_LINKS").unwrap_or_else(|_| "19095>19094 19097>19096".into());
+    pairs
+        .split_whitespace()
+        .map(|pair| {
+            let (listen, advertised) = pair.split_once('>').expect("LISTEN>ADVERTISED");
+            (listen.parse().expect("a port"), advertised.parse().expect("a port"))
+        })
+        .collect()
 }
 
-/// A Kafka-protocol proxy on `listen` that forwards to the test broker and advertises
-/// `advertised` (the link's near end) to its clients.
-fn kafka_proxy(listen: u16, advertised: SocketAddr) -> Proxy {
-    let bin = std::env::var("DOCREPL_NISSHI_BIN").expect("DOCREPL_NISSHI_BIN (set by scripts/test.sh)");
-    let child = Command::new(bin)
-        .args(["proxy", "--listener-url", &format!("tcp://127.0.0.1:{listen}"), "--advertised-listener-url", &format!("tcp://{advertised}")])
-        .args(["--origin-url", &format!("tcp://{}", common::broker())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Kafka proxy");
-    Proxy(child)
-}
-
-/// A free loopback port (the proxy binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A link to a Kafka proxy, and the proxy: the link's near end is the broker address a
-/// client across it uses.
-async fn kafka_across_the_link() -> (Arc<Link>, Proxy) {
-    let proxy_port = free_port();
-    let link = Link::start("127.0.0.1:0".parse().unwrap(), format!("127.0.0.1:{proxy_port}").parse().unwrap(), wan()).await.unwrap();
-    let proxy = kafka_proxy(proxy_port, link.local_addr);
-    // A client started before the proxy listens would find no broker at all.
-    common::eventually(Duration::from_secs(30), "the Kafka proxy to listen", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", proxy_port)).await.is_ok()
-    })
-    .await;
-    (link, proxy)
+/// A link to the broker's listener number `which`: the link's near end is the address that
+/// listener advertises, so a client that bootstraps there keeps crossing the link.
+async fn kafka_across_the_link(which: usize) -> Arc<Link> {
+    let (listen, advertised) = broker_link_ports()[which];
+    Link::start(format!("127.0.0.1:{advertised}").parse().unwrap(), format!("127.0.0.1:{listen}").parse().unwrap(), wan())
+        .await
+        .unwrap_or_else(|e| panic!("the link on 127.0.0.1:{advertised} (to the broker's listener on {listen}): {e}"))
 }
 
 async fn load(setup: &Setup) {
@@ -95,7 +74,7 @@ async fn the_pipeline_replicates_across_the_link_with_the_broker_on_either_side(
     let mut a = Setup::new("wana");
     a.source_extra = "collections = [\"c\"]".into();
     load(&a).await;
-    let (link_a, _proxy_a) = kafka_across_the_link().await;
+    let link_a = kafka_across_the_link(0).await;
     let source_cfg = {
         let text = std::fs::read_to_string(a.config()).unwrap();
         let text = text.replacen(&format!("bootstrap_servers = {:?}", common::broker()), &format!("bootstrap_servers = \"{}\"", link_a.local_addr), 1);
@@ -110,7 +89,7 @@ async fn the_pipeline_replicates_across_the_link_with_the_broker_on_either_side(
     let mut b = Setup::new("wanb");
     b.source_extra = "collections = [\"c\"]".into();
     load(&b).await;
-    let (link_b, _proxy_b) = kafka_across_the_link().await;
+    let link_b = kafka_across_the_link(1).await;
     let target_link = Link::start("127.0.0.1:0".parse().unwrap(), addr(&common::target_uri()), wan()).await.unwrap();
     let sink_cfg = {
         let text = std::fs::read_to_string(b.config()).unwrap();

@@ -99,6 +99,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.board.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        let why = state.board.unreachable();
+        let body = if why.is_empty() { "not ready\n".to_string() } else { format!("not ready: {}\n", why.join(", ")) };
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

@@ -140,6 +140,24 @@ impl TopicAdmin {
             .collect())
     }
 
+    /// The session timeout the broker applies to members of `group` under the consumer
+    /// protocol (KIP-848): the group's `consumer.session.timeout.ms`, which defaults to the
+    /// broker's `group.consumer.session.timeout.ms`. `None` when the broker does not say
+    /// (no group configs before Apache Kafka 4.0).
+    pub async fn consumer_group_session_timeout_ms(&self, group: &str) -> Result<Option<u64>, TopicError> {
+        use rdkafka::admin::ResourceSpecifier;
+        let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .client
+            .describe_configs(&[ResourceSpecifier::Group(group)], &opts)
+            .await
+            .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
+        Ok(results
+            .into_iter()
+            .flatten()
+            .find_map(|resource| resource.get("consumer.session.timeout.ms").and_then(|e| e.value.as_deref()).and_then(|v| v.parse().ok())))
+    }
+
     /// Creates `topic` with `partitions` when missing; checks the count when present.
     pub async fn ensure_topic(
         &self,

@@ -38,6 +38,12 @@ pub struct KafkaConfig {
     /// Default: `<topic_prefix>-dead-letters` (outside the `<prefix>.` topic pattern).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// The sink's consumer group protocol: `classic` (default; every broker) or `consumer`
+    /// (KIP-848, Apache Kafka 4.0 and later: the broker computes assignments and moves
+    /// partitions one at a time; its `group.consumer.session.timeout.ms` then decides when
+    /// a silent member loses them, and must be at least `sink.session_timeout_ms`).
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
     /// librdkafka properties passed through to every client (security.protocol, sasl.*,
     /// ssl.*, ...). They win over docrepl's defaults. Numbers and booleans are taken as
     /// their text (`"linger.ms" = 5` and `DOCREPL_KAFKA__PROPERTIES__LINGER_MS=5` work).
@@ -72,6 +78,15 @@ impl Compression {
             Compression::Gzip => "gzip",
         }
     }
+}
+
+/// Kafka's consumer group protocols (see `KafkaConfig::group_protocol`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    #[default]
+    Classic,
+    Consumer,
 }
 
 /// How collections map to topics (see `KafkaConfig::topic_per`).
@@ -122,6 +137,12 @@ impl KafkaConfig {
             ));
         }
         require_at_least("kafka.max_message_bytes", self.max_message_bytes, 1024)?;
+        if self.properties.contains_key("group.protocol") {
+            return Err(ConfigError::invalid(
+                "kafka.properties.\"group.protocol\"",
+                "set kafka.group_protocol = \"consumer\" (or \"classic\") instead: docrepl leaves out the settings the consumer protocol refuses",
+            ));
+        }
         if self.max_message_bytes > 100 * 1024 * 1024 {
             return Err(ConfigError::invalid("kafka.max_message_bytes", "must be at most 104857600 (100 MiB)"));
         }

@@ -6,7 +6,7 @@ mod config;
 pub mod delivery;
 pub mod partitioner;
 
-pub use config::{Compression, KafkaConfig, TopicPer};
+pub use config::{Compression, GroupProtocol, KafkaConfig, TopicPer};
 
 use rdkafka::ClientConfig;
 
@@ -85,14 +85,23 @@ fn producer_defaults(kafka: &KafkaConfig) -> Vec<(&'static str, String)> {
 /// Consumer settings for a group: manual commits after the target acknowledged, and
 /// `auto.offset.reset=error` so an offset lost to retention stops the sink loudly.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: u64) -> ClientConfig {
-    let defaults = vec![
+    let mut defaults = vec![
         ("group.id", group_id.to_string()),
         ("enable.auto.commit", "false".to_string()),
         ("enable.auto.offset.store", "false".to_string()),
         ("auto.offset.reset", "error".to_string()),
-        ("session.timeout.ms", session_timeout_ms.to_string()),
-        ("heartbeat.interval.ms", (session_timeout_ms / 4).max(500).to_string()),
-        ("partition.assignment.strategy", "range,roundrobin".to_string()),
+    ];
+    match kafka.group_protocol {
+        GroupProtocol::Classic => defaults.extend([
+            ("session.timeout.ms", session_timeout_ms.to_string()),
+            ("heartbeat.interval.ms", (session_timeout_ms / 4).max(500).to_string()),
+            ("partition.assignment.strategy", "range,roundrobin".to_string()),
+        ]),
+        // The broker owns the session timeout, heartbeats and assignment: librdkafka
+        // refuses those settings with this protocol.
+        GroupProtocol::Consumer => defaults.push(("group.protocol", "consumer".to_string())),
+    }
+    defaults.extend([
         // How long a fetch may wait for data. librdkafka's 500 ms is fine for a broker that
         // answers as soon as data arrives; one that waits out the time (the local nisshi)
         // adds it to the replication lag: measured with scripts/bench.sh's live phase at
@@ -114,6 +123,6 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: 
         // A pattern subscription finds topics of new collections on a metadata refresh
         // (librdkafka's default is every 5 minutes).
         ("topic.metadata.refresh.interval.ms", "5000".to_string()),
-    ];
+    ]);
     client_config(kafka, defaults)
 }

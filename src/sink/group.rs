@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
@@ -89,23 +89,39 @@ impl ConsumerContext for GroupContext {
                 // Split before assigning: librdkafka then never forwards the partitions'
                 // messages to the main queue, not even those fetched right after assign.
                 let queues = self.split_queues(tpl);
-                if let Err(e) = consumer.assign(tpl) {
+                // The consumer protocol (KIP-848) hands partitions over a few at a time:
+                // the assignment grows by `tpl` rather than becoming it.
+                let taken = if incremental(consumer) { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = taken {
                     error!("cannot take the assigned partitions: {e}");
                     return;
                 }
                 self.start_workers(queues);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if incremental(consumer) => {
+                // Only the partitions in `tpl` go; the others' workers keep writing.
+                self.stop_workers(consumer, Some(tpl));
+                if let Err(e) = consumer.incremental_unassign(tpl) {
+                    warn!("cannot give the revoked partitions up: {e}");
+                }
             }
             _ => {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     warn!("rebalance error: {:?}", err);
                 }
                 self.stop_workers(consumer, None);
-                let _ = consumer.unassign();
+                let _ = if incremental(consumer) { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
             }
         }
     }
 
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// True when assignments change incrementally (Kafka's consumer protocol, KIP-848), false
+/// for the classic protocol's eager rebalances (everything revoked, then reassigned).
+fn incremental(consumer: &BaseConsumer<GroupContext>) -> bool {
+    matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
 }
 
 impl GroupContext {
@@ -398,13 +414,32 @@ pub fn run_member(
 /// A partition this group never committed on starts at its beginning, which is only the
 /// topic's whole history if retention has deleted nothing yet (low watermark 0).
 fn check_beginning_retained(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: i32) -> Result<(), String> {
-    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(15)) {
-        Ok((low, _)) if low > 0 => Err(format!(
-            "topic {topic} partition {partition} has no committed offset for this group and its earliest retained offset is {low}: retention already deleted the events before it, so starting there would leave the target without them. On a compacted topic (every document's latest event kept) start with `docrepl sink --from-beginning`; otherwise make a fresh initial copy (clear the source's checkpoints) and then start the sink with --from-beginning"
-        )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot read the earliest offset of topic {topic} partition {partition} (needed because this group has no committed offset there): {e}")),
+    // A topic created a moment ago may have no leader yet (Apache Kafka answers
+    // NotLeaderForPartition for the first few hundred ms): asked again for up to 10 s.
+    let mut tries = 0;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(15)) {
+            Ok((low, _)) if low > 0 => return Err(format!(
+                "topic {topic} partition {partition} has no committed offset for this group and its earliest retained offset is {low}: retention already deleted the events before it, so starting there would leave the target without them. On a compacted topic (every document's latest event kept) start with `docrepl sink --from-beginning`; otherwise make a fresh initial copy (clear the source's checkpoints) and then start the sink with --from-beginning"
+            )),
+            Ok(_) => return Ok(()),
+            Err(e) if tries < 40 && is_leader_moving(&e) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(format!("cannot read the earliest offset of topic {topic} partition {partition} (needed because this group has no committed offset there): {e}")),
+        }
     }
+}
+
+/// True for the errors a partition answers while its leader is being elected or moved
+/// (a new topic, a broker restart, a reassignment): they pass by themselves.
+fn is_leader_moving(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition | UnknownPartition | UnknownTopic | RequestTimedOut | OperationTimedOut | BrokerNotAvailable | AllBrokersDown | BrokerTransportFailure | NotCoordinator | CoordinatorNotAvailable | FencedLeaderEpoch | UnknownLeaderEpoch | OffsetNotAvailable)
+    )
 }
 
 /// True for the error `auto.offset.reset=error` raises when a partition's position no

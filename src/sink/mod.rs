@@ -29,7 +29,8 @@ pub use group::ReplayFrom;
 
 use crate::config::Config;
 use crate::kafka::admin::TopicAdmin;
-use crate::status::StatusBoard;
+use crate::health::Connectivity;
+use crate::status::{Side, StatusBoard};
 
 /// Runs the sink until `shutdown` is cancelled or an error the operator must act on.
 pub async fn run(
@@ -47,10 +48,11 @@ pub async fn run(
     let dead_letter_topic = config.kafka.dead_letter_topic();
     let admin = TopicAdmin::new(&config.kafka)?;
     admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &config.kafka.dead_letter_topic_configs()).await?;
-    board.set_sink_ready(true);
+    check_group_session_timeout(&admin, &config.kafka, sink).await?;
+    board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: true });
     {
         let board = board.clone();
-        tokio::spawn(crate::health::watch(client.clone(), admin, move |ok| board.set_sink_ready(ok), shutdown.clone()));
+        tokio::spawn(crate::health::watch(client.clone(), admin, move |c| board.set_connectivity(Side::Sink, c), shutdown.clone()));
     }
     let producer: FutureProducer =
         crate::kafka::producer_config(&config.kafka).create().context("cannot create the dead-letter producer")?;
@@ -81,4 +83,30 @@ pub async fn run(
 
 fn regex_escape(s: &str) -> String {
     s.chars().flat_map(|c| if "\\.+*?()|[]{}^$".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
+}
+
+/// Under the consumer protocol the broker decides when a silent member loses its
+/// partitions. Every write is bounded by half of `sink.session_timeout_ms` so that it is
+/// over before the partition can move: a broker-side timeout shorter than ours would break
+/// that, and a late write could land after the new owner's.
+async fn check_group_session_timeout(admin: &TopicAdmin, kafka: &crate::kafka::KafkaConfig, sink: &SinkConfig) -> anyhow::Result<()> {
+    if kafka.group_protocol != crate::kafka::GroupProtocol::Consumer {
+        return Ok(());
+    }
+    match admin.consumer_group_session_timeout_ms(&sink.group_id).await {
+        Ok(Some(broker)) if broker < sink.session_timeout_ms => anyhow::bail!(
+            "the broker's session timeout for group {} is {broker} ms (consumer.session.timeout.ms, default group.consumer.session.timeout.ms), below sink.session_timeout_ms = {}: a member could lose its partitions while a write is still in flight. Set sink.session_timeout_ms to at most {broker}, or raise the group's consumer.session.timeout.ms",
+            sink.group_id,
+            sink.session_timeout_ms
+        ),
+        Ok(Some(broker)) => {
+            info!(group = %sink.group_id, broker_session_timeout_ms = broker, "consumer group protocol (KIP-848)");
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::warn!(group = %sink.group_id, "the broker did not say its session timeout for the group; writes stay bounded by half of sink.session_timeout_ms");
+            Ok(())
+        }
+        Err(e) => Err(e).context("cannot read the consumer group's session timeout from the broker"),
+    }
 }

@@ -49,7 +49,8 @@ pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
 use crate::config::Config;
-use crate::status::StatusBoard;
+use crate::health::Connectivity;
+use crate::status::{Side, StatusBoard};
 use crate::kafka::admin::TopicAdmin;
 use crate::metrics as m;
 use crate::mongo;
@@ -133,10 +134,10 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
         metadata_sent: Default::default(),
         expanded_events: std::sync::atomic::AtomicBool::new(src.metadata.events == metadata::MetadataEvents::Auto && !flavor.is_documentdb()),
     });
-    board.set_source_ready(true);
+    board.set_connectivity(Side::Source, Connectivity { cluster: true, broker: true });
     {
         let board = board.clone();
-        tokio::spawn(crate::health::watch(control.clone(), admin.clone(), move |ok| board.set_source_ready(ok), shutdown.clone()));
+        tokio::spawn(crate::health::watch(control.clone(), admin.clone(), move |c| board.set_connectivity(Side::Source, c), shutdown.clone()));
     }
     tokio::spawn(history::watch(control.clone(), flavor, src.history_retention_hours, board.clone(), shutdown.clone()));
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use docrepl::kafka::KafkaConfig;
 
+pub mod kafka_cluster;
+
 pub fn source_uri() -> String {
     std::env::var("DOCREPL_TEST_SOURCE_URI")
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27117/?replicaSet=rs-source".into())
@@ -66,6 +68,8 @@ pub struct Setup {
     pub source_extra: String,
     pub sink_extra: String,
     pub kafka_extra: String,
+    /// `kafka.bootstrap_servers`: the suite's broker unless a test runs its own cluster.
+    pub bootstrap: String,
 }
 
 impl Setup {
@@ -79,6 +83,7 @@ impl Setup {
             source_extra: String::new(),
             sink_extra: String::new(),
             kafka_extra: String::new(),
+            bootstrap: broker(),
         }
     }
 
@@ -120,7 +125,7 @@ listen = "127.0.0.1:0"
 "#,
             src = source_uri(),
             tgt = target_uri(),
-            broker = broker(),
+            broker = self.bootstrap,
             db = self.db,
             group = self.group,
             prefix = self.prefix,
@@ -218,6 +223,11 @@ impl Proc {
     }
 
     /// Waits up to `within` for the process to exit by itself; its exit code.
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let c = self.child.as_mut()?;
         let deadline = std::time::Instant::now() + within;
