@@ -97,7 +97,7 @@ impl TopicAdmin {
             for result in results {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((name, code)) => return Err(TopicError::Create { topic: name, message: code.to_string() }),
+                    Err((name, code)) => return Err(TopicError::Create { message: create_refusal(code, partitions, replication, configs), topic: name }),
                 }
             }
         }
@@ -167,6 +167,24 @@ impl TopicAdmin {
         configs: &[(&str, String)],
     ) -> Result<(), TopicError> {
         self.ensure_topics(&[topic.to_string()], partitions, replication, configs).await
+    }
+}
+
+/// What a CreateTopics refusal means for the operator, and what to change.
+fn create_refusal(code: RDKafkaErrorCode, partitions: i32, replication: i32, configs: &[(&str, String)]) -> String {
+    let settings = configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+    match code {
+        RDKafkaErrorCode::InvalidReplicationFactor => format!(
+            "the broker refused replication factor {replication} ({code}): the cluster has fewer brokers. Set kafka.replication_factor to at most the number of brokers, or -1 for the broker's default.replication.factor"
+        ),
+        RDKafkaErrorCode::InvalidPartitions => format!("the broker refused {partitions} partitions ({code}); set kafka.partitions within what the cluster allows"),
+        RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation => format!(
+            "the broker refused the topic's settings ({settings}) ({code}); MSK Serverless and clusters with a create-topic policy take max.message.bytes only within their limit: set kafka.max_message_bytes within it, or create the topic yourself"
+        ),
+        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed => format!(
+            "not allowed to create topics ({code}): grant the principal CREATE on the topic prefix (see the README's ACL list), or create the topics beforehand with {partitions} partitions"
+        ),
+        other => format!("{other} (partitions {partitions}, replication factor {replication}, settings {settings})"),
     }
 }
 

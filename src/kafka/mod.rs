@@ -73,7 +73,10 @@ fn producer_defaults(kafka: &KafkaConfig) -> Vec<(&'static str, String)> {
         ("partitioner", "murmur2_random".to_string()),
         ("linger.ms", "5".to_string()),
         ("batch.num.messages", "10000".to_string()),
-        ("batch.size", "1000000".to_string()),
+        // The broker holds a whole record batch, not each message, to the topic's
+        // max.message.bytes (Apache Kafka refused 64 KB parts batched together on a topic
+        // lowered to 64 KB): a batch never outgrows the limit docrepl creates topics with.
+        ("batch.size", kafka.max_message_bytes.min(1_000_000).to_string()),
         // Bounds librdkafka's queue: the process stays small even when the broker stalls.
         ("queue.buffering.max.kbytes", "65536".to_string()),
         ("queue.buffering.max.messages", "100000".to_string()),
