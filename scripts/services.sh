@@ -69,6 +69,25 @@ write_node_config() { # node cluster_size
       protocols+=",LINK$k:PLAINTEXT"
     done
   fi
+  # DOCREPL_KAFKA_TLS_DIR (a PKCS#12 keystore broker.p12, password in
+  # DOCREPL_KAFKA_KEYSTORE_PASSWORD): a SASL_SSL listener (SCRAM-SHA-512) on the node's
+  # port + 6, with Kafka's StandardAuthorizer; the plaintext listeners stay for the
+  # controllers and for setting ACLs (their ANONYMOUS principal is a super user).
+  local secure=""
+  if [ -n "${DOCREPL_KAFKA_TLS_DIR:-}" ]; then
+    listeners+=",SECURE://127.0.0.1:$((port + 6))"
+    advertised+=",SECURE://127.0.0.1:$((port + 6))"
+    protocols+=",SECURE:SASL_SSL"
+    secure="sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.secure.ssl.keystore.type=PKCS12
+listener.name.secure.ssl.keystore.location=$DOCREPL_KAFKA_TLS_DIR/broker.p12
+listener.name.secure.ssl.keystore.password=${DOCREPL_KAFKA_KEYSTORE_PASSWORD:-}
+listener.name.secure.ssl.key.password=${DOCREPL_KAFKA_KEYSTORE_PASSWORD:-}
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS"
+  fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=$node
@@ -89,6 +108,7 @@ transaction.state.log.replication.factor=$rf
 transaction.state.log.min.isr=$isr
 # As Kafka's own sample config for development: a group forms at once, not after 3 s.
 group.initial.rebalance.delay.ms=0
+$secure
 PROPS
 }
 
@@ -124,8 +144,14 @@ start_broker_node() { # node cluster_size
   mkdir -p "$dir"
   write_node_config "$node" "$n"
   if [ ! -f "$dir/data/meta.properties" ]; then
+    # DOCREPL_KAFKA_SCRAM_USERS="name:password ...": SCRAM-SHA-512 credentials written
+    # with the cluster's first metadata.
+    local scram=() user
+    for user in ${DOCREPL_KAFKA_SCRAM_USERS:-}; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+    done
     kafka_java kafka.tools.StorageTool format --ignore-formatted -t "$(cat "$DOCREPL_DATA/broker/cluster.id")" \
-      -c "$dir/server.properties" >>"$dir/broker.log" 2>&1 || die "formatting broker $node's log dir failed: see $dir/broker.log"
+      -c "$dir/server.properties" "${scram[@]}" >>"$dir/broker.log" 2>&1 || die "formatting broker $node's log dir failed: see $dir/broker.log"
   fi
   # A heap of 512 MB-1 GB per node: enough for the tests and benches on a 24 GiB machine.
   (exec nohup "$(java_bin)" -Xms512m -Xmx"${DOCREPL_KAFKA_HEAP:-1g}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \

@@ -247,7 +247,12 @@ where
         Ok(code) => i32::from(code),
         Err(e) => {
             eprintln!("docrepl: error: {e:#}");
-            on_error
+            // Refused credentials, certificate or ACL: a setting to fix, like a bad config.
+            if crate::kafka::access::is_refusal(&e) {
+                2
+            } else {
+                on_error
+            }
         }
     };
     // Everything that matters is flushed and saved by now. Exit without tearing the

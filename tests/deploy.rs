@@ -229,28 +229,13 @@ fn dashboard_and_alerts_name_only_documented_metrics() {
     }
 }
 
-/// A CA, and a server certificate for 127.0.0.1 signed by it, made with openssl.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (apt install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=docrepl test CA"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
-    let pem = [std::fs::read(dir.join("server.crt")).unwrap(), std::fs::read(dir.join("server.key")).unwrap()].concat();
-    std::fs::write(dir.join("server.pem"), pem).unwrap();
-    (dir.join("ca.pem"), dir.join("server.pem"))
-}
-
 /// One source, two sink groups (two regions), two target clusters: both end equal to the
 /// source. The second target requires TLS with a self-signed CA; its sink (and verify)
 /// reach it through `tlsCAFile`, and a client without TLS is refused.
 #[tokio::test]
 async fn two_sink_groups_fan_out_to_two_targets_one_over_tls() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, server_pem) = make_certificates(certs.path());
+    let (ca, server_pem) = common::make_certificates(certs.path());
     let tls = format!("tls=true&tlsCAFile={}", ca.display());
     let tls_args = vec![
         "--tlsMode".to_string(),

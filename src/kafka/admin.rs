@@ -9,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
+use super::access::AccessRefused;
 use super::{base_client_config, KafkaConfig};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -21,6 +22,8 @@ pub enum TopicError {
     PartitionMismatch { topic: String, expected: i32, actual: i32 },
     #[error("cannot create topic {topic}: {message}")]
     Create { topic: String, message: String },
+    #[error("the Kafka cluster at {servers} refused docrepl")]
+    Access { servers: String, source: AccessRefused },
 }
 
 /// A handle on the cluster's admin API.
@@ -28,6 +31,8 @@ pub enum TopicError {
 pub struct TopicAdmin {
     client: Arc<AdminClient<DefaultClientContext>>,
     servers: String,
+    /// To diagnose a failed request (see `access::diagnose`).
+    kafka: KafkaConfig,
 }
 
 impl TopicAdmin {
@@ -36,7 +41,7 @@ impl TopicAdmin {
             servers: kafka.bootstrap_servers.clone(),
             message: e.to_string(),
         })?;
-        Ok(TopicAdmin { client: Arc::new(client), servers: kafka.bootstrap_servers.clone() })
+        Ok(TopicAdmin { client: Arc::new(client), servers: kafka.bootstrap_servers.clone(), kafka: kafka.clone() })
     }
 
     /// True when the broker answers a metadata request.
@@ -64,7 +69,21 @@ impl TopicAdmin {
         })
         .await
         .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
-        metadata.map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })
+        match metadata {
+            Ok(counts) => Ok(counts),
+            Err(e) => Err(self.failed(e.to_string()).await),
+        }
+    }
+
+    /// A request that failed: an access refusal when the cluster refuses docrepl (the
+    /// request itself only says transport failure or time-out), else the cluster unreachable.
+    async fn failed(&self, message: String) -> TopicError {
+        let kafka = self.kafka.clone();
+        let refused = tokio::task::spawn_blocking(move || super::access::diagnose(&kafka, Duration::from_secs(5))).await.ok().flatten();
+        match refused {
+            Some(source) => TopicError::Access { servers: self.servers.clone(), source },
+            None => TopicError::Unreachable { servers: self.servers.clone(), message },
+        }
     }
 
     /// `ensure_topic` for many topics in a few requests (one metadata request, one
@@ -97,7 +116,12 @@ impl TopicAdmin {
             for result in results {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((name, code)) => return Err(TopicError::Create { message: create_refusal(code, partitions, replication, configs), topic: name }),
+                    Err((name, code)) => {
+                        if let Some(source) = super::access::refusal(Some(code), &format!("CreateTopics {name}: {code}"), None) {
+                            return Err(TopicError::Access { servers: self.servers.clone(), source });
+                        }
+                        return Err(TopicError::Create { message: create_refusal(code, partitions, replication, configs), topic: name });
+                    }
                 }
             }
         }
@@ -170,7 +194,8 @@ impl TopicAdmin {
     }
 }
 
-/// What a CreateTopics refusal means for the operator, and what to change.
+/// What a CreateTopics refusal means for the operator, and what to change (ACL refusals
+/// are `TopicError::Access`).
 fn create_refusal(code: RDKafkaErrorCode, partitions: i32, replication: i32, configs: &[(&str, String)]) -> String {
     let settings = configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
     match code {
@@ -180,9 +205,6 @@ fn create_refusal(code: RDKafkaErrorCode, partitions: i32, replication: i32, con
         RDKafkaErrorCode::InvalidPartitions => format!("the broker refused {partitions} partitions ({code}); set kafka.partitions within what the cluster allows"),
         RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation => format!(
             "the broker refused the topic's settings ({settings}) ({code}); MSK Serverless and clusters with a create-topic policy take max.message.bytes only within their limit: set kafka.max_message_bytes within it, or create the topic yourself"
-        ),
-        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed => format!(
-            "not allowed to create topics ({code}): grant the principal CREATE on the topic prefix (see the README's ACL list), or create the topics beforehand with {partitions} partitions"
         ),
         other => format!("{other} (partitions {partitions}, replication factor {replication}, settings {settings})"),
     }

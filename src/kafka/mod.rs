@@ -1,11 +1,13 @@
 //! Everything that talks to Kafka: client settings, topic administration, the producer
 //! the source uses and the consumer the sink uses.
 
+pub mod access;
 pub mod admin;
 mod config;
 pub mod delivery;
 pub mod partitioner;
 
+pub use access::AccessRefused;
 pub use config::{Compression, GroupProtocol, KafkaConfig, TopicPer};
 
 use rdkafka::ClientConfig;

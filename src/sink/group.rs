@@ -49,6 +49,8 @@ pub enum GroupError {
     WorkerPanicked(String),
     #[error("Kafka consumer error: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("the Kafka cluster refused the sink's consumer")]
+    Access(#[source] crate::kafka::AccessRefused),
 }
 
 struct Worker {
@@ -379,7 +381,10 @@ pub fn run_member(
             Some(Err(e)) if is_offset_lost(&e) => {
                 break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &e.to_string())));
             }
-            Some(Err(e)) => warn!("consumer: {e}"),
+            Some(Err(e)) => match crate::kafka::access::refusal_of(&e, None) {
+                Some(refused) => break Err(GroupError::Access(refused)),
+                None => warn!("consumer: {e}"),
+            },
         }
         match consumer.context().worker_failure() {
             Some((_, WorkerFailure::OffsetLost(error))) => break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error))),

@@ -10,6 +10,8 @@ pub struct KafkaCluster {
     dir: tempfile::TempDir,
     base_port: u16,
     nodes: u16,
+    /// Extra settings for scripts/services.sh (TLS, SCRAM users).
+    env: Vec<(String, String)>,
 }
 
 impl KafkaCluster {
@@ -17,7 +19,13 @@ impl KafkaCluster {
     /// on the port after). Three nodes give topics replication factor 3 and
     /// `min.insync.replicas` 2.
     pub fn start(base_port: u16, nodes: u16) -> KafkaCluster {
-        let cluster = KafkaCluster { dir: tempfile::tempdir().expect("tempdir"), base_port, nodes };
+        Self::start_with(base_port, nodes, &[])
+    }
+
+    /// Like `start`, with settings of scripts/services.sh (`DOCREPL_KAFKA_TLS_DIR`, ...).
+    pub fn start_with(base_port: u16, nodes: u16, env: &[(&str, &str)]) -> KafkaCluster {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cluster = KafkaCluster { dir: tempfile::tempdir().expect("tempdir"), base_port, nodes, env };
         cluster.services(&["start", "broker"]);
         cluster
     }
@@ -32,6 +40,7 @@ impl KafkaCluster {
             .env("DOCREPL_KAFKA_NODES", self.nodes.to_string())
             .env("DOCREPL_BROKER_LINKS", "")
             .env("DOCREPL_KAFKA_HEAP", "512m")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run scripts/services.sh");
         assert!(out.status.success(), "services.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -39,6 +48,11 @@ impl KafkaCluster {
 
     pub fn port(&self, node: u16) -> u16 {
         self.base_port + 10 * (node - 1)
+    }
+
+    /// The SASL_SSL listener of a node started with `DOCREPL_KAFKA_TLS_DIR`.
+    pub fn secure_port(&self, node: u16) -> u16 {
+        self.port(node) + 6
     }
 
     /// `host:port` of every node, as `kafka.bootstrap_servers`.
