@@ -107,11 +107,11 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: 
         GroupProtocol::Consumer => defaults.push(("group.protocol", "consumer".to_string())),
     }
     defaults.extend([
-        // How long a fetch may wait for data. librdkafka's 500 ms is fine for a broker that
-        // answers as soon as data arrives; one that waits out the time (the local nisshi)
-        // adds it to the replication lag: measured with scripts/bench.sh's live phase at
-        // 5,000 docs/s, p50/p99 lag 255/2093 ms at 500, 79/554 at 100, 70/356 at 50, 67/196
-        // at 20. Idle cost: one fetch per broker every 20 ms.
+        // How long a fetch may wait for data. Apache Kafka answers as soon as data arrives;
+        // a broker that waits out the time (the stand-in nisshi did) adds it to the
+        // replication lag: measured with scripts/bench.sh's live phase at 5,000 docs/s on
+        // it, p50/p99 lag 255/2093 ms at 500, 79/554 at 100, 70/356 at 50, 67/196 at 20.
+        // Kept at 20 for such brokers; idle cost: one fetch per broker every 20 ms.
         ("fetch.wait.max.ms", "20".to_string()),
         // Fetched data stays in memory until every message of it is applied, and the sink
         // reads each partition from its own queue: so small fetches (at least one whole
