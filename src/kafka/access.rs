@@ -95,9 +95,15 @@ pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str, user: Option<&str>)
     Some(AccessRefused(text))
 }
 
-/// The refusal in a request's own error (an ACL answer), if it is one.
-pub fn refusal_of(error: &KafkaError, user: Option<&str>) -> Option<AccessRefused> {
-    refusal(error.rdkafka_error_code(), &error.to_string(), user)
+/// An ACL refusal in a request's own answer (topic, group or cluster authorization
+/// failed), if it is one. Credentials and certificates are checked when the process starts
+/// (`diagnose`); a SASL or TLS error later, on a reconnect, is left to the reconnect.
+pub fn acl_refusal_of(error: &KafkaError, user: Option<&str>) -> Option<AccessRefused> {
+    use RDKafkaErrorCode::*;
+    match error.rdkafka_error_code() {
+        code @ Some(TopicAuthorizationFailed | GroupAuthorizationFailed | ClusterAuthorizationFailed) => refusal(code, &error.to_string(), user),
+        _ => None,
+    }
 }
 
 /// True when `error` (or anything it was caused by) is an access refusal.

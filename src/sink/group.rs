@@ -381,7 +381,7 @@ pub fn run_member(
             Some(Err(e)) if is_offset_lost(&e) => {
                 break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &e.to_string())));
             }
-            Some(Err(e)) => match crate::kafka::access::refusal_of(&e, None) {
+            Some(Err(e)) => match crate::kafka::access::acl_refusal_of(&e, None) {
                 Some(refused) => break Err(GroupError::Access(refused)),
                 None => warn!("consumer: {e}"),
             },
