@@ -154,6 +154,8 @@ start_broker_node() { # node cluster_size
       -c "$dir/server.properties" "${scram[@]}" >>"$dir/broker.log" 2>&1 || die "formatting broker $node's log dir failed: see $dir/broker.log"
   fi
   # A heap of 512 MB-1 GB per node: enough for the tests and benches on a 24 GiB machine.
+  # exec, not kafka_java: the pid recorded below must be the JVM's, so that a stop or a
+  # kill -9 reaches the broker itself.
   (exec nohup "$(java_bin)" -Xms512m -Xmx"${DOCREPL_KAFKA_HEAP:-1g}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$DOCREPL_DATA/broker/log4j2.properties" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" >>"$dir/broker.log" 2>&1 </dev/null) &
@@ -171,8 +173,8 @@ start_broker() {
   for i in "${nodes[@]}"; do wait_broker_node "$i"; done
 }
 
-# wait_broker_node NODE: until the node answers Kafka requests (its port open and the
-# metadata of the cluster listing it), bounded by 90 s.
+# wait_broker_node NODE: until the node takes clients (its port open and its log saying
+# the server started), bounded by 90 s.
 wait_broker_node() {
   local node=$1 port dir
   port=$(node_port "$node"); dir=$(node_dir "$node")
