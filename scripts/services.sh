@@ -6,11 +6,12 @@
 # Data, logs and pid files live under $DOCREPL_DATA (default .data/ in the checkout).
 # `start` is idempotent; `stop` stops only what it started. `start`/`stop` take the
 # components to act on (`source`, `target`, `broker`, or `broker:N` for one node of the
-# cluster; default all), which the fault suite uses to restart one of them.
+# cluster; default all), which the fault suite uses to restart one of them;
+# `kafka-tool CLASS ARGS...` runs one of Kafka's tools against the cluster.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-usage() { echo "usage: $0 start|stop [source|target|broker ...] | status" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop [source|target|broker|broker:N ...] | status | kafka-tool CLASS ARGS..." >&2; exit 2; }
 
 start_mongod() { # name port
   local name=$1 port=$2 dir="$DOCREPL_DATA/$1"
@@ -48,8 +49,9 @@ PYEOF
 # replication factor 3 and min.insync.replicas 2 for the fault tests. Node i listens for
 # clients on BROKER_PORT + 10 * (i - 1) and for its controller on the port after.
 # DOCREPL_BROKER_LINKS="LISTEN>ADVERTISED ..." adds to node 1 a listener per pair on port
-# LISTEN that advertises 127.0.0.1:ADVERTISED: an emulated link from ADVERTISED to LISTEN
-# puts every connection of a client that bootstraps through it across the link.
+# LISTEN that advertises 127.0.0.1:ADVERTISED, and to node i the same pair shifted by
+# 10 * (i - 1): an emulated link from each node's ADVERTISED to its LISTEN puts every
+# connection of a client that bootstraps through one of them across the link.
 node_port() { echo $(( BROKER_PORT + 10 * ($1 - 1) )); }
 node_dir() { echo "$DOCREPL_DATA/broker/node$1"; }
 
@@ -60,12 +62,12 @@ write_node_config() { # node cluster_size
   rf=$(( n < 3 ? n : 3 )); isr=$(( rf > 1 ? 2 : 1 ))
   local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))"
   local advertised="PLAINTEXT://127.0.0.1:$port" protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-  if [ "$node" = 1 ] && [ -n "${DOCREPL_BROKER_LINKS:-}" ]; then
-    local pair k=0
+  if [ -n "${DOCREPL_BROKER_LINKS:-}" ]; then
+    local pair k=0 shift=$(( 10 * (node - 1) ))
     for pair in $DOCREPL_BROKER_LINKS; do
       k=$((k + 1))
-      listeners+=",LINK$k://127.0.0.1:${pair%%>*}"
-      advertised+=",LINK$k://127.0.0.1:${pair##*>}"
+      listeners+=",LINK$k://127.0.0.1:$(( ${pair%%>*} + shift ))"
+      advertised+=",LINK$k://127.0.0.1:$(( ${pair##*>} + shift ))"
       protocols+=",LINK$k:PLAINTEXT"
     done
   fi
@@ -243,6 +245,14 @@ case "$command" in
   stop)
     if [ $# -eq 0 ]; then set -- broker source target; fi
     for c in "$@"; do stop_one "$c"; done ;;
+  kafka-tool)
+    # One of Kafka's own tools (e.g. org.apache.kafka.tools.TopicCommand) against the
+    # running cluster, for the fault suite's partition reassignment.
+    [ $# -gt 0 ] || usage
+    bootstrap=""
+    for i in $(seq 1 "$KAFKA_NODES"); do bootstrap+="${bootstrap:+,}127.0.0.1:$(node_port "$i")"; done
+    tool=$1; shift
+    kafka_java "$tool" --bootstrap-server "$bootstrap" "$@" ;;
   status)
     status_one "source mongod" "$DOCREPL_DATA/source/mongod.pid" "$SOURCE_PORT"
     status_one "target mongod" "$DOCREPL_DATA/target/mongod.pid" "$TARGET_PORT"

@@ -24,22 +24,12 @@ async fn pipeline(name: &str, cluster: &KafkaCluster) -> (Setup, Proc, Proc) {
     setup.bootstrap = cluster.bootstrap();
     setup.source_extra = "collections = [\"c\"]".into();
     let loaded = setup.spawn("loadgen", &["--collection", "c", "-n", "2000", "--shape", "types", "--seed", "7"]);
-    wait_exit(loaded, "the preload").await;
+    common::expect_success(loaded, "the preload").await;
     let source = setup.spawn("source", &[]);
     let sink = setup.spawn("sink", &[]);
     let (code, out) = common::verify(&setup.config(), 180);
     assert_eq!(code, Some(0), "the initial copy through the cluster:\n{out}\n{}\n{}", source.log_text(), sink.log_text());
     (setup, source, sink)
-}
-
-async fn wait_exit(mut p: Proc, what: &str) {
-    let code = tokio::task::spawn_blocking(move || {
-        let code = p.wait_exit(Duration::from_secs(300));
-        (code, p)
-    })
-    .await
-    .unwrap();
-    assert_eq!(code.0, Some(0), "{what} failed:\n{}", code.1.log_text());
 }
 
 /// Mixed changes (inserts, updates, deletes, replaces over the 2,000 hot documents) at
@@ -77,7 +67,7 @@ async fn a_node_killed_with_minus_9_loses_nothing_and_writes_go_on() {
         target_count(&setup).await > before + 100
     })
     .await;
-    wait_exit(load, "the mixed load").await;
+    common::expect_success(load, "the mixed load").await;
     assert_equal(&setup, "after a node was killed", &[&source, &sink]);
     cluster.start_node(2);
 }
@@ -114,7 +104,7 @@ async fn the_whole_cluster_down_for_60_s_is_waited_out_and_said() {
         })
         .await;
     }
-    wait_exit(load, "the mixed load").await;
+    common::expect_success(load, "the mixed load").await;
     assert_equal(&setup, "after the cluster was down for 60 s", &[&source, &sink]);
     // Resumed from its checkpoint: one initial copy in the source's whole log.
     assert_eq!(source.log_text().matches("initial copy starting").count(), 1, "copied again:\n{}", source.log_text());
@@ -153,7 +143,7 @@ async fn leaders_moved_by_a_reassignment_during_the_load_lose_nothing() {
     let moved = leaders_before.iter().filter(|(p, r)| leaders_after.iter().any(|(q, s)| q == p && s[0] != r[0])).count();
     assert_eq!(moved, leaders_before.len(), "every leader moved: before {leaders_before:?}, after {leaders_after:?}");
 
-    wait_exit(load, "the mixed load").await;
+    common::expect_success(load, "the mixed load").await;
     assert_equal(&setup, "after the leaders moved", &[&source, &sink]);
 }
 

@@ -9,19 +9,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, Setup};
-
-async fn wait_exit(mut p: Proc, what: &str) {
-    let (code, p) = tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(300)), p)).await.unwrap();
-    assert_eq!(code, Some(0), "{what} failed:\n{}", p.log_text());
-}
+use common::Setup;
 
 async fn members_come_and_go_under(protocol: &str) {
     let mut setup = Setup::new(&format!("gp{protocol}"));
     setup.source_extra = "collections = [\"c\"]".into();
     setup.kafka_extra = format!("group_protocol = {protocol:?}");
     let preload = setup.spawn("loadgen", &["--collection", "c", "-n", "1000", "--shape", "types", "--seed", "3"]);
-    wait_exit(preload, "the preload").await;
+    common::expect_success(preload, "the preload").await;
     let source = setup.spawn("source", &[]);
     let mut a = setup.spawn("sink", &[]);
     let b = setup.spawn("sink", &[]);
@@ -37,7 +32,7 @@ async fn members_come_and_go_under(protocol: &str) {
     let c = setup.spawn("sink", &[]);
     common::eventually(Duration::from_secs(60), "the third member to take partitions", || async { c.log_text().contains("worker started") }).await;
     a.kill9();
-    wait_exit(load, "the mixed load").await;
+    common::expect_success(load, "the mixed load").await;
     let (code, out) = common::verify(&setup.config(), 240);
     assert_eq!(code, Some(0), "group protocol {protocol}: the target differs:\n{out}\nsource:\n{}\nb:\n{}\nc:\n{}", source.log_text(), b.log_text(), c.log_text());
     if protocol == "consumer" {

@@ -222,12 +222,12 @@ impl Proc {
         }
     }
 
-    /// Waits up to `within` for the process to exit by itself; its exit code.
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Waits up to `within` for the process to exit by itself; its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let c = self.child.as_mut()?;
         let deadline = std::time::Instant::now() + within;
@@ -250,6 +250,13 @@ impl Proc {
     pub fn log_path(&self) -> &Path {
         &self.log
     }
+}
+
+/// Waits, off the async runtime's threads, up to 300 s for a process that ends by itself
+/// (a loadgen, a verify) and fails the test with its log unless it exited 0.
+pub async fn expect_success(mut p: Proc, what: &str) {
+    let (code, p) = tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(300)), p)).await.unwrap();
+    assert_eq!(code, Some(0), "{what} failed:\n{}", p.log_text());
 }
 
 impl Drop for Proc {
