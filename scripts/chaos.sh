@@ -37,13 +37,6 @@ SERVICES="$DOCREPL_ROOT/scripts/services.sh"
 # other ports (services.sh).
 LINK_DELAY_MS=50 LINK_PORT=$((BROKER_PORT + 2)) KAFKA_LINK_LISTENER=$((BROKER_PORT + 3)) LINK_CONTROL=$((BROKER_PORT + 7))
 NODES=$(seq 0 $((KAFKA_NODES - 1)))
-# bootstrap SIDE PLACEMENT: every node's address for that side (bootstrap_for's, per node).
-bootstrap() {
-  local first i list=""
-  first=$(bootstrap_for "$1" "$2"); first=${first##*:}
-  for i in $NODES; do list+="${list:+,}127.0.0.1:$((first + 10 * i))"; done
-  echo "$list"
-}
 
 PIDS=()
 stop_docrepl() {
@@ -168,7 +161,7 @@ for trial in $(seq 1 "$TRIALS"); do
   start_link
   # Each side's file: the same but for its way to the broker.
   for side in source sink; do
-    bootstrap=$(bootstrap "$side" "$placement")
+    bootstrap=$(bootstrap_for "$side" "$placement")
     cat >"$WORK/$side.toml" <<EOF
 [source]
 uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"

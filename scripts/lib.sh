@@ -83,14 +83,17 @@ count_docs() { "$PY" -c "
 import json, sys
 from pymongo import MongoClient
 print(MongoClient('127.0.0.1', int(sys.argv[1]), directConnection=True)[sys.argv[2]][sys.argv[3]].count_documents(json.loads(sys.argv[4])))" "$1" "$2" "$3" "${4:-{\}}" 2>/dev/null || echo 0; }
-# bootstrap_for SIDE PLACEMENT: how a docrepl side (source|sink) reaches the broker with an
-# emulated link between the regions: across the link (LINK_PORT, a Kafka proxy behind it)
-# for the side in the other region (the source in placement A, the broker in the target
-# region; the sink in B), directly for the side next to it.
+# bootstrap_for SIDE PLACEMENT: how a docrepl side (source|sink) reaches the brokers with
+# an emulated link between the regions: across the link (LINK_PORT, the link to a broker
+# listener that advertises the link's near end) for the side in the other region (the
+# source in placement A, the broker in the target region; the sink in B), directly for the
+# side next to it. One address per node: node i's port and its link's are shifted by
+# 10 * (i - 1), as services.sh places them.
 bootstrap_for() {
+  local port=$BROKER_PORT i list=""
   if { [ "$1" = source ] && [ "$2" = A ]; } || { [ "$1" = sink ] && [ "$2" = B ]; }; then
-    echo "127.0.0.1:$LINK_PORT"
-  else
-    echo "127.0.0.1:$BROKER_PORT"
+    port=$LINK_PORT
   fi
+  for i in $(seq 0 $((KAFKA_NODES - 1))); do list+="${list:+,}127.0.0.1:$((port + 10 * i))"; done
+  echo "$list"
 }
