@@ -137,24 +137,34 @@ pub fn make_document(shape: Shape, id: i64, seed: u64) -> Document {
     }
 }
 
+/// The database to write when `--database` is not given: the one `source.database`, or
+/// with `--target` the database the sink writes that collection to (its `namespace_map`).
+fn default_database(config: &Config, target: bool, collection: &str) -> Option<String> {
+    let src = config.source.as_ref()?;
+    let single = match src.database_selection() {
+        crate::source::DatabaseSelection::Named(dbs) if dbs.len() == 1 => dbs.into_iter().next()?,
+        _ => return None,
+    };
+    match (target, config.sink.as_ref()) {
+        (true, Some(sink)) => Some(sink.target_namespace(&crate::event::Namespace::new(&single, collection)).db),
+        _ => Some(single),
+    }
+}
+
 /// Runs the generator; prints a final summary line. Returns an error for bad arguments
 /// or an unusable cluster.
 pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
-    let (uri, key, default_db, flavor) = if args.target {
+    let (uri, key, flavor) = if args.target {
         let sink = config.sink.as_ref().context("--target needs a [sink] section")?;
-        (sink.uri.clone(), "sink.uri", None, sink.flavor().0)
+        (sink.uri.clone(), "sink.uri", sink.flavor().0)
     } else {
         let src = config.source.as_ref().context("loadgen needs a [source] section (or --target with [sink])")?;
-        let single = match src.database_selection() {
-            crate::source::DatabaseSelection::Named(dbs) if dbs.len() == 1 => dbs.into_iter().next(),
-            _ => None,
-        };
-        (src.uri.clone(), "source.uri", single, src.flavor().0)
+        (src.uri.clone(), "source.uri", src.flavor().0)
     };
     let database = args
         .database
         .clone()
-        .or(default_db)
+        .or_else(|| default_database(config, args.target, &args.collection))
         .context("no database: pass --database (or set a single source.database)")?;
     if args.batch == 0 || args.concurrency == 0 {
         bail!("--batch and --concurrency must be at least 1");
@@ -363,6 +373,35 @@ mod tests {
     fn text_documents_are_about_four_kilobytes() {
         let size = bson::to_vec(&make_document(Shape::Text, 7, 1)).map(|b| b.len()).unwrap_or(0);
         assert!((4000..4200).contains(&size), "{size}");
+    }
+
+    fn config(text: &str) -> Config {
+        Config::from_toml_str(text, std::path::Path::new("test.toml"), std::iter::empty(), crate::config::Role::Tool)
+            .expect("a valid test config")
+    }
+
+    const BOTH: &str = r#"
+[source]
+uri = "mongodb://127.0.0.1:27117/?replicaSet=rs-source"
+database = "bench"
+[sink]
+uri = "mongodb://127.0.0.1:27217/?replicaSet=rs-target"
+namespace_map = { "bench.docs" = "copy.docs" }
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+"#;
+
+    #[test]
+    fn the_source_database_is_the_default_on_the_source() {
+        assert_eq!(default_database(&config(BOTH), false, "loadgen").as_deref(), Some("bench"));
+    }
+
+    #[test]
+    fn target_writes_default_to_where_the_source_database_replicates() {
+        // Issue #35 item 10: `loadgen --target` said "set a single source.database" with it set.
+        assert_eq!(default_database(&config(BOTH), true, "loadgen").as_deref(), Some("bench"));
+        // A collection the sink maps elsewhere goes where the sink would write it.
+        assert_eq!(default_database(&config(BOTH), true, "docs").as_deref(), Some("copy"));
     }
 
     #[test]
