@@ -3,6 +3,7 @@
 //! The source side (`source`) turns change streams into Debezium MongoDB events; the sink
 //! side (`sink`) applies them to the target. `main.rs` is a thin CLI over this library.
 
+pub mod bson_order;
 pub mod cli;
 pub mod config;
 pub mod cutover;

@@ -231,3 +231,48 @@ async fn the_copy_resume_query_finds_every_later_id_across_types() {
         }
     }
 }
+
+/// `verify`'s merge walks both sides in the server's `_id` order, so its comparison must
+/// rank BSON types exactly as mongod sorts them (issue #35 item 1: it ranked `undefined`
+/// with `null`, which mongod sorts before it). Sorted on a plain field, since `_id` cannot
+/// hold `undefined`.
+#[tokio::test]
+async fn verify_orders_bson_types_as_mongod_sorts_them() {
+    use futures::TryStreamExt;
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&common::unique("order")).collection::<Document>("c");
+    let values = vec![
+        bson::Bson::MaxKey,
+        bson::Bson::JavaScriptCodeWithScope(bson::JavaScriptCodeWithScope { code: "x".into(), scope: doc! {"a": 1} }),
+        bson::Bson::JavaScriptCode("f()".into()),
+        bson::Bson::RegularExpression(bson::Regex { pattern: "a".into(), options: "i".into() }),
+        bson::Bson::Timestamp(bson::Timestamp { time: 1, increment: 1 }),
+        bson::Bson::DateTime(bson::DateTime::from_millis(-5)),
+        bson::Bson::Boolean(true),
+        bson::Bson::Boolean(false),
+        bson::Bson::ObjectId(bson::oid::ObjectId::new()),
+        bson::Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1] }),
+        bson::Bson::Document(doc! {"x": 1}),
+        bson::Bson::Symbol("b".into()),
+        bson::Bson::String("a".into()),
+        bson::Bson::Double(2.5),
+        bson::Bson::Int64(2),
+        bson::Bson::Int32(1),
+        bson::Bson::Null,
+        bson::Bson::Undefined,
+        bson::Bson::MinKey,
+    ];
+    coll.insert_many(values.iter().enumerate().map(|(i, v)| doc! {"_id": i as i32, "v": v.clone()})).await.unwrap();
+    let sorted: Vec<Document> = coll.find(doc! {}).sort(doc! {"v": 1, "_id": 1}).await.unwrap().try_collect().await.unwrap();
+    let sorted: Vec<bson::Bson> = sorted.into_iter().map(|d| d.get("v").cloned().unwrap()).collect();
+    assert_eq!(sorted.len(), values.len());
+    for pair in sorted.windows(2) {
+        assert_eq!(
+            docrepl::verify::compare_bson(&pair[0], &pair[1]),
+            std::cmp::Ordering::Less,
+            "mongod sorts {:?} before {:?} (its whole order: {sorted:?})",
+            pair[0],
+            pair[1]
+        );
+    }
+}

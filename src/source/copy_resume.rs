@@ -3,73 +3,28 @@
 //!
 //! A plain `{_id: {$gt: x}}` only matches `_id`s of x's own type bracket (numbers with
 //! numbers, strings with strings), so on its own it would skip every `_id` of a type that
-//! sorts later. The filter adds those types with `$type`. It replaces `find(...).min()`,
+//! sorts later. The filter adds those types with `$type` (their order: `crate::bson_order`). It replaces `find(...).min()`,
 //! which Amazon DocumentDB does not support (cursor `min`/`max`); one query serves both
 //! flavours. Pure: unit-tested here, and against a real server in `tests/documentdb.rs`.
 
 use bson::{doc, Bson, Document};
 
+use crate::bson_order::{bracket, BRACKETS};
 use crate::flavor::Flavor;
-
-/// The type brackets of MongoDB's comparison order (`canonicalizeBSONType`), each with
-/// the `$type` numbers it holds. `_id` is never an array (and arrays are excluded from
-/// `$type` matching of array elements anyway), so array is left out.
-const BRACKETS: &[&[i32]] = &[
-    &[-1],            // MinKey
-    &[6],             // undefined
-    &[10],            // null
-    &[1, 16, 18, 19], // double, int, long, decimal
-    &[2, 14],         // string, symbol
-    &[3],             // object
-    &[5],             // binData
-    &[7],             // objectId
-    &[8],             // bool
-    &[9],             // date
-    &[17],            // timestamp
-    &[11],            // regex
-    &[12],            // dbPointer
-    &[13],            // javascript
-    &[15],            // javascriptWithScope
-    &[127],           // MaxKey
-];
-
-fn type_number(value: &Bson) -> i32 {
-    match value {
-        Bson::MinKey => -1,
-        Bson::Undefined => 6,
-        Bson::Null => 10,
-        Bson::Double(_) => 1,
-        Bson::Int32(_) => 16,
-        Bson::Int64(_) => 18,
-        Bson::Decimal128(_) => 19,
-        Bson::String(_) => 2,
-        Bson::Symbol(_) => 14,
-        Bson::Document(_) => 3,
-        Bson::Array(_) => 4,
-        Bson::Binary(_) => 5,
-        Bson::ObjectId(_) => 7,
-        Bson::Boolean(_) => 8,
-        Bson::DateTime(_) => 9,
-        Bson::Timestamp(_) => 17,
-        Bson::RegularExpression(_) => 11,
-        Bson::DbPointer(_) => 12,
-        Bson::JavaScriptCode(_) => 13,
-        Bson::JavaScriptCodeWithScope(_) => 15,
-        Bson::MaxKey => 127,
-    }
-}
 
 /// Deprecated types Amazon DocumentDB cannot store (its data-type table lists none of
 /// them), so no `_id` there has them; naming them in `$type` is left to MongoDB.
 const NOT_ON_DOCUMENTDB: [i32; 4] = [6, 12, 14, 15];
 
+const ARRAY: i32 = 4;
+
 /// Matches every document whose `_id` sorts after `after` (not `after` itself).
 pub fn after_id(after: &Bson, flavor: Flavor) -> Document {
-    let own = type_number(after);
-    let bracket = BRACKETS.iter().position(|b| b.contains(&own)).unwrap_or(BRACKETS.len() - 1);
-    let later: Vec<Bson> = BRACKETS[bracket + 1..]
+    let later: Vec<Bson> = BRACKETS[bracket(after) + 1..]
         .iter()
         .flat_map(|b| b.iter().copied())
+        // `_id` is never an array (and `$type` would match arrays by their elements).
+        .filter(|t| *t != ARRAY)
         .filter(|t| !(flavor.is_documentdb() && NOT_ON_DOCUMENTDB.contains(t)))
         .map(Bson::Int32)
         .collect();

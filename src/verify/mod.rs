@@ -208,7 +208,7 @@ pub fn checksum(doc: &RawDocumentBuf) -> u64 {
     h.finish()
 }
 
-/// MongoDB's sort order across BSON types (MinKey < null < numbers < strings < objects <
+/// MongoDB's sort order across BSON types (MinKey < undefined < null < numbers < strings < objects <
 /// arrays < binary < ObjectId < bool < date < timestamp < regex < MaxKey), and within a type.
 pub fn compare_bson(a: &Bson, b: &Bson) -> Ordering {
     let (ra, rb) = (type_rank(a), type_rank(b));
@@ -216,7 +216,7 @@ pub fn compare_bson(a: &Bson, b: &Bson) -> Ordering {
         return ra.cmp(&rb);
     }
     match (a, b) {
-        (x, y) if ra == 3 => number(x).partial_cmp(&number(y)).unwrap_or(Ordering::Equal),
+        (x, y) if is_number(x) => number(x).partial_cmp(&number(y)).unwrap_or(Ordering::Equal),
         (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
         (Bson::Document(x), Bson::Document(y)) => {
             for (ex, ey) in x.iter().zip(y.iter()) {
@@ -256,25 +256,13 @@ pub fn compare_bson(a: &Bson, b: &Bson) -> Ordering {
     }
 }
 
-fn type_rank(b: &Bson) -> u8 {
-    match b {
-        Bson::MinKey => 1,
-        Bson::Null | Bson::Undefined => 2,
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => 3,
-        Bson::String(_) | Bson::Symbol(_) => 4,
-        Bson::Document(_) => 5,
-        Bson::Array(_) => 6,
-        Bson::Binary(_) => 7,
-        Bson::ObjectId(_) => 8,
-        Bson::Boolean(_) => 9,
-        Bson::DateTime(_) => 10,
-        Bson::Timestamp(_) => 11,
-        Bson::RegularExpression(_) => 12,
-        Bson::DbPointer(_) => 13,
-        Bson::JavaScriptCode(_) => 14,
-        Bson::JavaScriptCodeWithScope(_) => 15,
-        Bson::MaxKey => 16,
-    }
+/// The type's place in MongoDB's order, from the one table the copy's resume filter uses.
+fn type_rank(b: &Bson) -> usize {
+    crate::bson_order::bracket(b)
+}
+
+fn is_number(b: &Bson) -> bool {
+    matches!(b, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
 }
 
 fn number(b: &Bson) -> f64 {
