@@ -3,9 +3,9 @@
 //!
 //! A plain `{_id: {$gt: x}}` only matches `_id`s of x's own type bracket (numbers with
 //! numbers, strings with strings), so on its own it would skip every `_id` of a type that
-//! sorts later. The filter adds those types with `$type` (their order: `crate::bson_order`). It replaces `find(...).min()`,
-//! which Amazon DocumentDB does not support (cursor `min`/`max`); one query serves both
-//! flavours. Pure: unit-tested here, and against a real server in `tests/documentdb.rs`.
+//! sorts later. The filter adds those types with `$type` (their order:
+//! `crate::bson_order`). It replaces `find(...).min()`, which Amazon DocumentDB does not
+//! support (cursor `min`/`max`); one query serves both flavours. Pure: unit-tested here, and against a real server in `tests/documentdb.rs`.
 
 use bson::{doc, Bson, Document};
 
@@ -16,6 +16,7 @@ use crate::flavor::Flavor;
 /// them), so no `_id` there has them; naming them in `$type` is left to MongoDB.
 const NOT_ON_DOCUMENTDB: [i32; 4] = [6, 12, 14, 15];
 
+/// BSON's type number for arrays, left out of `$type`: see `after_id`.
 const ARRAY: i32 = 4;
 
 /// Matches every document whose `_id` sorts after `after` (not `after` itself).
