@@ -1,7 +1,10 @@
-//! MongoDB's comparison order of BSON types (`canonicalizeBSONType`): one table for the
-//! initial copy's resume filter (`source::copy_resume`, every `_id` after one) and
-//! `verify`'s walk of both sides in `_id` order. Checked against a real mongod's sort in
-//! `tests/documentdb.rs`: `undefined` sorts before `null`, not with it.
+//! MongoDB's comparison order of BSON values (`canonicalizeBSONType`, then by value): one
+//! table for the initial copy's resume filter (`source::copy_resume`, every `_id` after
+//! one), `repair`'s `_id` ranges, and `verify`'s and `repair`'s walks of both sides in
+//! `_id` order. Checked against a real mongod's sort in `tests/documentdb.rs`: `undefined`
+//! sorts before `null`, not with it.
+
+use std::cmp::Ordering;
 
 use bson::Bson;
 
@@ -59,6 +62,72 @@ pub fn type_number(value: &Bson) -> i32 {
 pub fn bracket(value: &Bson) -> usize {
     let own = type_number(value);
     BRACKETS.iter().position(|b| b.contains(&own)).unwrap_or(BRACKETS.len() - 1)
+}
+
+/// MongoDB's sort order across BSON types (MinKey < undefined < null < numbers < strings < objects <
+/// arrays < binary < ObjectId < bool < date < timestamp < regex < MaxKey), and within a type.
+pub fn compare(a: &Bson, b: &Bson) -> Ordering {
+    let (ra, rb) = (type_rank(a), type_rank(b));
+    if ra != rb {
+        return ra.cmp(&rb);
+    }
+    match (a, b) {
+        (x, y) if is_number(x) => number(x).partial_cmp(&number(y)).unwrap_or(Ordering::Equal),
+        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Bson::Document(x), Bson::Document(y)) => {
+            for (ex, ey) in x.iter().zip(y.iter()) {
+                let o = type_rank(ex.1)
+                    .cmp(&type_rank(ey.1))
+                    .then_with(|| ex.0.as_bytes().cmp(ey.0.as_bytes()))
+                    .then_with(|| compare(ex.1, ey.1));
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Bson::Array(x), Bson::Array(y)) => {
+            for (ex, ey) in x.iter().zip(y.iter()) {
+                let o = compare(ex, ey);
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Bson::Binary(x), Bson::Binary(y)) => x
+            .bytes
+            .len()
+            .cmp(&y.bytes.len())
+            .then_with(|| u8::from(x.subtype).cmp(&u8::from(y.subtype)))
+            .then_with(|| x.bytes.cmp(&y.bytes)),
+        (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
+        (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
+        (Bson::DateTime(x), Bson::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
+        (Bson::Timestamp(x), Bson::Timestamp(y)) => (x.time, x.increment).cmp(&(y.time, y.increment)),
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
+            x.pattern.cmp(&y.pattern).then_with(|| x.options.cmp(&y.options))
+        }
+        _ => Ordering::Equal,
+    }
+}
+
+fn type_rank(b: &Bson) -> usize {
+    bracket(b)
+}
+
+fn is_number(b: &Bson) -> bool {
+    matches!(b, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
+}
+
+fn number(b: &Bson) -> f64 {
+    match b {
+        Bson::Int32(i) => *i as f64,
+        Bson::Int64(i) => *i as f64,
+        Bson::Double(d) => *d,
+        Bson::Decimal128(d) => d.to_string().parse().unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ pub enum Command {
     /// Switch to the target: wait for quiet and for the sink, make unique and TTL indexes
     /// final, verify; "ready to switch" (exit 0) or "not ready" with reasons (exit 1).
     Cutover(CutoverCommand),
+    /// Make the [sink] side equal to the [source] side, moving only what differs; what it
+    /// overwrites or deletes is kept in <sink.state_database>.repaired first.
+    Repair(RepairCommand),
+    /// Serve digests of the [source] cluster to a `repair` in another region.
+    Digests(DigestsCommand),
     /// Print a running service's /status as a table.
     Status(StatusArgs),
     /// Emulate a WAN link: relay TCP with delay, jitter and a bandwidth cap, cut on command.
@@ -109,6 +114,22 @@ pub struct CutoverCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct RepairCommand {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub args: crate::repair::RepairArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DigestsCommand {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub args: crate::repair::peer::DigestsArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Base URL of the service's HTTP listener.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -142,6 +163,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Loadgen(a) => (&a.service, Role::Tool),
         Command::Verify(a) => (&a.service, Role::Tool),
         Command::Cutover(a) => (&a.service, Role::Tool),
+        Command::Repair(a) => (&a.service, Role::Tool),
+        Command::Digests(a) => (&a.service, Role::Tool),
         Command::Link(a) => {
             crate::logging::init(&crate::logging::LogConfig::default());
             let shape = crate::link::Shape {
@@ -209,6 +232,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(c) => serve_with_codes(2, |_| async move { crate::verify::run(&config, &c.args).await }),
         // cutover: 0 ready to switch, 1 not ready, 2 could not check.
         Command::Cutover(c) => serve_with_codes(2, |_| async move { crate::cutover::run(&config, &c.args).await }),
+        // repair: 0 equal, 1 still different, 2 could not repair.
+        Command::Repair(c) => serve_with_codes(2, |_| async move { crate::repair::run(&config, &c.args).await }),
+        Command::Digests(c) => serve(|shutdown| async move { crate::repair::peer::run(&config, &c.args, shutdown).await }),
         // Answered above, before any config is loaded.
         Command::Status(_) | Command::Link(_) => ExitCode::SUCCESS,
     }

@@ -24,6 +24,7 @@ pub mod mongo;
 pub mod pacer;
 pub mod parts;
 pub mod redact;
+pub mod repair;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -268,7 +268,7 @@ async fn verify_orders_bson_types_as_mongod_sorts_them() {
     assert_eq!(sorted.len(), values.len());
     for pair in sorted.windows(2) {
         assert_eq!(
-            docrepl::verify::compare_bson(&pair[0], &pair[1]),
+            docrepl::bson_order::compare(&pair[0], &pair[1]),
             std::cmp::Ordering::Less,
             "mongod sorts {:?} before {:?} (its whole order: {sorted:?})",
             pair[0],
