@@ -37,6 +37,9 @@ pub enum Command {
     /// Make the [sink] side equal to the [source] side, moving only what differs; what it
     /// overwrites or deletes is kept in <sink.state_database>.repaired first.
     Repair(RepairCommand),
+    /// Turn the pair around after `cutover`: write the opposite direction's config, which
+    /// starts where the cutover left off, with no copy; retire the old direction.
+    Reverse(ReverseCommand),
     /// Serve digests of the [source] cluster to a `repair` in another region.
     Digests(DigestsCommand),
     /// Print a running service's /status as a table.
@@ -122,6 +125,14 @@ pub struct RepairCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct ReverseCommand {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub args: crate::direction::reverse::ReverseArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct DigestsCommand {
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -164,6 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(a) => (&a.service, Role::Tool),
         Command::Cutover(a) => (&a.service, Role::Tool),
         Command::Repair(a) => (&a.service, Role::Tool),
+        Command::Reverse(a) => (&a.service, Role::Both),
         Command::Digests(a) => (&a.service, Role::Tool),
         Command::Link(a) => {
             crate::logging::init(&crate::logging::LogConfig::default());
@@ -234,6 +246,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cutover(c) => serve_with_codes(2, |_| async move { crate::cutover::run(&config, &c.args).await }),
         // repair: 0 equal, 1 still different, 2 could not repair.
         Command::Repair(c) => serve_with_codes(2, |_| async move { crate::repair::run(&config, &c.args).await }),
+        // reverse: 0 the file is written, 2 a step must come first (or an error).
+        Command::Reverse(c) => {
+            let path = c.service.config.clone();
+            serve_with_codes(2, |_| async move { crate::direction::reverse::run(&config, &path, &c.args).await })
+        }
         Command::Digests(c) => serve(|shutdown| async move { crate::repair::peer::run(&config, &c.args, shutdown).await }),
         // Answered above, before any config is loaded.
         Command::Status(_) | Command::Link(_) => ExitCode::SUCCESS,
@@ -274,7 +291,8 @@ where
         Err(e) => {
             eprintln!("docrepl: error: {e:#}");
             // Refused credentials, certificate or ACL: a setting to fix, like a bad config.
-            if crate::kafka::access::is_refusal(&e) {
+            // So is the direction lock refusing: a step to take first.
+            if crate::kafka::access::is_refusal(&e) || crate::direction::lock::is_refusal(&e) {
                 2
             } else {
                 on_error

@@ -43,6 +43,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[pair]`: the pair's name, regions and trip (see `direction`).
+    #[serde(default)]
+    pub pair: crate::direction::PairConfig,
 }
 
 /// What is wrong with a configuration. Every variant names the key (as a dotted path) or
@@ -111,6 +114,7 @@ impl Config {
         self.kafka.validate()?;
         self.http.validate()?;
         self.log.validate()?;
+        self.pair.validate()?;
         let need_source = matches!(role, Role::Source | Role::Both);
         let need_sink = matches!(role, Role::Sink | Role::Both);
         match &self.source {

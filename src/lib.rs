@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod cutover;
 pub mod debezium;
+pub mod direction;
 pub mod event;
 pub mod extjson;
 pub mod fence;

@@ -7,7 +7,8 @@
 //! `_id`), the change stream with inserts, updates, replaces and deletes, a sink writing
 //! the target, collection metadata (a validator; plain, unique and TTL indexes; an index
 //! and an option changed while streaming, found by the listing), `docrepl verify` and
-//! `docrepl cutover`. The test then reads every command logged for the
+//! `docrepl cutover`, `docrepl repair` of a drifted target and `docrepl reverse` with the
+//! reversed pair streaming back. The test then reads every command logged for the
 //! app name `docrepl` and takes out each command name, aggregation stage, change-stream
 //! stage and option, query, update and expression operator and system variable, and fails
 //! on any that `tests/documentdb/support-5.0.tsv` (facts from AWS's documentation and its
@@ -112,9 +113,10 @@ fn features(command: &serde_json::Map<String, Value>) -> BTreeSet<Feature> {
                     Some(Value::Object(u)) => {
                         for (op, args) in u.iter().filter(|(k, _)| k.starts_with('$')) {
                             out.insert(("operator", op.clone()));
-                            // `$push: {a: {$each: [], $slice: 3}}`: the modifiers.
+                            // `$push: {a: {$each: [], $slice: 3}}`: the modifiers (a
+                            // value's type wrapper, `$set: {at: {$timestamp: …}}`, is none).
                             for arg in args.as_object().into_iter().flat_map(|a| a.values()) {
-                                for modifier in arg.as_object().into_iter().flat_map(|m| m.keys()).filter(|k| k.starts_with('$')) {
+                                for modifier in arg.as_object().into_iter().filter(|m| !is_wrapper(m)).flat_map(|m| m.keys()).filter(|k| k.starts_with('$')) {
                                     out.insert(("operator", modifier.clone()));
                                 }
                             }
@@ -471,7 +473,41 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     })
     .await;
     assert_eq!(b.terminate(Duration::from_secs(15)), Some(0), "{}", b.log_text());
-    drop(sink);
+    let mut sink = sink;
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
+
+    // Repair of a drifted DocumentDB target: both sides scanned into digests, the
+    // differing spans listed, documents fetched, the replaced versions kept.
+    target_coll.insert_many((0..50).map(|i| doc! {"_id": format!("drift{i}")})).await.unwrap();
+    coll.insert_many((0..300).map(|i| doc! {"_id": 1000 + i, "n": i})).await.unwrap();
+    target_coll.insert_many((0..300).map(|i| doc! {"_id": 1000 + i, "n": -i})).await.unwrap();
+    let run = |command: &str, config: &Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl")).arg(command).arg("--config").arg(config).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, said) = run("repair", &cfg, &[]);
+    assert_eq!(code, Some(0), "{said}");
+    // Turning the pair around: the lock's records on both sides, the old checkpoints
+    // retired, and the reversed source streaming from the cutover's point.
+    let reversed = setup.dir.path().join("reversed.toml");
+    // (Instance a was killed: its lock lapses 20 s after its last renewal.)
+    let mut reverse = || run("reverse", &cfg, &["--write", reversed.to_str().unwrap(), "--source-region", "a", "--target-region", "b"]);
+    let (mut code, mut said) = reverse();
+    for _ in 0..30 {
+        if !said.contains("still running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (code, said) = reverse();
+    }
+    assert_eq!(code, Some(0), "{said}");
+    let back = setup.spawn_with("run", &reversed, &[]);
+    target_coll.insert_one(doc! {"_id": "from-b"}).await.unwrap();
+    common::eventually(Duration::from_secs(60), "a write on the old target to reach the old source", || async {
+        coll.count_documents(doc! {"_id": "from-b"}).await.unwrap_or(0) == 1
+    })
+    .await;
+    drop(back);
 
     // For AWS's own compatibility tool (`compat.py --file`), run by hand over the same logs.
     if let Ok(dir) = std::env::var("DOCREPL_PROFILE_LOG_DIR") {
@@ -509,6 +545,8 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
         ("command", "collMod"),
         ("command", "listIndexes"),
         ("option", "insert.bypassDocumentValidation"),
+        // The direction lock and repair's kept versions.
+        ("operator", "$currentDate"),
     ] {
         assert!(seen.contains_key(&(expected.0, expected.1.to_string())), "{expected:?} not seen in the logs: {names:?}");
     }

@@ -121,6 +121,10 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
     }
 
     if not_ready.is_empty() {
+        if !args.check_only {
+            let at = record_cutover_point(config, &target, sink, args.source_down).await?;
+            println!("5. recorded: the target is ready from cluster time {}.{} (where `docrepl reverse` starts the opposite direction)", at.time, at.increment);
+        }
         println!("READY TO SWITCH: point the applications at the target");
         Ok(0)
     } else {
@@ -130,6 +134,21 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
         }
         Ok(1)
     }
+}
+
+/// Records the target's cluster time now, just past the sink's last write: everything
+/// written on the target after it is the applications' (see `direction::lock`).
+async fn record_cutover_point(config: &Config, target: &mongodb::Client, sink: &crate::sink::SinkConfig, source_down: bool) -> anyhow::Result<bson::Timestamp> {
+    let reply = target.database("admin").run_command(bson::doc! {"hello": 1}).await.context("cannot read the target's cluster time")?;
+    let now = reply
+        .get_timestamp("operationTime")
+        .ok()
+        .or_else(|| reply.get_document("$clusterTime").ok().and_then(|c| c.get_timestamp("clusterTime").ok()))
+        .context("the target reported no cluster time (is it a replica set?)")?;
+    // Later writes have a greater time: one increment on, none of the sink's is after it.
+    let at = bson::Timestamp { time: now.time, increment: now.increment + 1 };
+    let direction = crate::direction::Direction::of(config);
+    crate::direction::lock::record_cutover(&target.database(&sink.state_database), &direction, at, source_down).await.context("cannot record the cutover point on the target")
 }
 
 async fn connect_source(src: &crate::source::SourceConfig) -> anyhow::Result<mongodb::Client> {

@@ -74,11 +74,29 @@ struct Outcome {
 }
 
 /// Runs repair; the exit code (0 equal, 1 still different).
+/// A repair writes to the target as the pair's sink does: refused while this pair's
+/// opposite direction reads the target (its source would send the repair's writes back)
+/// or when the config is from before a turn; a config from a newer trip brings the
+/// target's record up to it (retiring what the target read as a source before: see
+/// `direction::lock::settle_trip`).
+async fn guard_direction(config: &Config, state: &mongodb::Database) -> anyhow::Result<()> {
+    use crate::direction::lock::{self, LockError};
+    let direction = crate::direction::Direction::of(config);
+    if let Some(holder) = lock::running(state, "sink.uri", &direction).await?.into_iter().find(|h| h.here == "source") {
+        return Err(LockError::Held { pair: direction.pair, cluster: "sink.uri".into(), holder }.into());
+    }
+    lock::settle_trip(state, "sink.uri", &direction, crate::direction::Here::Target, None, None).await?;
+    Ok(())
+}
+
 pub async fn run(config: &Config, args: &RepairArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let sink = config.sink.as_ref().context("repair needs the [sink] section: the side to make equal")?;
     let target_client = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let target = Arc::new(Local::new(target_client.clone(), sink.flavor().0));
+    if !args.dry_run {
+        guard_direction(config, &target_client.database(&sink.state_database)).await?;
+    }
     let (source, namespaces) = match &args.source_digests {
         Some(url) => {
             let remote = Arc::new(Remote::new(url, std::env::var(peer::TOKEN_VAR).ok().filter(|t| !t.is_empty())));

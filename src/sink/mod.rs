@@ -44,6 +44,11 @@ pub async fn run(
     info!(flavor = flavor.name(), "target cluster flavour {} ({why})", flavor.name());
     board.set_flavor("target", flavor.name());
     let client = crate::mongo::connect(&sink.uri, "sink.uri", flavor).await?;
+    // Before anything is applied: the opposite direction must not be running.
+    let direction = crate::direction::Direction::of(config);
+    let state = client.database(&sink.state_database);
+    let lock = crate::direction::lock::claim(&state, "sink.uri", &direction, crate::direction::Here::Target, &crate::direction::instance_name(config), None).await?;
+    lock.keep(shutdown.clone());
 
     let dead_letter_topic = config.kafka.dead_letter_topic();
     let admin = TopicAdmin::new(&config.kafka)?;
@@ -73,12 +78,16 @@ pub async fn run(
     };
     let runtime = tokio::runtime::Handle::current();
     info!(group = %sink.group_id, "sink service started");
-    tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         group::run_member(consumer_config, subscription, worker_ctx, runtime, replay, board, shutdown)
     })
     .await
-    .context("the consumer thread panicked")?
-    .map_err(Into::into)
+    .context("the consumer thread panicked")?;
+    if let Some(refusal) = lock.failure() {
+        return Err(refusal.into());
+    }
+    lock.release().await;
+    result.map_err(Into::into)
 }
 
 fn regex_escape(s: &str) -> String {

@@ -87,6 +87,24 @@ pub struct SourceConfig {
     /// `change_stream_log_retention_duration`); on MongoDB the oplog's span is measured.
     #[serde(default)]
     pub history_retention_hours: Option<f64>,
+    /// Where a collection without a checkpoint starts streaming when `initial_copy =
+    /// false`: a cluster time `"<seconds>.<increment>"`. Default: the cluster's time when
+    /// its reader starts. `docrepl reverse` sets it to the point `docrepl cutover`
+    /// recorded, so the writes made between the cutover and the reversal are sent too.
+    #[serde(default, deserialize_with = "cluster_time")]
+    pub start_at: Option<bson::Timestamp>,
+}
+
+/// `"1765000000.7"` → the cluster time (seconds, increment).
+fn cluster_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bson::Timestamp>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    parse_cluster_time(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_cluster_time(text: &str) -> Result<bson::Timestamp, String> {
+    let bad = || format!("{text:?} is not a cluster time: expected \"<seconds>.<increment>\", e.g. \"1765000000.7\"");
+    let (time, increment) = text.split_once('.').ok_or_else(bad)?;
+    Ok(bson::Timestamp { time: time.parse().map_err(|_| bad())?, increment: increment.parse().map_err(|_| bad())? })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +230,9 @@ impl SourceConfig {
                     format!("{c:?} is not a collection that can be replicated"),
                 ));
             }
+        }
+        if self.start_at.is_some() && self.initial_copy {
+            return Err(ConfigError::invalid("source.start_at", "starts the stream at a point in the past instead of copying: set source.initial_copy = false with it"));
         }
         require_at_least("source.copy_batch_size", self.copy_batch_size, 1)?;
         require_at_least("source.copy_parallelism", self.copy_parallelism, 1)?;

@@ -96,10 +96,11 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     let pool = stream_pool_size(streams, src.copy_parallelism);
     info!(streams, pool, "source connection pool for copies and change streams: {pool} connections at most (the URI's maxPoolSize wins)");
     let client = mongo::connect_with_pool(&src.uri, "source.uri", flavor, Some(pool)).await?;
-    let instance = src
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into()), std::process::id()));
+    let instance = crate::direction::instance_name(config);
+    // Before anything is read: the opposite direction must not be running.
+    let direction = crate::direction::Direction::of(config);
+    let lock = crate::direction::lock::claim(&state_db, "source.uri", &direction, crate::direction::Here::Source, &instance, Some(&name)).await?;
+    lock.keep(shutdown.clone());
     let ttl = Duration::from_millis(src.lease_ttl_ms);
 
     let admin = TopicAdmin::new(&config.kafka)?;
@@ -210,6 +211,10 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     }
     readers.abort_all();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+    if let Some(refusal) = lock.failure() {
+        return Err(refusal.into());
+    }
+    lock.release().await;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -214,7 +214,10 @@ impl Reader {
                     Some((at, None))
                 }
                 None => {
-                    let at = self.cluster_time().await?;
+                    let at = match self.ctx.config.start_at {
+                        Some(at) => at,
+                        None => self.cluster_time().await?,
+                    };
                     self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                     continue;
                 }
