@@ -314,6 +314,17 @@ mod tests {
     }
 
     #[test]
+    fn start_at_is_a_cluster_time_and_only_without_a_copy() {
+        let with = |line: &str| MINIMAL.replace("database = \"app\"", &format!("database = \"app\"\n{line}"));
+        let c = load(&with("initial_copy = false\nstart_at = \"1765000000.7\""), &[]).unwrap();
+        assert_eq!(c.source.unwrap().start_at, Some(bson::Timestamp { time: 1_765_000_000, increment: 7 }));
+        let e = load(&with("start_at = \"1765000000.7\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("source.start_at") && e.contains("initial_copy = false"), "{e}");
+        let e = load(&with("initial_copy = false\nstart_at = \"yesterday\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("source.start_at") && e.contains("<seconds>.<increment>"), "{e}");
+    }
+
+    #[test]
     fn env_overrides_numbers_lists_and_properties() {
         let c = load(
             MINIMAL,

@@ -103,18 +103,22 @@ pub struct Lock {
 }
 
 /// Claims `direction` in the cluster of `db` (named `cluster` in messages) as `here`:
-/// settles the trip (see `settle_trip`), then registers as a holder unless a live holder
-/// of the opposite role is there. `source_scope`: the source's checkpoint scope, when
-/// `here` is `Source`.
+/// registers as a holder unless a live holder of the opposite role is there, then settles
+/// the trip (see `settle_trip`; after the holder check, so that a refused start retires
+/// nothing). `source_scope`: the source's checkpoint scope, when `here` is `Source`.
 pub async fn claim(db: &Database, cluster: &str, direction: &Direction, here: Here, instance: &str, source_scope: Option<&str>) -> Result<Lock, LockError> {
     let mongo = |source| LockError::Mongo { cluster: cluster.to_string(), source };
-    settle_trip(db, cluster, direction, here, source_scope, None).await?;
     let id = format!("{}/holder/{}/{}", direction.pair, here.name(), instance);
     let lock = Lock { db: db.clone(), cluster: cluster.to_string(), direction: direction.clone(), here, instance: instance.to_string(), id, failure: Default::default() };
     lock.renew().await.map_err(mongo)?;
-    if let Some(holder) = lock.opposite_holder().await.map_err(mongo)? {
+    let refused = match lock.opposite_holder().await {
+        Ok(Some(holder)) => Some(LockError::Held { pair: direction.pair.clone(), cluster: cluster.to_string(), holder }),
+        Ok(None) => settle_trip(db, cluster, direction, here, source_scope, None).await.err(),
+        Err(e) => Some(mongo(e)),
+    };
+    if let Some(refusal) = refused {
         let _ = coll(db).delete_one(doc! {"_id": &lock.id}).await;
-        return Err(LockError::Held { pair: direction.pair.clone(), cluster: cluster.to_string(), holder });
+        return Err(refusal);
     }
     info!(pair = %direction.pair, cluster, here = here.name(), "direction lock held: {}", direction.describe());
     Ok(lock)

@@ -31,7 +31,7 @@ pub mod range;
 pub mod side;
 
 use apply::{Applied, Applier};
-use digest::{differing_spans, fine_bits, fixes, top_bits, Fixes, Span};
+use digest::{differing_spans, fine_bits, fixes, top_bits, Fixes, Span, LEVEL_STEP};
 use side::{Local, Remote, Side};
 
 pub use apply::REPAIRED;
@@ -73,7 +73,6 @@ struct Outcome {
     equal: bool,
 }
 
-/// Runs repair; the exit code (0 equal, 1 still different).
 /// A repair writes to the target as the pair's sink does: refused while this pair's
 /// opposite direction reads the target (its source would send the repair's writes back)
 /// or when the config is from before a turn; a config from a newer trip brings the
@@ -89,6 +88,7 @@ async fn guard_direction(config: &Config, state: &mongodb::Database) -> anyhow::
     Ok(())
 }
 
+/// Runs repair; the exit code (0 equal, 1 still different).
 pub async fn run(config: &Config, args: &RepairArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let sink = config.sink.as_ref().context("repair needs the [sink] section: the side to make equal")?;
@@ -194,7 +194,7 @@ async fn repair_collection(source: &Side, target: &Side, applier: &Applier, ns: 
         if bits <= fine || spans.is_empty() {
             break;
         }
-        bits -= 4;
+        bits -= LEVEL_STEP;
     }
     source.forget(source_scan).await;
     target.forget(target_scan).await;
@@ -222,6 +222,10 @@ async fn repair_collection(source: &Side, target: &Side, applier: &Applier, ns: 
         out.applied.add(applied);
         spans = touched(&spans, &found);
         tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+        // Written (or changed meanwhile) spans again, by two numbers a span: only those
+        // that still differ are listed once more.
+        let (a, b) = tokio::try_join!(source.span_digests(ns, &spans), target.span_digests(target_ns, &spans))?;
+        spans = spans.into_iter().zip(a.iter().zip(&b)).filter(|(_, (a, b))| a != b).map(|(s, _)| s).collect();
     }
     out.equal = true;
     Ok(out)

@@ -120,6 +120,12 @@ async fn dispatch(peer: &Peer, op: &str, request: &Document) -> anyhow::Result<D
             let entries = local.list(&namespace(request)?, &spans).await?;
             Ok(doc! {"entries": entries.into_iter().map(|(id, h)| Bson::Array(vec![id, Bson::Int64(h as i64)])).collect::<Vec<_>>()})
         }
+        "digests" => {
+            let spans = decode_spans(request.get_array("spans").context("no spans")?)?;
+            let entries = local.list(&namespace(request)?, &spans).await?;
+            let digests = super::digest::span_digests(&spans, &entries);
+            Ok(doc! {"digests": digests.into_iter().map(|(c, d)| Bson::Array(vec![Bson::Int64(c as i64), Bson::Int64(d as i64)])).collect::<Vec<_>>()})
+        }
         "fetch" => {
             let ids = request.get_array("ids").context("no ids")?;
             let (docs, covered) = local.fetch(&namespace(request)?, ids).await?;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 
-use super::digest::{coarsen, document_hash, Chunk, Chunker, Span};
+use super::digest::{coarsen, document_hash, span_digests, Chunk, Chunker, Span};
 use super::range::span_filter;
 use crate::bson_order::compare;
 use crate::event::Namespace;
@@ -24,6 +24,9 @@ use crate::flavor::Flavor;
 
 /// Spans per `find` of document lists (one `$or` each).
 const SPANS_PER_QUERY: usize = 64;
+/// Requests to a digest service in flight at once: a round trip of the link each, so a
+/// long list of spans takes a few of them instead of one per group.
+const IN_FLIGHT: usize = 4;
 /// Scans a side keeps (the newest ones); a repair holds one at a time per side.
 const SCANS_KEPT: usize = 8;
 /// Largest reply of documents (BSON caps a document at 16 MiB).
@@ -227,11 +230,11 @@ impl Side {
         match self {
             Side::Local(l) => l.chunks(scan, spans, bits),
             Side::Remote(r) => {
-                let mut out = Vec::with_capacity(spans.len());
                 // Bounded requests: a few thousand spans' chunks fit well under 16 MiB.
-                for group in spans.chunks(1024) {
-                    let reply = r.call("chunks", doc! {"scan": scan, "bits": bits as i32, "spans": encode_spans(group)}).await?;
-                    out.extend(decode_chunk_lists(&reply)?);
+                let replies = in_flight(spans.chunks(1024).map(|group| r.call("chunks", doc! {"scan": scan, "bits": bits as i32, "spans": encode_spans(group)}))).await?;
+                let mut out = Vec::with_capacity(spans.len());
+                for reply in &replies {
+                    out.extend(decode_chunk_lists(reply)?);
                 }
                 Ok(out)
             }
@@ -253,9 +256,9 @@ impl Side {
         match self {
             Side::Local(l) => l.list(ns, spans).await,
             Side::Remote(r) => {
+                let replies = in_flight(spans.chunks(256).map(|group| r.call("list", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::new();
-                for group in spans.chunks(256) {
-                    let reply = r.call("list", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}).await?;
+                for reply in &replies {
                     for entry in reply.get_array("entries").context("list: no entries")? {
                         let pair = entry.as_array().context("list: an entry is not a pair")?;
                         match pair.as_slice() {
@@ -264,6 +267,28 @@ impl Side {
                         }
                     }
                 }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Each span's count and digest (spans sorted and disjoint): a digest service sends
+    /// two numbers per span instead of the span's `(_id, hash)` list.
+    pub async fn span_digests(&self, ns: &Namespace, spans: &[Span]) -> anyhow::Result<Vec<(u64, u64)>> {
+        match self {
+            Side::Local(l) => Ok(span_digests(spans, &l.list(ns, spans).await?)),
+            Side::Remote(r) => {
+                let replies = in_flight(spans.chunks(1024).map(|group| r.call("digests", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
+                let mut out = Vec::with_capacity(spans.len());
+                for reply in &replies {
+                    for pair in reply.get_array("digests").context("digests: no digests")? {
+                        match pair.as_array().map(Vec::as_slice) {
+                            Some([Bson::Int64(count), Bson::Int64(digest)]) => out.push((*count as u64, *digest as u64)),
+                            _ => anyhow::bail!("digests: an entry is not (count, digest)"),
+                        }
+                    }
+                }
+                anyhow::ensure!(out.len() == spans.len(), "digests: {} answers for {} spans", out.len(), spans.len());
                 Ok(out)
             }
         }
@@ -295,6 +320,12 @@ impl Side {
         }
         Ok(out)
     }
+}
+
+/// Runs the requests `IN_FLIGHT` at a time; their answers in order.
+async fn in_flight<F: std::future::Future<Output = anyhow::Result<Document>>>(requests: impl Iterator<Item = F>) -> anyhow::Result<Vec<Document>> {
+    use futures::StreamExt;
+    futures::stream::iter(requests).buffered(IN_FLIGHT).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 pub fn encode_spans(spans: &[Span]) -> Vec<Bson> {

@@ -101,7 +101,7 @@ fn cluster_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bson::T
     parse_cluster_time(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
-pub fn parse_cluster_time(text: &str) -> Result<bson::Timestamp, String> {
+fn parse_cluster_time(text: &str) -> Result<bson::Timestamp, String> {
     let bad = || format!("{text:?} is not a cluster time: expected \"<seconds>.<increment>\", e.g. \"1765000000.7\"");
     let (time, increment) = text.split_once('.').ok_or_else(bad)?;
     Ok(bson::Timestamp { time: time.parse().map_err(|_| bad())?, increment: increment.parse().map_err(|_| bad())? })
