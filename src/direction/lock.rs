@@ -34,6 +34,8 @@ pub const RETIRED_CHECKPOINTS: &str = "checkpoints_retired";
 const RENEW: Duration = Duration::from_secs(5);
 /// A holder not renewed for this long (by the server's clock) has stopped.
 const LIVE: Duration = Duration::from_secs(20);
+/// The longest a stopping service waits to release its claim.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// What a cluster is to a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,10 +191,14 @@ impl Lock {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Gives the claim up (after a graceful stop), so the opposite direction may start at once.
+    /// Gives the claim up (after a graceful stop), so the opposite direction may start at
+    /// once. Bounded: with the cluster unreachable a stop must not wait for server
+    /// selection; the claim then lapses by itself.
     pub async fn release(&self) {
-        if let Err(e) = coll(&self.db).delete_one(doc! {"_id": &self.id}).await {
-            warn!("cannot release the direction lock in {} (it lapses in {} s): {e}", self.cluster, LIVE.as_secs());
+        match tokio::time::timeout(RELEASE_WAIT, coll(&self.db).delete_one(doc! {"_id": &self.id})).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("cannot release the direction lock in {} (it lapses in {} s): {e}", self.cluster, LIVE.as_secs()),
+            Err(_) => warn!("the direction lock in {} was not released within {} s (it lapses in {} s)", self.cluster, RELEASE_WAIT.as_secs(), LIVE.as_secs()),
         }
     }
 }
