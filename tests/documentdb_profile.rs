@@ -491,7 +491,7 @@ async fn everything_docrepl_sends_on_the_documentdb_flavour_is_supported_by_docu
     // retired, and the reversed source streaming from the cutover's point.
     let reversed = setup.dir.path().join("reversed.toml");
     // (Instance a was killed: its lock lapses 20 s after its last renewal.)
-    let mut reverse = || run("reverse", &cfg, &["--write", reversed.to_str().unwrap(), "--source-region", "a", "--target-region", "b"]);
+    let reverse = || run("reverse", &cfg, &["--write", reversed.to_str().unwrap(), "--source-region", "a", "--target-region", "b"]);
     let (mut code, mut said) = reverse();
     for _ in 0..30 {
         if !said.contains("still running") {

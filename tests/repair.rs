@@ -88,6 +88,7 @@ async fn repair_moves_only_the_differences_and_keeps_what_it_replaces() {
     let (code, out) = repair(&config, &["--source-digests", &url, "--settle-ms", "100"], Some(token));
     let after = link.stats();
     let _ = peer.kill();
+    let _ = peer.wait();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("inserted 50, overwritten 102, deleted 30"), "{out}");
     let (code, text) = verify_documents(&config, 0);

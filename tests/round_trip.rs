@@ -224,6 +224,9 @@ async fn the_opposite_direction_refuses_to_start_naming_the_holder() {
         assert_eq!(code, Some(2), "docrepl {command} of B → A while A → B runs:\n{out}");
         assert!(out.contains("held by the opposite direction") && out.contains("instance "), "{out}");
     }
+    // The refused starts stopped nothing: A → B runs on (across a renewal of its lock).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(run.is_running(), "a refused B → A start stopped A → B:\n{}", run.log_text());
     // Once A → B stopped (a graceful stop releases at once), B → A may start.
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
     let mut back = setup.spawn_with("run", &b2a, &[]);

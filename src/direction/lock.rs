@@ -8,7 +8,9 @@
 //!   service with an older trip refuses to start: its file is from before the turn.
 //! - `<pair>/holder/<here>/<instance>`: each running service of the direction, renewed
 //!   every few seconds. A service refuses to start (exit 2, naming the holder) while a
-//!   holder of the opposite role renewed within `LIVE` on this cluster.
+//!   holder of the opposite role renewed within `LIVE` on this cluster; of two opposite
+//!   holders the one that claimed later (`since`) yields, so a refused start, whose claim
+//!   lives a moment, never stops the direction that runs.
 //! - `<pair>/cutover`: the cluster time `docrepl cutover` found the target ready at,
 //!   where the reversed direction's source starts.
 //!
@@ -59,6 +61,8 @@ impl Here {
 #[derive(Debug, Clone)]
 pub struct Holder {
     pub instance: String,
+    /// When it first claimed (the server's clock): of two opposite holders, the later yields.
+    pub since: Option<bson::DateTime>,
     pub here: String,
     pub direction: String,
     pub renewed_secs_ago: f64,
@@ -112,8 +116,9 @@ pub async fn claim(db: &Database, cluster: &str, direction: &Direction, here: He
     let mongo = |source| LockError::Mongo { cluster: cluster.to_string(), source };
     let id = format!("{}/holder/{}/{}", direction.pair, here.name(), instance);
     let lock = Lock { db: db.clone(), cluster: cluster.to_string(), direction: direction.clone(), here, instance: instance.to_string(), id, failure: Default::default() };
-    lock.renew().await.map_err(mongo)?;
-    let refused = match lock.opposite_holder().await {
+    lock.renew(true).await.map_err(mongo)?;
+    // Yield to any opposite holder that claimed before (or with) this one.
+    let refused = match lock.opposite_holder(false).await {
         Ok(Some(holder)) => Some(LockError::Held { pair: direction.pair.clone(), cluster: cluster.to_string(), holder }),
         Ok(None) => settle_trip(db, cluster, direction, here, source_scope, None).await.err(),
         Err(e) => Some(mongo(e)),
@@ -127,13 +132,15 @@ pub async fn claim(db: &Database, cluster: &str, direction: &Direction, here: He
 }
 
 impl Lock {
-    async fn renew(&self) -> mongodb::error::Result<()> {
+    /// Renews the holder document; `first` also stamps `since`.
+    async fn renew(&self, first: bool) -> mongodb::error::Result<()> {
+        let dates = if first { doc! {"renewed_at": true, "since": true} } else { doc! {"renewed_at": true} };
         coll(&self.db)
             .update_one(
                 doc! {"_id": &self.id},
                 doc! {
                     "$set": {"pair": &self.direction.pair, "here": self.here.name(), "instance": &self.instance, "direction": self.direction.describe(), "trip": i64::from(self.direction.trip)},
-                    "$currentDate": {"renewed_at": true},
+                    "$currentDate": dates,
                 },
             )
             .with_options(UpdateOptions::builder().upsert(true).build())
@@ -141,16 +148,22 @@ impl Lock {
             .map(drop)
     }
 
-    /// A live holder of the pair on this cluster with the other role, if any (not this
-    /// process's own: `docrepl run` within one cluster is both source and target there).
-    async fn opposite_holder(&self) -> mongodb::error::Result<Option<Holder>> {
-        let now = match coll(&self.db).find_one(doc! {"_id": &self.id}).await? {
-            Some(d) => d.get_datetime("renewed_at").ok().copied(),
-            None => None,
-        };
-        let Some(now) = now else { return Ok(None) };
+    /// A live holder of the pair on this cluster with the other role that claimed before
+    /// this one (`strictly`), or not after it, if any; never this process's own (`docrepl
+    /// run` within one cluster is both source and target there). A running service asks
+    /// `strictly`, so that a newcomer's brief claim before it refuses stops nothing.
+    async fn opposite_holder(&self, strictly: bool) -> mongodb::error::Result<Option<Holder>> {
+        let Some(mine) = coll(&self.db).find_one(doc! {"_id": &self.id}).await? else { return Ok(None) };
+        let Ok(now) = mine.get_datetime("renewed_at").copied() else { return Ok(None) };
+        let since = mine.get_datetime("since").ok().copied();
         let me = self.instance.as_str();
-        Ok(live_holders(&self.db, &self.direction.pair, now).await?.into_iter().find(|h| h.here != self.here.name() && h.instance != me))
+        let earlier = |h: &Holder| match (h.since, since) {
+            (Some(theirs), Some(ours)) if strictly => theirs < ours,
+            (Some(theirs), Some(ours)) => theirs <= ours,
+            // A holder from before `since` was stamped: take it as the earlier.
+            _ => true,
+        };
+        Ok(live_holders(&self.db, &self.direction.pair, now).await?.into_iter().find(|h| h.here != self.here.name() && h.instance != me && earlier(h)))
     }
 
     /// Renews the claim every few seconds until `shutdown`; when the opposite direction
@@ -164,8 +177,8 @@ impl Lock {
                     _ = tokio::time::sleep(RENEW) => {}
                 }
                 let found = async {
-                    lock.renew().await?;
-                    if let Some(holder) = lock.opposite_holder().await? {
+                    lock.renew(false).await?;
+                    if let Some(holder) = lock.opposite_holder(true).await? {
                         return Ok(Some(LockError::Held { pair: lock.direction.pair.clone(), cluster: lock.cluster.clone(), holder }));
                     }
                     newer_trip(&lock.db, &lock.cluster, &lock.direction).await
@@ -232,6 +245,7 @@ async fn live_holders(db: &Database, pair: &str, now: bson::DateTime) -> mongodb
         if ago * 1000.0 < LIVE.as_millis() as f64 {
             out.push(Holder {
                 instance: d.get_str("instance").unwrap_or("?").to_string(),
+                since: d.get_datetime("since").ok().copied(),
                 here: d.get_str("here").unwrap_or("?").to_string(),
                 direction: d.get_str("direction").unwrap_or("?").to_string(),
                 renewed_secs_ago: ago.max(0.0),
