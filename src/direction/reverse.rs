@@ -3,10 +3,11 @@
 //!
 //! 1. the old direction must be stopped: no live holder of its lock on either cluster;
 //! 2. the cutover's record on the target gives the point the new source starts at;
-//! 3. both clusters' records move to the next trip (the old source's only when it can be
+//! 3. the opposite direction's file is made and validated (see `config::reversed`);
+//! 4. both clusters' records move to the next trip (the old source's only when it can be
 //!    reached: with its region down the new direction's sink does it when it first
-//!    reaches that cluster), which retires the old source's checkpoints;
-//! 4. the opposite direction's file is written (see `config::reversed`).
+//!    reaches that cluster), which retires the old source's checkpoints; the file is
+//!    written.
 
 use std::path::{Path, PathBuf};
 
@@ -76,18 +77,10 @@ pub async fn run(config: &Config, path: &Path, args: &ReverseArgs) -> anyhow::Re
         return Ok(2);
     };
 
-    // 3. The next trip on both clusters.
+    // 3. The new direction's file, made and checked before either cluster turns.
     let reversal = Reversal { pair: old.pair.clone(), trip: old.trip + 1, source_region: target_region.clone(), target_region: source_region.clone(), start_at };
     let (prefix, group) = reversal.names();
     let new = Direction { pair: old.pair.clone(), trip: reversal.trip, source_region: Some(target_region.clone()), target_region: Some(source_region.clone()) };
-    let old_scope = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
-    lock::settle_trip(&target_state, "sink.uri", &new, Here::Source, Some(&prefix), None).await?;
-    match &source {
-        Some(db) => lock::settle_trip(db, "source.uri", &new, Here::Target, None, Some(&old_scope)).await?,
-        None => println!("the old source is down: its checkpoints are retired when the new direction's sink first reaches it (or `docrepl repair` with the new file)"),
-    }
-
-    // 4. The new direction's file.
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     let out = reversed(&value, &reversal)?;
@@ -100,10 +93,18 @@ pub async fn run(config: &Config, path: &Path, args: &ReverseArgs) -> anyhow::Re
         toml::to_string(&out).context("cannot write the reversed config")?
     );
     Config::from_toml_str(&written, &args.write, Vec::new(), Role::Both).context("the reversed config does not validate (a bug: please report it with the original file)")?;
+
+    // 4. The next trip on both clusters, then the file.
+    let old_scope = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
+    lock::settle_trip(&target_state, "sink.uri", &new, Here::Source, Some(&prefix), None).await?;
+    match &source {
+        Some(db) => lock::settle_trip(db, "source.uri", &new, Here::Target, None, Some(&old_scope)).await?,
+        None => println!("the old source is down: its checkpoints are retired when the new direction's sink first reaches it (or `docrepl repair` with the new file)"),
+    }
     write_new(&args.write, &written)?;
     println!("REVERSED: {}", new.describe());
     println!("- the new source reads {} from cluster time {}.{} (the cutover), with no copy", redacted(&sink.uri), start_at.time, start_at.increment);
-    println!("- topics {prefix}.<db>.<coll>, sink group {group}; the old direction's checkpoints are retired");
+    println!("- topics {prefix}.<db>.<coll>, sink group {group}{}", if source.is_some() { "; the old direction's checkpoints are retired" } else { "" });
     println!("- config: {} (run `docrepl source` in {target_region} and `docrepl sink` in {source_region} with it)", args.write.display());
     Ok(0)
 }
