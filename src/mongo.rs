@@ -68,6 +68,16 @@ pub async fn replica_set_name(client: &mongodb::Client, key: &str) -> Result<Str
         .map_err(|_| ConnectError::NotReplicaSet { key: key.into(), uri: String::new() })
 }
 
+/// The cluster's current time from a `hello` reply: its `operationTime`, else the gossiped
+/// `$clusterTime` (none from a server that is no replica set member).
+pub async fn cluster_time(client: &mongodb::Client) -> mongodb::error::Result<Option<bson::Timestamp>> {
+    let reply = client.database("admin").run_command(doc! {"hello": 1}).await?;
+    Ok(reply
+        .get_timestamp("operationTime")
+        .ok()
+        .or_else(|| reply.get_document("$clusterTime").ok().and_then(|c| c.get_timestamp("clusterTime").ok())))
+}
+
 /// A duplicate-key error (11000), however the driver reports it.
 pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;

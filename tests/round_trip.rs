@@ -62,6 +62,21 @@ fn with_regions(setup: &Setup) -> PathBuf {
     out
 }
 
+/// Region A (the suite's source mongod) and region B (its target), and the test's
+/// collection `c` in each.
+struct Regions {
+    a: mongodb::Client,
+    b: mongodb::Client,
+    ac: mongodb::Collection<Document>,
+    bc: mongodb::Collection<Document>,
+}
+
+async fn regions(setup: &Setup) -> Regions {
+    let (a, b) = (common::mongo(&common::source_uri()).await, common::mongo(&common::target_uri()).await);
+    let (ac, bc) = (a.database(&setup.db).collection::<Document>("c"), b.database(&setup.db).collection::<Document>("c"));
+    Regions { a, b, ac, bc }
+}
+
 async fn checkpoint_ids(client: &mongodb::Client, coll: &str, prefix: &str) -> Vec<String> {
     let docs: Vec<Document> = client.database("docrepl").collection::<Document>(coll).find(doc! {}).await.unwrap().try_collect().await.unwrap();
     docs.iter().filter_map(|d| d.get_str("_id").ok()).filter(|id| id.contains(&format!("{prefix}/"))).map(str::to_string).collect()
@@ -71,8 +86,7 @@ async fn checkpoint_ids(client: &mongodb::Client, coll: &str, prefix: &str) -> V
 async fn planned_round_trip_copies_nothing_and_each_direction_ends_equal() {
     let setup = Setup::new("trip");
     let a2b = with_regions(&setup);
-    let (a, b) = (common::mongo(&common::source_uri()).await, common::mongo(&common::target_uri()).await);
-    let (ac, bc) = (a.database(&setup.db).collection::<Document>("c"), b.database(&setup.db).collection::<Document>("c"));
+    let Regions { a, ac, bc, .. } = regions(&setup).await;
     ac.insert_many((0..2000).map(|i| doc! {"_id": i, "n": 0, "side": "a"})).await.unwrap();
 
     // A → B as usual: a copy, then the stream.
@@ -143,8 +157,7 @@ async fn ok_once_the_lock_lapses(command: &str, config: &Path, args: &[&str]) ->
 async fn unplanned_failover_then_repair_keeps_what_only_the_old_source_had() {
     let setup = Setup::new("unplanned");
     let a2b = with_regions(&setup);
-    let (a, b) = (common::mongo(&common::source_uri()).await, common::mongo(&common::target_uri()).await);
-    let (ac, bc) = (a.database(&setup.db).collection::<Document>("c"), b.database(&setup.db).collection::<Document>("c"));
+    let Regions { a, b, ac, bc } = regions(&setup).await;
     ac.insert_many((0..3000).map(|i| doc! {"_id": i, "n": 0})).await.unwrap();
     let mut source = setup.spawn_with("source", &a2b, &[]);
     let mut sink = setup.spawn_with("sink", &a2b, &[]);

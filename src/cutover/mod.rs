@@ -139,11 +139,9 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
 /// Records the target's cluster time now, just past the sink's last write: everything
 /// written on the target after it is the applications' (see `direction::lock`).
 async fn record_cutover_point(config: &Config, target: &mongodb::Client, sink: &crate::sink::SinkConfig, source_down: bool) -> anyhow::Result<bson::Timestamp> {
-    let reply = target.database("admin").run_command(bson::doc! {"hello": 1}).await.context("cannot read the target's cluster time")?;
-    let now = reply
-        .get_timestamp("operationTime")
-        .ok()
-        .or_else(|| reply.get_document("$clusterTime").ok().and_then(|c| c.get_timestamp("clusterTime").ok()))
+    let now = crate::mongo::cluster_time(target)
+        .await
+        .context("cannot read the target's cluster time")?
         .context("the target reported no cluster time (is it a replica set?)")?;
     // Later writes have a greater time: one increment on, none of the sink's is after it.
     let at = bson::Timestamp { time: now.time, increment: now.increment + 1 };

@@ -199,15 +199,23 @@ impl Lock {
         });
     }
 
-    /// Why `keep` stopped the service, if it did.
-    pub fn failure(&self) -> Option<LockError> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// After the service stopped: why `keep` stopped it, if it did; else the claim is
+    /// released.
+    pub async fn finish(&self) -> Result<(), LockError> {
+        let refusal = self.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => {
+                self.release().await;
+                Ok(())
+            }
+        }
     }
 
     /// Gives the claim up (after a graceful stop), so the opposite direction may start at
     /// once. Bounded: with the cluster unreachable a stop must not wait for server
     /// selection; the claim then lapses by itself.
-    pub async fn release(&self) {
+    async fn release(&self) {
         match tokio::time::timeout(RELEASE_WAIT, coll(&self.db).delete_one(doc! {"_id": &self.id})).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!("cannot release the direction lock in {} (it lapses in {} s): {e}", self.cluster, LIVE.as_secs()),

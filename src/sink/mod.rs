@@ -83,10 +83,7 @@ pub async fn run(
     })
     .await
     .context("the consumer thread panicked")?;
-    if let Some(refusal) = lock.failure() {
-        return Err(refusal.into());
-    }
-    lock.release().await;
+    lock.finish().await?;
     result.map_err(Into::into)
 }
 

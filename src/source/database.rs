@@ -122,10 +122,7 @@ impl Reader {
     /// copy checkpoint for every collection that needs one. A collection a collection
     /// reader read before goes on from its position (the stream starts at the oldest).
     async fn first_start(&self, lease: &watch::Receiver<Grant>) -> Result<Checkpoint, ReaderError> {
-        let at = match self.ctx.config.start_at {
-            Some(at) => at,
-            None => self.cluster_time().await?,
-        };
+        let at = self.stream_start().await?;
         let earlier = self.collection_checkpoints().await?;
         let mut start = at;
         let mut copies = 0;

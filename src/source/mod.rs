@@ -211,10 +211,7 @@ pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToke
     }
     readers.abort_all();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
-    if let Some(refusal) = lock.failure() {
-        return Err(refusal.into());
-    }
-    lock.release().await;
+    lock.finish().await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bson::{doc, Bson, Timestamp};
+use bson::{Bson, Timestamp};
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -214,10 +214,7 @@ impl Reader {
                     Some((at, None))
                 }
                 None => {
-                    let at = match self.ctx.config.start_at {
-                        Some(at) => at,
-                        None => self.cluster_time().await?,
-                    };
+                    let at = self.stream_start().await?;
                     self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                     continue;
                 }
@@ -274,18 +271,17 @@ impl Reader {
 
     /// The source's current cluster time: the copy starts after it and the stream at it.
     pub(super) async fn cluster_time(&self) -> Result<Timestamp, ReaderError> {
-        let reply = self
-            .ctx
-            .client
-            .database("admin")
-            .run_command(doc! {"hello": 1})
-            .await
-            .map_err(self.mongo_err())?;
-        let ts = reply
-            .get_timestamp("operationTime")
-            .ok()
-            .or_else(|| reply.get_document("$clusterTime").ok().and_then(|c| c.get_timestamp("clusterTime").ok()));
+        let ts = crate::mongo::cluster_time(&self.ctx.client).await.map_err(self.mongo_err())?;
         ts.ok_or_else(|| ReaderError::Encode { ns: self.ns.clone(), message: "the source reported no cluster time (is it a replica set?)".into() })
+    }
+
+    /// Where a stream with no checkpoint and no copy starts: `source.start_at` when set
+    /// (a reversed pair's cutover point), else now.
+    pub(super) async fn stream_start(&self) -> Result<Timestamp, ReaderError> {
+        match self.ctx.config.start_at {
+            Some(at) => Ok(at),
+            None => self.cluster_time().await,
+        }
     }
 
     /// Saves `cp` under the lease's current epoch (refused when a successor saved since).
