@@ -12,7 +12,10 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn new(db: impl Into<String>, coll: impl Into<String>) -> Self {
-        Namespace { db: db.into(), coll: coll.into() }
+        Namespace {
+            db: db.into(),
+            coll: coll.into(),
+        }
     }
 }
 
