@@ -68,26 +68,17 @@ fn folding(c: &mut Criterion) {
                 3 => ChangeEvent {
                     op: Op::Update,
                     after: None,
-                    update: Some(UpdateDescription {
-                        updated_fields: doc! {"n": i as i64},
-                        ..Default::default()
-                    }),
+                    update: Some(UpdateDescription { updated_fields: doc! {"n": i as i64}, ..Default::default() }),
                     ..event(Op::Update, small(id))
                 },
-                _ => ChangeEvent {
-                    op: Op::Delete,
-                    after: None,
-                    ..event(Op::Delete, small(id))
-                },
+                _ => ChangeEvent { op: Op::Delete, after: None, ..event(Op::Delete, small(id)) },
             };
             (i, ev)
         })
         .collect();
     let mut group = c.benchmark_group("fold");
     group.throughput(Throughput::Elements(events.len() as u64));
-    group.bench_function("5000 events over 1000 documents", |b| {
-        b.iter(|| fold(events.clone()))
-    });
+    group.bench_function("5000 events over 1000 documents", |b| b.iter(|| fold(events.clone())));
     group.finish();
 }
 

@@ -61,10 +61,7 @@ pub fn type_number(value: &Bson) -> i32 {
 /// The value's position in [`BRACKETS`].
 pub fn bracket(value: &Bson) -> usize {
     let own = type_number(value);
-    BRACKETS
-        .iter()
-        .position(|b| b.contains(&own))
-        .unwrap_or(BRACKETS.len() - 1)
+    BRACKETS.iter().position(|b| b.contains(&own)).unwrap_or(BRACKETS.len() - 1)
 }
 
 /// MongoDB's sort order across BSON types (MinKey < undefined < null < numbers < strings < objects <
@@ -76,9 +73,7 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
     }
     match (a, b) {
         (x, y) if is_number(x) => number(x).partial_cmp(&number(y)).unwrap_or(Ordering::Equal),
-        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => {
-            x.as_bytes().cmp(y.as_bytes())
-        }
+        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
         (Bson::Document(x), Bson::Document(y)) => {
             for (ex, ey) in x.iter().zip(y.iter()) {
                 let o = type_rank(ex.1)
@@ -109,13 +104,10 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
         (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
         (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
         (Bson::DateTime(x), Bson::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
-        (Bson::Timestamp(x), Bson::Timestamp(y)) => {
-            (x.time, x.increment).cmp(&(y.time, y.increment))
+        (Bson::Timestamp(x), Bson::Timestamp(y)) => (x.time, x.increment).cmp(&(y.time, y.increment)),
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
+            x.pattern.cmp(&y.pattern).then_with(|| x.options.cmp(&y.options))
         }
-        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => x
-            .pattern
-            .cmp(&y.pattern)
-            .then_with(|| x.options.cmp(&y.options)),
         _ => Ordering::Equal,
     }
 }
@@ -125,10 +117,7 @@ fn type_rank(b: &Bson) -> usize {
 }
 
 fn is_number(b: &Bson) -> bool {
-    matches!(
-        b,
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_)
-    )
+    matches!(b, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
 }
 
 fn number(b: &Bson) -> f64 {
@@ -148,11 +137,7 @@ mod tests {
     #[test]
     fn every_type_number_has_a_bracket() {
         for b in BRACKETS.iter().flat_map(|b| b.iter()) {
-            assert_eq!(
-                BRACKETS.iter().filter(|x| x.contains(b)).count(),
-                1,
-                "type {b}"
-            );
+            assert_eq!(BRACKETS.iter().filter(|x| x.contains(b)).count(), 1, "type {b}");
         }
         assert!(bracket(&Bson::Undefined) < bracket(&Bson::Null));
         assert_eq!(bracket(&Bson::Int32(1)), bracket(&Bson::Double(1.0)));

@@ -13,11 +13,7 @@ use crate::sink::ReplayFrom;
 use crate::status::StatusBoard;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "docrepl",
-    version,
-    about = "Cross-region replicator for MongoDB-compatible databases through Kafka"
-)]
+#[command(name = "docrepl", version, about = "Cross-region replicator for MongoDB-compatible databases through Kafka")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -190,21 +186,12 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             let (listen, to, control) = (a.listen, a.to, a.control);
             return serve(|shutdown| async move {
-                let link = crate::link::Link::start(
-                    listen,
-                    to,
-                    crate::link::Shapes {
-                        up: shape,
-                        down: shape,
-                    },
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                let link = crate::link::Link::start(listen, to, crate::link::Shapes { up: shape, down: shape })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
                 tracing::info!(listen = %link.local_addr, %to, ?shape, "link up");
                 if let Some(addr) = control {
-                    let addr = crate::link::control::serve(link, addr)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+                    let addr = crate::link::control::serve(link, addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
                     tracing::info!("link control on http://{addr}/stats");
                 }
                 shutdown.cancelled().await;
@@ -229,11 +216,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(code) => return code,
     };
     if args.check {
-        println!(
-            "config OK: {}\n{}",
-            args.config.display(),
-            config.redacted_toml()
-        );
+        println!("config OK: {}\n{}", args.config.display(), config.redacted_toml());
         return ExitCode::SUCCESS;
     }
     crate::logging::init(&config.log);
@@ -256,42 +239,19 @@ pub fn run(cli: Cli) -> ExitCode {
             })
         }
         Command::Run(_) => serve(|shutdown| async move { run_both(&config, shutdown).await }),
-        Command::Loadgen(c) => {
-            serve(|_| async move { crate::loadgen::run(&config, &c.args).await })
-        }
+        Command::Loadgen(c) => serve(|_| async move { crate::loadgen::run(&config, &c.args).await }),
         // verify: 0 equal, 1 different, 2 could not compare.
-        Command::Verify(c) => {
-            serve_with_codes(
-                2,
-                |_| async move { crate::verify::run(&config, &c.args).await },
-            )
-        }
+        Command::Verify(c) => serve_with_codes(2, |_| async move { crate::verify::run(&config, &c.args).await }),
         // cutover: 0 ready to switch, 1 not ready, 2 could not check.
-        Command::Cutover(c) => {
-            serve_with_codes(
-                2,
-                |_| async move { crate::cutover::run(&config, &c.args).await },
-            )
-        }
+        Command::Cutover(c) => serve_with_codes(2, |_| async move { crate::cutover::run(&config, &c.args).await }),
         // repair: 0 equal, 1 still different, 2 could not repair.
-        Command::Repair(c) => {
-            serve_with_codes(
-                2,
-                |_| async move { crate::repair::run(&config, &c.args).await },
-            )
-        }
+        Command::Repair(c) => serve_with_codes(2, |_| async move { crate::repair::run(&config, &c.args).await }),
         // reverse: 0 the file is written, 2 a step must come first (or an error).
         Command::Reverse(c) => {
             let path = c.service.config.clone();
-            serve_with_codes(2, |_| async move {
-                crate::direction::reverse::run(&config, &path, &c.args).await
-            })
+            serve_with_codes(2, |_| async move { crate::direction::reverse::run(&config, &path, &c.args).await })
         }
-        Command::Digests(c) => {
-            serve(
-                |shutdown| async move { crate::repair::peer::run(&config, &c.args, shutdown).await },
-            )
-        }
+        Command::Digests(c) => serve(|shutdown| async move { crate::repair::peer::run(&config, &c.args, shutdown).await }),
         // Answered above, before any config is loaded.
         Command::Status(_) | Command::Link(_) => ExitCode::SUCCESS,
     }
@@ -304,10 +264,7 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    serve_with_codes(
-        1,
-        |shutdown| async move { service(shutdown).await.map(|()| 0) },
-    )
+    serve_with_codes(1, |shutdown| async move { service(shutdown).await.map(|()| 0) })
 }
 
 /// Like `serve`, for commands whose success has several exit codes; `on_error` is the
@@ -317,10 +274,7 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<u8>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("docrepl: cannot start the async runtime: {e}");
@@ -383,3 +337,4 @@ async fn run_both(config: &Config, shutdown: CancellationToken) -> anyhow::Resul
     let (a, b) = tokio::join!(source, sink);
     a.and(b)
 }
+

@@ -53,10 +53,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
@@ -67,10 +64,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { key: key.into(), message: message.into() }
     }
 }
 
@@ -89,10 +83,8 @@ impl Config {
     /// Reads `path`, applies the `DOCREPL_*__*` environment overrides from the process
     /// environment, and validates the result for `role`.
     pub fn load(path: &Path, role: Role) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml_str(&text, path, std::env::vars(), role)
     }
 
@@ -111,14 +103,7 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
-            ConfigError::Invalid {
-                key: if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                message,
-            }
+            ConfigError::Invalid { key: if key == "." { "(top level)".into() } else { key }, message }
         })?;
         config.validate(role)?;
         Ok(config)
@@ -174,10 +159,7 @@ impl Config {
             lines.push(format!("group_id = {:?}", s.group_id));
         }
         lines.push("[kafka]".to_string());
-        lines.push(format!(
-            "bootstrap_servers = {:?}",
-            self.kafka.bootstrap_servers
-        ));
+        lines.push(format!("bootstrap_servers = {:?}", self.kafka.bootstrap_servers));
         lines.push(format!("topic_prefix = {:?}", self.kafka.topic_prefix));
         lines.push(format!("partitions = {}", self.kafka.partitions));
         for (k, v) in crate::redact::redact_properties(&self.kafka.properties) {
@@ -222,21 +204,13 @@ fn apply_env_overrides(
 
 /// `DOCREPL_KAFKA__PROPERTIES__SASL_PASSWORD` → `["kafka", "properties", "sasl.password"]`.
 fn env_var_to_path(var: &str) -> Vec<String> {
-    let parts: Vec<String> = var[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|p| p.to_ascii_lowercase())
-        .collect();
+    let parts: Vec<String> =
+        var[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
     let is_property_map = parts.len() == 3 && parts[0] == "kafka" && parts[1] == "properties";
     parts
         .into_iter()
         .enumerate()
-        .map(|(i, p)| {
-            if is_property_map && i == 2 {
-                p.replace('_', ".")
-            } else {
-                p
-            }
-        })
+        .map(|(i, p)| if is_property_map && i == 2 { p.replace('_', ".") } else { p })
         .collect()
 }
 
@@ -295,10 +269,7 @@ pub fn validate_mongo_uri(key: &str, uri: &str) -> Result<(), ConfigError> {
     let hosts = rest.split(['/', '?']).next().unwrap_or_default();
     let hosts = hosts.rsplit_once('@').map(|(_, h)| h).unwrap_or(hosts);
     if hosts.is_empty() {
-        return Err(ConfigError::invalid(
-            key,
-            "the connection string names no host",
-        ));
+        return Err(ConfigError::invalid(key, "the connection string names no host"));
     }
     Ok(())
 }
@@ -310,10 +281,7 @@ pub fn require_at_least<T: PartialOrd + std::fmt::Display>(
     min: T,
 ) -> Result<(), ConfigError> {
     if value < min {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be at least {min} (got {value})"),
-        ));
+        return Err(ConfigError::invalid(key, format!("must be at least {min} (got {value})")));
     }
     Ok(())
 }
@@ -347,35 +315,13 @@ mod tests {
 
     #[test]
     fn start_at_is_a_cluster_time_and_only_without_a_copy() {
-        let with = |line: &str| {
-            MINIMAL.replace("database = \"app\"", &format!("database = \"app\"\n{line}"))
-        };
-        let c = load(
-            &with("initial_copy = false\nstart_at = \"1765000000.7\""),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(
-            c.source.unwrap().start_at,
-            Some(bson::Timestamp {
-                time: 1_765_000_000,
-                increment: 7
-            })
-        );
-        let e = load(&with("start_at = \"1765000000.7\""), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("source.start_at") && e.contains("initial_copy = false"),
-            "{e}"
-        );
-        let e = load(&with("initial_copy = false\nstart_at = \"yesterday\""), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("source.start_at") && e.contains("<seconds>.<increment>"),
-            "{e}"
-        );
+        let with = |line: &str| MINIMAL.replace("database = \"app\"", &format!("database = \"app\"\n{line}"));
+        let c = load(&with("initial_copy = false\nstart_at = \"1765000000.7\""), &[]).unwrap();
+        assert_eq!(c.source.unwrap().start_at, Some(bson::Timestamp { time: 1_765_000_000, increment: 7 }));
+        let e = load(&with("start_at = \"1765000000.7\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("source.start_at") && e.contains("initial_copy = false"), "{e}");
+        let e = load(&with("initial_copy = false\nstart_at = \"yesterday\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("source.start_at") && e.contains("<seconds>.<increment>"), "{e}");
     }
 
     #[test]
@@ -392,109 +338,64 @@ mod tests {
         .unwrap();
         assert_eq!(c.kafka.partitions, 16);
         assert_eq!(c.source.as_ref().unwrap().collections, vec!["a", "b"]);
-        assert_eq!(
-            c.kafka.properties.get("sasl.password").map(String::as_str),
-            Some("hunter2")
-        );
+        assert_eq!(c.kafka.properties.get("sasl.password").map(String::as_str), Some("hunter2"));
         assert!(!c.redacted_toml().contains("hunter2"));
     }
 
     #[test]
     fn kafka_properties_take_numbers_and_booleans_as_text() {
         let text = format!("{MINIMAL}\n[kafka.properties]\n\"linger.ms\" = 5\n\"enable.ssl.certificate.verification\" = false\n");
-        let c = load(
-            &text,
-            &[("DOCREPL_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS", "100")],
-        )
-        .unwrap();
+        let c = load(&text, &[("DOCREPL_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS", "100")]).unwrap();
         let p = &c.kafka.properties;
         assert_eq!(p.get("linger.ms").map(String::as_str), Some("5"));
-        assert_eq!(
-            p.get("enable.ssl.certificate.verification")
-                .map(String::as_str),
-            Some("false")
-        );
+        assert_eq!(p.get("enable.ssl.certificate.verification").map(String::as_str), Some("false"));
         assert_eq!(p.get("fetch.wait.max.ms").map(String::as_str), Some("100"));
     }
 
     #[test]
     fn write_concern_takes_a_number_of_nodes() {
         let sink = |c: Config| c.sink.unwrap().write_concern;
-        assert_eq!(
-            sink(load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", "1")]).unwrap()),
-            "1"
-        );
+        assert_eq!(sink(load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", "1")]).unwrap()), "1");
         assert_eq!(sink(load(MINIMAL, &[]).unwrap()), "majority");
-        let err = load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", "most")])
-            .unwrap_err()
-            .to_string();
+        let err = load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", "most")]).unwrap_err().to_string();
         assert!(err.contains("sink.write_concern"), "{err}");
     }
 
     #[test]
     fn write_concern_zero_is_refused() {
         for zero in ["0", "00"] {
-            let err = load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", zero)])
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("sink.write_concern") && err.contains("acknowledges nothing"),
-                "{err}"
-            );
+            let err = load(MINIMAL, &[("DOCREPL_SINK__WRITE_CONCERN", zero)]).unwrap_err().to_string();
+            assert!(err.contains("sink.write_concern") && err.contains("acknowledges nothing"), "{err}");
         }
     }
 
     #[test]
     fn replication_factor_defaults_to_the_brokers() {
         assert_eq!(load(MINIMAL, &[]).unwrap().kafka.replication_factor, -1);
-        assert_eq!(
-            load(MINIMAL, &[("DOCREPL_KAFKA__REPLICATION_FACTOR", "3")])
-                .unwrap()
-                .kafka
-                .replication_factor,
-            3
-        );
-        let err = load(MINIMAL, &[("DOCREPL_KAFKA__REPLICATION_FACTOR", "0")])
-            .unwrap_err()
-            .to_string();
+        assert_eq!(load(MINIMAL, &[("DOCREPL_KAFKA__REPLICATION_FACTOR", "3")]).unwrap().kafka.replication_factor, 3);
+        let err = load(MINIMAL, &[("DOCREPL_KAFKA__REPLICATION_FACTOR", "0")]).unwrap_err().to_string();
         assert!(err.contains("kafka.replication_factor"), "{err}");
     }
 
     #[test]
     fn flavors_are_named_values() {
         let c = load(MINIMAL, &[("DOCREPL_SOURCE__FLAVOR", "documentdb")]).unwrap();
-        assert_eq!(
-            c.source.unwrap().flavor().0,
-            crate::flavor::Flavor::DocumentDb
-        );
-        let err = load(MINIMAL, &[("DOCREPL_SINK__FLAVOR", "docdb")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("sink.flavor") && err.contains("documentdb"),
-            "{err}"
-        );
+        assert_eq!(c.source.unwrap().flavor().0, crate::flavor::Flavor::DocumentDb);
+        let err = load(MINIMAL, &[("DOCREPL_SINK__FLAVOR", "docdb")]).unwrap_err().to_string();
+        assert!(err.contains("sink.flavor") && err.contains("documentdb"), "{err}");
     }
 
     #[test]
     fn unknown_key_is_named_with_its_path() {
         let text = MINIMAL.replace("database = \"app\"", "database = \"app\"\nurl = \"x\"");
         let err = load(&text, &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("`source`") && err.contains("unknown field `url`"),
-            "{err}"
-        );
+        assert!(err.contains("`source`") && err.contains("unknown field `url`"), "{err}");
     }
 
     #[test]
     fn zero_partitions_is_rejected() {
-        let err = load(MINIMAL, &[("DOCREPL_KAFKA__PARTITIONS", "0")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("kafka.partitions") && err.contains("at least 1"),
-            "{err}"
-        );
+        let err = load(MINIMAL, &[("DOCREPL_KAFKA__PARTITIONS", "0")]).unwrap_err().to_string();
+        assert!(err.contains("kafka.partitions") && err.contains("at least 1"), "{err}");
     }
 
     #[test]
@@ -502,10 +403,7 @@ mod tests {
         let err = load(MINIMAL, &[("DOCREPL_SINK__URI", "http://u:secretpw@host")])
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("sink.uri") && !err.contains("secretpw"),
-            "{err}"
-        );
+        assert!(err.contains("sink.uri") && !err.contains("secretpw"), "{err}");
     }
 
     #[test]

@@ -12,10 +12,7 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn new(db: impl Into<String>, coll: impl Into<String>) -> Self {
-        Namespace {
-            db: db.into(),
-            coll: coll.into(),
-        }
+        Namespace { db: db.into(), coll: coll.into() }
     }
 }
 

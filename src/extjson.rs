@@ -39,10 +39,7 @@ pub fn canonical_document(doc: &RawDocument) -> Result<String, ExtJsonError> {
 /// Appends `doc` as canonical Extended JSON *inside a JSON string* (the envelope's `after`
 /// field): exactly what serde_json writes for the string `canonical_document(doc)`, without
 /// the surrounding quotes, in one pass and without building that text first.
-pub fn write_canonical_document_in_string(
-    doc: &RawDocument,
-    out: &mut Vec<u8>,
-) -> Result<(), ExtJsonError> {
+pub fn write_canonical_document_in_string(doc: &RawDocument, out: &mut Vec<u8>) -> Result<(), ExtJsonError> {
     write_document(doc, &mut InString(out))
 }
 
@@ -144,30 +141,19 @@ fn write_value(value: RawBsonRef<'_>, out: &mut impl Write) -> Result<(), ExtJso
             let _ = write!(out, "{{\"$numberLong\":\"{i}\"}}");
         }
         RawBsonRef::DateTime(d) => {
-            let _ = write!(
-                out,
-                "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}",
-                d.timestamp_millis()
-            );
+            let _ = write!(out, "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}", d.timestamp_millis());
         }
         RawBsonRef::ObjectId(oid) => {
             let _ = write!(out, "{{\"$oid\":\"{}\"}}", oid.to_hex());
         }
         RawBsonRef::Decimal128(d) => wrapper("$numberDecimal", &d.to_string(), out),
         RawBsonRef::Timestamp(t) => {
-            let _ = write!(
-                out,
-                "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}",
-                t.time, t.increment
-            );
+            let _ = write!(out, "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}", t.time, t.increment);
         }
         RawBsonRef::Binary(b) => {
             let subtype: u8 = b.subtype.into();
             let base64 = base64::engine::general_purpose::STANDARD.encode(b.bytes);
-            let _ = write!(
-                out,
-                "{{\"$binary\":{{\"base64\":\"{base64}\",\"subType\":\"{subtype:02x}\"}}}}"
-            );
+            let _ = write!(out, "{{\"$binary\":{{\"base64\":\"{base64}\",\"subType\":\"{subtype:02x}\"}}}}");
         }
         RawBsonRef::RegularExpression(r) => {
             let mut options: Vec<char> = r.options.chars().collect();
@@ -199,8 +185,7 @@ fn write_value(value: RawBsonRef<'_>, out: &mut impl Write) -> Result<(), ExtJso
         }
         // Deprecated and rare: the owned conversion is fine here.
         other @ RawBsonRef::DbPointer(_) => {
-            let bson =
-                Bson::try_from(other).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))?;
+            let bson = Bson::try_from(other).map_err(|e| ExtJsonError::MalformedBson(e.to_string()))?;
             let _ = serde_json::to_writer(&mut *out, &bson.into_canonical_extjson());
         }
     }
@@ -216,27 +201,11 @@ fn write_double(f: f64, out: &mut impl Write) {
         }
         wrapper("$numberDouble", &s, out);
     } else if f == 0.0 {
-        wrapper(
-            "$numberDouble",
-            if f.is_sign_negative() { "-0.0" } else { "0.0" },
-            out,
-        );
+        wrapper("$numberDouble", if f.is_sign_negative() { "-0.0" } else { "0.0" }, out);
     } else if f.is_nan() {
-        wrapper(
-            "$numberDouble",
-            if f.is_sign_negative() { "-NaN" } else { "NaN" },
-            out,
-        );
+        wrapper("$numberDouble", if f.is_sign_negative() { "-NaN" } else { "NaN" }, out);
     } else if f.is_infinite() {
-        wrapper(
-            "$numberDouble",
-            if f.is_sign_negative() {
-                "-Infinity"
-            } else {
-                "Infinity"
-            },
-            out,
-        );
+        wrapper("$numberDouble", if f.is_sign_negative() { "-Infinity" } else { "Infinity" }, out);
     } else {
         // Subnormal: bson writes these as plain JSON numbers.
         let _ = serde_json::to_writer(&mut *out, &f);
@@ -257,13 +226,8 @@ pub fn parse_document(text: &str) -> Result<RawDocumentBuf, ExtJsonError> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_str(text);
     // BSON takes somewhat less room than its canonical text: one allocation, no regrowth.
-    let doc = DocumentSeed {
-        capacity: text.len() * 3 / 4,
-    }
-    .deserialize(&mut de)
-    .map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
-    de.end()
-        .map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
+    let doc = DocumentSeed { capacity: text.len() * 3 / 4 }.deserialize(&mut de).map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
+    de.end().map_err(|e| ExtJsonError::InvalidText(e.to_string()))?;
     Ok(doc)
 }
 
@@ -275,13 +239,9 @@ struct DocumentSeed {
 impl<'de> serde::de::DeserializeSeed<'de> for DocumentSeed {
     type Value = RawDocumentBuf;
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<RawDocumentBuf, D::Error> {
-        match de.deserialize_map(ValueVisitor {
-            capacity: self.capacity,
-        })? {
+        match de.deserialize_map(ValueVisitor { capacity: self.capacity })? {
             RawBson::Document(doc) => Ok(doc),
-            _ => Err(serde::de::Error::custom(
-                "a type wrapper where a document was expected",
-            )),
+            _ => Err(serde::de::Error::custom("a type wrapper where a document was expected")),
         }
     }
 }
@@ -398,10 +358,7 @@ fn empty_document(capacity: usize) -> RawDocumentBuf {
 /// An object whose first key starts with `$`: a type wrapper (or, rarely, a document with
 /// such field names, which bson's parser tells apart). The common one-key wrappers are
 /// converted directly; anything else is gathered into a `Value` for bson's parser.
-fn wrapper_from_map<'de, A: serde::de::MapAccess<'de>>(
-    first: String,
-    mut map: A,
-) -> Result<RawBson, A::Error> {
+fn wrapper_from_map<'de, A: serde::de::MapAccess<'de>>(first: String, mut map: A) -> Result<RawBson, A::Error> {
     let value: serde_json::Value = map.next_value()?;
     let Some(Key(second)) = map.next_key::<Key<'de>>()? else {
         if let Some(raw) = fast_wrapper(&first, &value) {
@@ -418,9 +375,7 @@ fn wrapper_from_map<'de, A: serde::de::MapAccess<'de>>(
     slow_wrapper(object)
 }
 
-fn slow_wrapper<E: serde::de::Error>(
-    object: serde_json::Map<String, serde_json::Value>,
-) -> Result<RawBson, E> {
+fn slow_wrapper<E: serde::de::Error>(object: serde_json::Map<String, serde_json::Value>) -> Result<RawBson, E> {
     let mut value = serde_json::Value::Object(object);
     normalize_legacy_extjson(&mut value);
     let bson = Bson::try_from(value).map_err(E::custom)?;
@@ -436,8 +391,7 @@ fn check_field_name<E: serde::de::Error>(name: &str) -> Result<(), E> {
 
 /// Why BSON cannot store `name` as a field name (a C string: no NUL byte), if it cannot.
 pub fn field_name_problem(name: &str) -> Option<String> {
-    name.contains('\0')
-        .then(|| format!("field name {name:?} contains a NUL byte, which BSON cannot store"))
+    name.contains('\0').then(|| format!("field name {name:?} contains a NUL byte, which BSON cannot store"))
 }
 
 /// What in `value` BSON cannot store as a C string (a field name, a regex pattern or
@@ -447,10 +401,7 @@ pub fn c_string_problem(value: &Bson) -> Option<String> {
         Bson::Document(d) => document_c_string_problem(d),
         Bson::Array(a) => a.iter().find_map(c_string_problem),
         Bson::RegularExpression(r) if r.pattern.contains('\0') || r.options.contains('\0') => {
-            Some(format!(
-                "regular expression {:?} contains a NUL byte, which BSON cannot store",
-                r.pattern
-            ))
+            Some(format!("regular expression {:?} contains a NUL byte, which BSON cannot store", r.pattern))
         }
         Bson::JavaScriptCodeWithScope(c) => document_c_string_problem(&c.scope),
         _ => None,
@@ -459,8 +410,7 @@ pub fn c_string_problem(value: &Bson) -> Option<String> {
 
 /// `c_string_problem` for a document's field names and values.
 pub fn document_c_string_problem(doc: &bson::Document) -> Option<String> {
-    doc.iter()
-        .find_map(|(k, v)| field_name_problem(k).or_else(|| c_string_problem(v)))
+    doc.iter().find_map(|(k, v)| field_name_problem(k).or_else(|| c_string_problem(v)))
 }
 
 /// The one-key type wrappers that make up nearly all real documents.
@@ -468,16 +418,10 @@ fn fast_wrapper(key: &str, value: &serde_json::Value) -> Option<RawBson> {
     use serde_json::Value;
     let date = |ms: i64| RawBson::DateTime(bson::DateTime::from_millis(ms));
     match (key, value) {
-        ("$oid", Value::String(s)) => bson::oid::ObjectId::parse_str(s)
-            .ok()
-            .map(RawBson::ObjectId),
+        ("$oid", Value::String(s)) => bson::oid::ObjectId::parse_str(s).ok().map(RawBson::ObjectId),
         ("$numberInt", Value::String(s)) => s.parse::<i32>().ok().map(RawBson::Int32),
         ("$numberLong", Value::String(s)) => s.parse::<i64>().ok().map(RawBson::Int64),
-        ("$numberDouble", Value::String(s)) => s
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .map(RawBson::Double),
+        ("$numberDouble", Value::String(s)) => s.parse::<f64>().ok().filter(|f| f.is_finite()).map(RawBson::Double),
         ("$date", Value::Object(d)) if d.len() == 1 => match d.get("$numberLong") {
             Some(Value::String(ms)) => ms.parse::<i64>().ok().map(date),
             _ => None,
@@ -497,17 +441,13 @@ pub fn normalize_legacy_extjson(value: &mut serde_json::Value) {
         Value::Array(items) => items.iter_mut().for_each(normalize_legacy_extjson),
         Value::Object(o) => {
             if o.len() == 2 {
-                if let (Some(Value::String(b64)), Some(Value::String(t))) =
-                    (o.get("$binary"), o.get("$type"))
-                {
+                if let (Some(Value::String(b64)), Some(Value::String(t))) = (o.get("$binary"), o.get("$type")) {
                     let sub = format!("{:0>2}", t.trim_start_matches("0x"));
                     let body = serde_json::json!({"base64": b64, "subType": sub});
                     *value = serde_json::json!({ "$binary": body });
                     return;
                 }
-                if let (Some(Value::String(p)), Some(Value::String(opts))) =
-                    (o.get("$regex"), o.get("$options"))
-                {
+                if let (Some(Value::String(p)), Some(Value::String(opts))) = (o.get("$regex"), o.get("$options")) {
                     let body = serde_json::json!({"pattern": p, "options": opts});
                     *value = serde_json::json!({ "$regularExpression": body });
                     return;
@@ -538,9 +478,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn reference(doc: &Document) -> String {
-        Bson::Document(doc.clone())
-            .into_canonical_extjson()
-            .to_string()
+        Bson::Document(doc.clone()).into_canonical_extjson().to_string()
     }
 
     #[test]
@@ -563,10 +501,7 @@ mod tests {
         };
         let raw = RawDocumentBuf::from_document(&d).unwrap();
         assert_eq!(canonical_document(&raw).unwrap(), reference(&d));
-        assert_eq!(
-            in_string(&raw),
-            serde_json::to_string(&reference(&d)).unwrap()
-        );
+        assert_eq!(in_string(&raw), serde_json::to_string(&reference(&d)).unwrap());
     }
 
     /// `write_canonical_document_in_string` with the quotes serde_json would put around it.
@@ -587,19 +522,11 @@ mod tests {
             Just(Bson::Null),
             any::<i64>().prop_map(|m| Bson::DateTime(bson::DateTime::from_millis(m))),
             any::<[u8; 12]>().prop_map(|b| Bson::ObjectId(bson::oid::ObjectId::from_bytes(b))),
-            (any::<u32>(), any::<u32>()).prop_map(|(t, i)| Bson::Timestamp(bson::Timestamp {
-                time: t,
-                increment: i
-            })),
-            proptest::collection::vec(any::<u8>(), 0..20).prop_map(|bytes| Bson::Binary(
-                bson::Binary {
-                    subtype: bson::spec::BinarySubtype::Generic,
-                    bytes
-                }
-            )),
+            (any::<u32>(), any::<u32>()).prop_map(|(t, i)| Bson::Timestamp(bson::Timestamp { time: t, increment: i })),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|bytes| Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes })),
             // Decimals as MongoDB makes them (from text), so their bytes are canonical.
-            (any::<i64>(), -30i32..30)
-                .prop_map(|(m, e)| Bson::Decimal128(format!("{m}E{e}").parse().unwrap())),
+            (any::<i64>(), -30i32..30).prop_map(|(m, e)| Bson::Decimal128(format!("{m}E{e}").parse().unwrap())),
         ]
     }
 
@@ -621,10 +548,7 @@ mod tests {
     fn subnormal_doubles_survive() {
         let d = doc! {"a": 1.084429303587137e-308f64, "b": 5e-324f64};
         let raw = RawDocumentBuf::from_document(&d).unwrap();
-        assert_eq!(
-            parse(&canonical_document(&raw).unwrap()).as_bytes(),
-            raw.as_bytes()
-        );
+        assert_eq!(parse(&canonical_document(&raw).unwrap()).as_bytes(), raw.as_bytes());
     }
 
     #[test]
@@ -632,14 +556,9 @@ mod tests {
         let text = r#"{"_id": 5, "big": 9007199254740993, "f": 1.5, "d": {"$date": "2024-01-02T03:04:05.006Z"}, "legacy": {"$date": -1}, "bin": {"$binary": "AAE=", "$type": "80"}, "re": {"$regex": "a", "$options": "i"}, "nan": {"$numberDouble": "NaN"}, "x": {"$oid": "65976a473f3a210c022ffc55"}}"#;
         let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
         normalize_legacy_extjson(&mut value);
-        let Bson::Document(expected) = Bson::try_from(value).unwrap() else {
-            panic!()
-        };
+        let Bson::Document(expected) = Bson::try_from(value).unwrap() else { panic!() };
         // Bytes, not documents: NaN is not equal to itself.
-        assert_eq!(
-            parse(text).as_bytes(),
-            RawDocumentBuf::from_document(&expected).unwrap().as_bytes()
-        );
+        assert_eq!(parse(text).as_bytes(), RawDocumentBuf::from_document(&expected).unwrap().as_bytes());
     }
 
     proptest! {

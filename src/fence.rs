@@ -55,10 +55,7 @@ pub fn parse(value: &[u8]) -> Option<(&str, i64)> {
 
 /// The writer and generation a Kafka message is stamped with, if it is.
 pub fn stamp_of<M: Message>(msg: &M) -> Option<(&str, i64)> {
-    msg.headers()?
-        .iter()
-        .find(|h| h.key == HEADER)
-        .and_then(|h| parse(h.value?))
+    msg.headers()?.iter().find(|h| h.key == HEADER).and_then(|h| parse(h.value?))
 }
 
 /// What the fence says of a message.
@@ -66,9 +63,7 @@ pub fn stamp_of<M: Message>(msg: &M) -> Option<(&str, i64)> {
 pub enum Verdict {
     Admit,
     /// A newer run of the same writer came before it in the partition.
-    Stale {
-        newer: i64,
-    },
+    Stale { newer: i64 },
 }
 
 /// A generation first seen at an offset of the partition.
@@ -100,15 +95,11 @@ impl Fence {
         let writers = history
             .into_iter()
             .filter_map(|h| {
-                let raises: Vec<Raise> =
-                    h.raises.into_iter().filter(|r| r.offset < offset).collect();
+                let raises: Vec<Raise> = h.raises.into_iter().filter(|r| r.offset < offset).collect();
                 (!raises.is_empty()).then_some((h.writer, raises))
             })
             .collect();
-        Fence {
-            writers,
-            changed: false,
-        }
+        Fence { writers, changed: false }
     }
 
     /// Judges the message at `offset` of `writer`'s run `generation`, and remembers it.
@@ -118,11 +109,7 @@ impl Fence {
             None => self.writers.entry(writer.to_string()).or_default(),
         };
         match raises.last() {
-            Some(highest) if generation < highest.generation => {
-                return Verdict::Stale {
-                    newer: highest.generation,
-                }
-            }
+            Some(highest) if generation < highest.generation => return Verdict::Stale { newer: highest.generation },
             Some(highest) if generation == highest.generation => return Verdict::Admit,
             _ => {}
         }
@@ -139,14 +126,8 @@ impl Fence {
         if !std::mem::take(&mut self.changed) {
             return None;
         }
-        let mut history: Vec<WriterHistory> = self
-            .writers
-            .iter()
-            .map(|(writer, raises)| WriterHistory {
-                writer: writer.clone(),
-                raises: raises.clone(),
-            })
-            .collect();
+        let mut history: Vec<WriterHistory> =
+            self.writers.iter().map(|(writer, raises)| WriterHistory { writer: writer.clone(), raises: raises.clone() }).collect();
         history.sort_by(|a, b| a.writer.cmp(&b.writer));
         Some(history)
     }
@@ -168,10 +149,7 @@ mod tests {
     #[test]
     fn a_stamp_parses_back_even_with_an_at_sign_in_the_name() {
         let s = stamp("docrepl/app.odd@name", 1_733_312_000_123);
-        assert_eq!(
-            parse(s.as_bytes()),
-            Some(("docrepl/app.odd@name", 1_733_312_000_123))
-        );
+        assert_eq!(parse(s.as_bytes()), Some(("docrepl/app.odd@name", 1_733_312_000_123)));
         assert_eq!(parse(b"no generation"), None);
         assert_eq!(parse(b"w@x"), None);
         assert_eq!(parse(&[0xff, b'@', b'1']), None);
@@ -197,10 +175,7 @@ mod tests {
         f.admit("a", 1, 0);
         f.admit("b", 1, 1);
         let h = f.history_update().expect("raised");
-        assert_eq!(
-            h.iter().map(|w| w.writer.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(h.iter().map(|w| w.writer.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         f.admit("a", 1, 2);
         f.admit("a", 0, 3);
         assert_eq!(f.history_update(), None);
@@ -212,23 +187,14 @@ mod tests {
     fn a_fence_rebuilt_at_any_offset_judges_the_rest_as_the_first_reader_did() {
         let log: [i64; 8] = [10, 10, 11, 11, 10, 11, 12, 10];
         let mut first = Fence::default();
-        let verdicts: Vec<Verdict> = log
-            .iter()
-            .enumerate()
-            .map(|(o, g)| first.admit("w", *g, o as i64))
-            .collect();
+        let verdicts: Vec<Verdict> = log.iter().enumerate().map(|(o, g)| first.admit("w", *g, o as i64)).collect();
         assert_eq!(verdicts[4], Verdict::Stale { newer: 11 });
         assert_eq!(verdicts[5], Verdict::Admit);
         assert_eq!(verdicts[7], Verdict::Stale { newer: 12 });
         let history = first.history_update().expect("raised");
         for start in 0..log.len() {
             let mut again = Fence::at(history.clone(), start as i64);
-            let rest: Vec<Verdict> = log
-                .iter()
-                .enumerate()
-                .skip(start)
-                .map(|(o, g)| again.admit("w", *g, o as i64))
-                .collect();
+            let rest: Vec<Verdict> = log.iter().enumerate().skip(start).map(|(o, g)| again.admit("w", *g, o as i64)).collect();
             assert_eq!(rest, verdicts[start..], "from offset {start}");
         }
         // Nothing stored (or another writer's): every message is admitted.
@@ -244,13 +210,7 @@ mod tests {
         }
         let history = f.history_update().expect("raised");
         assert_eq!(history[0].raises.len(), KEPT_RAISES);
-        assert_eq!(
-            history[0].raises.first(),
-            Some(&Raise {
-                generation: 7,
-                offset: 600
-            })
-        );
+        assert_eq!(history[0].raises.first(), Some(&Raise { generation: 7, offset: 600 }));
         // Starting at 650: generation 7 stands; an 8 at 700 comes as before.
         let mut mid = Fence::at(history.clone(), 650);
         assert_eq!(mid.admit("w", 6, 650), Verdict::Stale { newer: 7 });

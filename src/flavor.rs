@@ -44,21 +44,16 @@ impl Flavor {
 }
 
 /// Host-name suffixes of Amazon DocumentDB endpoints.
-const DOCUMENTDB_SUFFIXES: [&str; 3] = [
-    ".docdb.amazonaws.com",
-    ".docdb.amazonaws.com.cn",
-    ".docdb-elastic.amazonaws.com",
-];
+const DOCUMENTDB_SUFFIXES: [&str; 3] = [".docdb.amazonaws.com", ".docdb.amazonaws.com.cn", ".docdb-elastic.amazonaws.com"];
 
 /// The flavour and why it was chosen (logged and shown in `/status`).
 pub fn resolve(setting: FlavorSetting, uri: &str) -> (Flavor, &'static str) {
     match setting {
         FlavorSetting::Mongodb => (Flavor::MongoDb, "configured"),
         FlavorSetting::Documentdb => (Flavor::DocumentDb, "configured"),
-        FlavorSetting::Auto if hosts(uri).iter().any(|h| is_documentdb_host(h)) => (
-            Flavor::DocumentDb,
-            "detected: an Amazon DocumentDB host name",
-        ),
+        FlavorSetting::Auto if hosts(uri).iter().any(|h| is_documentdb_host(h)) => {
+            (Flavor::DocumentDb, "detected: an Amazon DocumentDB host name")
+        }
         FlavorSetting::Auto => (Flavor::MongoDb, "detected: no Amazon DocumentDB host name"),
     }
 }
@@ -66,9 +61,7 @@ pub fn resolve(setting: FlavorSetting, uri: &str) -> (Flavor, &'static str) {
 /// True when `uri` names an Amazon DocumentDB elastic cluster, which has no change
 /// streams at all (it can still be a target).
 pub fn is_elastic_cluster(uri: &str) -> bool {
-    hosts(uri)
-        .iter()
-        .any(|h| h.ends_with(".docdb-elastic.amazonaws.com"))
+    hosts(uri).iter().any(|h| h.ends_with(".docdb-elastic.amazonaws.com"))
 }
 
 fn is_documentdb_host(host: &str) -> bool {
@@ -80,10 +73,7 @@ fn is_documentdb_host(host: &str) -> bool {
 fn hosts(uri: &str) -> Vec<String> {
     let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let hosts = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
+    let hosts = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
     hosts
         .split(',')
         .map(|h| {
@@ -106,8 +96,7 @@ mod tests {
     fn documentdb_endpoints_are_recognised() {
         let uri = "mongodb://user:p%40ss@prod.cluster-c1ab2cd3efgh.us-east-1.docdb.amazonaws.com:27017/?tls=true&retryWrites=false";
         assert_eq!(resolve(FlavorSetting::Auto, uri).0, Flavor::DocumentDb);
-        let elastic =
-            "mongodb+srv://u:p@app-123456789012.us-west-2.docdb-elastic.amazonaws.com/?tls=true";
+        let elastic = "mongodb+srv://u:p@app-123456789012.us-west-2.docdb-elastic.amazonaws.com/?tls=true";
         assert_eq!(resolve(FlavorSetting::Auto, elastic).0, Flavor::DocumentDb);
         assert!(is_elastic_cluster(elastic) && !is_elastic_cluster(uri));
         let china = "mongodb://a.cluster-x.cn-north-1.docdb.amazonaws.com.cn:27017,b.cluster-x.cn-north-1.docdb.amazonaws.com.cn:27017/";
@@ -124,20 +113,10 @@ mod tests {
             "mongodb://docdb.amazonaws.com.example.org:27017/?authSource=x.docdb.amazonaws.com",
             "mongodb://u:pw@host.docdb.amazonaws.com.evil:1/",
         ] {
-            assert_eq!(
-                resolve(FlavorSetting::Auto, uri).0,
-                Flavor::MongoDb,
-                "{uri}"
-            );
+            assert_eq!(resolve(FlavorSetting::Auto, uri).0, Flavor::MongoDb, "{uri}");
         }
-        assert_eq!(
-            resolve(FlavorSetting::Documentdb, "mongodb://127.0.0.1:1/").0,
-            Flavor::DocumentDb
-        );
-        assert_eq!(
-            resolve(FlavorSetting::Mongodb, "mongodb://x.docdb.amazonaws.com/").0,
-            Flavor::MongoDb
-        );
+        assert_eq!(resolve(FlavorSetting::Documentdb, "mongodb://127.0.0.1:1/").0, Flavor::DocumentDb);
+        assert_eq!(resolve(FlavorSetting::Mongodb, "mongodb://x.docdb.amazonaws.com/").0, Flavor::MongoDb);
     }
 
     #[test]

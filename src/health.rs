@@ -22,29 +22,14 @@ pub struct Connectivity {
 }
 
 /// Every 2 s: ping the cluster and ask the broker for metadata; report the result.
-pub async fn watch(
-    client: mongodb::Client,
-    admin: TopicAdmin,
-    report: impl Fn(Connectivity),
-    shutdown: CancellationToken,
-) {
+pub async fn watch(client: mongodb::Client, admin: TopicAdmin, report: impl Fn(Connectivity), shutdown: CancellationToken) {
     loop {
         let mongo_ok = matches!(
-            tokio::time::timeout(
-                TIMEOUT,
-                client.database("admin").run_command(doc! {"ping": 1})
-            )
-            .await,
+            tokio::time::timeout(TIMEOUT, client.database("admin").run_command(doc! {"ping": 1})).await,
             Ok(Ok(_))
         );
-        let broker_ok = matches!(
-            tokio::time::timeout(TIMEOUT, admin.reachable()).await,
-            Ok(true)
-        );
-        report(Connectivity {
-            cluster: mongo_ok,
-            broker: broker_ok,
-        });
+        let broker_ok = matches!(tokio::time::timeout(TIMEOUT, admin.reachable()).await, Ok(true));
+        report(Connectivity { cluster: mongo_ok, broker: broker_ok });
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}

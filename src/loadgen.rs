@@ -94,9 +94,7 @@ const TEXT_BYTES: usize = 4000;
 /// One generated document: deterministic for (seed, id).
 pub fn make_document(shape: Shape, id: i64, seed: u64) -> Document {
     let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let word: String = (0..16)
-        .map(|_| rng.random_range(b'a'..=b'z') as char)
-        .collect();
+    let word: String = (0..16).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
     match shape {
         Shape::Flat => doc! {
             "_id": id,
@@ -132,11 +130,8 @@ pub fn make_document(shape: Shape, id: i64, seed: u64) -> Document {
             "ключ": "значение",
         },
         Shape::Text => {
-            const ALPHABET: &[u8] =
-                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .";
-            let body: String = (0..TEXT_BYTES)
-                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-                .collect();
+            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .";
+            let body: String = (0..TEXT_BYTES).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
             doc! { "_id": id, "title": word, "body": body }
         }
     }
@@ -151,10 +146,7 @@ fn default_database(config: &Config, target: bool, collection: &str) -> Option<S
         _ => return None,
     };
     match (target, config.sink.as_ref()) {
-        (true, Some(sink)) => Some(
-            sink.target_namespace(&crate::event::Namespace::new(&single, collection))
-                .db,
-        ),
+        (true, Some(sink)) => Some(sink.target_namespace(&crate::event::Namespace::new(&single, collection)).db),
         _ => Some(single),
     }
 }
@@ -163,16 +155,10 @@ fn default_database(config: &Config, target: bool, collection: &str) -> Option<S
 /// or an unusable cluster.
 pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
     let (uri, key, flavor) = if args.target {
-        let sink = config
-            .sink
-            .as_ref()
-            .context("--target needs a [sink] section")?;
+        let sink = config.sink.as_ref().context("--target needs a [sink] section")?;
         (sink.uri.clone(), "sink.uri", sink.flavor().0)
     } else {
-        let src = config
-            .source
-            .as_ref()
-            .context("loadgen needs a [source] section (or --target with [sink])")?;
+        let src = config.source.as_ref().context("loadgen needs a [source] section (or --target with [sink])")?;
         (src.uri.clone(), "source.uri", src.flavor().0)
     };
     let database = args
@@ -186,13 +172,8 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
     let mix = args.mix.as_deref().map(parse_mix).transpose()?;
     let client = crate::mongo::connect(&uri, key, flavor).await?;
     crate::mongo::replica_set_name(&client, key).await?;
-    let coll = client
-        .database(&database)
-        .collection::<Document>(&args.collection);
-    let existing = coll
-        .estimated_document_count()
-        .await
-        .context("cannot count the collection")?;
+    let coll = client.database(&database).collection::<Document>(&args.collection);
+    let existing = coll.estimated_document_count().await.context("cannot count the collection")?;
     let mut first_id: i64 = 0;
     if existing > 0 {
         if !args.append && mix.is_none() {
@@ -227,20 +208,9 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
         let coll = coll.clone();
-        let (next, errors, stop, limiter, progress) = (
-            Arc::clone(&next),
-            Arc::clone(&errors),
-            Arc::clone(&stop),
-            limiter.clone(),
-            progress.clone(),
-        );
-        let (count, batch, shape, seed, hot) = (
-            args.count,
-            args.batch,
-            args.shape,
-            args.seed,
-            args.hot.max(1),
-        );
+        let (next, errors, stop, limiter, progress) =
+            (Arc::clone(&next), Arc::clone(&errors), Arc::clone(&stop), limiter.clone(), progress.clone());
+        let (count, batch, shape, seed, hot) = (args.count, args.batch, args.shape, args.seed, args.hot.max(1));
         tasks.spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(worker as u64));
             while !stop.load(Ordering::SeqCst) {
@@ -254,24 +224,11 @@ pub async fn run(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
                 }
                 let result = match mix {
                     None => {
-                        let docs: Vec<Document> = (start..start + n)
-                            .map(|i| make_document(shape, first_id + i as i64, seed))
-                            .collect();
+                        let docs: Vec<Document> =
+                            (start..start + n).map(|i| make_document(shape, first_id + i as i64, seed)).collect();
                         coll.insert_many(docs).ordered(false).await.map(|_| ())
                     }
-                    Some(mix) => {
-                        mixed_ops(
-                            &coll,
-                            &mut rng,
-                            mix,
-                            shape,
-                            seed,
-                            first_id + start as i64,
-                            n,
-                            hot,
-                        )
-                        .await
-                    }
+                    Some(mix) => mixed_ops(&coll, &mut rng, mix, shape, seed, first_id + start as i64, n, hot).await,
                 };
                 if let Err(e) = result {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -333,12 +290,7 @@ async fn mixed_ops(
             inserts.push(make_document(shape, next_id + i as i64, seed));
         } else if pick < mix.insert + mix.update {
             let v: i64 = rng.random();
-            coll.update_one(
-                doc! {"_id": id},
-                doc! {"$set": {"u": v, "sub.x": v % 7}, "$inc": {"count": 1}},
-            )
-            .upsert(true)
-            .await?;
+            coll.update_one(doc! {"_id": id}, doc! {"$set": {"u": v, "sub.x": v % 7}, "$inc": {"count": 1}}).upsert(true).await?;
         } else if pick < mix.insert + mix.update + mix.delete {
             coll.delete_one(doc! {"_id": id}).await?;
         } else {
@@ -392,11 +344,7 @@ impl Progress {
             if last.elapsed() >= Duration::from_secs(5) {
                 *last = Instant::now();
                 let secs = self.started.elapsed().as_secs_f64();
-                eprintln!(
-                    "loadgen: {done}/{} docs, {:.0} docs/s",
-                    self.total,
-                    done as f64 / secs.max(1e-9)
-                );
+                eprintln!("loadgen: {done}/{} docs, {:.0} docs/s", self.total, done as f64 / secs.max(1e-9));
             }
         }
     }
@@ -423,20 +371,13 @@ mod tests {
 
     #[test]
     fn text_documents_are_about_four_kilobytes() {
-        let size = bson::to_vec(&make_document(Shape::Text, 7, 1))
-            .map(|b| b.len())
-            .unwrap_or(0);
+        let size = bson::to_vec(&make_document(Shape::Text, 7, 1)).map(|b| b.len()).unwrap_or(0);
         assert!((4000..4200).contains(&size), "{size}");
     }
 
     fn config(text: &str) -> Config {
-        Config::from_toml_str(
-            text,
-            std::path::Path::new("test.toml"),
-            std::iter::empty(),
-            crate::config::Role::Tool,
-        )
-        .expect("a valid test config")
+        Config::from_toml_str(text, std::path::Path::new("test.toml"), std::iter::empty(), crate::config::Role::Tool)
+            .expect("a valid test config")
     }
 
     const BOTH: &str = r#"
@@ -452,37 +393,20 @@ bootstrap_servers = "127.0.0.1:19092"
 
     #[test]
     fn the_source_database_is_the_default_on_the_source() {
-        assert_eq!(
-            default_database(&config(BOTH), false, "loadgen").as_deref(),
-            Some("bench")
-        );
+        assert_eq!(default_database(&config(BOTH), false, "loadgen").as_deref(), Some("bench"));
     }
 
     #[test]
     fn target_writes_default_to_where_the_source_database_replicates() {
         // Issue #35 item 10: `loadgen --target` said "set a single source.database" with it set.
-        assert_eq!(
-            default_database(&config(BOTH), true, "loadgen").as_deref(),
-            Some("bench")
-        );
+        assert_eq!(default_database(&config(BOTH), true, "loadgen").as_deref(), Some("bench"));
         // A collection the sink maps elsewhere goes where the sink would write it.
-        assert_eq!(
-            default_database(&config(BOTH), true, "docs").as_deref(),
-            Some("copy")
-        );
+        assert_eq!(default_database(&config(BOTH), true, "docs").as_deref(), Some("copy"));
     }
 
     #[test]
     fn mix_parsing() {
-        assert_eq!(
-            parse_mix("50:30:10:10").unwrap(),
-            Mix {
-                insert: 50,
-                update: 30,
-                delete: 10,
-                replace: 10
-            }
-        );
+        assert_eq!(parse_mix("50:30:10:10").unwrap(), Mix { insert: 50, update: 30, delete: 10, replace: 10 });
         assert!(parse_mix("1:2:3").is_err());
         assert!(parse_mix("0:0:0:0").is_err());
         assert!(parse_mix("a:b:c:d").is_err());

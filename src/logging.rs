@@ -30,20 +30,14 @@ fn default_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: default_level(),
-        }
+        LogConfig { format: LogFormat::Text, level: default_level() }
     }
 }
 
 impl LogConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         EnvFilter::try_new(&self.level).map_err(|e| {
-            ConfigError::invalid(
-                "log.level",
-                format!("not a log filter ({e}); try `info` or `docrepl=debug`"),
-            )
+            ConfigError::invalid("log.level", format!("not a log filter ({e}); try `info` or `docrepl=debug`"))
         })?;
         Ok(())
     }
@@ -54,9 +48,7 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -14,10 +14,7 @@ impl Pacer {
     /// `None` when `per_second` is 0 (no ceiling).
     pub fn per_second(per_second: u32) -> Option<Pacer> {
         let rate = NonZeroU32::new(per_second)?;
-        Some(Pacer {
-            limiter: RateLimiter::direct(Quota::per_second(rate)),
-            burst: rate,
-        })
+        Some(Pacer { limiter: RateLimiter::direct(Quota::per_second(rate)), burst: rate })
     }
 
     /// Waits until `n` more units may go.
@@ -43,11 +40,7 @@ mod tests {
         let pacer = Pacer::per_second(50).unwrap();
         let started = std::time::Instant::now();
         pacer.take(120).await; // 50 at once, then 70 more at 50/s
-        assert!(
-            started.elapsed() >= std::time::Duration::from_millis(1300),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(1300), "{:?}", started.elapsed());
         assert!(Pacer::per_second(0).is_none());
     }
 }

@@ -92,30 +92,15 @@ pub fn parse(value: &[u8]) -> Option<Result<Part, String>> {
     }
     let parsed: PartIn = match serde_json::from_slice(value) {
         Ok(p) => p,
-        Err(e) => {
-            return Some(Err(format!(
-                "a docrepl event part that is not valid JSON: {e}"
-            )))
-        }
+        Err(e) => return Some(Err(format!("a docrepl event part that is not valid JSON: {e}"))),
     };
     let meta = parsed.docrepl.part;
     if meta.count == 0 || meta.index >= meta.count {
-        return Some(Err(format!(
-            "a docrepl event part numbered {} of {}",
-            meta.index, meta.count
-        )));
+        return Some(Err(format!("a docrepl event part numbered {} of {}", meta.index, meta.count)));
     }
     match base64::engine::general_purpose::STANDARD.decode(parsed.data.as_bytes()) {
-        Ok(data) => Some(Ok(Part {
-            event: meta.event,
-            index: meta.index,
-            count: meta.count,
-            bytes: meta.bytes,
-            data,
-        })),
-        Err(e) => Some(Err(format!(
-            "a docrepl event part whose data is not base64: {e}"
-        ))),
+        Ok(data) => Some(Ok(Part { event: meta.event, index: meta.index, count: meta.count, bytes: meta.bytes, data })),
+        Err(e) => Some(Err(format!("a docrepl event part whose data is not base64: {e}"))),
     }
 }
 
@@ -187,19 +172,14 @@ impl Joiner {
         if seen {
             return (None, Fed::Waiting);
         }
-        let continues = self.pending.as_ref().is_some_and(|p| {
-            p.event == part.event && p.next == part.index && p.count == part.count
-        });
+        let continues = self.pending.as_ref().is_some_and(|p| p.event == part.event && p.next == part.index && p.count == part.count);
         let ended = if continues { None } else { self.interrupt() };
         if part.bytes > MAX_EVENT_BYTES {
             let reason = format!("a docrepl event part claims an event of {} bytes, over the {MAX_EVENT_BYTES} bytes a sink joins", part.bytes);
             return (ended, Fed::Stray(reason));
         }
         if !continues && part.index != 0 {
-            let reason = format!(
-                "part {} of {} of event {} without its earlier parts",
-                part.index, part.count, part.event
-            );
+            let reason = format!("part {} of {} of event {} without its earlier parts", part.index, part.count, part.event);
             return (ended, Fed::Stray(reason));
         }
         let pending = self.pending.get_or_insert_with(|| Pending {
@@ -219,21 +199,10 @@ impl Joiner {
         let done = self.pending.take().expect("pending was just filled");
         self.last_whole = Some(done.event.clone());
         if done.data.len() as u64 != done.bytes {
-            let reason = format!(
-                "event {} joined to {} bytes, not the {} its parts announce",
-                done.event,
-                done.data.len(),
-                done.bytes
-            );
+            let reason = format!("event {} joined to {} bytes, not the {} its parts announce", done.event, done.data.len(), done.bytes);
             return (ended, Fed::Stray(reason));
         }
-        (
-            ended,
-            Fed::Whole {
-                value: done.data,
-                first_offset: done.first_offset,
-            },
-        )
+        (ended, Fed::Whole { value: done.data, first_offset: done.first_offset })
     }
 }
 
@@ -246,10 +215,7 @@ mod tests {
     }
 
     fn sent_as(value: &[u8], event: &str, per: usize) -> Vec<Part> {
-        split(value, event, per)
-            .iter()
-            .map(|v| parse(v).unwrap().unwrap())
-            .collect()
+        split(value, event, per).iter().map(|v| parse(v).unwrap().unwrap()).collect()
     }
 
     #[test]
@@ -265,13 +231,7 @@ mod tests {
                 assert_eq!(fed, Fed::Waiting);
                 assert_eq!(joiner.hold(), Some(100));
             } else {
-                assert_eq!(
-                    fed,
-                    Fed::Whole {
-                        value: value.clone(),
-                        first_offset: 100
-                    }
-                );
+                assert_eq!(fed, Fed::Whole { value: value.clone(), first_offset: 100 });
             }
         }
         assert_eq!(joiner.hold(), None);
@@ -297,13 +257,7 @@ mod tests {
         assert_eq!(ended.map(|u| u.first_offset), Some(1));
         assert_eq!(fed, Fed::Waiting);
         joiner.feed(again[1].clone(), 3);
-        assert_eq!(
-            joiner.feed(again[2].clone(), 4).1,
-            Fed::Whole {
-                value,
-                first_offset: 2
-            }
-        );
+        assert_eq!(joiner.feed(again[2].clone(), 4).1, Fed::Whole { value, first_offset: 2 });
     }
 
     #[test]
@@ -314,49 +268,27 @@ mod tests {
         joiner.feed(parts[0].clone(), 1);
         joiner.feed(parts[1].clone(), 2);
         assert_eq!(joiner.feed(parts[1].clone(), 3), (None, Fed::Waiting));
-        assert_eq!(
-            joiner.feed(parts[2].clone(), 4).1,
-            Fed::Whole {
-                value,
-                first_offset: 1
-            }
-        );
+        assert_eq!(joiner.feed(parts[2].clone(), 4).1, Fed::Whole { value, first_offset: 1 });
     }
 
     #[test]
     fn a_part_without_its_beginning_is_stray() {
         let parts = parts_of(&[1u8; 100], 40);
         let mut joiner = Joiner::default();
-        assert!(
-            matches!(joiner.feed(parts[1].clone(), 5).1, Fed::Stray(r) if r.contains("without its earlier parts"))
-        );
+        assert!(matches!(joiner.feed(parts[1].clone(), 5).1, Fed::Stray(r) if r.contains("without its earlier parts")));
         assert_eq!(joiner.hold(), None);
     }
 
     #[test]
     fn other_values_are_not_parts() {
         assert_eq!(parse(br#"{"before":null,"after":"{}","op":"c"}"#), None);
-        assert!(matches!(
-            parse(br#"{"docrepl":{"part":{"event":"e","index":3,"count":2,"bytes":1}},"data":""}"#),
-            Some(Err(_))
-        ));
-        assert!(matches!(
-            parse(
-                br#"{"docrepl":{"part":{"event":"e","index":0,"count":1,"bytes":1}},"data":"!!"}"#
-            ),
-            Some(Err(_))
-        ));
+        assert!(matches!(parse(br#"{"docrepl":{"part":{"event":"e","index":3,"count":2,"bytes":1}},"data":""}"#), Some(Err(_))));
+        assert!(matches!(parse(br#"{"docrepl":{"part":{"event":"e","index":0,"count":1,"bytes":1}},"data":"!!"}"#), Some(Err(_))));
     }
 
     #[test]
     fn a_claim_over_the_join_limit_is_refused() {
-        let part = Part {
-            event: "e".into(),
-            index: 0,
-            count: 2,
-            bytes: MAX_EVENT_BYTES + 1,
-            data: vec![],
-        };
+        let part = Part { event: "e".into(), index: 0, count: 2, bytes: MAX_EVENT_BYTES + 1, data: vec![] };
         assert!(matches!(Joiner::default().feed(part, 0).1, Fed::Stray(_)));
     }
 }

@@ -50,16 +50,7 @@ pub fn is_secret_key(key: &str) -> bool {
 pub fn redact_properties(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     props
         .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                if is_secret_key(k) {
-                    MASK.to_string()
-                } else {
-                    v.clone()
-                },
-            )
-        })
+        .map(|(k, v)| (k.clone(), if is_secret_key(k) { MASK.to_string() } else { v.clone() }))
         .collect()
 }
 
@@ -77,9 +68,7 @@ mod tests {
 
     #[test]
     fn masks_password_with_at_sign_and_query_secrets() {
-        let r = redact_uri(
-            "mongodb://u:p@ss@h/?authMechanismProperties=x&tlsCertificateKeyFilePassword=zz",
-        );
+        let r = redact_uri("mongodb://u:p@ss@h/?authMechanismProperties=x&tlsCertificateKeyFilePassword=zz");
         assert!(!r.contains("p@ss") && !r.contains("zz"), "{r}");
     }
 

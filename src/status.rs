@@ -187,11 +187,7 @@ pub struct StatusReport {
 
 impl StatusBoard {
     pub fn new(role: &'static str) -> Self {
-        StatusBoard {
-            role,
-            started: Instant::now(),
-            inner: Arc::new(Mutex::new(Inner::default())),
-        }
+        StatusBoard { role, started: Instant::now(), inner: Arc::new(Mutex::new(Inner::default())) }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> Option<R> {
@@ -206,11 +202,7 @@ impl StatusBoard {
         self.with(|i| i.collections.get(ns).cloned()).flatten()
     }
 
-    pub fn set_partitions(
-        &self,
-        partitions: BTreeMap<String, PartitionStatus>,
-        topics: BTreeMap<String, TopicRecovery>,
-    ) {
+    pub fn set_partitions(&self, partitions: BTreeMap<String, PartitionStatus>, topics: BTreeMap<String, TopicRecovery>) {
         self.with(|i| {
             i.partitions = partitions;
             i.topics = topics;
@@ -256,20 +248,11 @@ impl StatusBoard {
                 Side::Source => i.source_ready = Some(ready),
                 Side::Sink => i.sink_ready = Some(ready),
             }
-            for (name, reachable) in [
-                (side.cluster_name(), found.cluster),
-                ("broker", found.broker),
-            ] {
+            for (name, reachable) in [(side.cluster_name(), found.cluster), ("broker", found.broker)] {
                 let now = Instant::now();
-                let entry = i.connections.entry(name).or_insert(Reachability {
-                    reachable,
-                    since: now,
-                });
+                let entry = i.connections.entry(name).or_insert(Reachability { reachable, since: now });
                 if entry.reachable != reachable {
-                    *entry = Reachability {
-                        reachable,
-                        since: now,
-                    };
+                    *entry = Reachability { reachable, since: now };
                 }
             }
         });
@@ -281,12 +264,7 @@ impl StatusBoard {
         self.connections()
             .into_iter()
             .filter(|(_, c)| !c.reachable)
-            .map(|(name, c)| {
-                format!(
-                    "{name} unreachable for {:.0} s",
-                    c.unreachable_for_seconds.unwrap_or(0.0)
-                )
-            })
+            .map(|(name, c)| format!("{name} unreachable for {:.0} s", c.unreachable_for_seconds.unwrap_or(0.0)))
             .collect()
     }
 
@@ -295,15 +273,8 @@ impl StatusBoard {
             i.connections
                 .iter()
                 .map(|(name, r)| {
-                    let unreachable_for_seconds =
-                        (!r.reachable).then(|| r.since.elapsed().as_secs_f64());
-                    (
-                        *name,
-                        Connection {
-                            reachable: r.reachable,
-                            unreachable_for_seconds,
-                        },
-                    )
+                    let unreachable_for_seconds = (!r.reachable).then(|| r.since.elapsed().as_secs_f64());
+                    (*name, Connection { reachable: r.reachable, unreachable_for_seconds })
                 })
                 .collect()
         })
@@ -321,27 +292,13 @@ impl StatusBoard {
 
     pub fn report(&self) -> StatusReport {
         let ready = self.ready();
-        let (collections, partitions, topics, dead_letters, recent_errors, history_window_seconds) =
-            self.with(|i| {
-                (
-                    i.collections.clone(),
-                    i.partitions.clone(),
-                    i.topics.clone(),
-                    i.dead_letters,
-                    i.errors.clone(),
-                    i.history_window_seconds,
-                )
-            })
-            .unwrap_or_default();
-        let (flavors, change_stream_pipeline, change_streams) = self
+        let (collections, partitions, topics, dead_letters, recent_errors, history_window_seconds) = self
             .with(|i| {
-                (
-                    i.flavors.clone(),
-                    i.pipeline.clone(),
-                    i.stream_level.clone(),
-                )
+                (i.collections.clone(), i.partitions.clone(), i.topics.clone(), i.dead_letters, i.errors.clone(), i.history_window_seconds)
             })
             .unwrap_or_default();
+        let (flavors, change_stream_pipeline, change_streams) =
+            self.with(|i| (i.flavors.clone(), i.pipeline.clone(), i.stream_level.clone())).unwrap_or_default();
         let collections: BTreeMap<String, CollectionStatus> = collections
             .into_iter()
             .map(|(k, mut c)| {
@@ -376,87 +333,28 @@ mod tests {
 
     #[test]
     fn copy_progress_sums_the_collections_that_were_copied() {
-        let copying = CollectionStatus {
-            state: "copying".into(),
-            copied: 5,
-            copy_total: Some(10),
-            ..Default::default()
-        };
-        let done = CollectionStatus {
-            state: "streaming".into(),
-            copied: 7,
-            copy_total: Some(7),
-            ..Default::default()
-        };
-        let never = CollectionStatus {
-            state: "streaming".into(),
-            ..Default::default()
-        };
+        let copying = CollectionStatus { state: "copying".into(), copied: 5, copy_total: Some(10), ..Default::default() };
+        let done = CollectionStatus { state: "streaming".into(), copied: 7, copy_total: Some(7), ..Default::default() };
+        let never = CollectionStatus { state: "streaming".into(), ..Default::default() };
         let p = CopyProgress::of([&copying, &done, &never].into_iter());
-        assert_eq!(
-            p,
-            CopyProgress {
-                collections_copying: 1,
-                collections_copied: 1,
-                documents_copied: 12,
-                documents_estimated: 17
-            }
-        );
+        assert_eq!(p, CopyProgress { collections_copying: 1, collections_copied: 1, documents_copied: 12, documents_estimated: 17 });
     }
 
     #[test]
     fn an_unreachable_broker_makes_the_process_unready_and_is_named() {
         use crate::health::Connectivity;
         let board = StatusBoard::new("run");
-        board.set_connectivity(
-            Side::Source,
-            Connectivity {
-                cluster: true,
-                broker: true,
-            },
-        );
-        board.set_connectivity(
-            Side::Sink,
-            Connectivity {
-                cluster: true,
-                broker: true,
-            },
-        );
+        board.set_connectivity(Side::Source, Connectivity { cluster: true, broker: true });
+        board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: true });
         assert!(board.ready() && board.unreachable().is_empty());
-        board.set_connectivity(
-            Side::Sink,
-            Connectivity {
-                cluster: true,
-                broker: false,
-            },
-        );
+        board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: false });
         assert!(!board.ready());
-        assert_eq!(
-            board.unreachable(),
-            vec!["broker unreachable for 0 s".to_string()]
-        );
+        assert_eq!(board.unreachable(), vec!["broker unreachable for 0 s".to_string()]);
         let report = board.report();
         assert!(!report.connections["broker"].reachable);
         assert!(report.connections["target_cluster"].reachable);
-        board.set_connectivity(
-            Side::Sink,
-            Connectivity {
-                cluster: true,
-                broker: true,
-            },
-        );
-        board.set_connectivity(
-            Side::Source,
-            Connectivity {
-                cluster: true,
-                broker: true,
-            },
-        );
-        assert!(
-            board.ready()
-                && board.report().connections["broker"]
-                    .unreachable_for_seconds
-                    .is_none()
-        );
+        board.set_connectivity(Side::Sink, Connectivity { cluster: true, broker: true });
+        board.set_connectivity(Side::Source, Connectivity { cluster: true, broker: true });
+        assert!(board.ready() && board.report().connections["broker"].unreachable_for_seconds.is_none());
     }
 }

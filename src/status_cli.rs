@@ -13,16 +13,11 @@ pub fn run(url: &str, token: Option<&str>) -> anyhow::Result<String> {
     }
     let body = request
         .call()
-        .with_context(|| {
-            format!(
-                "cannot read {endpoint}: is the service running, and is the URL its http.listen?"
-            )
-        })?
+        .with_context(|| format!("cannot read {endpoint}: is the service running, and is the URL its http.listen?"))?
         .body_mut()
         .read_to_string()
         .context("cannot read the response")?;
-    let status: Value =
-        serde_json::from_str(&body).context("the response is not docrepl's /status JSON")?;
+    let status: Value = serde_json::from_str(&body).context("the response is not docrepl's /status JSON")?;
     Ok(render(&status))
 }
 
@@ -40,9 +35,7 @@ fn num(v: &Value, key: &str) -> String {
 /// One section: a row per entry of `rows` (a JSON object), its name first, then the
 /// `(header, field, width)` columns. Nothing when there are no rows.
 fn table(out: &mut String, rows: &Value, name: (&str, usize), columns: &[(&str, &str, usize)]) {
-    let Some(rows) = rows.as_object().filter(|r| !r.is_empty()) else {
-        return;
-    };
+    let Some(rows) = rows.as_object().filter(|r| !r.is_empty()) else { return };
     out.push_str(&format!("\n{:<w$}", name.0, w = name.1));
     for (header, _, width) in columns {
         out.push_str(&format!(" {header:>width$}"));
@@ -63,63 +56,37 @@ pub fn render(status: &Value) -> String {
         "docrepl {} — role {}, {}, up {} s, dead letters {}\n",
         num(status, "version"),
         num(status, "role"),
-        if status["ready"].as_bool() == Some(true) {
-            "ready"
-        } else {
-            "NOT READY"
-        },
+        if status["ready"].as_bool() == Some(true) { "ready" } else { "NOT READY" },
         num(status, "uptime_seconds"),
         num(status, "dead_letters"),
     );
     if let Some(flavors) = status["flavors"].as_object().filter(|f| !f.is_empty()) {
-        let sides: Vec<String> = flavors
-            .iter()
-            .map(|(side, f)| format!("{side} {}", f.as_str().unwrap_or("?")))
-            .collect();
+        let sides: Vec<String> = flavors.iter().map(|(side, f)| format!("{side} {}", f.as_str().unwrap_or("?"))).collect();
         out.push_str(&format!("clusters: {}\n", sides.join(", ")));
     }
     if let Some(p) = status["change_stream_pipeline"].as_str() {
         out.push_str(&format!("change-stream pipeline: {p}\n"));
     }
     if status["history_window_seconds"].is_number() {
-        out.push_str(&format!(
-            "source change history kept: {} s (compare TOKEN AGE)\n",
-            num(status, "history_window_seconds")
-        ));
+        out.push_str(&format!("source change history kept: {} s (compare TOKEN AGE)\n", num(status, "history_window_seconds")));
     }
     table(
         &mut out,
         &status["collections"],
         ("COLLECTION", 32),
-        &[
-            ("STATE", "state", 10),
-            ("PUBLISHED", "events_published", 12),
-            ("COPIED", "copied", 10),
-            ("LAG s", "lag_seconds", 9),
-            ("TOKEN AGE s", "resume_token_age_seconds", 14),
-        ],
+        &[("STATE", "state", 10), ("PUBLISHED", "events_published", 12), ("COPIED", "copied", 10), ("LAG s", "lag_seconds", 9), ("TOKEN AGE s", "resume_token_age_seconds", 14)],
     );
     table(
         &mut out,
         &status["partitions"],
         ("PARTITION", 40),
-        &[
-            ("COMMITTED", "committed_offset", 12),
-            ("LAG", "consumer_lag", 10),
-            ("BATCH", "last_batch_size", 8),
-            ("WRITTEN", "docs_written", 12),
-            ("DOCS/s", "docs_per_second", 10),
-        ],
+        &[("COMMITTED", "committed_offset", 12), ("LAG", "consumer_lag", 10), ("BATCH", "last_batch_size", 8), ("WRITTEN", "docs_written", 12), ("DOCS/s", "docs_per_second", 10)],
     );
     table(
         &mut out,
         &status["topics"],
         ("TOPIC", 40),
-        &[
-            ("PARTITIONS", "partitions_held", 11),
-            ("RECOVERY POINT", "recovery_point", 26),
-            ("BEHIND s", "recovery_point_age_seconds", 10),
-        ],
+        &[("PARTITIONS", "partitions_held", 11), ("RECOVERY POINT", "recovery_point", 26), ("BEHIND s", "recovery_point_age_seconds", 10)],
     );
     if let Some(errors) = status["recent_errors"].as_array().filter(|e| !e.is_empty()) {
         out.push_str("\nrecent errors:\n");
@@ -145,21 +112,8 @@ mod tests {
         });
         let text = render(&status);
         assert!(text.contains("role source+sink, ready"), "{text}");
-        assert!(
-            text.contains("COLLECTION")
-                && text.contains("app.orders")
-                && text.contains("streaming"),
-            "{text}"
-        );
-        assert!(
-            text.contains("PARTITION")
-                && text.contains("docrepl.app.orders/0")
-                && text.contains("12.5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("RECOVERY POINT") && text.contains("2026-11-21T02:00:00.000Z"),
-            "{text}"
-        );
+        assert!(text.contains("COLLECTION") && text.contains("app.orders") && text.contains("streaming"), "{text}");
+        assert!(text.contains("PARTITION") && text.contains("docrepl.app.orders/0") && text.contains("12.5"), "{text}");
+        assert!(text.contains("RECOVERY POINT") && text.contains("2026-11-21T02:00:00.000Z"), "{text}");
     }
 }

@@ -23,30 +23,12 @@ async fn pipeline(name: &str, cluster: &KafkaCluster) -> (Setup, Proc, Proc) {
     let mut setup = Setup::new(name);
     setup.bootstrap = cluster.bootstrap();
     setup.source_extra = "collections = [\"c\"]".into();
-    let loaded = setup.spawn(
-        "loadgen",
-        &[
-            "--collection",
-            "c",
-            "-n",
-            "2000",
-            "--shape",
-            "types",
-            "--seed",
-            "7",
-        ],
-    );
+    let loaded = setup.spawn("loadgen", &["--collection", "c", "-n", "2000", "--shape", "types", "--seed", "7"]);
     common::expect_success(loaded, "the preload").await;
     let source = setup.spawn("source", &[]);
     let sink = setup.spawn("sink", &[]);
     let (code, out) = common::verify(&setup.config(), 180);
-    assert_eq!(
-        code,
-        Some(0),
-        "the initial copy through the cluster:\n{out}\n{}\n{}",
-        source.log_text(),
-        sink.log_text()
-    );
+    assert_eq!(code, Some(0), "the initial copy through the cluster:\n{out}\n{}\n{}", source.log_text(), sink.log_text());
     (setup, source, sink)
 }
 
@@ -55,47 +37,19 @@ async fn pipeline(name: &str, cluster: &KafkaCluster) -> (Setup, Proc, Proc) {
 fn mixed_load(setup: &Setup, ops: u32) -> Proc {
     setup.spawn(
         "loadgen",
-        &[
-            "--collection",
-            "c",
-            "-n",
-            &ops.to_string(),
-            "--shape",
-            "types",
-            "--mix",
-            "40:30:15:15",
-            "--hot",
-            "2000",
-            "--append",
-            "--rate",
-            "400",
-            "--batch",
-            "20",
-            "--concurrency",
-            "2",
-        ],
+        &["--collection", "c", "-n", &ops.to_string(), "--shape", "types", "--mix", "40:30:15:15", "--hot", "2000", "--append", "--rate", "400", "--batch", "20", "--concurrency", "2"],
     )
 }
 
 async fn target_count(setup: &Setup) -> u64 {
     let client = common::mongo(&common::target_uri()).await;
-    client
-        .database(&setup.db)
-        .collection::<Document>("c")
-        .count_documents(bson::doc! {})
-        .await
-        .unwrap_or(0)
+    client.database(&setup.db).collection::<Document>("c").count_documents(bson::doc! {}).await.unwrap_or(0)
 }
 
 fn assert_equal(setup: &Setup, what: &str, procs: &[&Proc]) {
     let (code, out) = common::verify(&setup.config(), 240);
     let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
-    assert_eq!(
-        code,
-        Some(0),
-        "{what}: the target differs:\n{out}\n{}",
-        logs.join("\n----\n")
-    );
+    assert_eq!(code, Some(0), "{what}: the target differs:\n{out}\n{}", logs.join("\n----\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,11 +63,9 @@ async fn a_node_killed_with_minus_9_loses_nothing_and_writes_go_on() {
     // With two of three replicas in sync, acks=all writes still succeed: the target keeps
     // taking new documents while the node is down.
     let before = target_count(&setup).await;
-    common::eventually(
-        Duration::from_secs(60),
-        "the target to take new documents with a node down",
-        || async { target_count(&setup).await > before + 100 },
-    )
+    common::eventually(Duration::from_secs(60), "the target to take new documents with a node down", || async {
+        target_count(&setup).await > before + 100
+    })
     .await;
     common::expect_success(load, "the mixed load").await;
     assert_equal(&setup, "after a node was killed", &[&source, &sink]);
@@ -125,10 +77,7 @@ async fn the_whole_cluster_down_for_60_s_is_waited_out_and_said() {
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = KafkaCluster::start(19530, 3);
     let (setup, mut source, mut sink) = pipeline("bdown", &cluster).await;
-    let (source_http, sink_http) = (
-        common::status_addr(&source).await,
-        common::status_addr(&sink).await,
-    );
+    let (source_http, sink_http) = (common::status_addr(&source).await, common::status_addr(&sink).await);
     let load = mixed_load(&setup, 12000);
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.kill9_all();
@@ -136,53 +85,29 @@ async fn the_whole_cluster_down_for_60_s_is_waited_out_and_said() {
 
     // Both processes stay up, not ready, and name the broker as the reason.
     for (side, addr) in [("source", &source_http), ("sink", &sink_http)] {
-        common::eventually(
-            Duration::from_secs(30),
-            &format!("the {side}'s /readyz to say the broker is unreachable"),
-            || async {
-                let (code, body) = common::http_get(addr, "/readyz", None).await;
-                code == 503 && body.contains("broker")
-            },
-        )
+        common::eventually(Duration::from_secs(30), &format!("the {side}'s /readyz to say the broker is unreachable"), || async {
+            let (code, body) = common::http_get(addr, "/readyz", None).await;
+            code == 503 && body.contains("broker")
+        })
         .await;
         let (_, status) = common::http_get(addr, "/status", None).await;
         let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-        assert_eq!(
-            status["connections"]["broker"]["reachable"],
-            serde_json::json!(false),
-            "{side} /status: {status}"
-        );
+        assert_eq!(status["connections"]["broker"]["reachable"], serde_json::json!(false), "{side} /status: {status}");
     }
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
-    assert!(
-        source.is_running() && sink.is_running(),
-        "a process gave up during the outage:\n{}\n{}",
-        source.log_text(),
-        sink.log_text()
-    );
+    assert!(source.is_running() && sink.is_running(), "a process gave up during the outage:\n{}\n{}", source.log_text(), sink.log_text());
 
     cluster.start_all();
     for (side, addr) in [("source", &source_http), ("sink", &sink_http)] {
-        common::eventually(
-            Duration::from_secs(60),
-            &format!("the {side} to be ready again"),
-            || async { common::http_get(addr, "/readyz", None).await.0 == 200 },
-        )
+        common::eventually(Duration::from_secs(60), &format!("the {side} to be ready again"), || async {
+            common::http_get(addr, "/readyz", None).await.0 == 200
+        })
         .await;
     }
     common::expect_success(load, "the mixed load").await;
-    assert_equal(
-        &setup,
-        "after the cluster was down for 60 s",
-        &[&source, &sink],
-    );
+    assert_equal(&setup, "after the cluster was down for 60 s", &[&source, &sink]);
     // Resumed from its checkpoint: one initial copy in the source's whole log.
-    assert_eq!(
-        source.log_text().matches("initial copy starting").count(),
-        1,
-        "copied again:\n{}",
-        source.log_text()
-    );
+    assert_eq!(source.log_text().matches("initial copy starting").count(), 1, "copied again:\n{}", source.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,44 +132,16 @@ async fn leaders_moved_by_a_reassignment_during_the_load_lose_nothing() {
     });
     let plan_file = cluster.dir().join("reassignment.json");
     std::fs::write(&plan_file, plan.to_string()).unwrap();
-    cluster.tool(
-        "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
-        &[
-            "--execute",
-            "--reassignment-json-file",
-            plan_file.to_str().unwrap(),
-        ],
-    );
-    common::eventually(
-        Duration::from_secs(60),
-        "the reassignment to complete",
-        || async {
-            let state = cluster.tool(
-                "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
-                &[
-                    "--verify",
-                    "--reassignment-json-file",
-                    plan_file.to_str().unwrap(),
-                ],
-            );
-            state.contains("is completed") && !state.contains("in progress")
-        },
-    )
+    cluster.tool("org.apache.kafka.tools.reassign.ReassignPartitionsCommand", &["--execute", "--reassignment-json-file", plan_file.to_str().unwrap()]);
+    common::eventually(Duration::from_secs(60), "the reassignment to complete", || async {
+        let state = cluster.tool("org.apache.kafka.tools.reassign.ReassignPartitionsCommand", &["--verify", "--reassignment-json-file", plan_file.to_str().unwrap()]);
+        state.contains("is completed") && !state.contains("in progress")
+    })
     .await;
-    cluster.tool(
-        "org.apache.kafka.tools.LeaderElectionCommand",
-        &["--election-type", "PREFERRED", "--all-topic-partitions"],
-    );
+    cluster.tool("org.apache.kafka.tools.LeaderElectionCommand", &["--election-type", "PREFERRED", "--all-topic-partitions"]);
     let leaders_after = leaders(&cluster, &topic);
-    let moved = leaders_before
-        .iter()
-        .filter(|(p, r)| leaders_after.iter().any(|(q, s)| q == p && s[0] != r[0]))
-        .count();
-    assert_eq!(
-        moved,
-        leaders_before.len(),
-        "every leader moved: before {leaders_before:?}, after {leaders_after:?}"
-    );
+    let moved = leaders_before.iter().filter(|(p, r)| leaders_after.iter().any(|(q, s)| q == p && s[0] != r[0])).count();
+    assert_eq!(moved, leaders_before.len(), "every leader moved: before {leaders_before:?}, after {leaders_after:?}");
 
     common::expect_success(load, "the mixed load").await;
     assert_equal(&setup, "after the leaders moved", &[&source, &sink]);
@@ -253,23 +150,13 @@ async fn leaders_moved_by_a_reassignment_during_the_load_lose_nothing() {
 /// Each partition of `topic` with its replica list, the leader first (Kafka's
 /// kafka-topics --describe).
 fn leaders(cluster: &KafkaCluster, topic: &str) -> Vec<(i32, Vec<i32>)> {
-    let text = cluster.tool(
-        "org.apache.kafka.tools.TopicCommand",
-        &["--describe", "--topic", topic],
-    );
+    let text = cluster.tool("org.apache.kafka.tools.TopicCommand", &["--describe", "--topic", topic]);
     text.lines()
         .filter_map(|line| {
-            let field = |name: &str| {
-                line.split(&format!("{name}: "))
-                    .nth(1)
-                    .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
-            };
+            let field = |name: &str| line.split(&format!("{name}: ")).nth(1).map(|v| v.split_whitespace().next().unwrap_or("").to_string());
             let partition: i32 = field("Partition")?.parse().ok()?;
             let leader: i32 = field("Leader")?.parse().ok()?;
-            let mut replicas: Vec<i32> = field("Replicas")?
-                .split(',')
-                .filter_map(|r| r.parse().ok())
-                .collect();
+            let mut replicas: Vec<i32> = field("Replicas")?.split(',').filter_map(|r| r.parse().ok()).collect();
             // Leader first, the others in their order.
             replicas.retain(|r| *r != leader);
             replicas.insert(0, leader);

@@ -37,22 +37,12 @@ fn check(cmd: &str, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
 
 #[test]
 fn good_config_passes_check_and_hides_secrets() {
-    let text = GOOD.replace(
-        "mongodb://127.0.0.1:27217",
-        "mongodb://writer:topsecret@127.0.0.1:27217",
-    );
-    let (code, err, out) = check(
-        "run",
-        &text,
-        &[("DOCREPL_KAFKA__PROPERTIES__SASL_PASSWORD", "kafkapw")],
-    );
+    let text = GOOD.replace("mongodb://127.0.0.1:27217", "mongodb://writer:topsecret@127.0.0.1:27217");
+    let (code, err, out) = check("run", &text, &[("DOCREPL_KAFKA__PROPERTIES__SASL_PASSWORD", "kafkapw")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("config OK"), "{out}");
     assert!(out.contains("writer:***@"), "{out}");
-    assert!(
-        !out.contains("topsecret") && !out.contains("kafkapw"),
-        "{out}"
-    );
+    assert!(!out.contains("topsecret") && !out.contains("kafkapw"), "{out}");
 }
 
 #[test]
@@ -60,52 +50,26 @@ fn unknown_key_names_the_key() {
     let text = GOOD.replace("[kafka]", "[kafka]\npartitons = 8");
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("`kafka`")
-            && err.contains("unknown field `partitons`")
-            && err.contains("partitions"),
-        "{err}"
-    );
+    assert!(err.contains("`kafka`") && err.contains("unknown field `partitons`") && err.contains("partitions"), "{err}");
 }
 
 #[test]
 fn missing_required_key_names_it() {
-    let text = GOOD.replacen(
-        "uri = \"mongodb://127.0.0.1:27117",
-        "url = \"mongodb://127.0.0.1:27117",
-        1,
-    );
+    let text = GOOD.replacen("uri = \"mongodb://127.0.0.1:27117", "url = \"mongodb://127.0.0.1:27117", 1);
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("`source`")
-            && (err.contains("missing field `uri`") || err.contains("unknown field `url`")),
-        "{err}"
-    );
+    assert!(err.contains("`source`") && (err.contains("missing field `uri`") || err.contains("unknown field `url`")), "{err}");
     // Without a database: says both ways to name them.
     let text = GOOD.replace("database = \"app\"\n", "");
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("source.database")
-            && err.contains("source.databases = [\"app\", \"billing\"]"),
-        "{err}"
-    );
+    assert!(err.contains("source.database") && err.contains("source.databases = [\"app\", \"billing\"]"), "{err}");
     // Both, or collections without a single database: refused with what to do.
-    let text = GOOD.replace(
-        "database = \"app\"\n",
-        "databases = [\"app\", \"billing\"]\n",
-    );
+    let text = GOOD.replace("database = \"app\"\n", "databases = [\"app\", \"billing\"]\n");
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("source.collections") && err.contains("source.include"),
-        "{err}"
-    );
-    let text = GOOD.replace(
-        "database = \"app\"\n",
-        "database = \"app\"\ndatabases = [\"*\"]\ninclude = [\"nodot\"]\n",
-    );
+    assert!(err.contains("source.collections") && err.contains("source.include"), "{err}");
+    let text = GOOD.replace("database = \"app\"\n", "database = \"app\"\ndatabases = [\"*\"]\ninclude = [\"nodot\"]\n");
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2, "{err}");
 }
@@ -115,20 +79,14 @@ fn bad_uri_is_explained() {
     let text = GOOD.replace("mongodb://127.0.0.1:27117", "mongo://127.0.0.1:27117");
     let (code, err, _) = check("source", &text, &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("source.uri") && err.contains("expected mongodb://"),
-        "{err}"
-    );
+    assert!(err.contains("source.uri") && err.contains("expected mongodb://"), "{err}");
 }
 
 #[test]
 fn impossible_value_from_env_is_rejected() {
     let (code, err, _) = check("sink", GOOD, &[("DOCREPL_KAFKA__PARTITIONS", "0")]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("kafka.partitions") && err.contains("at least 1 (got 0)"),
-        "{err}"
-    );
+    assert!(err.contains("kafka.partitions") && err.contains("at least 1 (got 0)"), "{err}");
 }
 
 #[test]
@@ -136,10 +94,7 @@ fn wrong_type_names_the_key() {
     let text = GOOD.replace("[kafka]", "[kafka]\npartitions = \"eight\"");
     let (code, err, _) = check("sink", &text, &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("kafka.partitions") && err.contains("expected i32"),
-        "{err}"
-    );
+    assert!(err.contains("kafka.partitions") && err.contains("expected i32"), "{err}");
 }
 
 #[test]
@@ -149,8 +104,7 @@ fn missing_file_and_bad_toml() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("cannot read config file /nonexistent/docrepl.toml"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/docrepl.toml"));
 
     let (code, err, _) = check("source", "[kafka\nbootstrap_servers = 1", &[]);
     assert_eq!(code, 2);
@@ -159,8 +113,7 @@ fn missing_file_and_bad_toml() {
 
 #[test]
 fn sink_needs_its_section() {
-    let text = GOOD.split("[sink]").next().unwrap().to_string()
-        + "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n";
+    let text = GOOD.split("[sink]").next().unwrap().to_string() + "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n";
     let (code, err, _) = check("sink", &text, &[]);
     assert_eq!(code, 2);
     assert!(err.contains("[sink] is required"), "{err}");
@@ -172,59 +125,31 @@ fn start(cmd: &str, text: &str) -> (i32, String, f64) {
     let path = dir.path().join("docrepl.toml");
     std::fs::write(&path, text).unwrap();
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_docrepl"))
-        .args([cmd, "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        started.elapsed().as_secs_f64(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_docrepl")).args([cmd, "--config"]).arg(&path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), started.elapsed().as_secs_f64())
 }
 
 /// An unreachable cluster or broker at start: a clear message naming what and where, a
 /// non-zero exit, and no hang (every wait is bounded). Port 1 on loopback refuses.
 #[test]
 fn unreachable_peers_at_start_fail_with_a_clear_message() {
-    let text = GOOD.replace(
-        "mongodb://127.0.0.1:27117/?replicaSet=rs-source",
-        "mongodb://127.0.0.1:1/?replicaSet=rs-source",
-    ) + "[http]\nlisten = \"127.0.0.1:0\"\n";
+    let text = GOOD.replace("mongodb://127.0.0.1:27117/?replicaSet=rs-source", "mongodb://127.0.0.1:1/?replicaSet=rs-source")
+        + "[http]\nlisten = \"127.0.0.1:0\"\n";
     let (code, err, secs) = start("source", &text);
     assert!(code != 0 && code != 2, "exit {code}: {err}");
-    assert!(
-        err.contains("cannot reach the cluster at mongodb://127.0.0.1:1")
-            && err.contains("source.uri"),
-        "{err}"
-    );
+    assert!(err.contains("cannot reach the cluster at mongodb://127.0.0.1:1") && err.contains("source.uri"), "{err}");
     assert!(secs < 60.0, "took {secs} s");
 
-    let text = GOOD.replace(
-        "mongodb://127.0.0.1:27217/?replicaSet=rs-target",
-        "mongodb://127.0.0.1:1/?replicaSet=rs-target",
-    ) + "[http]\nlisten = \"127.0.0.1:0\"\n";
+    let text = GOOD.replace("mongodb://127.0.0.1:27217/?replicaSet=rs-target", "mongodb://127.0.0.1:1/?replicaSet=rs-target")
+        + "[http]\nlisten = \"127.0.0.1:0\"\n";
     let (code, err, _) = start("sink", &text);
-    assert!(
-        code != 0
-            && err.contains("cannot reach the cluster at mongodb://127.0.0.1:1")
-            && err.contains("sink.uri"),
-        "exit {code}: {err}"
-    );
+    assert!(code != 0 && err.contains("cannot reach the cluster at mongodb://127.0.0.1:1") && err.contains("sink.uri"), "exit {code}: {err}");
 
     let broker = std::env::var("DOCREPL_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    let text = GOOD
-        .replace(
-            &format!("bootstrap_servers = \"127.0.0.1:19092\""),
-            "bootstrap_servers = \"127.0.0.1:1\"",
-        )
+    let text = GOOD.replace(&format!("bootstrap_servers = \"127.0.0.1:19092\""), "bootstrap_servers = \"127.0.0.1:1\"")
         .replace("127.0.0.1:19092", &broker)
         + "[http]\nlisten = \"127.0.0.1:0\"\n";
     let (code, err, secs) = start("sink", &text);
-    assert!(
-        code != 0 && err.contains("127.0.0.1:1") && err.to_lowercase().contains("broker"),
-        "exit {code}: {err}"
-    );
+    assert!(code != 0 && err.contains("127.0.0.1:1") && err.to_lowercase().contains("broker"), "exit {code}: {err}");
     assert!(secs < 60.0, "took {secs} s");
 }

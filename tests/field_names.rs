@@ -36,10 +36,7 @@ async fn dollar_and_dotted_field_names_arrive_byte_identical() {
     let mut run = setup.spawn("run", &[]);
     let target = common::mongo(&common::target_uri()).await;
     let copied = target.database(&setup.db).collection::<Document>("c");
-    common::eventually(Duration::from_secs(60), "the copied documents", || async {
-        copied.count_documents(doc! {}).await.unwrap_or(0) == 2
-    })
-    .await;
+    common::eventually(Duration::from_secs(60), "the copied documents", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 2 }).await;
 
     // The stream: an insert, a replacement, an update of a plain field of a document
     // with such names, and an update that sets a `$` field ($setField in a pipeline).
@@ -48,15 +45,8 @@ async fn dollar_and_dotted_field_names_arrive_byte_identical() {
     replaced.insert("plain", 2);
     replaced.insert("$more", doc! {"$numberDecimal": "1"});
     // (A replacement document cannot carry a top-level `$` field; a pipeline can.)
-    coll.update_one(
-        doc! {"_id": 1},
-        vec![doc! {"$replaceWith": {"$literal": replaced}}],
-    )
-    .await
-    .unwrap();
-    coll.update_one(doc! {"_id": 2}, doc! {"$set": {"plain": 3}})
-        .await
-        .unwrap();
+    coll.update_one(doc! {"_id": 1}, vec![doc! {"$replaceWith": {"$literal": replaced}}]).await.unwrap();
+    coll.update_one(doc! {"_id": 2}, doc! {"$set": {"plain": 3}}).await.unwrap();
     coll.update_one(doc! {"_id": 3}, vec![doc! {"$replaceWith": {"$setField": {"field": {"$literal": "$new"}, "input": "$$ROOT", "value": {"$literal": {"$date": 7}}}}}]).await.unwrap();
     coll.insert_one(doc! {"_id": 4}).await.unwrap();
     common::eventually(Duration::from_secs(60), "the stream's changes", || async {
@@ -66,14 +56,9 @@ async fn dollar_and_dotted_field_names_arrive_byte_identical() {
     })
     .await;
     // The last update may be in another partition than _id 4.
-    common::eventually(
-        Duration::from_secs(30),
-        "the target equal to the source",
-        || async {
-            common::documents(&source, &setup.db, "c").await
-                == common::documents(&target, &setup.db, "c").await
-        },
-    )
+    common::eventually(Duration::from_secs(30), "the target equal to the source", || async {
+        common::documents(&source, &setup.db, "c").await == common::documents(&target, &setup.db, "c").await
+    })
     .await;
     let log = run.log_text();
     assert!(!log.contains("dead-letter"), "{log}");

@@ -31,24 +31,11 @@ async fn echo_server() -> SocketAddr {
 }
 
 async fn link_to(to: SocketAddr, shape: Shape) -> Arc<Link> {
-    Link::start(
-        "127.0.0.1:0".parse().unwrap(),
-        to,
-        Shapes {
-            up: shape,
-            down: shape,
-        },
-    )
-    .await
-    .unwrap()
+    Link::start("127.0.0.1:0".parse().unwrap(), to, Shapes { up: shape, down: shape }).await.unwrap()
 }
 
 fn shape(delay_ms: u64, rate_mbit: Option<u64>) -> Shape {
-    Shape {
-        delay: Duration::from_millis(delay_ms),
-        jitter: Duration::ZERO,
-        rate_bits: rate_mbit.map(|m| m * 1_000_000),
-    }
+    Shape { delay: Duration::from_millis(delay_ms), jitter: Duration::ZERO, rate_bits: rate_mbit.map(|m| m * 1_000_000) }
 }
 
 async fn ping(s: &mut TcpStream) -> Duration {
@@ -70,10 +57,7 @@ async fn the_round_trip_is_twice_the_delay() {
     }
     rtts.sort();
     let median = rtts[rtts.len() / 2];
-    assert!(
-        median >= Duration::from_millis(90) && median <= Duration::from_millis(110),
-        "median round trip {median:?} for 2 x 50 ms (all: {rtts:?})"
-    );
+    assert!(median >= Duration::from_millis(90) && median <= Duration::from_millis(110), "median round trip {median:?} for 2 x 50 ms (all: {rtts:?})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,15 +85,8 @@ async fn a_transfer_takes_the_bandwidth_it_is_given() {
     for _ in 0..TOTAL / chunk.len() {
         s.write_all(&chunk).await.unwrap();
     }
-    let took = timeout(Duration::from_secs(10), received)
-        .await
-        .unwrap()
-        .unwrap()
-        - started;
-    assert!(
-        took >= Duration::from_millis(1800) && took <= Duration::from_millis(2200),
-        "5 MB at 20 Mbit/s took {took:?} (2.0 s expected)"
-    );
+    let took = timeout(Duration::from_secs(10), received).await.unwrap().unwrap() - started;
+    assert!(took >= Duration::from_millis(1800) && took <= Duration::from_millis(2200), "5 MB at 20 Mbit/s took {took:?} (2.0 s expected)");
     assert_eq!(link.stats().bytes_up, TOTAL as u64);
 }
 
@@ -120,22 +97,12 @@ async fn a_reset_cut_resets_and_refuses_until_restored() {
     ping(&mut s).await;
     link.set_state(State::Reset);
     let mut b = [0u8; 1];
-    let read = timeout(Duration::from_secs(2), s.read(&mut b))
-        .await
-        .expect("the cut must end the connection at once");
-    assert!(
-        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "expected a reset, got {read:?}"
-    );
+    let read = timeout(Duration::from_secs(2), s.read(&mut b)).await.expect("the cut must end the connection at once");
+    assert!(matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset), "expected a reset, got {read:?}");
     // A new connection is reset at once (while connecting, or at its first read).
     if let Ok(mut again) = TcpStream::connect(link.local_addr).await {
-        let read = timeout(Duration::from_secs(2), again.read(&mut b))
-            .await
-            .expect("refused at once");
-        assert!(
-            matches!(&read, Err(_) | Ok(0)),
-            "expected a refusal, got {read:?}"
-        );
+        let read = timeout(Duration::from_secs(2), again.read(&mut b)).await.expect("refused at once");
+        assert!(matches!(&read, Err(_) | Ok(0)), "expected a refusal, got {read:?}");
     }
     link.set_state(State::Up);
     let mut back = TcpStream::connect(link.local_addr).await.unwrap();
@@ -150,28 +117,15 @@ async fn a_black_hole_holds_connections_silent_and_restores_them() {
     link.set_state(State::Blackhole);
     s.write_all(b"y").await.unwrap();
     let mut b = [0u8; 1];
-    assert!(
-        timeout(Duration::from_secs(1), s.read(&mut b))
-            .await
-            .is_err(),
-        "nothing crosses a black hole, and nothing is reset"
-    );
+    assert!(timeout(Duration::from_secs(1), s.read(&mut b)).await.is_err(), "nothing crosses a black hole, and nothing is reset");
     // A connection made meanwhile is accepted and hangs too.
     let mut during = TcpStream::connect(link.local_addr).await.unwrap();
     during.write_all(b"z").await.unwrap();
-    assert!(timeout(Duration::from_millis(500), during.read(&mut b))
-        .await
-        .is_err());
+    assert!(timeout(Duration::from_millis(500), during.read(&mut b)).await.is_err());
     link.set_state(State::Up);
-    timeout(Duration::from_secs(2), s.read_exact(&mut b))
-        .await
-        .expect("held bytes cross once restored")
-        .unwrap();
+    timeout(Duration::from_secs(2), s.read_exact(&mut b)).await.expect("held bytes cross once restored").unwrap();
     assert_eq!(&b, b"y");
-    timeout(Duration::from_secs(2), during.read_exact(&mut b))
-        .await
-        .expect("the held connection is relayed")
-        .unwrap();
+    timeout(Duration::from_secs(2), during.read_exact(&mut b)).await.expect("the held connection is relayed").unwrap();
     assert_eq!(&b, b"z");
     assert_eq!(link.stats().state, State::Up);
 }
@@ -179,9 +133,7 @@ async fn a_black_hole_holds_connections_silent_and_restores_them() {
 /// `docrepl link` on the command line, driven through its control endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_command_is_driven_over_http() {
-    timeout(Duration::from_secs(60), drive_the_link_command())
-        .await
-        .expect("the link command test took over 60 s");
+    timeout(Duration::from_secs(60), drive_the_link_command()).await.expect("the link command test took over 60 s");
 }
 
 async fn drive_the_link_command() {
@@ -197,17 +149,7 @@ async fn drive_the_link_command() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("link.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_docrepl"))
-        .args([
-            "link",
-            "--listen",
-            "127.0.0.1:0",
-            "--to",
-            &far.to_string(),
-            "--delay-ms",
-            "20",
-            "--control",
-            "127.0.0.1:0",
-        ])
+        .args(["link", "--listen", "127.0.0.1:0", "--to", &far.to_string(), "--delay-ms", "20", "--control", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -222,20 +164,13 @@ async fn drive_the_link_command() {
     };
     let mut addrs = None;
     for _ in 0..100 {
-        if let (Some(listen), Some(control)) =
-            (address_after("link up"), address_after("link control on"))
-        {
+        if let (Some(listen), Some(control)) = (address_after("link up"), address_after("link control on")) {
             addrs = Some((listen, control));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (listen, control) = addrs.unwrap_or_else(|| {
-        panic!(
-            "no addresses in the log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let (listen, control) = addrs.unwrap_or_else(|| panic!("no addresses in the log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
     let request = |method: &'static str, path: &'static str| {
         let control = control.clone();
         async move {
@@ -248,23 +183,13 @@ async fn drive_the_link_command() {
     };
     let mut s = TcpStream::connect(&listen).await.unwrap();
     assert!(ping(&mut s).await >= Duration::from_millis(36));
-    assert!(request("POST", "/cut/blackhole")
-        .await
-        .contains("\"blackhole\""));
+    assert!(request("POST", "/cut/blackhole").await.contains("\"blackhole\""));
     s.write_all(b"q").await.unwrap();
     let mut b = [0u8; 1];
-    assert!(timeout(Duration::from_millis(500), s.read(&mut b))
-        .await
-        .is_err());
+    assert!(timeout(Duration::from_millis(500), s.read(&mut b)).await.is_err());
     assert!(request("POST", "/restore").await.contains("\"up\""));
-    timeout(Duration::from_secs(2), s.read_exact(&mut b))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(Duration::from_secs(2), s.read_exact(&mut b)).await.unwrap().unwrap();
     let stats = request("GET", "/stats").await;
-    assert!(
-        stats.contains("\"bytes_up\":2") && stats.contains("\"connections\":1"),
-        "{stats}"
-    );
+    assert!(stats.contains("\"bytes_up\":2") && stats.contains("\"connections\":1"), "{stats}");
     drop(child);
 }

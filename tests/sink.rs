@@ -54,11 +54,7 @@ async fn wait_equal(setup: &Setup, coll: &str, within: Duration) {
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            let differing = a
-                .iter()
-                .zip(b.iter())
-                .find(|(x, y)| x != y)
-                .map(|(x, y)| (x.0.clone(), y.0.clone()));
+            let differing = a.iter().zip(b.iter()).find(|(x, y)| x != y).map(|(x, y)| (x.0.clone(), y.0.clone()));
             panic!("target not equal to source after {within:?}: {} vs {} documents; first difference {differing:?}", a.len(), b.len());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -70,9 +66,7 @@ async fn many_updates_of_the_same_documents_converge() {
     let setup = Setup::new("mix");
     let client = common::mongo(&common::source_uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("c");
-    coll.insert_many((0..300).map(|i| doc! {"_id": i, "n": 0i64}))
-        .await
-        .unwrap();
+    coll.insert_many((0..300).map(|i| doc! {"_id": i, "n": 0i64})).await.unwrap();
     let _source = setup.spawn("source", &[]);
     let _sink = setup.spawn("sink", &[]);
     mixed_load(&coll, 1, 4000).await;
@@ -84,9 +78,7 @@ async fn two_sinks_share_partitions_and_survive_a_kill_9() {
     let setup = Setup::new("two");
     let client = common::mongo(&common::source_uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("c");
-    coll.insert_many((0..300).map(|i| doc! {"_id": i}))
-        .await
-        .unwrap();
+    coll.insert_many((0..300).map(|i| doc! {"_id": i})).await.unwrap();
     let _source = setup.spawn("source", &[]);
     let mut a = setup.spawn("sink", &[]);
     let b = setup.spawn("sink", &[]);
@@ -100,12 +92,7 @@ async fn two_sinks_share_partitions_and_survive_a_kill_9() {
     while !(assigned(&a) > 0 && assigned(&b) > 0) && tokio::time::Instant::now() < shared {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(
-        assigned(&a) > 0 && assigned(&b) > 0,
-        "both members got partitions:\nA:\n{}\nB:\n{}",
-        a.log_text(),
-        b.log_text()
-    );
+    assert!(assigned(&a) > 0 && assigned(&b) > 0, "both members got partitions:\nA:\n{}\nB:\n{}", a.log_text(), b.log_text());
 
     a.kill9();
     mixed_load(&coll, 3, 1500).await;
@@ -143,22 +130,14 @@ async fn produce(topic: &str, messages: &[(Option<&[u8]>, Option<&[u8]>)]) {
         if let Some(v) = value {
             record = record.payload(v);
         }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
     }
 }
 
 async fn create_topic(setup: &Setup, coll: &str) -> String {
     let topic = setup.topic(coll);
     let kafka = common::kafka_config(&setup.prefix, 8);
-    docrepl::kafka::admin::TopicAdmin::new(&kafka)
-        .unwrap()
-        .ensure_topic(&topic, 8, 1, &[])
-        .await
-        .unwrap();
+    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
     topic
 }
 
@@ -180,17 +159,9 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     let target = common::mongo(&common::target_uri()).await;
     let tcoll = target.database(&setup.db).collection::<Document>("c");
     tcoll
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! {"email": 1})
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .sparse(true)
-                        .build(),
-                )
-                .build(),
-        )
+        .create_index(mongodb::IndexModel::builder().keys(doc! {"email": 1}).options(
+            mongodb::options::IndexOptions::builder().unique(true).sparse(true).build(),
+        ).build())
         .await
         .unwrap();
     let topic = create_topic(&setup, "c").await;
@@ -199,12 +170,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
         let (k, v) = create_event(&setup.db, "c", id, "");
         messages.push((k, Some(v)));
     }
-    let bad: Vec<&[u8]> = vec![
-        b"{not json",
-        br#"{"op":"x","after":"{}"}"#,
-        &[0xff, 0xfe, 0x00],
-        br#"{"op":"c","after":"{\"_id\": {\"$bad\": 1}}"}"#,
-    ];
+    let bad: Vec<&[u8]> = vec![b"{not json", br#"{"op":"x","after":"{}"}"#, &[0xff, 0xfe, 0x00], br#"{"op":"c","after":"{\"_id\": {\"$bad\": 1}}"}"#];
     for b in &bad {
         messages.push((br#"{"id":"1"}"#.to_vec(), Some(b.to_vec())));
     }
@@ -212,62 +178,33 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     messages.push((k, Some(v)));
     let (k, v) = create_event(&setup.db, "c", 21, r#", "email": "same@example.com""#);
     messages.push((k, Some(v)));
-    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = messages
-        .iter()
-        .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
-        .collect();
+    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+        messages.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
     produce(&topic, &refs).await;
 
     let _sink = setup.spawn("sink", &[]);
-    common::eventually(
-        Duration::from_secs(60),
-        "valid documents applied",
-        || async { tcoll.count_documents(doc! {}).await.unwrap_or(0) == 11 },
-    )
-    .await;
-    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| {
-        m.len() >= 5
+    common::eventually(Duration::from_secs(60), "valid documents applied", || async {
+        tcoll.count_documents(doc! {}).await.unwrap_or(0) == 11
     })
     .await;
-    assert_eq!(
-        letters.len(),
-        5,
-        "3 undecodable + 1 refused by the target + 1 lasting duplicate key"
-    );
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(60), |m| m.len() >= 5).await;
+    assert_eq!(letters.len(), 5, "3 undecodable + 1 refused by the target + 1 lasting duplicate key");
     let reasons: Vec<String> = letters
         .iter()
         .map(|m| {
             let h = m.headers().expect("headers");
-            let reason = h
-                .iter()
-                .find(|h| h.key == "docrepl.reason")
-                .and_then(|h| h.value)
-                .expect("reason header");
-            assert!(h
-                .iter()
-                .any(|h| h.key == "docrepl.source.topic" && h.value == Some(topic.as_bytes())));
+            let reason = h.iter().find(|h| h.key == "docrepl.reason").and_then(|h| h.value).expect("reason header");
+            assert!(h.iter().any(|h| h.key == "docrepl.source.topic" && h.value == Some(topic.as_bytes())));
             assert!(h.iter().any(|h| h.key == "docrepl.source.offset"));
             String::from_utf8_lossy(reason).into_owned()
         })
         .collect();
-    assert_eq!(
-        reasons.iter().filter(|r| r.contains("undecodable")).count(),
-        3,
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("unknown op")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("$bad")),
-        "an _id the target refuses: {reasons:?}"
-    );
+    assert_eq!(reasons.iter().filter(|r| r.contains("undecodable")).count(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown op")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("$bad")), "an _id the target refuses: {reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("11000")), "{reasons:?}");
     // The dead letter keeps the original message.
-    assert!(letters
-        .iter()
-        .any(|m| m.payload() == Some(b"{not json".as_slice())));
+    assert!(letters.iter().any(|m| m.payload() == Some(b"{not json".as_slice())));
 }
 
 /// Inserts are written with `insert`; one whose document is already on the target (a
@@ -278,50 +215,26 @@ async fn an_insert_of_a_document_already_on_the_target_replaces_it() {
     let setup = Setup::new("reins");
     let target = common::mongo(&common::target_uri()).await;
     let tcoll = target.database(&setup.db).collection::<Document>("c");
-    tcoll
-        .insert_many([
-            doc! {"_id": 2, "stale": true},
-            doc! {"_id": 4, "stale": true},
-        ])
-        .await
-        .unwrap();
+    tcoll.insert_many([doc! {"_id": 2, "stale": true}, doc! {"_id": 4, "stale": true}]).await.unwrap();
     let topic = create_topic(&setup, "c").await;
-    let messages: Vec<(Vec<u8>, Vec<u8>)> = (1..=5)
-        .map(|id| create_event(&setup.db, "c", id, r#", "fresh": true"#))
-        .collect();
-    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = messages
-        .iter()
-        .map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice())))
-        .collect();
+    let messages: Vec<(Vec<u8>, Vec<u8>)> =
+        (1..=5).map(|id| create_event(&setup.db, "c", id, r#", "fresh": true"#)).collect();
+    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+        messages.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
     produce(&topic, &refs).await;
 
     let _sink = setup.spawn("sink", &[]);
     common::eventually(Duration::from_secs(60), "every insert applied", || async {
-        tcoll
-            .count_documents(doc! {"fresh": true})
-            .await
-            .unwrap_or(0)
-            == 5
+        tcoll.count_documents(doc! {"fresh": true}).await.unwrap_or(0) == 5
     })
     .await;
     assert_eq!(tcoll.count_documents(doc! {}).await.unwrap(), 5);
     for id in [2, 4] {
         let d = tcoll.find_one(doc! {"_id": id}).await.unwrap().unwrap();
-        assert_eq!(
-            d,
-            doc! {"_id": id, "fresh": true},
-            "replaced whole, not merged"
-        );
+        assert_eq!(d, doc! {"_id": id, "fresh": true}, "replaced whole, not merged");
     }
-    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(3), |_| {
-        false
-    })
-    .await;
-    assert!(
-        letters.is_empty(),
-        "nothing dead-lettered: {} letters",
-        letters.len()
-    );
+    let letters = consume(&setup.dead_letter_topic(), Duration::from_secs(3), |_| false).await;
+    assert!(letters.is_empty(), "nothing dead-lettered: {} letters", letters.len());
 }
 
 /// Events as a real Debezium MongoDB connector 2.x writes them: schema/payload wrapped,
@@ -337,15 +250,8 @@ async fn debezium_written_events_are_applied() {
             "snapshot": if op == "r" { "true" } else { "false" }, "db": db, "sequence": null, "rs": "rs0",
             "collection": "customers", "ord": 1, "lsid": null, "txnNumber": null})
     };
-    let wrap = |payload: serde_json::Value| {
-        serde_json::to_vec(&serde_json::json!({"schema": {"type": "struct", "optional": false}, "payload": payload})).unwrap()
-    };
-    let key = |id: &str| {
-        serde_json::to_vec(
-            &serde_json::json!({"schema": {"type": "struct"}, "payload": {"id": id}}),
-        )
-        .unwrap()
-    };
+    let wrap = |payload: serde_json::Value| serde_json::to_vec(&serde_json::json!({"schema": {"type": "struct", "optional": false}, "payload": payload})).unwrap();
+    let key = |id: &str| serde_json::to_vec(&serde_json::json!({"schema": {"type": "struct"}, "payload": {"id": id}})).unwrap();
     let oid = "65976a473f3a210c022ffc55";
     let oid_key = format!("{{\"$oid\": \"{oid}\"}}");
     let m1 = wrap(serde_json::json!({"before": null,
@@ -354,78 +260,38 @@ async fn debezium_written_events_are_applied() {
     let m2 = wrap(serde_json::json!({"before": null, "after": null,
         "updateDescription": {"removedFields": ["orders"], "updatedFields": r#"{"first_name": "Anne Marie", "address.city": "Oslo"}"#, "truncatedArrays": [{"field": "tags", "size": 1}]},
         "source": source("u"), "op": "u", "ts_ms": 1_700_000_000_002i64, "transaction": null}));
-    let m3 = wrap(
-        serde_json::json!({"before": null, "after": r#"{"_id": 1004, "first_name": "Bob", "spent": {"$numberDecimal": "10.50"}}"#,
-        "updateDescription": null, "source": source("c"), "op": "c", "ts_ms": 1_700_000_000_003i64, "transaction": null}),
-    );
-    let m4 = wrap(
-        serde_json::json!({"before": null, "after": r#"{"_id": 1005, "first_name": "Gone"}"#,
-        "updateDescription": null, "source": source("c"), "op": "c", "ts_ms": 1_700_000_000_004i64, "transaction": null}),
-    );
-    let m5 = wrap(
-        serde_json::json!({"before": null, "after": null, "updateDescription": null,
-        "source": source("d"), "op": "d", "ts_ms": 1_700_000_000_005i64, "transaction": null}),
-    );
+    let m3 = wrap(serde_json::json!({"before": null, "after": r#"{"_id": 1004, "first_name": "Bob", "spent": {"$numberDecimal": "10.50"}}"#,
+        "updateDescription": null, "source": source("c"), "op": "c", "ts_ms": 1_700_000_000_003i64, "transaction": null}));
+    let m4 = wrap(serde_json::json!({"before": null, "after": r#"{"_id": 1005, "first_name": "Gone"}"#,
+        "updateDescription": null, "source": source("c"), "op": "c", "ts_ms": 1_700_000_000_004i64, "transaction": null}));
+    let m5 = wrap(serde_json::json!({"before": null, "after": null, "updateDescription": null,
+        "source": source("d"), "op": "d", "ts_ms": 1_700_000_000_005i64, "transaction": null}));
     let (k_oid, k1004, k1005) = (key(&oid_key), key("1004"), key("1005"));
-    produce(
-        &topic,
-        &[
-            (Some(&k_oid), Some(&m1)),
-            (Some(&k_oid), Some(&m2)),
-            (Some(&k1004), Some(&m3)),
-            (Some(&k1005), Some(&m4)),
-            (Some(&k1005), Some(&m5)),
-            (Some(&k1005), None),
-        ],
-    )
-    .await;
+    produce(&topic, &[
+        (Some(&k_oid), Some(&m1)),
+        (Some(&k_oid), Some(&m2)),
+        (Some(&k1004), Some(&m3)),
+        (Some(&k1005), Some(&m4)),
+        (Some(&k1005), Some(&m5)),
+        (Some(&k1005), None),
+    ]).await;
 
     let _sink = setup.spawn("sink", &[]);
     let target = common::mongo(&common::target_uri()).await;
-    let coll = target
-        .database(&setup.db)
-        .collection::<Document>("customers");
-    common::eventually(
-        Duration::from_secs(60),
-        "Debezium events applied",
-        || async {
-            coll.count_documents(doc! {}).await.unwrap_or(0) == 2
-                && coll
-                    .find_one(doc! {"first_name": "Anne Marie"})
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-        },
-    )
+    let coll = target.database(&setup.db).collection::<Document>("customers");
+    common::eventually(Duration::from_secs(60), "Debezium events applied", || async {
+        coll.count_documents(doc! {}).await.unwrap_or(0) == 2
+            && coll.find_one(doc! {"first_name": "Anne Marie"}).await.ok().flatten().is_some()
+    })
     .await;
-    let anne = coll
-        .find_one(doc! {"_id": bson::oid::ObjectId::parse_str(oid).unwrap()})
-        .await
-        .unwrap()
-        .unwrap();
+    let anne = coll.find_one(doc! {"_id": bson::oid::ObjectId::parse_str(oid).unwrap()}).await.unwrap().unwrap();
     assert_eq!(anne.get_str("first_name").unwrap(), "Anne Marie");
-    assert_eq!(
-        anne.get_document("address")
-            .unwrap()
-            .get_str("city")
-            .unwrap(),
-        "Oslo"
-    );
+    assert_eq!(anne.get_document("address").unwrap().get_str("city").unwrap(), "Oslo");
     assert!(!anne.contains_key("orders"), "removed field");
     assert_eq!(anne.get_array("tags").unwrap().len(), 1, "truncated array");
-    assert_eq!(
-        anne.get_datetime("born").unwrap().timestamp_millis(),
-        -86_400_000
-    );
+    assert_eq!(anne.get_datetime("born").unwrap().timestamp_millis(), -86_400_000);
     assert_eq!(anne.get_binary_generic("avatar").unwrap(), &vec![0u8, 1, 2]);
     let bob = coll.find_one(doc! {"_id": 1004}).await.unwrap().unwrap();
-    assert_eq!(
-        bob.get("spent").unwrap(),
-        &bson::Bson::Decimal128("10.50".parse().unwrap())
-    );
-    assert!(
-        coll.find_one(doc! {"_id": 1005}).await.unwrap().is_none(),
-        "deleted"
-    );
+    assert_eq!(bob.get("spent").unwrap(), &bson::Bson::Decimal128("10.50".parse().unwrap()));
+    assert!(coll.find_one(doc! {"_id": 1005}).await.unwrap().is_none(), "deleted");
 }

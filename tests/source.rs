@@ -21,12 +21,7 @@ fn murmur2(data: &[u8]) -> i32 {
     let mut h: u32 = seed ^ (len as u32);
     let chunks = len / 4;
     for i in 0..chunks {
-        let mut k = u32::from_le_bytes([
-            data[4 * i],
-            data[4 * i + 1],
-            data[4 * i + 2],
-            data[4 * i + 3],
-        ]);
+        let mut k = u32::from_le_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]);
         k = k.wrapping_mul(m);
         k ^= k >> r;
         k = k.wrapping_mul(m);
@@ -55,8 +50,7 @@ fn java_partition(key: &[u8], partitions: i32) -> i32 {
 }
 
 fn json(m: &OwnedMessage) -> Option<Value> {
-    m.payload()
-        .map(|p| serde_json::from_slice(p).expect("value is JSON"))
+    m.payload().map(|p| serde_json::from_slice(p).expect("value is JSON"))
 }
 
 #[tokio::test]
@@ -64,102 +58,48 @@ async fn change_events_become_debezium_envelopes_in_the_key_partition() {
     let setup = Setup::new("env");
     let client = common::mongo(&common::source_uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("orders");
-    coll.insert_one(doc! {"_id": 0, "seed": true})
-        .await
-        .unwrap();
+    coll.insert_one(doc! {"_id": 0, "seed": true}).await.unwrap();
     let mut source = setup.spawn("source", &[]);
 
     // The initial copy produced `r` for _id 0; wait until the stream is open (an update
     // read after the delete that follows it would find no document to look up).
     let topic = setup.topic("orders");
     consume(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
-    common::eventually(
-        Duration::from_secs(60),
-        "the change stream open",
-        || async { source.log_text().contains("streaming changes") },
-    )
-    .await;
+    common::eventually(Duration::from_secs(60), "the change stream open", || async { source.log_text().contains("streaming changes") }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let oid = bson::oid::ObjectId::new();
-    coll.insert_one(doc! {"_id": oid, "n": 1i64, "arr": [1, 2, 3, 4]})
-        .await
-        .unwrap();
-    coll.update_one(doc! {"_id": oid}, doc! {"$set": {"n": 2i64, "new": "x"}})
-        .await
-        .unwrap();
-    coll.update_one(
-        doc! {"_id": oid},
-        vec![doc! {"$set": {"arr": {"$slice": ["$arr", 2]}}}],
-    )
-    .await
-    .unwrap();
-    coll.replace_one(doc! {"_id": oid}, doc! {"_id": oid, "replaced": true})
-        .await
-        .unwrap();
+    coll.insert_one(doc! {"_id": oid, "n": 1i64, "arr": [1, 2, 3, 4]}).await.unwrap();
+    coll.update_one(doc! {"_id": oid}, doc! {"$set": {"n": 2i64, "new": "x"}}).await.unwrap();
+    coll.update_one(doc! {"_id": oid}, vec![doc! {"$set": {"arr": {"$slice": ["$arr", 2]}}}]).await.unwrap();
+    coll.replace_one(doc! {"_id": oid}, doc! {"_id": oid, "replaced": true}).await.unwrap();
     coll.delete_one(doc! {"_id": oid}).await.unwrap();
     for i in 1..=50 {
-        coll.insert_one(doc! {"_id": format!("s{i}")})
-            .await
-            .unwrap();
+        coll.insert_one(doc! {"_id": format!("s{i}")}).await.unwrap();
     }
 
     let msgs = consume(&topic, Duration::from_secs(60), |m| m.len() >= 1 + 6 + 50).await;
-    assert!(
-        source.wait_exit(Duration::from_millis(10)).is_none(),
-        "source exited early:\n{}",
-        source.log_text()
-    );
+    assert!(source.wait_exit(Duration::from_millis(10)).is_none(), "source exited early:\n{}", source.log_text());
 
-    assert!(
-        msgs.len() >= 57,
-        "only {} messages:\n{}",
-        msgs.len(),
-        source.log_text()
-    );
-    let seed = msgs
-        .iter()
-        .find(|m| key_id(m) == "0")
-        .expect("the copied document");
+    assert!(msgs.len() >= 57, "only {} messages:\n{}", msgs.len(), source.log_text());
+    let seed = msgs.iter().find(|m| key_id(m) == "0").expect("the copied document");
     let first = json(seed).unwrap();
     assert_eq!(first["op"], "r");
     assert_eq!(first["source"]["snapshot"], "true");
 
     let oid_key = format!("{{\"$oid\":\"{}\"}}", oid.to_hex());
     let mine: Vec<&OwnedMessage> = msgs.iter().filter(|m| key_id(m) == oid_key).collect();
-    let ops: Vec<String> = mine
-        .iter()
-        .map(|m| {
-            json(m)
-                .map(|v| v["op"].as_str().unwrap().to_string())
-                .unwrap_or("tombstone".into())
-        })
-        .collect();
+    let ops: Vec<String> = mine.iter().map(|m| json(m).map(|v| v["op"].as_str().unwrap().to_string()).unwrap_or("tombstone".into())).collect();
     assert_eq!(ops, ["c", "u", "u", "u", "d", "tombstone"]);
     let partitions: HashSet<i32> = mine.iter().map(|m| m.partition()).collect();
-    assert_eq!(
-        partitions.len(),
-        1,
-        "one document's events in one partition"
-    );
+    assert_eq!(partitions.len(), 1, "one document's events in one partition");
     let key = mine[0].key().unwrap();
-    assert_eq!(
-        mine[0].partition(),
-        java_partition(key, 8),
-        "partitioned like Java clients (murmur2)"
-    );
-    assert_eq!(
-        std::str::from_utf8(key).unwrap(),
-        format!("{{\"id\":{}}}", serde_json::to_string(&oid_key).unwrap())
-    );
+    assert_eq!(mine[0].partition(), java_partition(key, 8), "partitioned like Java clients (murmur2)");
+    assert_eq!(std::str::from_utf8(key).unwrap(), format!("{{\"id\":{}}}", serde_json::to_string(&oid_key).unwrap()));
 
     let create = json(mine[0]).unwrap();
     let after: Value = serde_json::from_str(create["after"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        after["n"],
-        serde_json::json!({"$numberLong": "1"}),
-        "canonical Extended JSON"
-    );
+    assert_eq!(after["n"], serde_json::json!({"$numberLong": "1"}), "canonical Extended JSON");
     assert_eq!(create["source"]["connector"], "mongodb");
     assert_eq!(create["source"]["db"], setup.db.as_str());
     assert_eq!(create["source"]["collection"], "orders");
@@ -171,16 +111,10 @@ async fn change_events_become_debezium_envelopes_in_the_key_partition() {
     let updated: Value = serde_json::from_str(desc["updatedFields"].as_str().unwrap()).unwrap();
     assert_eq!(updated["n"], serde_json::json!({"$numberLong": "2"}));
     assert_eq!(updated["new"], "x");
-    assert!(
-        update["after"].is_string(),
-        "update carries the looked-up full document"
-    );
+    assert!(update["after"].is_string(), "update carries the looked-up full document");
 
     let truncate = json(mine[2]).unwrap();
-    assert_eq!(
-        truncate["updateDescription"]["truncatedArrays"],
-        serde_json::json!([{"field": "arr", "size": 2}])
-    );
+    assert_eq!(truncate["updateDescription"]["truncatedArrays"], serde_json::json!([{"field": "arr", "size": 2}]));
 
     let replace = json(mine[3]).unwrap();
     let after: Value = serde_json::from_str(replace["after"].as_str().unwrap()).unwrap();
@@ -192,12 +126,7 @@ async fn change_events_become_debezium_envelopes_in_the_key_partition() {
 
     // String keys are quoted, as Debezium writes them.
     assert!(msgs.iter().any(|m| key_id(m) == "\"s1\""));
-    assert_eq!(
-        source.terminate(Duration::from_secs(15)),
-        Some(0),
-        "SIGTERM exits 0:\n{}",
-        source.log_text()
-    );
+    assert_eq!(source.terminate(Duration::from_secs(15)), Some(0), "SIGTERM exits 0:\n{}", source.log_text());
 }
 
 /// The initial copy and the stream that follows it miss nothing while writes go on.
@@ -206,9 +135,7 @@ async fn initial_copy_hands_over_to_the_stream_without_a_gap() {
     let setup = Setup::new("copy");
     let client = common::mongo(&common::source_uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("items");
-    let docs: Vec<Document> = (0..20_000)
-        .map(|i| doc! {"_id": i, "v": "x".repeat(50)})
-        .collect();
+    let docs: Vec<Document> = (0..20_000).map(|i| doc! {"_id": i, "v": "x".repeat(50)}).collect();
     coll.insert_many(docs).await.unwrap();
 
     let writer = {
@@ -226,17 +153,9 @@ async fn initial_copy_hands_over_to_the_stream_without_a_gap() {
     let _source = setup.spawn("source", &[]);
     writer.await.unwrap();
 
-    let msgs = consume(
-        &setup.topic("items"),
-        Duration::from_secs(120),
-        distinct_keys_at_least(25_000),
-    )
-    .await;
+    let msgs = consume(&setup.topic("items"), Duration::from_secs(120), distinct_keys_at_least(25_000)).await;
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
-    let missing: Vec<i32> = (0..25_000)
-        .filter(|i| !ids.contains(&i.to_string()))
-        .take(10)
-        .collect();
+    let missing: Vec<i32> = (0..25_000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
     assert!(missing.is_empty(), "missing _ids (first 10): {missing:?}");
 }
 
@@ -248,10 +167,7 @@ async fn source_under_load(name: &str) -> (Setup, common::Proc, tokio::task::Joi
     let coll = client.database(&setup.db).collection::<Document>("events");
     coll.insert_one(doc! {"_id": -1}).await.unwrap();
     let source = setup.spawn("source", &[]);
-    consume(&setup.topic("events"), Duration::from_secs(60), |m| {
-        !m.is_empty()
-    })
-    .await;
+    consume(&setup.topic("events"), Duration::from_secs(60), |m| !m.is_empty()).await;
     let writer = common::spawn_inserts(&coll, 30, 200);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     (setup, source, writer)
@@ -267,21 +183,10 @@ async fn kill_9_and_restart_loses_nothing() {
     let _source = setup.spawn("source", &[]);
     writer.await.unwrap();
 
-    let msgs = consume(
-        &setup.topic("events"),
-        Duration::from_secs(120),
-        distinct_keys_at_least(6001),
-    )
-    .await;
+    let msgs = consume(&setup.topic("events"), Duration::from_secs(120), distinct_keys_at_least(6001)).await;
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
-    let missing: Vec<i32> = (-1..6000)
-        .filter(|i| !ids.contains(&i.to_string()))
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "events lost across kill -9 (first 10 missing _ids): {missing:?}"
-    );
+    let missing: Vec<i32> = (-1..6000).filter(|i| !ids.contains(&i.to_string())).take(10).collect();
+    assert!(missing.is_empty(), "events lost across kill -9 (first 10 missing _ids): {missing:?}");
 }
 
 /// SIGTERM during load: exit 0 within 10 s after saving the acknowledged position, and a
@@ -290,44 +195,20 @@ async fn kill_9_and_restart_loses_nothing() {
 async fn sigterm_during_load_exits_0_and_the_restart_neither_loses_nor_repeats() {
     let (setup, mut source, writer) = source_under_load("term").await;
     let stopping = std::time::Instant::now();
-    assert_eq!(
-        source.terminate(Duration::from_secs(10)),
-        Some(0),
-        "SIGTERM under load:\n{}",
-        source.log_text()
-    );
+    assert_eq!(source.terminate(Duration::from_secs(10)), Some(0), "SIGTERM under load:\n{}", source.log_text());
     assert!(stopping.elapsed() < Duration::from_secs(10));
     let _source = setup.spawn("source", &[]);
     writer.await.unwrap();
 
-    let msgs = consume(
-        &setup.topic("events"),
-        Duration::from_secs(120),
-        distinct_keys_at_least(6001),
-    )
-    .await;
+    let msgs = consume(&setup.topic("events"), Duration::from_secs(120), distinct_keys_at_least(6001)).await;
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for m in &msgs {
         *seen.entry(key_id(m)).or_default() += 1;
     }
-    let missing: Vec<i32> = (-1..6000)
-        .filter(|i| !seen.contains_key(&i.to_string()))
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "events lost across SIGTERM (first 10 missing _ids): {missing:?}"
-    );
-    let repeated: Vec<&String> = seen
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(k, _)| k)
-        .take(10)
-        .collect();
-    assert!(
-        repeated.is_empty(),
-        "events published twice across a graceful restart (first 10): {repeated:?}"
-    );
+    let missing: Vec<i32> = (-1..6000).filter(|i| !seen.contains_key(&i.to_string())).take(10).collect();
+    assert!(missing.is_empty(), "events lost across SIGTERM (first 10 missing _ids): {missing:?}");
+    let repeated: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(k, _)| k).take(10).collect();
+    assert!(repeated.is_empty(), "events published twice across a graceful restart (first 10): {repeated:?}");
 }
 
 /// drop and rename are reported, never crash the reader; a re-created collection is read
@@ -347,10 +228,7 @@ async fn drop_and_rename(name: &str, level: &str) {
     setup.source_extra = format!("collections = [\"c\"]\nstream_level = \"{level}\"");
     let client = common::mongo(&common::source_uri()).await;
     let db = client.database(&setup.db);
-    db.collection::<Document>("c")
-        .insert_one(doc! {"_id": 1})
-        .await
-        .unwrap();
+    db.collection::<Document>("c").insert_one(doc! {"_id": 1}).await.unwrap();
     let mut source = setup.spawn("source", &[]);
     let topic = setup.topic("c");
     consume(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
@@ -358,22 +236,14 @@ async fn drop_and_rename(name: &str, level: &str) {
 
     db.collection::<Document>("c").drop().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    db.collection::<Document>("c")
-        .insert_one(doc! {"_id": 2})
-        .await
-        .unwrap();
+    db.collection::<Document>("c").insert_one(doc! {"_id": 2}).await.unwrap();
     client
         .database("admin")
-        .run_command(
-            doc! {"renameCollection": format!("{}.c", setup.db), "to": format!("{}.c2", setup.db)},
-        )
+        .run_command(doc! {"renameCollection": format!("{}.c", setup.db), "to": format!("{}.c2", setup.db)})
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    db.collection::<Document>("c")
-        .insert_one(doc! {"_id": 3})
-        .await
-        .unwrap();
+    db.collection::<Document>("c").insert_one(doc! {"_id": 3}).await.unwrap();
 
     let msgs = consume(&topic, Duration::from_secs(60), |m| {
         let ids: HashSet<String> = m.iter().map(key_id).collect();
@@ -381,16 +251,8 @@ async fn drop_and_rename(name: &str, level: &str) {
     })
     .await;
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
-    assert!(
-        ids.contains("2") && ids.contains("3"),
-        "events after drop/rename: {ids:?}\n{}",
-        source.log_text()
-    );
-    assert!(
-        source.wait_exit(Duration::from_millis(10)).is_none(),
-        "reader crashed:\n{}",
-        source.log_text()
-    );
+    assert!(ids.contains("2") && ids.contains("3"), "events after drop/rename: {ids:?}\n{}", source.log_text());
+    assert!(source.wait_exit(Duration::from_millis(10)).is_none(), "reader crashed:\n{}", source.log_text());
     let log = source.log_text();
     assert!(log.contains("DDL event"), "{log}");
     // Only a collection's stream ends at its collection's drop; a database's goes on.
@@ -416,15 +278,10 @@ async fn every_bson_type_round_trips_through_the_topic() {
     };
     coll.insert_one(original.clone()).await.unwrap();
     let _source = setup.spawn("source", &[]);
-    let msgs = consume(&setup.topic("t"), Duration::from_secs(60), |m| {
-        !m.is_empty()
-    })
-    .await;
+    let msgs = consume(&setup.topic("t"), Duration::from_secs(60), |m| !m.is_empty()).await;
     let m = &msgs[0];
     let decoded = docrepl::debezium::decode(m.key(), m.payload(), m.topic()).unwrap();
-    let docrepl::debezium::Decoded::Event(ev) = decoded else {
-        panic!("tombstone")
-    };
+    let docrepl::debezium::Decoded::Event(ev) = decoded else { panic!("tombstone") };
     let stored = client
         .database(&setup.db)
         .collection::<bson::RawDocumentBuf>("t")
@@ -432,11 +289,7 @@ async fn every_bson_type_round_trips_through_the_topic() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        ev.after.unwrap().as_bytes(),
-        stored.as_bytes(),
-        "byte-for-byte equal BSON"
-    );
+    assert_eq!(ev.after.unwrap().as_bytes(), stored.as_bytes(), "byte-for-byte equal BSON");
 }
 
 /// An initial copy interrupted by kill -9 goes on from the last `_id` Kafka acknowledged
@@ -448,52 +301,27 @@ async fn an_interrupted_copy_resumes_after_the_last_acknowledged_id() {
     let client = common::mongo(&common::source_uri()).await;
     let coll = client.database(&setup.db).collection::<Document>("c");
     for chunk in 0..6 {
-        coll.insert_many(
-            (0..10_000).map(|i| doc! {"_id": chunk * 10_000 + i, "pad": "some payload to copy"}),
-        )
-        .await
-        .unwrap();
+        coll.insert_many((0..10_000).map(|i| doc! {"_id": chunk * 10_000 + i, "pad": "some payload to copy"})).await.unwrap();
     }
-    let checkpoints = client
-        .database("docrepl")
-        .collection::<Document>("checkpoints");
+    let checkpoints = client.database("docrepl").collection::<Document>("checkpoints");
     let key = format!("{}/{}.c", setup.prefix, setup.db);
     let mut source = setup.spawn("source", &[]);
     common::eventually(Duration::from_secs(60), "a saved copy position", || async {
-        let cp = checkpoints
-            .find_one(doc! {"_id": &key})
-            .await
-            .ok()
-            .flatten();
+        let cp = checkpoints.find_one(doc! {"_id": &key}).await.ok().flatten();
         cp.is_some_and(|d| d.get_i32("copy_after").is_ok_and(|after| after > 0))
     })
     .await;
     source.kill9();
-    let cp = checkpoints
-        .find_one(doc! {"_id": &key})
-        .await
-        .unwrap()
-        .unwrap();
+    let cp = checkpoints.find_one(doc! {"_id": &key}).await.unwrap().unwrap();
     let after = cp.get_i32("copy_after").unwrap();
-    assert!(
-        after < 59_999,
-        "the copy finished before the kill (after {after}); the test needs it mid-way"
-    );
+    assert!(after < 59_999, "the copy finished before the kill (after {after}); the test needs it mid-way");
 
     let _source = setup.spawn("source", &[]);
-    let msgs = consume(
-        &setup.topic("c"),
-        Duration::from_secs(180),
-        distinct_keys_at_least(60_000),
-    )
-    .await;
+    let msgs = consume(&setup.topic("c"), Duration::from_secs(180), distinct_keys_at_least(60_000)).await;
     let ids: HashSet<String> = msgs.iter().map(key_id).collect();
     assert_eq!(ids.len(), 60_000, "every document copied");
     let first = msgs.iter().filter(|m| key_id(m) == "0").count();
-    assert_eq!(
-        first, 1,
-        "the copy started over instead of resuming after _id {after}"
-    );
+    assert_eq!(first, 1, "the copy started over instead of resuming after _id {after}");
 }
 
 /// `1`, `NumberLong(1)`, `1.0` and `NumberDecimal("1")` are one `_id` to MongoDB: a delete
@@ -518,9 +346,7 @@ async fn numerically_equal_ids_share_a_partition_and_stay_in_order() {
         bson::Bson::Double(1.0),
     ];
     for (i, id) in ids.iter().enumerate() {
-        coll.insert_one(doc! {"_id": id.clone(), "version": i as i32})
-            .await
-            .unwrap();
+        coll.insert_one(doc! {"_id": id.clone(), "version": i as i32}).await.unwrap();
         if i + 1 < ids.len() {
             coll.delete_one(doc! {"_id": id.clone()}).await.unwrap();
         }
@@ -531,27 +357,12 @@ async fn numerically_equal_ids_share_a_partition_and_stay_in_order() {
     let mine: Vec<&OwnedMessage> = msgs.iter().filter(|m| key_id(m) != "\"seed\"").collect();
     assert_eq!(mine.len(), wanted - 1, "{}", run.log_text());
     let partitions: HashSet<i32> = mine.iter().map(|m| m.partition()).collect();
-    assert_eq!(
-        partitions.len(),
-        1,
-        "events of one _id in one partition: {partitions:?}"
-    );
-    assert!(
-        mine.iter().all(|m| key_id(m) == "1"),
-        "one key for them: {:?}",
-        mine.iter().map(|m| key_id(m)).collect::<Vec<_>>()
-    );
+    assert_eq!(partitions.len(), 1, "events of one _id in one partition: {partitions:?}");
+    assert!(mine.iter().all(|m| key_id(m) == "1"), "one key for them: {:?}", mine.iter().map(|m| key_id(m)).collect::<Vec<_>>());
     let (code, out) = common::verify(&setup.config(), 60);
     assert_eq!(code, Some(0), "{out}");
-    let target = common::mongo(&common::target_uri())
-        .await
-        .database(&setup.db)
-        .collection::<Document>("c");
-    let last = target
-        .find_one(doc! {"_id": 1})
-        .await
-        .unwrap()
-        .expect("the last version on the target");
+    let target = common::mongo(&common::target_uri()).await.database(&setup.db).collection::<Document>("c");
+    let last = target.find_one(doc! {"_id": 1}).await.unwrap().expect("the last version on the target");
     assert_eq!(last.get("_id"), Some(&bson::Bson::Double(1.0)));
     assert_eq!(last.get_i32("version").unwrap(), 4);
 }

@@ -19,20 +19,12 @@ async fn a_replication_factor_the_cluster_cannot_give_stops_the_source_with_the_
     setup.source_extra = "collections = [\"c\"]".into();
     setup.kafka_extra = "replication_factor = 3".into();
     let source = common::mongo(&common::source_uri()).await;
-    source
-        .database(&setup.db)
-        .collection::<Document>("c")
-        .insert_one(doc! {"_id": 1})
-        .await
-        .unwrap();
+    source.database(&setup.db).collection::<Document>("c").insert_one(doc! {"_id": 1}).await.unwrap();
     let mut run = setup.spawn("source", &[]);
     let code = run.wait_exit(Duration::from_secs(60));
     let log = run.log_text();
     assert!(code.is_some_and(|c| c != 0), "the source went on: {log}");
-    assert!(
-        log.contains("refused replication factor 3") && log.contains("kafka.replication_factor"),
-        "{log}"
-    );
+    assert!(log.contains("refused replication factor 3") && log.contains("kafka.replication_factor"), "{log}");
 }
 
 #[tokio::test]
@@ -47,26 +39,13 @@ async fn a_topic_limit_lowered_while_running_stops_the_source_until_the_limit_is
     let mut run = setup.spawn("run", &[]);
     let target = common::mongo(&common::target_uri()).await;
     let copied = target.database(&setup.db).collection::<Document>("c");
-    common::eventually(Duration::from_secs(60), "the first document", || async {
-        copied.count_documents(doc! {}).await.unwrap_or(0) == 1
-    })
-    .await;
+    common::eventually(Duration::from_secs(60), "the first document", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 1 }).await;
 
     // The topic was created with docrepl's 1 MiB limit; now it takes 64 KiB only.
-    let admin: AdminClient<DefaultClientContext> =
-        docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8))
-            .create()
-            .unwrap();
+    let admin: AdminClient<DefaultClientContext> = docrepl::kafka::base_client_config(&common::kafka_config(&setup.prefix, 8)).create().unwrap();
     let topic = setup.topic("c");
-    let lowered =
-        AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "65536");
-    let results = admin
-        .alter_configs(
-            &[lowered],
-            &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))),
-        )
-        .await
-        .unwrap();
+    let lowered = AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "65536");
+    let results = admin.alter_configs(&[lowered], &AdminOptions::new().request_timeout(Some(Duration::from_secs(15)))).await.unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
 
     // 300 KB of random bytes: compression cannot bring the event under the new limit.
@@ -75,28 +54,12 @@ async fn a_topic_limit_lowered_while_running_stops_the_source_until_the_limit_is
     coll.insert_one(doc! {"_id": "big", "noise": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: noise }}).await.unwrap();
     let code = run.wait_exit(Duration::from_secs(120));
     let log = run.log_text();
-    assert!(
-        code.is_some_and(|c| c != 0)
-            && log.contains("set kafka.max_message_bytes to at most the topic's max.message.bytes"),
-        "{log}"
-    );
+    assert!(code.is_some_and(|c| c != 0) && log.contains("set kafka.max_message_bytes to at most the topic's max.message.bytes"), "{log}");
 
     // As the error says: the configured limit down to the topic's, and started again.
     setup.kafka_extra = "max_message_bytes = 65536".into();
     let mut run = setup.spawn("run", &[]);
-    common::eventually(Duration::from_secs(120), "the 300 KB document", || async {
-        copied.count_documents(doc! {}).await.unwrap_or(0) == 2
-    })
-    .await;
-    assert_eq!(
-        common::documents(&source, &setup.db, "c").await,
-        common::documents(&target, &setup.db, "c").await,
-        "byte for byte"
-    );
-    assert_eq!(
-        run.terminate(Duration::from_secs(15)),
-        Some(0),
-        "{}",
-        run.log_text()
-    );
+    common::eventually(Duration::from_secs(120), "the 300 KB document", || async { copied.count_documents(doc! {}).await.unwrap_or(0) == 2 }).await;
+    assert_eq!(common::documents(&source, &setup.db, "c").await, common::documents(&target, &setup.db, "c").await, "byte for byte");
+    assert_eq!(run.terminate(Duration::from_secs(15)), Some(0), "{}", run.log_text());
 }

@@ -30,14 +30,7 @@ fn event(setup: &Setup, id: i32, email: &str, ts_ms: i64) -> String {
 }
 
 async fn send(producer: &FutureProducer, topic: &str, id: i32, value: &str) {
-    producer
-        .send(
-            FutureRecord::to(topic).key(&key(id)).payload(value),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    producer.send(FutureRecord::to(topic).key(&key(id)).payload(value), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
 }
 
 #[tokio::test]
@@ -46,11 +39,7 @@ async fn a_swap_across_partitions_waits_for_the_partition_behind_instead_of_dead
     setup.sink_extra = "duplicate_key_retry_ms = 1000\nmax_docs_per_sec = 500".into();
     let kafka = common::kafka_config(&setup.prefix, 8);
     let topic = setup.topic("c");
-    docrepl::kafka::admin::TopicAdmin::new(&kafka)
-        .unwrap()
-        .ensure_topic(&topic, 8, 1, &[])
-        .await
-        .unwrap();
+    docrepl::kafka::admin::TopicAdmin::new(&kafka).unwrap().ensure_topic(&topic, 8, 1, &[]).await.unwrap();
     let producer: FutureProducer = docrepl::kafka::producer_config(&kafka).create().unwrap();
     let partition = |id: i32| partition_for_key(key(id).as_bytes(), 8);
     let (a, b) = (1, (2..100).find(|&i| partition(i) != partition(1)).unwrap());
@@ -65,17 +54,11 @@ async fn a_swap_across_partitions_waits_for_the_partition_behind_instead_of_dead
     send(&producer, &topic, a, &event(&setup, a, "x", 10)).await;
     send(&producer, &topic, b, &event(&setup, b, "y", 11)).await;
     let mut sink = setup.spawn("sink", &[]);
-    common::eventually(Duration::from_secs(60), "the two documents", || async {
-        coll.count_documents(doc! {}).await.unwrap_or(0) == 2
-    })
-    .await;
+    common::eventually(Duration::from_secs(60), "the two documents", || async { coll.count_documents(doc! {}).await.unwrap_or(0) == 2 }).await;
 
     // B's partition gets a backlog of 4,000 older events first: at 500 docs/s, B's part
     // of the swap is applied some 8 s after A's.
-    let backlog: Vec<i32> = (1000..100_000)
-        .filter(|&i| partition(i) == partition(b))
-        .take(4000)
-        .collect();
+    let backlog: Vec<i32> = (1000..100_000).filter(|&i| partition(i) == partition(b)).take(4000).collect();
     let sends = backlog.iter().map(|&i| {
         let value = event(&setup, i, &format!("backlog-{i}"), 50_000);
         let (producer, topic) = (producer.clone(), topic.clone());
@@ -89,34 +72,14 @@ async fn a_swap_across_partitions_waits_for_the_partition_behind_instead_of_dead
     common::eventually(Duration::from_secs(90), "the swap applied", || async {
         let email = |id: i32| {
             let coll = coll.clone();
-            async move {
-                coll.find_one(doc! {"_id": id})
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.get_str("email").ok().map(str::to_string))
-            }
+            async move { coll.find_one(doc! {"_id": id}).await.ok().flatten().and_then(|d| d.get_str("email").ok().map(str::to_string)) }
         };
         email(a).await.as_deref() == Some("y") && email(b).await.as_deref() == Some("x")
     })
     .await;
-    assert_eq!(
-        coll.count_documents(doc! {}).await.unwrap(),
-        2 + backlog.len() as u64
-    );
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2 + backlog.len() as u64);
     let log = sink.log_text();
-    assert!(
-        !log.contains("sending message to the dead-letter topic"),
-        "{log}"
-    );
-    assert!(
-        log.contains("waits for the other partitions"),
-        "the wait is reported:\n{log}"
-    );
-    assert_eq!(
-        sink.terminate(Duration::from_secs(15)),
-        Some(0),
-        "{}",
-        sink.log_text()
-    );
+    assert!(!log.contains("sending message to the dead-letter topic"), "{log}");
+    assert!(log.contains("waits for the other partitions"), "the wait is reported:\n{log}");
+    assert_eq!(sink.terminate(Duration::from_secs(15)), Some(0), "{}", sink.log_text());
 }

@@ -14,25 +14,13 @@ use crate::metadata::CollectionMetadata;
 
 /// Carries out `step` on `target` (whose source metadata is `source`). `Err(why)`: the
 /// target refused it (duplicates under a unique index, an unsupported option).
-pub async fn apply(
-    client: &mongodb::Client,
-    flavor: Flavor,
-    target: &Namespace,
-    source: &CollectionMetadata,
-    step: &Finalise,
-) -> Result<(), String> {
+pub async fn apply(client: &mongodb::Client, flavor: Flavor, target: &Namespace, source: &CollectionMetadata, step: &Finalise) -> Result<(), String> {
     let db = client.database(&target.db);
     let coll = target.coll.as_str();
     if flavor.is_documentdb() && !matches!(step, Finalise::CollectionExpiry { .. }) {
         let index = index_of(step);
-        let Some(spec) = source.index(index) else {
-            return Err(format!(
-                "{target}: index {index} is not in the source's metadata"
-            ));
-        };
-        return rebuild(&db, coll, spec).await.map_err(|e| {
-            format!("{target}: index {index} could not be rebuilt in its final form: {e}")
-        });
+        let Some(spec) = source.index(index) else { return Err(format!("{target}: index {index} is not in the source's metadata")) };
+        return rebuild(&db, coll, spec).await.map_err(|e| format!("{target}: index {index} could not be rebuilt in its final form: {e}"));
     }
     let in_place = match step {
         Finalise::MakeUnique { index } => {
@@ -54,11 +42,7 @@ pub async fn apply(
         return Err(format!("{target}: index {} cannot be made unique: the target holds documents with the same key ({e}); the source must not (verify compares the documents)", index_of(step)));
     }
     let index = index_of(step);
-    let Some(spec) = source.index(index) else {
-        return Err(format!(
-            "{target}: index {index} is not in the source's metadata"
-        ));
-    };
+    let Some(spec) = source.index(index) else { return Err(format!("{target}: index {index} is not in the source's metadata")) };
     rebuild(&db, coll, spec).await.map_err(|rebuilt| format!("{target}: index {index} could not be made final in place ({e}) nor rebuilt ({rebuilt})"))
 }
 
@@ -71,28 +55,19 @@ fn index_of(step: &Finalise) -> &str {
 
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
     let text = e.to_string();
-    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 11000 || c.code == 359)
-        || text.contains("duplicate key")
-        || text.contains("violations")
+    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 11000 || c.code == 359) || text.contains("duplicate key") || text.contains("violations")
 }
 
 /// Drops the index and builds it in the source's exact form; if that build fails, the
 /// replicating form is built again so the target keeps the index for its queries.
 async fn rebuild(db: &mongodb::Database, coll: &str, spec: &Document) -> Result<(), String> {
     let name = crate::metadata::index_name(spec);
-    db.run_command(doc! {"dropIndexes": coll, "index": name})
-        .await
-        .map_err(|e| e.to_string())?;
-    match db
-        .run_command(doc! {"createIndexes": coll, "indexes": [spec.clone()]})
-        .await
-    {
+    db.run_command(doc! {"dropIndexes": coll, "index": name}).await.map_err(|e| e.to_string())?;
+    match db.run_command(doc! {"createIndexes": coll, "indexes": [spec.clone()]}).await {
         Ok(_) => Ok(()),
         Err(e) => {
             let back = crate::metadata::rule::replicating_index(spec);
-            let _ = db
-                .run_command(doc! {"createIndexes": coll, "indexes": [back]})
-                .await;
+            let _ = db.run_command(doc! {"createIndexes": coll, "indexes": [back]}).await;
             Err(e.to_string())
         }
     }

@@ -26,34 +26,23 @@ impl Progress {
     /// The sink's topics (`sink.topics`, or every `<topic_prefix>.*` topic) as the broker
     /// lists them now.
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
-        let sink = config
-            .sink
-            .as_ref()
-            .context("cutover needs the [sink] section")?;
+        let sink = config.sink.as_ref().context("cutover needs the [sink] section")?;
         let admin = crate::kafka::admin::TopicAdmin::new(&config.kafka)?;
         let counts = admin.partition_counts().await?;
         let prefix = format!("{}.", config.kafka.topic_prefix);
         let mut partitions = TopicPartitionList::new();
         for (topic, count) in counts {
-            let read = if sink.topics.is_empty() {
-                topic.starts_with(&prefix)
-            } else {
-                sink.topics.contains(&topic)
-            };
+            let read = if sink.topics.is_empty() { topic.starts_with(&prefix) } else { sink.topics.contains(&topic) };
             if read {
                 for p in 0..count {
                     partitions.add_partition(&topic, p);
                 }
             }
         }
-        let consumer: BaseConsumer =
-            crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms)
-                .create()
-                .context("cannot create the Kafka consumer that reads the group's offsets")?;
-        Ok(Progress {
-            consumer,
-            partitions,
-        })
+        let consumer: BaseConsumer = crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms)
+            .create()
+            .context("cannot create the Kafka consumer that reads the group's offsets")?;
+        Ok(Progress { consumer, partitions })
     }
 
     pub fn partition_count(&self) -> usize {
@@ -66,10 +55,7 @@ impl Progress {
         for e in self.partitions.elements() {
             latest.add_partition_offset(e.topic(), e.partition(), Offset::End)?;
         }
-        let found = self
-            .consumer
-            .offsets_for_times(latest, Duration::from_secs(15))
-            .context("cannot read the partitions' ends")?;
+        let found = self.consumer.offsets_for_times(latest, Duration::from_secs(15)).context("cannot read the partitions' ends")?;
         Ok(found
             .elements()
             .iter()
@@ -82,10 +68,7 @@ impl Progress {
 
     /// The sink group's committed offset of each partition (-1: none yet).
     pub fn committed(&self) -> anyhow::Result<Offsets> {
-        let committed = self
-            .consumer
-            .committed_offsets(self.partitions.clone(), Duration::from_secs(15))
-            .context("cannot read the sink group's committed offsets")?;
+        let committed = self.consumer.committed_offsets(self.partitions.clone(), Duration::from_secs(15)).context("cannot read the sink group's committed offsets")?;
         Ok(committed
             .elements()
             .iter()
@@ -104,12 +87,7 @@ impl Progress {
     /// True when every message added between `from` and `to` is a heartbeat (an idle
     /// source's: not a change). Reads those messages; more than a few per partition is
     /// taken for writes without reading them.
-    pub fn only_heartbeats(
-        &self,
-        config: &Config,
-        from: &Offsets,
-        to: &Offsets,
-    ) -> anyhow::Result<bool> {
+    pub fn only_heartbeats(&self, config: &Config, from: &Offsets, to: &Offsets) -> anyhow::Result<bool> {
         use rdkafka::message::Message;
         const AT_MOST: i64 = 64;
         let mut wanted = TopicPartitionList::new();
@@ -127,29 +105,17 @@ impl Progress {
         if left.is_empty() {
             return Ok(true);
         }
-        let sink = config
-            .sink
-            .as_ref()
-            .context("cutover needs the [sink] section")?;
-        let reader: BaseConsumer = crate::kafka::consumer_config(
-            &config.kafka,
-            &format!("{}-cutover-reader", sink.group_id),
-            sink.session_timeout_ms,
-        )
-        .create()
-        .context("cannot create the Kafka consumer that reads the newest messages")?;
+        let sink = config.sink.as_ref().context("cutover needs the [sink] section")?;
+        let reader: BaseConsumer = crate::kafka::consumer_config(&config.kafka, &format!("{}-cutover-reader", sink.group_id), sink.session_timeout_ms)
+            .create()
+            .context("cannot create the Kafka consumer that reads the newest messages")?;
         reader.assign(&wanted)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while !left.is_empty() {
             if std::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "cannot read the newest messages of {} partitions within 15 s",
-                    left.len()
-                );
+                anyhow::bail!("cannot read the newest messages of {} partitions within 15 s", left.len());
             }
-            let Some(message) = reader.poll(Duration::from_millis(200)) else {
-                continue;
-            };
+            let Some(message) = reader.poll(Duration::from_millis(200)) else { continue };
             let message = message.context("reading the newest messages")?;
             let key = (message.topic().to_string(), message.partition());
             let Some(&end) = left.get(&key) else { continue };
@@ -157,10 +123,7 @@ impl Progress {
                 left.remove(&key);
                 continue;
             }
-            if !message
-                .key()
-                .is_some_and(|k| k.starts_with(br#"{"docrepl_heartbeat""#))
-            {
+            if !message.key().is_some_and(|k| k.starts_with(br#"{"docrepl_heartbeat""#)) {
                 return Ok(false);
             }
             if message.offset() + 1 >= end {
@@ -176,11 +139,7 @@ impl Progress {
 pub fn behind(ends: &Offsets, committed: &Offsets) -> Vec<(String, i32, i64)> {
     ends.iter()
         .filter_map(|((topic, partition), &end)| {
-            let done = committed
-                .get(&(topic.clone(), *partition))
-                .copied()
-                .unwrap_or(-1)
-                .max(0);
+            let done = committed.get(&(topic.clone(), *partition)).copied().unwrap_or(-1).max(0);
             (end > done).then(|| (topic.clone(), *partition, end - done))
         })
         .collect()
@@ -192,23 +151,10 @@ mod tests {
 
     #[test]
     fn a_partition_is_behind_until_its_end_is_committed() {
-        let ends: Offsets = [
-            (("t".to_string(), 0), 10),
-            (("t".to_string(), 1), 0),
-            (("t".to_string(), 2), 5),
-        ]
-        .into();
-        let committed: Offsets = [
-            (("t".to_string(), 0), 10),
-            (("t".to_string(), 1), -1),
-            (("t".to_string(), 2), 3),
-        ]
-        .into();
+        let ends: Offsets = [(("t".to_string(), 0), 10), (("t".to_string(), 1), 0), (("t".to_string(), 2), 5)].into();
+        let committed: Offsets = [(("t".to_string(), 0), 10), (("t".to_string(), 1), -1), (("t".to_string(), 2), 3)].into();
         assert_eq!(behind(&ends, &committed), vec![("t".to_string(), 2, 2)]);
         let nothing: Offsets = Offsets::new();
-        assert_eq!(
-            behind(&ends, &nothing),
-            vec![("t".to_string(), 0, 10), ("t".to_string(), 2, 5)]
-        );
+        assert_eq!(behind(&ends, &nothing), vec![("t".to_string(), 0, 10), ("t".to_string(), 2, 5)]);
     }
 }

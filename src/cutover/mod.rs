@@ -44,37 +44,23 @@ pub struct CutoverArgs {
 
 /// Runs the cutover; returns the exit code (0 ready, 1 not ready).
 pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
-    let sink = config
-        .sink
-        .as_ref()
-        .context("cutover needs the [sink] section")?;
+    let sink = config.sink.as_ref().context("cutover needs the [sink] section")?;
     let target = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut not_ready: Vec<String> = Vec::new();
 
     let progress = kafka::Progress::new(config).await?;
-    println!(
-        "cutover: {} partitions of the sink's topics (group {})",
-        progress.partition_count(),
-        sink.group_id
-    );
+    println!("cutover: {} partitions of the sink's topics (group {})", progress.partition_count(), sink.group_id);
     let ends = wait_for_quiet(config, &progress, args.quiet_secs, deadline, &mut not_ready).await?;
     if not_ready.is_empty() {
-        println!(
-            "1. quiet: no message but heartbeats added for {} s",
-            args.quiet_secs
-        );
+        println!("1. quiet: no message but heartbeats added for {} s", args.quiet_secs);
     }
     let behind = wait_until_applied(config, &progress, &ends, deadline).await?;
     if behind.is_empty() {
         println!("2. caught up: the sink group applied every message on its topics");
     } else {
         let total: i64 = behind.iter().map(|(_, _, n)| n).sum();
-        let worst: Vec<String> = behind
-            .iter()
-            .take(5)
-            .map(|(t, p, n)| format!("{t}[{p}]: {n}"))
-            .collect();
+        let worst: Vec<String> = behind.iter().take(5).map(|(t, p, n)| format!("{t}[{p}]: {n}")).collect();
         not_ready.push(format!("the sink group {} has not applied {total} messages on {} partitions ({}); is the sink running?", sink.group_id, behind.len(), worst.join(", ")));
     }
 
@@ -100,12 +86,7 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
             .await?
             .into_iter()
             .map(|(_, m)| m)
-            .filter(|m| {
-                config
-                    .source
-                    .as_ref()
-                    .is_none_or(|src| replicates(src, &m.ns))
-            })
+            .filter(|m| config.source.as_ref().is_none_or(|src| replicates(src, &m.ns)))
             .collect(),
     };
 
@@ -125,26 +106,15 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
         drift_lines.push(drift.to_string());
     }
     if !drift_lines.is_empty() {
-        not_ready.push(format!(
-            "metadata differs on {} namespaces:\n{}",
-            drift_lines.len(),
-            drift_lines.concat().trim_end()
-        ));
+        not_ready.push(format!("metadata differs on {} namespaces:\n{}", drift_lines.len(), drift_lines.concat().trim_end()));
     }
     if let Some((client, src)) = &source {
         let unequal = compare_documents(client, src, &target, sink).await?;
         if unequal.is_empty() {
-            let what = if drift_lines.is_empty() {
-                "documents and metadata equal"
-            } else {
-                "documents equal, metadata differs (below)"
-            };
+            let what = if drift_lines.is_empty() { "documents and metadata equal" } else { "documents equal, metadata differs (below)" };
             println!("4. verify: {what} ({} namespaces)", metadata.len());
         } else {
-            not_ready.push(format!(
-                "documents differ:\n{}",
-                unequal.concat().trim_end()
-            ));
+            not_ready.push(format!("documents differ:\n{}", unequal.concat().trim_end()));
         }
     } else {
         println!("4. verify: metadata checked against the sink's record; documents not compared (source down)");
@@ -168,49 +138,25 @@ pub async fn run(config: &Config, args: &CutoverArgs) -> anyhow::Result<u8> {
 
 /// Records the target's cluster time now, just past the sink's last write: everything
 /// written on the target after it is the applications' (see `direction::lock`).
-async fn record_cutover_point(
-    config: &Config,
-    target: &mongodb::Client,
-    sink: &crate::sink::SinkConfig,
-    source_down: bool,
-) -> anyhow::Result<bson::Timestamp> {
+async fn record_cutover_point(config: &Config, target: &mongodb::Client, sink: &crate::sink::SinkConfig, source_down: bool) -> anyhow::Result<bson::Timestamp> {
     let now = crate::mongo::cluster_time(target)
         .await
         .context("cannot read the target's cluster time")?
         .context("the target reported no cluster time (is it a replica set?)")?;
     // Later writes have a greater time: one increment on, none of the sink's is after it.
-    let at = bson::Timestamp {
-        time: now.time,
-        increment: now.increment + 1,
-    };
+    let at = bson::Timestamp { time: now.time, increment: now.increment + 1 };
     let direction = crate::direction::Direction::of(config);
-    crate::direction::lock::record_cutover(
-        &target.database(&sink.state_database),
-        &direction,
-        at,
-        source_down,
-    )
-    .await
-    .context("cannot record the cutover point on the target")
+    crate::direction::lock::record_cutover(&target.database(&sink.state_database), &direction, at, source_down).await.context("cannot record the cutover point on the target")
 }
 
 async fn connect_source(src: &crate::source::SourceConfig) -> anyhow::Result<mongodb::Client> {
     let client = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
-    client
-        .database("admin")
-        .run_command(bson::doc! {"ping": 1})
-        .await?;
+    client.database("admin").run_command(bson::doc! {"ping": 1}).await?;
     Ok(client)
 }
 
 /// Waits until the topics' ends stop moving for `quiet_secs`; returns the ends.
-async fn wait_for_quiet(
-    config: &Config,
-    progress: &kafka::Progress,
-    quiet_secs: u64,
-    deadline: Instant,
-    not_ready: &mut Vec<String>,
-) -> anyhow::Result<kafka::Offsets> {
+async fn wait_for_quiet(config: &Config, progress: &kafka::Progress, quiet_secs: u64, deadline: Instant, not_ready: &mut Vec<String>) -> anyhow::Result<kafka::Offsets> {
     let mut ends = tokio::task::block_in_place(|| progress.ends())?;
     let mut since = Instant::now();
     loop {
@@ -236,26 +182,15 @@ async fn wait_for_quiet(
 /// Waits until the group committed `ends` everywhere (or all it has left are heartbeats,
 /// which change nothing: the last ones of a source that stopped after its sinks); returns
 /// what is still behind.
-async fn wait_until_applied(
-    config: &Config,
-    progress: &kafka::Progress,
-    ends: &kafka::Offsets,
-    deadline: Instant,
-) -> anyhow::Result<Vec<(String, i32, i64)>> {
+async fn wait_until_applied(config: &Config, progress: &kafka::Progress, ends: &kafka::Offsets, deadline: Instant) -> anyhow::Result<Vec<(String, i32, i64)>> {
     loop {
         let committed = tokio::task::block_in_place(|| progress.committed())?;
         let behind = kafka::behind(ends, &committed);
         if behind.is_empty() {
             return Ok(behind);
         }
-        let applied: kafka::Offsets = committed
-            .iter()
-            .map(|(k, &o)| (k.clone(), o.max(0)))
-            .collect();
-        let rest: kafka::Offsets = behind
-            .iter()
-            .filter_map(|(t, p, _)| ends.get(&(t.clone(), *p)).map(|&e| ((t.clone(), *p), e)))
-            .collect();
+        let applied: kafka::Offsets = committed.iter().map(|(k, &o)| (k.clone(), o.max(0))).collect();
+        let rest: kafka::Offsets = behind.iter().filter_map(|(t, p, _)| ends.get(&(t.clone(), *p)).map(|&e| ((t.clone(), *p), e))).collect();
         if tokio::task::block_in_place(|| progress.only_heartbeats(config, &applied, &rest))? {
             return Ok(Vec::new());
         }
@@ -281,23 +216,11 @@ struct Finalised {
 }
 
 /// Makes every unique and TTL index of the target final.
-async fn finalise_all(
-    target: &mongodb::Client,
-    sink: &crate::sink::SinkConfig,
-    metadata: &[CollectionMetadata],
-) -> anyhow::Result<Finalised> {
-    let mut out = Finalised {
-        done: 0,
-        refused: Vec::new(),
-    };
-    let by_target: BTreeMap<Namespace, &CollectionMetadata> = metadata
-        .iter()
-        .map(|m| (sink.target_namespace(&m.ns), m))
-        .collect();
+async fn finalise_all(target: &mongodb::Client, sink: &crate::sink::SinkConfig, metadata: &[CollectionMetadata]) -> anyhow::Result<Finalised> {
+    let mut out = Finalised { done: 0, refused: Vec::new() };
+    let by_target: BTreeMap<Namespace, &CollectionMetadata> = metadata.iter().map(|m| (sink.target_namespace(&m.ns), m)).collect();
     for (ns, source) in by_target {
-        let Some(actual) = catalog::read_one(target, &ns.db, &ns.coll, true).await? else {
-            continue;
-        };
+        let Some(actual) = catalog::read_one(target, &ns.db, &ns.coll, true).await? else { continue };
         for step in plan::finalise(source, &actual) {
             match finalise::apply(target, sink.flavor().0, &ns, source, &step).await {
                 Ok(()) => out.done += 1,
@@ -309,16 +232,10 @@ async fn finalise_all(
 }
 
 /// `verify`'s document comparison of every namespace; the reports that are not equal.
-async fn compare_documents(
-    source: &mongodb::Client,
-    src: &crate::source::SourceConfig,
-    target: &mongodb::Client,
-    sink: &crate::sink::SinkConfig,
-) -> anyhow::Result<Vec<String>> {
+async fn compare_documents(source: &mongodb::Client, src: &crate::source::SourceConfig, target: &mongodb::Client, sink: &crate::sink::SinkConfig) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for ns in crate::verify::namespaces_to_compare(source, src, &[]).await? {
-        let report =
-            crate::verify::compare(source, &ns, target, &sink.target_namespace(&ns), 5).await?;
+        let report = crate::verify::compare(source, &ns, target, &sink.target_namespace(&ns), 5).await?;
         if !report.equal() {
             out.push(report.to_string());
         }

@@ -9,9 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{ClearMarker, DecodeError, Decoded};
-use crate::event::{
-    ChangeEvent, Namespace, Op, SnapshotMarker, SourceInfo, TruncatedArray, UpdateDescription,
-};
+use crate::event::{ChangeEvent, Namespace, Op, SnapshotMarker, SourceInfo, TruncatedArray, UpdateDescription};
 use crate::extjson::normalize_legacy_extjson;
 /// The value as it arrives, parsed in one pass without building a JSON tree for the
 /// envelope (the hot path of the sink). Unknown fields are ignored.
@@ -109,11 +107,7 @@ struct SourceIn<'a> {
 }
 
 /// Decodes one message. `topic` names the namespace when the value has no `source` block.
-pub fn decode(
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    topic: &str,
-) -> Result<Decoded, DecodeError> {
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str) -> Result<Decoded, DecodeError> {
     let value = match value {
         None => return Ok(Decoded::Tombstone),
         Some(v) => v,
@@ -134,24 +128,13 @@ pub fn decode(
         }
     }
 
-    let op_code = envelope
-        .op
-        .as_deref()
-        .ok_or(DecodeError::MissingField("op"))?;
+    let op_code = envelope.op.as_deref().ok_or(DecodeError::MissingField("op"))?;
     if op_code == "t" {
         return decode_clear(&envelope, topic);
     }
     if op_code == "m" {
-        if envelope
-            .docrepl
-            .as_ref()
-            .is_some_and(|d| d.get("heartbeat").is_some())
-        {
-            let source_ms = envelope
-                .source
-                .as_ref()
-                .and_then(|s| s.ts_ms)
-                .ok_or(DecodeError::MissingField("source.ts_ms"))?;
+        if envelope.docrepl.as_ref().is_some_and(|d| d.get("heartbeat").is_some()) {
+            let source_ms = envelope.source.as_ref().and_then(|s| s.ts_ms).ok_or(DecodeError::MissingField("source.ts_ms"))?;
             return Ok(Decoded::Heartbeat { source_ms });
         }
         return super::metadata::decode(envelope.docrepl.as_ref()).map(Decoded::Metadata);
@@ -162,9 +145,7 @@ pub fn decode(
     let exact = |field: &'static str| -> Result<Option<RawDocumentBuf>, DecodeError> {
         match envelope.docrepl.as_ref().and_then(|d| d.get(field)) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => super::exact::decode(text)
-                .map(Some)
-                .map_err(|message| DecodeError::ExtJson { field, message }),
+            Some(Value::String(text)) => super::exact::decode(text).map(Some).map_err(|message| DecodeError::ExtJson { field, message }),
             Some(_) => Err(DecodeError::MissingField(field)),
         }
     };
@@ -177,12 +158,7 @@ pub fn decode(
         Some(_) if op == Op::Delete => None,
         Some(_) if exact_after.is_some() => exact_after,
         Some(AfterIn::Document(doc)) => Some(doc),
-        Some(AfterIn::Invalid(message)) => {
-            return Err(DecodeError::ExtJson {
-                field: "after",
-                message,
-            })
-        }
+        Some(AfterIn::Invalid(message)) => return Err(DecodeError::ExtJson { field: "after", message }),
     };
     let update = match envelope.update_description.take() {
         None | Some(Value::Null) => None,
@@ -196,40 +172,22 @@ pub fn decode(
     }
 
     let id = match after.as_ref().and_then(|d| d.get("_id").ok().flatten()) {
-        Some(id) => Bson::try_from(id).map_err(|e| DecodeError::ExtJson {
-            field: "after._id",
-            message: e.to_string(),
-        })?,
+        Some(id) => Bson::try_from(id).map_err(|e| DecodeError::ExtJson { field: "after._id", message: e.to_string() })?,
         None => decode_key_id(key)?,
     };
     let source = envelope.source.unwrap_or_default();
     let ns = namespace_of(&source, topic)?;
     let source = decode_source(source);
-    Ok(Decoded::Event(ChangeEvent {
-        op,
-        ns,
-        id,
-        after,
-        update,
-        source,
-    }))
+    Ok(Decoded::Event(ChangeEvent { op, ns, id, after, update, source }))
 }
 
 /// A truncate is applied only as docrepl's clear marker: a truncate from another
 /// producer names no partition share, and clearing a whole collection from one partition's
 /// worker while the others apply newer events would lose them.
 fn decode_clear(envelope: &EnvelopeIn<'_>, topic: &str) -> Result<Decoded, DecodeError> {
-    let clear = envelope
-        .docrepl
-        .as_ref()
-        .and_then(|d| d.get("clear"))
-        .ok_or(DecodeError::ForeignTruncate)?;
+    let clear = envelope.docrepl.as_ref().and_then(|d| d.get("clear")).ok_or(DecodeError::ForeignTruncate)?;
     let number = |field: &'static str| {
-        clear
-            .get(field)
-            .and_then(Value::as_i64)
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or(DecodeError::MissingField(field))
+        clear.get(field).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok()).ok_or(DecodeError::MissingField(field))
     };
     let (partition, partitions) = (number("partition")?, number("partitions")?);
     if partitions < 1 || !(0..partitions).contains(&partition) {
@@ -239,17 +197,8 @@ fn decode_clear(envelope: &EnvelopeIn<'_>, topic: &str) -> Result<Decoded, Decod
         Some(source) => namespace_of(source, topic)?,
         None => namespace_of(&SourceIn::default(), topic)?,
     };
-    let reason = clear
-        .get("reason")
-        .and_then(Value::as_str)
-        .unwrap_or("unspecified")
-        .to_string();
-    Ok(Decoded::Clear(ClearMarker {
-        ns,
-        partition,
-        partitions,
-        reason,
-    }))
+    let reason = clear.get("reason").and_then(Value::as_str).unwrap_or("unspecified").to_string();
+    Ok(Decoded::Clear(ClearMarker { ns, partition, partitions, reason }))
 }
 
 /// Debezium's JSON converter with `schemas.enable=true` wraps values in
@@ -268,24 +217,19 @@ fn unwrap_connect_envelope(root: Value) -> Value {
 /// compares numbers by value, so deletes and patches by this `_id` still find the document.
 pub fn decode_key_id(key: Option<&[u8]>) -> Result<Bson, DecodeError> {
     let key = key.ok_or_else(|| DecodeError::MissingId("the message has no key".into()))?;
-    let root: Value = serde_json::from_slice(key)
-        .map_err(|e| DecodeError::MissingId(format!("key is not JSON: {e}")))?;
+    let root: Value =
+        serde_json::from_slice(key).map_err(|e| DecodeError::MissingId(format!("key is not JSON: {e}")))?;
     let id_text = match unwrap_connect_envelope(root) {
         Value::Object(o) => match o.get("id") {
             Some(Value::String(s)) => s.clone(),
-            _ => {
-                return Err(DecodeError::MissingId(
-                    "key has no string field `id`".into(),
-                ))
-            }
+            _ => return Err(DecodeError::MissingId("key has no string field `id`".into())),
         },
         _ => return Err(DecodeError::MissingId("key is not a JSON object".into())),
     };
     let mut id: Value = serde_json::from_str(&id_text)
         .map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))?;
     normalize_legacy_extjson(&mut id);
-    let id = Bson::try_from(id)
-        .map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))?;
+    let id = Bson::try_from(id).map_err(|e| DecodeError::MissingId(format!("key id is not Extended JSON: {e}")))?;
     match crate::extjson::c_string_problem(&id) {
         Some(problem) => Err(DecodeError::MissingId(format!("key id: {problem}"))),
         None => Ok(id),
@@ -293,17 +237,9 @@ pub fn decode_key_id(key: Option<&[u8]>) -> Result<Bson, DecodeError> {
 }
 
 /// `exact_updated`: the updated fields' exact BSON, read instead of their text when given.
-fn decode_update_description(
-    mut u: Map<String, Value>,
-    exact_updated: Option<RawDocumentBuf>,
-) -> Result<UpdateDescription, DecodeError> {
+fn decode_update_description(mut u: Map<String, Value>, exact_updated: Option<RawDocumentBuf>) -> Result<UpdateDescription, DecodeError> {
     let exact_updated = exact_updated
-        .map(|raw| {
-            raw.to_document().map_err(|e| DecodeError::ExtJson {
-                field: "updated_fields_bson",
-                message: e.to_string(),
-            })
-        })
+        .map(|raw| raw.to_document().map_err(|e| DecodeError::ExtJson { field: "updated_fields_bson", message: e.to_string() }))
         .transpose()?;
     let updated_fields = match u.remove("updatedFields") {
         _ if exact_updated.is_some() => exact_updated.unwrap_or_default(),
@@ -331,32 +267,18 @@ fn decode_update_description(
             .map(|v| {
                 let field = v.get("field").and_then(Value::as_str);
                 // MongoDB calls it newSize; Debezium calls it size.
-                let size = v
-                    .get("size")
-                    .or_else(|| v.get("newSize"))
-                    .and_then(Value::as_u64);
+                let size = v.get("size").or_else(|| v.get("newSize")).and_then(Value::as_u64);
                 match (field, size) {
-                    (Some(f), Some(s)) if s <= u32::MAX as u64 => Ok(TruncatedArray {
-                        field: f.to_string(),
-                        size: s as u32,
-                    }),
-                    _ => Err(DecodeError::MissingField(
-                        "updateDescription.truncatedArrays",
-                    )),
+                    (Some(f), Some(s)) if s <= u32::MAX as u64 => {
+                        Ok(TruncatedArray { field: f.to_string(), size: s as u32 })
+                    }
+                    _ => Err(DecodeError::MissingField("updateDescription.truncatedArrays")),
                 }
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(DecodeError::MissingField(
-                "updateDescription.truncatedArrays",
-            ))
-        }
+        Some(_) => return Err(DecodeError::MissingField("updateDescription.truncatedArrays")),
     };
-    let patch = UpdateDescription {
-        updated_fields,
-        removed_fields,
-        truncated_arrays,
-    };
+    let patch = UpdateDescription { updated_fields, removed_fields, truncated_arrays };
     check_patch(&patch)?;
     Ok(patch)
 }
@@ -375,20 +297,12 @@ fn check_patch(patch: &UpdateDescription) -> Result<(), DecodeError> {
     if let Some(problem) = crate::extjson::document_c_string_problem(&patch.updated_fields) {
         return Err(bad(problem));
     }
-    let paths = patch
-        .updated_fields
-        .keys()
-        .chain(patch.removed_fields.iter())
-        .chain(patch.truncated_arrays.iter().map(|t| &t.field));
+    let paths = patch.updated_fields.keys().chain(patch.removed_fields.iter()).chain(patch.truncated_arrays.iter().map(|t| &t.field));
     for path in paths {
         if let Some(problem) = crate::extjson::field_name_problem(path) {
             return Err(bad(problem));
         }
-        if let Some(index) = path
-            .split('.')
-            .filter_map(|p| p.parse::<u64>().ok())
-            .find(|i| *i > MAX_ARRAY_PADDING)
-        {
+        if let Some(index) = path.split('.').filter_map(|p| p.parse::<u64>().ok()).find(|i| *i > MAX_ARRAY_PADDING) {
             return Err(bad(format!("field path {path:?} sets array element {index}, past MongoDB's limit of {MAX_ARRAY_PADDING}")));
         }
     }
@@ -432,34 +346,22 @@ fn decode_source(source: SourceIn<'_>) -> SourceInfo {
 
 /// Parses an Extended JSON document (canonical, relaxed or legacy), keeping field order.
 pub fn parse_extjson_document(text: &str, field: &'static str) -> Result<Document, DecodeError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::ExtJson {
-        field,
-        message: e.to_string(),
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::ExtJson { field, message: e.to_string() })?;
     match value {
         Value::Object(o) => extjson_object_to_document(o, field),
-        _ => Err(DecodeError::ExtJson {
-            field,
-            message: "not a JSON object".into(),
-        }),
+        _ => Err(DecodeError::ExtJson { field, message: "not a JSON object".into() }),
     }
 }
 
-fn extjson_object_to_document(
-    o: Map<String, Value>,
-    field: &'static str,
-) -> Result<Document, DecodeError> {
+fn extjson_object_to_document(o: Map<String, Value>, field: &'static str) -> Result<Document, DecodeError> {
     let mut value = Value::Object(o);
     normalize_legacy_extjson(&mut value);
     match Bson::try_from(value) {
         Ok(Bson::Document(d)) => Ok(d),
-        Ok(_) => Err(DecodeError::ExtJson {
-            field,
-            message: "a type wrapper, not a document".into(),
-        }),
-        Err(e) => Err(DecodeError::ExtJson {
-            field,
-            message: e.to_string(),
-        }),
+        Ok(_) => Err(DecodeError::ExtJson { field, message: "a type wrapper, not a document".into() }),
+        Err(e) => Err(DecodeError::ExtJson { field, message: e.to_string() }),
     }
 }
+
+

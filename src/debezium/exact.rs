@@ -34,12 +34,9 @@ pub fn encode(doc: &RawDocument) -> String {
 
 /// The document from its base64 text, checked to be valid BSON all the way down.
 pub fn decode(text: &str) -> Result<RawDocumentBuf, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.as_bytes())
-        .map_err(|e| format!("not base64: {e}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|e| format!("not base64: {e}"))?;
     let doc = RawDocumentBuf::from_bytes(bytes).map_err(|e| format!("not a BSON document: {e}"))?;
-    doc.to_document()
-        .map_err(|e| format!("not valid BSON: {e}"))?;
+    doc.to_document().map_err(|e| format!("not valid BSON: {e}"))?;
     Ok(doc)
 }
 
@@ -50,9 +47,7 @@ mod tests {
 
     #[test]
     fn finds_dollar_fields_at_any_depth() {
-        assert!(!has_dollar_field(
-            &rawdoc! {"a": {"b": [1, {"c": "$x"}]}, "d.e": 1}
-        ));
+        assert!(!has_dollar_field(&rawdoc! {"a": {"b": [1, {"c": "$x"}]}, "d.e": 1}));
         assert!(has_dollar_field(&rawdoc! {"$a": 1}));
         assert!(has_dollar_field(&rawdoc! {"a": {"$date": 5}}));
         assert!(has_dollar_field(&rawdoc! {"a": [1, [{"$oid": "x"}]]}));
@@ -63,8 +58,6 @@ mod tests {
         let d = RawDocumentBuf::from_document(&doc! {"_id": 1, "q": {"$regex": "^a"}}).unwrap();
         assert_eq!(decode(&encode(&d)).unwrap(), d);
         assert!(decode("!!").is_err());
-        assert!(
-            decode(&base64::engine::general_purpose::STANDARD.encode([5u8, 0, 0, 0, 1])).is_err()
-        );
+        assert!(decode(&base64::engine::general_purpose::STANDARD.encode([5u8, 0, 0, 0, 1])).is_err());
     }
 }

@@ -13,16 +13,8 @@ pub const PREFIX: &str = "docrepl.heartbeat";
 
 /// Key and value of the heartbeat for `partition`; `db` and `coll` name the topic's
 /// namespace (`coll` empty on a topic per database).
-pub fn encode(
-    partition: i32,
-    source: &SourceInfo,
-    db: &str,
-    coll: &str,
-    now_ms: i64,
-) -> (Vec<u8>, Vec<u8>) {
-    let key = serde_json::json!({"docrepl_heartbeat": partition})
-        .to_string()
-        .into_bytes();
+pub fn encode(partition: i32, source: &SourceInfo, db: &str, coll: &str, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let key = serde_json::json!({"docrepl_heartbeat": partition}).to_string().into_bytes();
     let value = serde_json::json!({
         "before": null,
         "after": null,
@@ -46,25 +38,9 @@ mod tests {
 
     #[test]
     fn round_trips_its_source_time() {
-        let source = SourceInfo {
-            name: "app".into(),
-            rs: "rs0".into(),
-            ts_ms: 1_700_000_000_000,
-            ord: 0,
-            snapshot: SnapshotMarker::No,
-            lsid: None,
-            txn_number: None,
-        };
+        let source = SourceInfo { name: "app".into(), rs: "rs0".into(), ts_ms: 1_700_000_000_000, ord: 0, snapshot: SnapshotMarker::No, lsid: None, txn_number: None };
         let (key, value) = encode(3, &source, "shop", "", 5);
-        assert_eq!(
-            String::from_utf8(key).unwrap(),
-            r#"{"docrepl_heartbeat":3}"#
-        );
-        assert_eq!(
-            crate::debezium::decode(None, Some(&value), "app.shop").unwrap(),
-            Decoded::Heartbeat {
-                source_ms: 1_700_000_000_000
-            }
-        );
+        assert_eq!(String::from_utf8(key).unwrap(), r#"{"docrepl_heartbeat":3}"#);
+        assert_eq!(crate::debezium::decode(None, Some(&value), "app.shop").unwrap(), Decoded::Heartbeat { source_ms: 1_700_000_000_000 });
     }
 }

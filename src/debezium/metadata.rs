@@ -31,10 +31,7 @@ pub struct MetadataMessage {
 /// compacted topic keeps the newest metadata of each collection on each partition.
 pub fn encode(message: &MetadataMessage, source: &SourceInfo, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
     let ns = &message.metadata.ns;
-    let key =
-        serde_json::json!({"docrepl_metadata": ns.to_string(), "partition": message.partition})
-            .to_string()
-            .into_bytes();
+    let key = serde_json::json!({"docrepl_metadata": ns.to_string(), "partition": message.partition}).to_string().into_bytes();
     let state = bson::RawDocumentBuf::from_document(&message.metadata.to_document())
         .ok()
         .and_then(|raw| crate::extjson::canonical_document(&raw).ok())
@@ -56,43 +53,19 @@ pub fn encode(message: &MetadataMessage, source: &SourceInfo, now_ms: i64) -> (V
 
 /// Reads the `docrepl` block of an `op: "m"` value.
 pub(super) fn decode(docrepl: Option<&Value>) -> Result<MetadataMessage, DecodeError> {
-    let block = docrepl
-        .and_then(|d| d.get("metadata"))
-        .ok_or(DecodeError::ForeignMessage)?;
+    let block = docrepl.and_then(|d| d.get("metadata")).ok_or(DecodeError::ForeignMessage)?;
     let int = |field: &'static str| {
-        block
-            .get(field)
-            .and_then(Value::as_i64)
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or(DecodeError::MissingField(field))
+        block.get(field).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok()).ok_or(DecodeError::MissingField(field))
     };
     let (partition, partitions, home) = (int("partition")?, int("partitions")?, int("home")?);
-    if partitions <= 0 || !(0..partitions).contains(&partition) || !(0..partitions).contains(&home)
-    {
+    if partitions <= 0 || !(0..partitions).contains(&partition) || !(0..partitions).contains(&home) {
         return Err(DecodeError::MissingField("docrepl.metadata.partition"));
     }
-    let state = block
-        .get("state")
-        .and_then(Value::as_str)
-        .ok_or(DecodeError::MissingField("docrepl.metadata.state"))?;
-    let raw = crate::extjson::parse_document(state).map_err(|e| DecodeError::ExtJson {
-        field: "docrepl.metadata.state",
-        message: e.to_string(),
-    })?;
-    let doc = raw.to_document().map_err(|e| DecodeError::ExtJson {
-        field: "docrepl.metadata.state",
-        message: e.to_string(),
-    })?;
-    let metadata = CollectionMetadata::from_document(&doc).map_err(|e| DecodeError::ExtJson {
-        field: "docrepl.metadata.state",
-        message: e.to_string(),
-    })?;
-    Ok(MetadataMessage {
-        metadata,
-        partition,
-        partitions,
-        home,
-    })
+    let state = block.get("state").and_then(Value::as_str).ok_or(DecodeError::MissingField("docrepl.metadata.state"))?;
+    let raw = crate::extjson::parse_document(state).map_err(|e| DecodeError::ExtJson { field: "docrepl.metadata.state", message: e.to_string() })?;
+    let doc = raw.to_document().map_err(|e| DecodeError::ExtJson { field: "docrepl.metadata.state", message: e.to_string() })?;
+    let metadata = CollectionMetadata::from_document(&doc).map_err(|e| DecodeError::ExtJson { field: "docrepl.metadata.state", message: e.to_string() })?;
+    Ok(MetadataMessage { metadata, partition, partitions, home })
 }
 
 #[cfg(test)]
@@ -104,15 +77,7 @@ mod tests {
     use bson::doc;
 
     fn source() -> SourceInfo {
-        SourceInfo {
-            name: "app".into(),
-            rs: "rs0".into(),
-            ts_ms: 1000,
-            ord: 1,
-            snapshot: SnapshotMarker::No,
-            lsid: None,
-            txn_number: None,
-        }
+        SourceInfo { name: "app".into(), rs: "rs0".into(), ts_ms: 1000, ord: 1, snapshot: SnapshotMarker::No, lsid: None, txn_number: None }
     }
 
     #[test]
@@ -121,22 +86,11 @@ mod tests {
             ns: Namespace::new("shop", "orders"),
             kind: Kind::Collection,
             options: doc! {"validator": {"at": {"$gt": bson::DateTime::from_millis(5)}}, "size": 4096i64},
-            indexes: Some(vec![
-                doc! {"key": {"_id": 1}, "name": "_id_"},
-                doc! {"key": {"a": 1.5}, "name": "a"},
-            ]),
+            indexes: Some(vec![doc! {"key": {"_id": 1}, "name": "_id_"}, doc! {"key": {"a": 1.5}, "name": "a"}]),
         };
-        let message = MetadataMessage {
-            metadata,
-            partition: 2,
-            partitions: 4,
-            home: 1,
-        };
+        let message = MetadataMessage { metadata, partition: 2, partitions: 4, home: 1 };
         let (key, value) = encode(&message, &source(), 7);
-        assert_eq!(
-            String::from_utf8(key).unwrap(),
-            r#"{"docrepl_metadata":"shop.orders","partition":2}"#
-        );
+        assert_eq!(String::from_utf8(key).unwrap(), r#"{"docrepl_metadata":"shop.orders","partition":2}"#);
         match crate::debezium::decode(None, Some(&value), "app.shop.orders").unwrap() {
             Decoded::Metadata(back) => assert_eq!(back, message),
             other => panic!("{other:?}"),
@@ -146,10 +100,7 @@ mod tests {
     #[test]
     fn a_message_event_of_another_producer_is_refused_with_a_reason() {
         let value = br#"{"op":"m","message":{"prefix":"x","content":"AA=="},"source":{"db":"a","collection":"b"}}"#;
-        assert_eq!(
-            crate::debezium::decode(None, Some(value), "p.a.b"),
-            Err(DecodeError::ForeignMessage)
-        );
+        assert_eq!(crate::debezium::decode(None, Some(value), "p.a.b"), Err(DecodeError::ForeignMessage));
         let bad = br#"{"op":"m","docrepl":{"metadata":{"partition":5,"partitions":4,"home":0,"state":"{}"}}}"#;
         assert!(crate::debezium::decode(None, Some(bad), "p.a.b").is_err());
     }

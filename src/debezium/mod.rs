@@ -51,10 +51,7 @@ pub enum DecodeError {
     #[error("unknown op {0:?} (expected c, u, d or r)")]
     UnknownOp(String),
     #[error("field `{field}` is not valid Extended JSON: {message}")]
-    ExtJson {
-        field: &'static str,
-        message: String,
-    },
+    ExtJson { field: &'static str, message: String },
     #[error("cannot tell the document's _id: no `after._id` and no usable message key ({0})")]
     MissingId(String),
     #[error("`u` event carries neither `after` nor `updateDescription`")]
@@ -81,9 +78,7 @@ pub enum Decoded {
     Metadata(MetadataMessage),
     /// docrepl's heartbeat: every change of this partition up to `source_ms` (source
     /// cluster time) was published before it (see `heartbeat`).
-    Heartbeat {
-        source_ms: i64,
-    },
+    Heartbeat { source_ms: i64 },
 }
 
 /// Sent by the source to every partition of a collection's topic when the target must
@@ -123,13 +118,7 @@ pub fn encode_key(id: &Bson) -> Vec<u8> {
         Bson::ObjectId(oid) => write!(out, r#"{{"id":"{{\"$oid\":\"{}\"}}"}}"#, oid.to_hex()),
         other => match whole_number(other) {
             Some(n) => write!(out, r#"{{"id":"{n}"}}"#),
-            None => serde_json::to_writer(
-                &mut out,
-                &KeyOut {
-                    id: id_relaxed_json(other),
-                },
-            )
-            .map_err(std::io::Error::other),
+            None => serde_json::to_writer(&mut out, &KeyOut { id: id_relaxed_json(other) }).map_err(std::io::Error::other),
         },
     };
     out
@@ -190,26 +179,14 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
     }
     // The updated fields as BSON once: their text and the exact block both come from it.
     let updated = match &event.update {
-        Some(u) => Some((
-            u,
-            bson::RawDocumentBuf::from_document(&u.updated_fields)
-                .map_err(|e| EncodeError::InvalidBson(e.to_string()))?,
-        )),
+        Some(u) => Some((u, bson::RawDocumentBuf::from_document(&u.updated_fields).map_err(|e| EncodeError::InvalidBson(e.to_string()))?)),
         None => None,
     };
     let update_description = match &updated {
         Some((u, raw)) => Some(UpdateOut {
             removed_fields: &u.removed_fields,
-            updated_fields: crate::extjson::canonical_document(raw)
-                .map_err(|e| EncodeError::InvalidBson(e.to_string()))?,
-            truncated_arrays: u
-                .truncated_arrays
-                .iter()
-                .map(|t| TruncatedOut {
-                    field: &t.field,
-                    size: t.size,
-                })
-                .collect(),
+            updated_fields: crate::extjson::canonical_document(raw).map_err(|e| EncodeError::InvalidBson(e.to_string()))?,
+            truncated_arrays: u.truncated_arrays.iter().map(|t| TruncatedOut { field: &t.field, size: t.size }).collect(),
         }),
         None => None,
     };
@@ -243,14 +220,8 @@ pub fn encode_value(event: &ChangeEvent, now_ms: i64) -> Result<Vec<u8>, EncodeE
 
 /// Key and value of the clear marker for one partition (see [`ClearMarker`]). The key
 /// is never a document key, so compaction keeps one marker per partition.
-pub fn encode_clear_marker(
-    marker: &ClearMarker,
-    source: &SourceInfo,
-    now_ms: i64,
-) -> (Vec<u8>, Vec<u8>) {
-    let key = serde_json::json!({"docrepl_clear": marker.partition})
-        .to_string()
-        .into_bytes();
+pub fn encode_clear_marker(marker: &ClearMarker, source: &SourceInfo, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let key = serde_json::json!({"docrepl_clear": marker.partition}).to_string().into_bytes();
     let value = serde_json::json!({
         "before": null,
         "after": null,
@@ -299,20 +270,12 @@ fn exact_block(
     after: Option<&bson::RawDocumentBuf>,
     update: Option<(&crate::event::UpdateDescription, &bson::RawDocumentBuf)>,
 ) -> Option<ExactOut> {
-    let after_bson = after
-        .filter(|a| exact::has_dollar_field(a))
-        .map(|a| exact::encode(a));
+    let after_bson = after.filter(|a| exact::has_dollar_field(a)).map(|a| exact::encode(a));
     let updated_fields_bson = update.and_then(|(u, raw)| {
-        let dollar_path = u
-            .updated_fields
-            .keys()
-            .any(|k| k.split('.').any(|c| c.starts_with('$')));
+        let dollar_path = u.updated_fields.keys().any(|k| k.split('.').any(|c| c.starts_with('$')));
         (dollar_path || exact::has_dollar_field(raw)).then(|| exact::encode(raw))
     });
-    (after_bson.is_some() || updated_fields_bson.is_some()).then_some(ExactOut {
-        after_bson,
-        updated_fields_bson,
-    })
+    (after_bson.is_some() || updated_fields_bson.is_some()).then_some(ExactOut { after_bson, updated_fields_bson })
 }
 
 #[derive(Serialize)]
@@ -347,3 +310,4 @@ struct SourceOut<'a> {
     txn_number: Option<i64>,
     rs: &'a str,
 }
+

@@ -2,10 +2,8 @@
 
 use super::*;
 use crate::event::{SnapshotMarker, TruncatedArray, UpdateDescription};
-use bson::{
-    doc, oid::ObjectId, spec::BinarySubtype, Binary, DateTime, Decimal128, Regex, Timestamp,
-};
 use bson::{Document, RawDocumentBuf};
+use bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, DateTime, Decimal128, Regex, Timestamp};
 
 fn source() -> SourceInfo {
     SourceInfo {
@@ -20,10 +18,7 @@ fn source() -> SourceInfo {
 }
 
 fn event(op: Op, doc: Option<Document>) -> ChangeEvent {
-    let id = doc
-        .as_ref()
-        .and_then(|d| d.get("_id").cloned())
-        .unwrap_or(Bson::Int32(7));
+    let id = doc.as_ref().and_then(|d| d.get("_id").cloned()).unwrap_or(Bson::Int32(7));
     ChangeEvent {
         op,
         ns: Namespace::new("app", "orders"),
@@ -46,59 +41,34 @@ fn round_trip(ev: &ChangeEvent) -> ChangeEvent {
 #[test]
 fn keys_look_like_debeziums() {
     let oid = ObjectId::parse_str("65976a473f3a210c022ffc55").unwrap();
-    assert_eq!(
-        encode_key(&Bson::ObjectId(oid)),
-        br#"{"id":"{\"$oid\":\"65976a473f3a210c022ffc55\"}"}"#
-    );
+    assert_eq!(encode_key(&Bson::ObjectId(oid)), br#"{"id":"{\"$oid\":\"65976a473f3a210c022ffc55\"}"}"#);
     assert_eq!(encode_key(&Bson::Int32(1234)), br#"{"id":"1234"}"#);
-    assert_eq!(
-        encode_key(&Bson::Int64(-5_000_000_000)),
-        br#"{"id":"-5000000000"}"#
-    );
+    assert_eq!(encode_key(&Bson::Int64(-5_000_000_000)), br#"{"id":"-5000000000"}"#);
     // The direct forms are what bson's relaxed text gives.
     for id in [Bson::Int32(-7), Bson::Int64(1 << 40), Bson::ObjectId(oid)] {
-        let via_bson = serde_json::to_vec(&KeyOut {
-            id: id_relaxed_json(&id),
-        })
-        .unwrap();
+        let via_bson = serde_json::to_vec(&KeyOut { id: id_relaxed_json(&id) }).unwrap();
         assert_eq!(encode_key(&id), via_bson);
     }
-    assert_eq!(
-        encode_key(&Bson::String("abc".into())),
-        br#"{"id":"\"abc\""}"#
-    );
+    assert_eq!(encode_key(&Bson::String("abc".into())), br#"{"id":"\"abc\""}"#);
 }
 
 #[test]
 fn numerically_equal_ids_share_a_key() {
     let one = encode_key(&Bson::Int32(1));
-    for same in [
-        Bson::Int64(1),
-        Bson::Double(1.0),
-        Bson::Decimal128("1".parse().unwrap()),
-        Bson::Decimal128("1.00".parse().unwrap()),
-        Bson::Decimal128("1E+0".parse().unwrap()),
-    ] {
+    for same in [Bson::Int64(1), Bson::Double(1.0), Bson::Decimal128("1".parse().unwrap()), Bson::Decimal128("1.00".parse().unwrap()), Bson::Decimal128("1E+0".parse().unwrap())] {
         assert_eq!(encode_key(&same), one, "{same:?}");
         assert_eq!(id_fold_key(&same), id_fold_key(&Bson::Int32(1)), "{same:?}");
     }
     assert_eq!(encode_key(&Bson::Double(-0.0)), encode_key(&Bson::Int32(0)));
     // Not whole, or too large to be exact: Debezium's text.
     assert_eq!(encode_key(&Bson::Double(1.5)), br#"{"id":"1.5"}"#);
-    assert_ne!(
-        encode_key(&Bson::Double(1e300)),
-        encode_key(&Bson::Int64(i64::MAX))
-    );
+    assert_ne!(encode_key(&Bson::Double(1e300)), encode_key(&Bson::Int64(i64::MAX)));
 }
 
 #[test]
 fn values_have_debeziums_layout() {
     let mut ev = event(Op::Update, Some(doc! {"_id": 1, "s": "a\"b"}));
-    ev.update = Some(UpdateDescription {
-        updated_fields: doc! {"s": "a\"b"},
-        removed_fields: vec!["x".into()],
-        truncated_arrays: vec![],
-    });
+    ev.update = Some(UpdateDescription { updated_fields: doc! {"s": "a\"b"}, removed_fields: vec!["x".into()], truncated_arrays: vec![] });
     let value = String::from_utf8(encode_value(&ev, 5).unwrap()).unwrap();
     let expected = serde_json::json!({
         "before": null,
@@ -115,9 +85,7 @@ fn values_have_debeziums_layout() {
     });
     assert_eq!(value, expected.to_string());
     let delete = encode_value(&event(Op::Delete, Some(doc! {"_id": 1})), 5).unwrap();
-    assert!(String::from_utf8(delete)
-        .unwrap()
-        .starts_with(r#"{"before":null,"after":null,"updateDescription":null,"source":{"#));
+    assert!(String::from_utf8(delete).unwrap().starts_with(r#"{"before":null,"after":null,"updateDescription":null,"source":{"#));
 }
 
 #[test]
@@ -147,10 +115,7 @@ fn every_bson_type_survives_byte_for_byte() {
     };
     let ev = event(Op::Create, Some(doc));
     let back = round_trip(&ev);
-    assert_eq!(
-        back.after.as_ref().unwrap().as_bytes(),
-        ev.after.as_ref().unwrap().as_bytes()
-    );
+    assert_eq!(back.after.as_ref().unwrap().as_bytes(), ev.after.as_ref().unwrap().as_bytes());
     assert_eq!(back.op, Op::Create);
     assert_eq!(back.ns, ev.ns);
 }
@@ -171,10 +136,7 @@ fn update_description_round_trips() {
     ev.update = Some(UpdateDescription {
         updated_fields: doc! {"a.2": 5i64, "b": {"c": 1}},
         removed_fields: vec!["x".into()],
-        truncated_arrays: vec![TruncatedArray {
-            field: "a".into(),
-            size: 3,
-        }],
+        truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 3 }],
     });
     let back = round_trip(&ev);
     assert_eq!(back.update, ev.update);
@@ -184,30 +146,12 @@ fn update_description_round_trips() {
 #[test]
 fn tombstones_and_bad_input() {
     assert_eq!(decode(Some(b"{}"), None, "t"), Ok(Decoded::Tombstone));
-    assert!(matches!(
-        decode(None, Some(b"{nope"), "t"),
-        Err(DecodeError::InvalidJson(_))
-    ));
-    assert!(matches!(
-        decode(None, Some(&[0xff, 0xfe]), "t"),
-        Err(DecodeError::InvalidJson(_))
-    ));
-    assert_eq!(
-        decode(None, Some(b"[1]"), "t"),
-        Err(DecodeError::NotAnObject)
-    );
-    assert_eq!(
-        decode(None, Some(br#"{"op":"x"}"#), "t"),
-        Err(DecodeError::UnknownOp("x".into()))
-    );
-    assert_eq!(
-        decode(None, Some(br#"{"op":"c","after":null}"#), "t"),
-        Err(DecodeError::MissingField("after"))
-    );
-    assert_eq!(
-        decode(Some(br#"{"id":"1"}"#), Some(br#"{"op":"u"}"#), "p.d.c"),
-        Err(DecodeError::EmptyUpdate)
-    );
+    assert!(matches!(decode(None, Some(b"{nope"), "t"), Err(DecodeError::InvalidJson(_))));
+    assert!(matches!(decode(None, Some(&[0xff, 0xfe]), "t"), Err(DecodeError::InvalidJson(_))));
+    assert_eq!(decode(None, Some(b"[1]"), "t"), Err(DecodeError::NotAnObject));
+    assert_eq!(decode(None, Some(br#"{"op":"x"}"#), "t"), Err(DecodeError::UnknownOp("x".into())));
+    assert_eq!(decode(None, Some(br#"{"op":"c","after":null}"#), "t"), Err(DecodeError::MissingField("after")));
+    assert_eq!(decode(Some(br#"{"id":"1"}"#), Some(br#"{"op":"u"}"#), "p.d.c"), Err(DecodeError::EmptyUpdate));
 }
 
 /// A `u` event as Debezium 2.x writes it in `change_streams` mode (no `after`), wrapped
@@ -219,38 +163,22 @@ fn debezium_wrapped_update_without_after() {
         "updateDescription":{"removedFields":["gone"],"updatedFields":"{\"n\": {\"$numberLong\": \"5\"}, \"when\": {\"$date\": 1700000000000}, \"bin\": {\"$binary\": \"AAE=\", \"$type\": \"00\"}}","truncatedArrays":null},
         "source":{"version":"2.5.0.Final","connector":"mongodb","name":"dbserver1","ts_ms":1700000000000,"snapshot":"false","db":"inventory","sequence":null,"rs":"rs0","collection":"customers","ord":1,"lsid":null,"txnNumber":null},
         "op":"u","ts_ms":1700000000123,"transaction":null}}"#;
-    let Decoded::Event(ev) =
-        decode(Some(key), Some(value), "dbserver1.inventory.customers").unwrap()
-    else {
+    let Decoded::Event(ev) = decode(Some(key), Some(value), "dbserver1.inventory.customers").unwrap() else {
         panic!("tombstone")
     };
     assert_eq!(ev.ns, Namespace::new("inventory", "customers"));
-    assert_eq!(
-        ev.id,
-        Bson::ObjectId(ObjectId::parse_str("65976a473f3a210c022ffc55").unwrap())
-    );
+    assert_eq!(ev.id, Bson::ObjectId(ObjectId::parse_str("65976a473f3a210c022ffc55").unwrap()));
     let u = ev.update.unwrap();
     assert_eq!(u.removed_fields, vec!["gone".to_string()]);
     assert_eq!(u.updated_fields.get_i64("n").unwrap(), 5);
-    assert_eq!(
-        u.updated_fields
-            .get_datetime("when")
-            .unwrap()
-            .timestamp_millis(),
-        1_700_000_000_000
-    );
-    assert_eq!(
-        u.updated_fields.get_binary_generic("bin").unwrap(),
-        &vec![0u8, 1]
-    );
+    assert_eq!(u.updated_fields.get_datetime("when").unwrap().timestamp_millis(), 1_700_000_000_000);
+    assert_eq!(u.updated_fields.get_binary_generic("bin").unwrap(), &vec![0u8, 1]);
 }
 
 #[test]
 fn relaxed_after_and_topic_namespace() {
     let value = br#"{"after":"{\"_id\": 5, \"price\": 1.5, \"at\": {\"$date\": \"2024-01-02T03:04:05.006Z\"}}","op":"r"}"#;
-    let Decoded::Event(ev) = decode(None, Some(value), "pfx.shop.items").unwrap() else {
-        panic!()
-    };
+    let Decoded::Event(ev) = decode(None, Some(value), "pfx.shop.items").unwrap() else { panic!() };
     assert_eq!(ev.ns, Namespace::new("shop", "items"));
     assert_eq!(ev.id, Bson::Int32(5));
     let doc = ev.after.unwrap().to_document().unwrap();
@@ -260,24 +188,13 @@ fn relaxed_after_and_topic_namespace() {
 #[test]
 fn fold_keys_treat_numbers_by_value() {
     assert_eq!(id_fold_key(&Bson::Int32(5)), id_fold_key(&Bson::Int64(5)));
-    assert_eq!(
-        id_fold_key(&Bson::Double(5.0)),
-        id_fold_key(&Bson::Int64(5))
-    );
-    assert_ne!(
-        id_fold_key(&Bson::String("5".into())),
-        id_fold_key(&Bson::Int32(5))
-    );
+    assert_eq!(id_fold_key(&Bson::Double(5.0)), id_fold_key(&Bson::Int64(5)));
+    assert_ne!(id_fold_key(&Bson::String("5".into())), id_fold_key(&Bson::Int32(5)));
 }
 
 #[test]
 fn clear_markers_round_trip_and_foreign_truncates_are_refused() {
-    let marker = ClearMarker {
-        ns: Namespace::new("app", "orders"),
-        partition: 3,
-        partitions: 8,
-        reason: "dropped".into(),
-    };
+    let marker = ClearMarker { ns: Namespace::new("app", "orders"), partition: 3, partitions: 8, reason: "dropped".into() };
     let source = SourceInfo {
         name: "docrepl".into(),
         rs: "rs0".into(),
@@ -288,16 +205,10 @@ fn clear_markers_round_trip_and_foreign_truncates_are_refused() {
         txn_number: None,
     };
     let (key, value) = encode_clear_marker(&marker, &source, 1);
-    assert_eq!(
-        decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap(),
-        Decoded::Clear(marker)
-    );
+    assert_eq!(decode(Some(&key), Some(&value), "docrepl.app.orders").unwrap(), Decoded::Clear(marker));
 
     let foreign = br#"{"op":"t","source":{"db":"app","collection":"orders"}}"#;
-    assert!(matches!(
-        decode(None, Some(foreign), "docrepl.app.orders"),
-        Err(DecodeError::ForeignTruncate)
-    ));
+    assert!(matches!(decode(None, Some(foreign), "docrepl.app.orders"), Err(DecodeError::ForeignTruncate)));
     let out_of_range = br#"{"op":"t","source":{"db":"app","collection":"orders"},"docrepl":{"clear":{"partition":8,"partitions":8}}}"#;
     assert!(decode(None, Some(out_of_range), "docrepl.app.orders").is_err());
 }
@@ -306,22 +217,8 @@ fn clear_markers_round_trip_and_foreign_truncates_are_refused() {
 fn tricky_key() -> impl proptest::strategy::Strategy<Value = String> {
     use proptest::prelude::*;
     prop_oneof![
-        proptest::sample::select(vec![
-            "$date",
-            "$oid",
-            "$regex",
-            "$options",
-            "$numberLong",
-            "$numberInt",
-            "$binary",
-            "$type",
-            "$",
-            "$$x",
-            "a.b",
-            ".",
-            "$a.$b"
-        ])
-        .prop_map(str::to_string),
+        proptest::sample::select(vec!["$date", "$oid", "$regex", "$options", "$numberLong", "$numberInt", "$binary", "$type", "$", "$$x", "a.b", ".", "$a.$b"])
+            .prop_map(str::to_string),
         "[a-z$.]{1,5}",
     ]
 }
@@ -338,8 +235,7 @@ fn tricky_value() -> impl proptest::strategy::Strategy<Value = Bson> {
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(Bson::Array),
-            proptest::collection::vec((tricky_key(), inner), 0..4)
-                .prop_map(|kv| Bson::Document(kv.into_iter().collect())),
+            proptest::collection::vec((tricky_key(), inner), 0..4).prop_map(|kv| Bson::Document(kv.into_iter().collect())),
         ]
     })
 }

@@ -34,11 +34,7 @@ pub struct PairConfig {
 
 impl PairConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [
-            ("pair.name", &self.name),
-            ("pair.source_region", &self.source_region),
-            ("pair.target_region", &self.target_region),
-        ] {
+        for (key, value) in [("pair.name", &self.name), ("pair.source_region", &self.source_region), ("pair.target_region", &self.target_region)] {
             if let Some(v) = value {
                 if !is_name(v) {
                     return Err(ConfigError::invalid(key, format!("{v:?} must be letters, digits, '-' or '_' (it becomes part of topic and group names)")));
@@ -55,9 +51,7 @@ impl PairConfig {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Who a direction is: the pair, which trip, the regions (when known).
@@ -73,10 +67,7 @@ impl Direction {
     pub fn of(config: &crate::config::Config) -> Direction {
         let pair = &config.pair;
         Direction {
-            pair: pair
-                .name
-                .clone()
-                .unwrap_or_else(|| config.kafka.topic_prefix.clone()),
+            pair: pair.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone()),
             trip: pair.trip,
             source_region: pair.source_region.clone(),
             target_region: pair.target_region.clone(),
@@ -86,13 +77,7 @@ impl Direction {
     /// "eu → us (pair orders, trip 1)" for messages.
     pub fn describe(&self) -> String {
         let side = |r: &Option<String>, d: &str| r.clone().unwrap_or_else(|| d.to_string());
-        format!(
-            "{} → {} (pair {}, trip {})",
-            side(&self.source_region, "source"),
-            side(&self.target_region, "target"),
-            self.pair,
-            self.trip
-        )
+        format!("{} → {} (pair {}, trip {})", side(&self.source_region, "source"), side(&self.target_region, "target"), self.pair, self.trip)
     }
 }
 
@@ -133,26 +118,11 @@ pub struct ReverseError(pub String);
 /// keys that name the old side's hosts (`source.instance_id`) are dropped.
 pub fn reversed(old: &toml::Value, r: &Reversal) -> Result<toml::Value, ReverseError> {
     let err = |m: &str| ReverseError(m.to_string());
-    let root = old
-        .as_table()
-        .ok_or_else(|| err("the file is not a TOML table"))?;
-    let src = root
-        .get("source")
-        .and_then(|v| v.as_table())
-        .ok_or_else(|| err("it has no [source] section"))?;
-    let sink = root
-        .get("sink")
-        .and_then(|v| v.as_table())
-        .ok_or_else(|| err("it has no [sink] section"))?;
-    let kafka = root
-        .get("kafka")
-        .and_then(|v| v.as_table())
-        .ok_or_else(|| err("it has no [kafka] section"))?;
-    if sink
-        .get("namespace_map")
-        .and_then(|m| m.as_table())
-        .is_some_and(|m| !m.is_empty())
-    {
+    let root = old.as_table().ok_or_else(|| err("the file is not a TOML table"))?;
+    let src = root.get("source").and_then(|v| v.as_table()).ok_or_else(|| err("it has no [source] section"))?;
+    let sink = root.get("sink").and_then(|v| v.as_table()).ok_or_else(|| err("it has no [sink] section"))?;
+    let kafka = root.get("kafka").and_then(|v| v.as_table()).ok_or_else(|| err("it has no [kafka] section"))?;
+    if sink.get("namespace_map").and_then(|m| m.as_table()).is_some_and(|m| !m.is_empty()) {
         return Err(err("sink.namespace_map renames namespaces, and turning a rename around (which target databases to read, how to name them back) is not automated yet: write the reversed file by hand (deploy/runbook.md)"));
     }
     if let Some(state) = src.get("state").and_then(|v| v.as_table()) {
@@ -161,11 +131,7 @@ pub fn reversed(old: &toml::Value, r: &Reversal) -> Result<toml::Value, ReverseE
         }
     }
     let str_of = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let source_state_db = src
-        .get("state")
-        .and_then(|v| v.as_table())
-        .and_then(|t| str_of(t, "database"))
-        .unwrap_or_else(|| "docrepl".into());
+    let source_state_db = src.get("state").and_then(|v| v.as_table()).and_then(|t| str_of(t, "database")).unwrap_or_else(|| "docrepl".into());
     let sink_state_db = str_of(sink, "state_database").unwrap_or_else(|| "docrepl".into());
     let (prefix, group) = r.names();
 
@@ -175,18 +141,10 @@ pub fn reversed(old: &toml::Value, r: &Reversal) -> Result<toml::Value, ReverseE
     for key in ["instance_id", "name", "state", "start_at"] {
         new_source.remove(key);
     }
-    new_source.insert(
-        "uri".into(),
-        sink.get("uri")
-            .cloned()
-            .ok_or_else(|| err("sink.uri is missing"))?,
-    );
+    new_source.insert("uri".into(), sink.get("uri").cloned().ok_or_else(|| err("sink.uri is missing"))?);
     set_or_remove(&mut new_source, "flavor", sink.get("flavor"));
     new_source.insert("initial_copy".into(), toml::Value::Boolean(false));
-    new_source.insert(
-        "start_at".into(),
-        toml::Value::String(format!("{}.{}", r.start_at.time, r.start_at.increment)),
-    );
+    new_source.insert("start_at".into(), toml::Value::String(format!("{}.{}", r.start_at.time, r.start_at.increment)));
     let mut state = toml::Table::new();
     state.insert("database".into(), toml::Value::String(sink_state_db));
     new_source.insert("state".into(), toml::Value::Table(state));
@@ -197,18 +155,10 @@ pub fn reversed(old: &toml::Value, r: &Reversal) -> Result<toml::Value, ReverseE
     for key in ["topics", "namespace_map"] {
         new_sink.remove(key);
     }
-    new_sink.insert(
-        "uri".into(),
-        src.get("uri")
-            .cloned()
-            .ok_or_else(|| err("source.uri is missing"))?,
-    );
+    new_sink.insert("uri".into(), src.get("uri").cloned().ok_or_else(|| err("source.uri is missing"))?);
     set_or_remove(&mut new_sink, "flavor", src.get("flavor"));
     new_sink.insert("group_id".into(), toml::Value::String(group));
-    new_sink.insert(
-        "state_database".into(),
-        toml::Value::String(source_state_db),
-    );
+    new_sink.insert("state_database".into(), toml::Value::String(source_state_db));
 
     let mut new_kafka = kafka.clone();
     new_kafka.remove("dead_letter_topic");
@@ -216,14 +166,8 @@ pub fn reversed(old: &toml::Value, r: &Reversal) -> Result<toml::Value, ReverseE
 
     let mut pair = toml::Table::new();
     pair.insert("name".into(), toml::Value::String(r.pair.clone()));
-    pair.insert(
-        "source_region".into(),
-        toml::Value::String(r.source_region.clone()),
-    );
-    pair.insert(
-        "target_region".into(),
-        toml::Value::String(r.target_region.clone()),
-    );
+    pair.insert("source_region".into(), toml::Value::String(r.source_region.clone()));
+    pair.insert("target_region".into(), toml::Value::String(r.target_region.clone()));
     pair.insert("trip".into(), toml::Value::Integer(i64::from(r.trip)));
 
     let mut out = root.clone();
@@ -271,21 +215,11 @@ target_region = "us"
 "#;
 
     fn reversal() -> Reversal {
-        Reversal {
-            pair: "orders".into(),
-            trip: 1,
-            source_region: "us".into(),
-            target_region: "eu".into(),
-            start_at: bson::Timestamp {
-                time: 1_765_000_000,
-                increment: 7,
-            },
-        }
+        Reversal { pair: "orders".into(), trip: 1, source_region: "us".into(), target_region: "eu".into(), start_at: bson::Timestamp { time: 1_765_000_000, increment: 7 } }
     }
 
     fn load(text: &str) -> Config {
-        Config::from_toml_str(text, std::path::Path::new("t.toml"), Vec::new(), Role::Both)
-            .expect("valid config")
+        Config::from_toml_str(text, std::path::Path::new("t.toml"), Vec::new(), Role::Both).expect("valid config")
     }
 
     #[test]
@@ -293,33 +227,18 @@ target_region = "us"
         let old: toml::Value = toml::from_str(PAIR).unwrap();
         let new = reversed(&old, &reversal()).unwrap();
         let config = load(&toml::to_string(&new).unwrap());
-        let (src, sink) = (
-            config.source.as_ref().unwrap(),
-            config.sink.as_ref().unwrap(),
-        );
+        let (src, sink) = (config.source.as_ref().unwrap(), config.sink.as_ref().unwrap());
         assert_eq!(src.uri, "mongodb://b.example:27017/?replicaSet=b");
         assert_eq!(src.flavor().0, crate::flavor::Flavor::DocumentDb);
         assert_eq!(src.database.as_deref(), Some("app"));
         assert_eq!(src.collections, vec!["orders".to_string()]);
         assert_eq!(src.copy_batch_size, 500, "settings of the source side stay");
         assert!(!src.initial_copy);
-        assert_eq!(
-            src.start_at,
-            Some(bson::Timestamp {
-                time: 1_765_000_000,
-                increment: 7
-            })
-        );
+        assert_eq!(src.start_at, Some(bson::Timestamp { time: 1_765_000_000, increment: 7 }));
         assert_eq!(src.instance_id, None, "the old side's instance names go");
-        assert_eq!(
-            src.state.database, "docrepl_b",
-            "the new source keeps state where the old sink did"
-        );
+        assert_eq!(src.state.database, "docrepl_b", "the new source keeps state where the old sink did");
         assert_eq!(sink.uri, "mongodb://a.example:27017/?replicaSet=a");
-        assert_eq!(
-            sink.state_database, "docrepl",
-            "the new sink keeps state where the old source did"
-        );
+        assert_eq!(sink.state_database, "docrepl", "the new sink keeps state where the old source did");
         assert_eq!(sink.group_id, "orders-us");
         assert_eq!(config.kafka.topic_prefix, "orders-us");
         assert_eq!(config.kafka.dead_letter_topic(), "orders-us-dead-letters");
@@ -332,21 +251,10 @@ target_region = "us"
     fn turning_around_twice_gives_the_first_clusters_back_under_new_names() {
         let old: toml::Value = toml::from_str(PAIR).unwrap();
         let once = reversed(&old, &reversal()).unwrap();
-        let back = Reversal {
-            trip: 2,
-            source_region: "eu".into(),
-            target_region: "us".into(),
-            ..reversal()
-        };
+        let back = Reversal { trip: 2, source_region: "eu".into(), target_region: "us".into(), ..reversal() };
         let twice = load(&toml::to_string(&reversed(&once, &back).unwrap()).unwrap());
-        assert_eq!(
-            twice.source.as_ref().unwrap().uri,
-            "mongodb://a.example:27017/?replicaSet=a"
-        );
-        assert_eq!(
-            twice.sink.as_ref().unwrap().uri,
-            "mongodb://b.example:27017/?replicaSet=b"
-        );
+        assert_eq!(twice.source.as_ref().unwrap().uri, "mongodb://a.example:27017/?replicaSet=a");
+        assert_eq!(twice.sink.as_ref().unwrap().uri, "mongodb://b.example:27017/?replicaSet=b");
         assert_eq!(twice.sink.as_ref().unwrap().state_database, "docrepl_b");
         assert_eq!(twice.kafka.topic_prefix, "orders-eu");
         assert_eq!(twice.pair.trip, 2);
@@ -354,10 +262,7 @@ target_region = "us"
 
     #[test]
     fn a_renaming_pair_is_refused_with_the_reason() {
-        let text = PAIR.replace(
-            "state_database = \"docrepl_b\"",
-            "[sink.namespace_map]\n\"app.orders\" = \"copy.orders\"",
-        );
+        let text = PAIR.replace("state_database = \"docrepl_b\"", "[sink.namespace_map]\n\"app.orders\" = \"copy.orders\"");
         let e = reversed(&toml::from_str(&text).unwrap(), &reversal()).unwrap_err();
         assert!(e.to_string().contains("sink.namespace_map"), "{e}");
     }
@@ -365,21 +270,9 @@ target_region = "us"
     #[test]
     fn pair_names_must_fit_topic_names() {
         let text = PAIR.replace("source_region = \"eu\"", "source_region = \"eu west\"");
-        let e = Config::from_toml_str(
-            &text,
-            std::path::Path::new("t.toml"),
-            Vec::new(),
-            Role::Both,
-        )
-        .unwrap_err();
+        let e = Config::from_toml_str(&text, std::path::Path::new("t.toml"), Vec::new(), Role::Both).unwrap_err();
         assert!(e.to_string().contains("pair.source_region"), "{e}");
         let same = PAIR.replace("target_region = \"us\"", "target_region = \"eu\"");
-        assert!(Config::from_toml_str(
-            &same,
-            std::path::Path::new("t.toml"),
-            Vec::new(),
-            Role::Both
-        )
-        .is_err());
+        assert!(Config::from_toml_str(&same, std::path::Path::new("t.toml"), Vec::new(), Role::Both).is_err());
     }
 }

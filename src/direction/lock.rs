@@ -70,59 +70,26 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "instance {} (the {} side of {}, renewed {:.0} s ago)",
-            self.instance, self.here, self.direction, self.renewed_secs_ago
-        )
+        write!(f, "instance {} (the {} side of {}, renewed {:.0} s ago)", self.instance, self.here, self.direction, self.renewed_secs_ago)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("the direction lock of pair {pair} in {cluster} is held by the opposite direction: {holder}. Stop it first (and turn the pair around with `docrepl reverse`); two directions at once would send every write back and forth")]
-    Held {
-        pair: String,
-        cluster: String,
-        holder: Holder,
-    },
+    Held { pair: String, cluster: String, holder: Holder },
     #[error("pair {pair} was turned around in {cluster}: its record is at trip {recorded} ({here} there, since {since}), this config is at trip {trip}, from before the turn. Use the file `docrepl reverse` wrote, or reverse again to fail back")]
-    TurnedAround {
-        pair: String,
-        cluster: String,
-        recorded: i64,
-        here: String,
-        since: String,
-        trip: u32,
-    },
+    TurnedAround { pair: String, cluster: String, recorded: i64, here: String, since: String, trip: u32 },
     #[error("pair {pair} is at trip {trip} in {cluster} with that cluster as its {recorded}, but this config makes it the {here}: the file does not belong to this trip (compare pair.trip and the URIs with the file `docrepl reverse` wrote)")]
-    WrongSide {
-        pair: String,
-        cluster: String,
-        trip: u32,
-        recorded: String,
-        here: String,
-    },
+    WrongSide { pair: String, cluster: String, trip: u32, recorded: String, here: String },
     #[error("the direction lock in {cluster}: {source}")]
-    Mongo {
-        cluster: String,
-        source: mongodb::error::Error,
-    },
+    Mongo { cluster: String, source: mongodb::error::Error },
 }
 
 /// Whether `e` (anywhere in its chain) is the lock refusing: a setting or an order of
 /// steps to fix (exit 2), not a failure to retry.
 pub fn is_refusal(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<LockError>(),
-            Some(
-                LockError::Held { .. }
-                    | LockError::TurnedAround { .. }
-                    | LockError::WrongSide { .. }
-            )
-        )
-    })
+    e.chain().any(|c| matches!(c.downcast_ref::<LockError>(), Some(LockError::Held { .. } | LockError::TurnedAround { .. } | LockError::WrongSide { .. })))
 }
 
 fn coll(db: &Database) -> Collection<Document> {
@@ -145,39 +112,15 @@ pub struct Lock {
 /// registers as a holder unless a live holder of the opposite role is there, then settles
 /// the trip (see `settle_trip`; after the holder check, so that a refused start retires
 /// nothing). `source_scope`: the source's checkpoint scope, when `here` is `Source`.
-pub async fn claim(
-    db: &Database,
-    cluster: &str,
-    direction: &Direction,
-    here: Here,
-    instance: &str,
-    source_scope: Option<&str>,
-) -> Result<Lock, LockError> {
-    let mongo = |source| LockError::Mongo {
-        cluster: cluster.to_string(),
-        source,
-    };
+pub async fn claim(db: &Database, cluster: &str, direction: &Direction, here: Here, instance: &str, source_scope: Option<&str>) -> Result<Lock, LockError> {
+    let mongo = |source| LockError::Mongo { cluster: cluster.to_string(), source };
     let id = format!("{}/holder/{}/{}", direction.pair, here.name(), instance);
-    let lock = Lock {
-        db: db.clone(),
-        cluster: cluster.to_string(),
-        direction: direction.clone(),
-        here,
-        instance: instance.to_string(),
-        id,
-        failure: Default::default(),
-    };
+    let lock = Lock { db: db.clone(), cluster: cluster.to_string(), direction: direction.clone(), here, instance: instance.to_string(), id, failure: Default::default() };
     lock.renew(true).await.map_err(mongo)?;
     // Yield to any opposite holder that claimed before (or with) this one.
     let refused = match lock.opposite_holder(false).await {
-        Ok(Some(holder)) => Some(LockError::Held {
-            pair: direction.pair.clone(),
-            cluster: cluster.to_string(),
-            holder,
-        }),
-        Ok(None) => settle_trip(db, cluster, direction, here, source_scope, None)
-            .await
-            .err(),
+        Ok(Some(holder)) => Some(LockError::Held { pair: direction.pair.clone(), cluster: cluster.to_string(), holder }),
+        Ok(None) => settle_trip(db, cluster, direction, here, source_scope, None).await.err(),
         Err(e) => Some(mongo(e)),
     };
     if let Some(refusal) = refused {
@@ -191,11 +134,7 @@ pub async fn claim(
 impl Lock {
     /// Renews the holder document; `first` also stamps `since`.
     async fn renew(&self, first: bool) -> mongodb::error::Result<()> {
-        let dates = if first {
-            doc! {"renewed_at": true, "since": true}
-        } else {
-            doc! {"renewed_at": true}
-        };
+        let dates = if first { doc! {"renewed_at": true, "since": true} } else { doc! {"renewed_at": true} };
         coll(&self.db)
             .update_one(
                 doc! {"_id": &self.id},
@@ -214,12 +153,8 @@ impl Lock {
     /// run` within one cluster is both source and target there). A running service asks
     /// `strictly`, so that a newcomer's brief claim before it refuses stops nothing.
     async fn opposite_holder(&self, strictly: bool) -> mongodb::error::Result<Option<Holder>> {
-        let Some(mine) = coll(&self.db).find_one(doc! {"_id": &self.id}).await? else {
-            return Ok(None);
-        };
-        let Ok(now) = mine.get_datetime("renewed_at").copied() else {
-            return Ok(None);
-        };
+        let Some(mine) = coll(&self.db).find_one(doc! {"_id": &self.id}).await? else { return Ok(None) };
+        let Ok(now) = mine.get_datetime("renewed_at").copied() else { return Ok(None) };
         let since = mine.get_datetime("since").ok().copied();
         let me = self.instance.as_str();
         let earlier = |h: &Holder| match (h.since, since) {
@@ -228,10 +163,7 @@ impl Lock {
             // A holder from before `since` was stamped: take it as the earlier.
             _ => true,
         };
-        Ok(live_holders(&self.db, &self.direction.pair, now)
-            .await?
-            .into_iter()
-            .find(|h| h.here != self.here.name() && h.instance != me && earlier(h)))
+        Ok(live_holders(&self.db, &self.direction.pair, now).await?.into_iter().find(|h| h.here != self.here.name() && h.instance != me && earlier(h)))
     }
 
     /// Renews the claim every few seconds until `shutdown`; when the opposite direction
@@ -247,11 +179,7 @@ impl Lock {
                 let found = async {
                     lock.renew(false).await?;
                     if let Some(holder) = lock.opposite_holder(true).await? {
-                        return Ok(Some(LockError::Held {
-                            pair: lock.direction.pair.clone(),
-                            cluster: lock.cluster.clone(),
-                            holder,
-                        }));
+                        return Ok(Some(LockError::Held { pair: lock.direction.pair.clone(), cluster: lock.cluster.clone(), holder }));
                     }
                     newer_trip(&lock.db, &lock.cluster, &lock.direction).await
                 }
@@ -274,11 +202,7 @@ impl Lock {
     /// After the service stopped: why `keep` stopped it, if it did; else the claim is
     /// released.
     pub async fn finish(&self) -> Result<(), LockError> {
-        let refusal = self
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let refusal = self.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         match refusal {
             Some(refusal) => Err(refusal),
             None => {
@@ -292,39 +216,16 @@ impl Lock {
     /// once. Bounded: with the cluster unreachable a stop must not wait for server
     /// selection; the claim then lapses by itself.
     async fn release(&self) {
-        match tokio::time::timeout(
-            RELEASE_WAIT,
-            coll(&self.db).delete_one(doc! {"_id": &self.id}),
-        )
-        .await
-        {
+        match tokio::time::timeout(RELEASE_WAIT, coll(&self.db).delete_one(doc! {"_id": &self.id})).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(
-                "cannot release the direction lock in {} (it lapses in {} s): {e}",
-                self.cluster,
-                LIVE.as_secs()
-            ),
-            Err(_) => warn!(
-                "the direction lock in {} was not released within {} s (it lapses in {} s)",
-                self.cluster,
-                RELEASE_WAIT.as_secs(),
-                LIVE.as_secs()
-            ),
+            Ok(Err(e)) => warn!("cannot release the direction lock in {} (it lapses in {} s): {e}", self.cluster, LIVE.as_secs()),
+            Err(_) => warn!("the direction lock in {} was not released within {} s (it lapses in {} s)", self.cluster, RELEASE_WAIT.as_secs(), LIVE.as_secs()),
         }
     }
 }
 
-async fn newer_trip(
-    db: &Database,
-    cluster: &str,
-    direction: &Direction,
-) -> mongodb::error::Result<Option<LockError>> {
-    let Some(turn) = coll(db)
-        .find_one(doc! {"_id": turn_id(&direction.pair)})
-        .await?
-    else {
-        return Ok(None);
-    };
+async fn newer_trip(db: &Database, cluster: &str, direction: &Direction) -> mongodb::error::Result<Option<LockError>> {
+    let Some(turn) = coll(db).find_one(doc! {"_id": turn_id(&direction.pair)}).await? else { return Ok(None) };
     let recorded = turn.get_i64("trip").unwrap_or(0);
     Ok((recorded > i64::from(direction.trip)).then(|| turned_around(cluster, direction, &turn)))
 }
@@ -335,28 +236,19 @@ fn turned_around(cluster: &str, direction: &Direction, turn: &Document) -> LockE
         cluster: cluster.to_string(),
         recorded: turn.get_i64("trip").unwrap_or(0),
         here: turn.get_str("here").unwrap_or("?").to_string(),
-        since: turn
-            .get_datetime("at")
-            .map(|d| d.to_string())
-            .unwrap_or_else(|_| "?".into()),
+        since: turn.get_datetime("at").map(|d| d.to_string()).unwrap_or_else(|_| "?".into()),
         trip: direction.trip,
     }
 }
 
 /// The holders of `pair` on this cluster renewed within `LIVE` before `now` (a date the
 /// same server wrote).
-async fn live_holders(
-    db: &Database,
-    pair: &str,
-    now: bson::DateTime,
-) -> mongodb::error::Result<Vec<Holder>> {
+async fn live_holders(db: &Database, pair: &str, now: bson::DateTime) -> mongodb::error::Result<Vec<Holder>> {
     let mut cursor = coll(db).find(doc! {"pair": pair}).await?;
     let mut out = Vec::new();
     while cursor.advance().await? {
         let d: Document = cursor.deserialize_current()?;
-        let Ok(renewed) = d.get_datetime("renewed_at") else {
-            continue;
-        };
+        let Ok(renewed) = d.get_datetime("renewed_at") else { continue };
         let ago = (now.timestamp_millis() - renewed.timestamp_millis()) as f64 / 1000.0;
         if ago * 1000.0 < LIVE.as_millis() as f64 {
             out.push(Holder {
@@ -373,33 +265,16 @@ async fn live_holders(
 
 /// Every live holder of `direction.pair` in this cluster (for `reverse`, which needs the
 /// old direction stopped): the server's time is read by writing a probe.
-pub async fn running(
-    db: &Database,
-    cluster: &str,
-    direction: &Direction,
-) -> Result<Vec<Holder>, LockError> {
-    let mongo = |source| LockError::Mongo {
-        cluster: cluster.to_string(),
-        source,
-    };
+pub async fn running(db: &Database, cluster: &str, direction: &Direction) -> Result<Vec<Holder>, LockError> {
+    let mongo = |source| LockError::Mongo { cluster: cluster.to_string(), source };
     let probe = format!("{}/probe/{}", direction.pair, bson::oid::ObjectId::new());
     coll(db)
-        .update_one(
-            doc! {"_id": &probe},
-            doc! {"$currentDate": {"renewed_at": true}},
-        )
+        .update_one(doc! {"_id": &probe}, doc! {"$currentDate": {"renewed_at": true}})
         .with_options(UpdateOptions::builder().upsert(true).build())
         .await
         .map_err(mongo)?;
-    let now = coll(db)
-        .find_one(doc! {"_id": &probe})
-        .await
-        .map_err(mongo)?
-        .and_then(|d| d.get_datetime("renewed_at").ok().copied());
-    coll(db)
-        .delete_one(doc! {"_id": &probe})
-        .await
-        .map_err(mongo)?;
+    let now = coll(db).find_one(doc! {"_id": &probe}).await.map_err(mongo)?.and_then(|d| d.get_datetime("renewed_at").ok().copied());
+    coll(db).delete_one(doc! {"_id": &probe}).await.map_err(mongo)?;
     match now {
         Some(now) => live_holders(db, &direction.pair, now).await.map_err(mongo),
         None => Ok(Vec::new()),
@@ -415,22 +290,9 @@ fn turn_id(pair: &str) -> String {
 /// checkpoints (scope from the record, else `old_scope`) are retired so no source ever
 /// replays from them. A newer record refuses (`TurnedAround`), as does the same trip with
 /// the cluster on the other side (`WrongSide`).
-pub async fn settle_trip(
-    db: &Database,
-    cluster: &str,
-    direction: &Direction,
-    here: Here,
-    source_scope: Option<&str>,
-    old_scope: Option<&str>,
-) -> Result<(), LockError> {
-    let mongo = |source| LockError::Mongo {
-        cluster: cluster.to_string(),
-        source,
-    };
-    let record = coll(db)
-        .find_one(doc! {"_id": turn_id(&direction.pair)})
-        .await
-        .map_err(mongo)?;
+pub async fn settle_trip(db: &Database, cluster: &str, direction: &Direction, here: Here, source_scope: Option<&str>, old_scope: Option<&str>) -> Result<(), LockError> {
+    let mongo = |source| LockError::Mongo { cluster: cluster.to_string(), source };
+    let record = coll(db).find_one(doc! {"_id": turn_id(&direction.pair)}).await.map_err(mongo)?;
     let trip = i64::from(direction.trip);
     if let Some(turn) = &record {
         let recorded = turn.get_i64("trip").unwrap_or(0);
@@ -442,29 +304,19 @@ pub async fn settle_trip(
             // database into another) is both source and target there.
             let was = turn.get_str("here").unwrap_or("?");
             if was != here.name() && trip > 0 {
-                return Err(LockError::WrongSide {
-                    pair: direction.pair.clone(),
-                    cluster: cluster.to_string(),
-                    trip: direction.trip,
-                    recorded: was.to_string(),
-                    here: here.name().to_string(),
-                });
+                return Err(LockError::WrongSide { pair: direction.pair.clone(), cluster: cluster.to_string(), trip: direction.trip, recorded: was.to_string(), here: here.name().to_string() });
             }
             return Ok(());
         }
     }
     // A newer trip (or the first record): retire what the cluster read as a source before.
     let scope = match &record {
-        Some(turn) if turn.get_str("here") == Ok("source") => {
-            turn.get_str("source_scope").ok().map(str::to_string)
-        }
+        Some(turn) if turn.get_str("here") == Ok("source") => turn.get_str("source_scope").ok().map(str::to_string),
         Some(_) => None,
         None => old_scope.map(str::to_string),
     };
     if let Some(scope) = scope.filter(|_| record.is_some() || direction.trip > 0) {
-        let n = retire_checkpoints(db, &scope, direction.trip)
-            .await
-            .map_err(mongo)?;
+        let n = retire_checkpoints(db, &scope, direction.trip).await.map_err(mongo)?;
         info!(pair = %direction.pair, cluster, "retired {n} checkpoints of {scope:?} (the direction before trip {})", direction.trip);
     }
     coll(db)
@@ -501,10 +353,7 @@ async fn retire_checkpoints(db: &Database, scope: &str, trip: u32) -> mongodb::e
     }
     let retired: Collection<Document> = db.collection(RETIRED_CHECKPOINTS);
     for d in &kept {
-        retired
-            .replace_one(doc! {"_id": d.get_str("_id").unwrap_or_default()}, d)
-            .upsert(true)
-            .await?;
+        retired.replace_one(doc! {"_id": d.get_str("_id").unwrap_or_default()}, d).upsert(true).await?;
     }
     Ok(checkpoints.delete_many(range).await?.deleted_count)
 }
@@ -514,12 +363,7 @@ async fn retire_checkpoints(db: &Database, scope: &str, trip: u32) -> mongodb::e
 /// recorded before for this trip stays: the applications may have written to the target
 /// since, and no comparison with the source would notice (a planned cutover compares
 /// every document, so it is only ready again while the target holds nothing new).
-pub async fn record_cutover(
-    db: &Database,
-    direction: &Direction,
-    at: Timestamp,
-    source_down: bool,
-) -> mongodb::error::Result<Timestamp> {
+pub async fn record_cutover(db: &Database, direction: &Direction, at: Timestamp, source_down: bool) -> mongodb::error::Result<Timestamp> {
     if source_down {
         if let Some(earlier) = cutover_point(db, direction).await? {
             return Ok(earlier);
@@ -536,14 +380,7 @@ pub async fn record_cutover(
 }
 
 /// The cutover point recorded for `direction`'s trip, if any.
-pub async fn cutover_point(
-    db: &Database,
-    direction: &Direction,
-) -> mongodb::error::Result<Option<Timestamp>> {
-    let found = coll(db)
-        .find_one(
-            doc! {"_id": format!("{}/cutover", direction.pair), "trip": i64::from(direction.trip)},
-        )
-        .await?;
+pub async fn cutover_point(db: &Database, direction: &Direction) -> mongodb::error::Result<Option<Timestamp>> {
+    let found = coll(db).find_one(doc! {"_id": format!("{}/cutover", direction.pair), "trip": i64::from(direction.trip)}).await?;
     Ok(found.and_then(|d| d.get_timestamp("at").ok()))
 }

@@ -15,13 +15,5 @@ pub fn instance_name(config: &crate::config::Config) -> String {
         .source
         .as_ref()
         .and_then(|s| s.instance_id.clone())
-        .unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                hostname::get()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| "host".into()),
-                std::process::id()
-            )
-        })
+        .unwrap_or_else(|| format!("{}-{}", hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into()), std::process::id()))
 }

@@ -36,68 +36,38 @@ pub struct ReverseArgs {
 
 /// Runs `reverse`; 0 when the file is written, 2 when a step before it must come first.
 pub async fn run(config: &Config, path: &Path, args: &ReverseArgs) -> anyhow::Result<u8> {
-    let src = config
-        .source
-        .as_ref()
-        .context("reverse needs the [source] section (the side that was read)")?;
-    let sink = config
-        .sink
-        .as_ref()
-        .context("reverse needs the [sink] section (the side the applications now use)")?;
+    let src = config.source.as_ref().context("reverse needs the [source] section (the side that was read)")?;
+    let sink = config.sink.as_ref().context("reverse needs the [sink] section (the side the applications now use)")?;
     let old = Direction::of(config);
     let region = |flag: &Option<String>, key: &Option<String>, name: &str| {
         flag.clone().or_else(|| key.clone()).with_context(|| format!("name the {name} region: pair.{name}_region in the file or --{name}-region (it names the reversed direction's topics and group)"))
     };
     let source_region = region(&args.source_region, &config.pair.source_region, "source")?;
     let target_region = region(&args.target_region, &config.pair.target_region, "target")?;
-    anyhow::ensure!(
-        source_region != target_region,
-        "the source and target regions are both {source_region:?}"
-    );
+    anyhow::ensure!(source_region != target_region, "the source and target regions are both {source_region:?}");
     if args.write.exists() {
-        println!(
-            "not reversed: {} exists; name a new file (the reversed direction's config)",
-            args.write.display()
-        );
+        println!("not reversed: {} exists; name a new file (the reversed direction's config)", args.write.display());
         return Ok(2);
     }
-    let old = Direction {
-        source_region: Some(source_region.clone()),
-        target_region: Some(target_region.clone()),
-        ..old
-    };
+    let old = Direction { source_region: Some(source_region.clone()), target_region: Some(target_region.clone()), ..old };
 
     let target = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let target_state = target.database(&sink.state_database);
     let source = if args.source_down {
         None
     } else {
-        let client =
-            crate::mongo::connect(src.state_uri(), "source.uri", src.state_flavor()).await?;
+        let client = crate::mongo::connect(src.state_uri(), "source.uri", src.state_flavor()).await?;
         client.database("admin").run_command(bson::doc! {"ping": 1}).await.context("the old source cannot be reached: with its region down, run reverse with --source-down")?;
         Some(client.database(&src.state.database))
     };
 
     // 1. Nothing of the old direction may still run.
-    let mut running: Vec<String> = lock::running(&target_state, "sink.uri", &old)
-        .await?
-        .iter()
-        .map(|h| format!("on the target: {h}"))
-        .collect();
+    let mut running: Vec<String> = lock::running(&target_state, "sink.uri", &old).await?.iter().map(|h| format!("on the target: {h}")).collect();
     if let Some(db) = &source {
-        running.extend(
-            lock::running(db, "source.uri", &old)
-                .await?
-                .iter()
-                .map(|h| format!("on the source: {h}")),
-        );
+        running.extend(lock::running(db, "source.uri", &old).await?.iter().map(|h| format!("on the source: {h}")));
     }
     if !running.is_empty() {
-        println!(
-            "not reversed: {} is still running; stop its services first:\n- {}",
-            old.describe(),
-            running.join("\n- ")
-        );
+        println!("not reversed: {} is still running; stop its services first:\n- {}", old.describe(), running.join("\n- "));
         return Ok(2);
     }
 
@@ -108,24 +78,11 @@ pub async fn run(config: &Config, path: &Path, args: &ReverseArgs) -> anyhow::Re
     };
 
     // 3. The new direction's file, made and checked before either cluster turns.
-    let reversal = Reversal {
-        pair: old.pair.clone(),
-        trip: old.trip + 1,
-        source_region: target_region.clone(),
-        target_region: source_region.clone(),
-        start_at,
-    };
+    let reversal = Reversal { pair: old.pair.clone(), trip: old.trip + 1, source_region: target_region.clone(), target_region: source_region.clone(), start_at };
     let (prefix, group) = reversal.names();
-    let new = Direction {
-        pair: old.pair.clone(),
-        trip: reversal.trip,
-        source_region: Some(target_region.clone()),
-        target_region: Some(source_region.clone()),
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: toml::Value =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let new = Direction { pair: old.pair.clone(), trip: reversal.trip, source_region: Some(target_region.clone()), target_region: Some(source_region.clone()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     let out = reversed(&value, &reversal)?;
     let written = format!(
         "# Written by `docrepl reverse --config {}` on {}: {} after {}.\n# Environment overrides (DOCREPL_SOURCE__*, DOCREPL_SINK__*) are not in this file: swap them too.\n{}",
@@ -135,44 +92,19 @@ pub async fn run(config: &Config, path: &Path, args: &ReverseArgs) -> anyhow::Re
         old.describe(),
         toml::to_string(&out).context("cannot write the reversed config")?
     );
-    Config::from_toml_str(&written, &args.write, Vec::new(), Role::Both).context(
-        "the reversed config does not validate (a bug: please report it with the original file)",
-    )?;
+    Config::from_toml_str(&written, &args.write, Vec::new(), Role::Both).context("the reversed config does not validate (a bug: please report it with the original file)")?;
 
     // 4. The next trip on both clusters, then the file.
-    let old_scope = src
-        .name
-        .clone()
-        .unwrap_or_else(|| config.kafka.topic_prefix.clone());
-    lock::settle_trip(
-        &target_state,
-        "sink.uri",
-        &new,
-        Here::Source,
-        Some(&prefix),
-        None,
-    )
-    .await?;
+    let old_scope = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
+    lock::settle_trip(&target_state, "sink.uri", &new, Here::Source, Some(&prefix), None).await?;
     match &source {
         Some(db) => lock::settle_trip(db, "source.uri", &new, Here::Target, None, Some(&old_scope)).await?,
         None => println!("the old source is down: its checkpoints are retired when the new direction's sink first reaches it (or `docrepl repair` with the new file)"),
     }
     write_new(&args.write, &written)?;
     println!("REVERSED: {}", new.describe());
-    println!(
-        "- the new source reads {} from cluster time {}.{} (the cutover), with no copy",
-        redacted(&sink.uri),
-        start_at.time,
-        start_at.increment
-    );
-    println!(
-        "- topics {prefix}.<db>.<coll>, sink group {group}{}",
-        if source.is_some() {
-            "; the old direction's checkpoints are retired"
-        } else {
-            ""
-        }
-    );
+    println!("- the new source reads {} from cluster time {}.{} (the cutover), with no copy", redacted(&sink.uri), start_at.time, start_at.increment);
+    println!("- topics {prefix}.<db>.<coll>, sink group {group}{}", if source.is_some() { "; the old direction's checkpoints are retired" } else { "" });
     println!("- config: {} (run `docrepl source` in {target_region} and `docrepl sink` in {source_region} with it)", args.write.display());
     Ok(0)
 }
@@ -185,12 +117,6 @@ fn redacted(uri: &str) -> String {
 fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -23,30 +23,19 @@ fn default_listen() -> String {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-            bearer_token: None,
-        }
+        HttpConfig { listen: default_listen(), bearer_token: None }
     }
 }
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen.parse::<SocketAddr>().map_err(|_| {
-            ConfigError::invalid(
-                "http.listen",
-                format!(
-                    "expected ip:port such as 127.0.0.1:8080 (got {:?})",
-                    self.listen
-                ),
-            )
+            ConfigError::invalid("http.listen", format!("expected ip:port such as 127.0.0.1:8080 (got {:?})", self.listen))
         })?;
         Ok(())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        self.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 }

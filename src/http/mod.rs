@@ -35,18 +35,8 @@ pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(m::SINK_WRITE_SECONDS.into()),
-            &[
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full(m::SINK_BATCH_SIZE.into()),
-            &[
-                1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
-            ],
-        )?
+        .set_buckets_for_metric(Matcher::Full(m::SINK_WRITE_SECONDS.into()), &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])?
+        .set_buckets_for_metric(Matcher::Full(m::SINK_BATCH_SIZE.into()), &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0])?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     Ok(HANDLE.get_or_init(|| handle).clone())
@@ -54,11 +44,7 @@ pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
 
 /// Binds `config.listen` and serves until `shutdown`. Returns the bound address (the
 /// port may have been 0) once listening.
-pub async fn start(
-    config: &HttpConfig,
-    board: StatusBoard,
-    shutdown: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+pub async fn start(config: &HttpConfig, board: StatusBoard, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
     let state = AppState {
         board,
         prometheus: prometheus()?,
@@ -72,18 +58,11 @@ pub async fn start(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(config.addr())
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (http.listen): is another process using it?",
-                config.listen
-            )
-        })?;
+        .with_context(|| format!("cannot listen on {} (http.listen): is another process using it?", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!("status listening on http://{addr}/status");
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::warn!("status listener stopped: {e}");
         }
@@ -113,11 +92,7 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
     if !authorized(&state, &headers) {
         return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.prometheus.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -125,11 +100,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         let why = state.board.unreachable();
-        let body = if why.is_empty() {
-            "not ready\n".to_string()
-        } else {
-            format!("not ready: {}\n", why.join(", "))
-        };
+        let body = if why.is_empty() { "not ready\n".to_string() } else { format!("not ready: {}\n", why.join(", ")) };
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

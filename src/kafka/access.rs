@@ -28,10 +28,7 @@ pub struct AccessWatch {
 impl AccessWatch {
     /// `user`: the SASL user name the client presents, named in the refusal.
     pub fn new(user: Option<String>) -> Self {
-        AccessWatch {
-            user,
-            refused: Mutex::new(None),
-        }
+        AccessWatch { user, refused: Mutex::new(None) }
     }
 
     pub fn refused(&self) -> Option<AccessRefused> {
@@ -62,16 +59,10 @@ impl rdkafka::producer::ProducerContext for AccessWatch {
 pub fn diagnose(kafka: &super::KafkaConfig, within: std::time::Duration) -> Option<AccessRefused> {
     use rdkafka::producer::{BaseProducer, Producer};
     let watch = AccessWatch::new(kafka.properties.get("sasl.username").cloned());
-    let probe: BaseProducer<AccessWatch> = super::base_client_config(kafka)
-        .create_with_context(watch)
-        .ok()?;
+    let probe: BaseProducer<AccessWatch> = super::base_client_config(kafka).create_with_context(watch).ok()?;
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
-        if probe
-            .client()
-            .fetch_metadata(None, std::time::Duration::from_millis(500))
-            .is_ok()
-        {
+        if probe.client().fetch_metadata(None, std::time::Duration::from_millis(500)).is_ok() {
             return None;
         }
         probe.poll(std::time::Duration::from_millis(100));
@@ -83,11 +74,7 @@ pub fn diagnose(kafka: &super::KafkaConfig, within: std::time::Duration) -> Opti
 }
 
 /// What a librdkafka error means for the operator when it is an access refusal.
-pub fn refusal(
-    code: Option<RDKafkaErrorCode>,
-    reason: &str,
-    user: Option<&str>,
-) -> Option<AccessRefused> {
+pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str, user: Option<&str>) -> Option<AccessRefused> {
     let who = user.map(|u| format!(" of user {u:?}")).unwrap_or_default();
     let text = match code {
         Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => format!(
@@ -114,9 +101,7 @@ pub fn refusal(
 pub fn acl_refusal_of(error: &KafkaError, user: Option<&str>) -> Option<AccessRefused> {
     use RDKafkaErrorCode::*;
     match error.rdkafka_error_code() {
-        code @ Some(
-            TopicAuthorizationFailed | GroupAuthorizationFailed | ClusterAuthorizationFailed,
-        ) => refusal(code, &error.to_string(), user),
+        code @ Some(TopicAuthorizationFailed | GroupAuthorizationFailed | ClusterAuthorizationFailed) => refusal(code, &error.to_string(), user),
         _ => None,
     }
 }
@@ -132,41 +117,12 @@ mod tests {
 
     #[test]
     fn credentials_certificates_and_acls_are_told_apart() {
-        let auth = refusal(
-            Some(RDKafkaErrorCode::Authentication),
-            "SASL authentication error: Authentication failed",
-            Some("docrepl"),
-        )
-        .unwrap();
-        assert!(
-            auth.0.contains("SASL credentials of user \"docrepl\"")
-                && auth.0.contains("sasl.password"),
-            "{auth}"
-        );
-        let tls = refusal(
-            Some(RDKafkaErrorCode::SSL),
-            "SSL handshake failed: certificate verify failed",
-            None,
-        )
-        .unwrap();
-        assert!(
-            tls.0.contains("not trusted") && tls.0.contains("ssl.ca.location"),
-            "{tls}"
-        );
-        let acl = refusal(
-            Some(RDKafkaErrorCode::GroupAuthorizationFailed),
-            "Broker: Group authorization failed",
-            Some("u"),
-        )
-        .unwrap();
+        let auth = refusal(Some(RDKafkaErrorCode::Authentication), "SASL authentication error: Authentication failed", Some("docrepl")).unwrap();
+        assert!(auth.0.contains("SASL credentials of user \"docrepl\"") && auth.0.contains("sasl.password"), "{auth}");
+        let tls = refusal(Some(RDKafkaErrorCode::SSL), "SSL handshake failed: certificate verify failed", None).unwrap();
+        assert!(tls.0.contains("not trusted") && tls.0.contains("ssl.ca.location"), "{tls}");
+        let acl = refusal(Some(RDKafkaErrorCode::GroupAuthorizationFailed), "Broker: Group authorization failed", Some("u")).unwrap();
         assert!(acl.0.contains("ACL"), "{acl}");
-        assert_eq!(
-            refusal(
-                Some(RDKafkaErrorCode::BrokerTransportFailure),
-                "Connection refused",
-                None
-            ),
-            None
-        );
+        assert_eq!(refusal(Some(RDKafkaErrorCode::BrokerTransportFailure), "Connection refused", None), None);
     }
 }

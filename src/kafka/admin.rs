@@ -19,18 +19,11 @@ pub enum TopicError {
     #[error("cannot reach the Kafka cluster at {servers}: {message}; check kafka.bootstrap_servers and that the broker is running")]
     Unreachable { servers: String, message: String },
     #[error("topic {topic} has {actual} partitions but kafka.partitions is {expected}; a different count would move keys to other partitions. Set kafka.partitions = {actual}, or use a new topic_prefix")]
-    PartitionMismatch {
-        topic: String,
-        expected: i32,
-        actual: i32,
-    },
+    PartitionMismatch { topic: String, expected: i32, actual: i32 },
     #[error("cannot create topic {topic}: {message}")]
     Create { topic: String, message: String },
     #[error("the Kafka cluster at {servers} refused docrepl")]
-    Access {
-        servers: String,
-        source: AccessRefused,
-    },
+    Access { servers: String, source: AccessRefused },
 }
 
 /// A handle on the cluster's admin API.
@@ -44,38 +37,25 @@ pub struct TopicAdmin {
 
 impl TopicAdmin {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, TopicError> {
-        let client = base_client_config(kafka)
-            .create()
-            .map_err(|e| TopicError::Unreachable {
-                servers: kafka.bootstrap_servers.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(TopicAdmin {
-            client: Arc::new(client),
+        let client = base_client_config(kafka).create().map_err(|e| TopicError::Unreachable {
             servers: kafka.bootstrap_servers.clone(),
-            kafka: kafka.clone(),
-        })
+            message: e.to_string(),
+        })?;
+        Ok(TopicAdmin { client: Arc::new(client), servers: kafka.bootstrap_servers.clone(), kafka: kafka.clone() })
     }
 
     /// True when the broker answers a metadata request.
     pub async fn reachable(&self) -> bool {
         let client = Arc::clone(&self.client);
-        tokio::task::spawn_blocking(move || {
-            client
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false)
+        tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, Duration::from_secs(2)).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
     /// The partition count of every topic in the cluster (one metadata request). Asks for
     /// every topic: a metadata request naming one topic may make a broker auto-create it
     /// with its own default partition count.
-    pub async fn partition_counts(
-        &self,
-    ) -> Result<std::collections::HashMap<String, i32>, TopicError> {
+    pub async fn partition_counts(&self) -> Result<std::collections::HashMap<String, i32>, TopicError> {
         let client = Arc::clone(&self.client);
         // fetch_metadata blocks: keep it off the runtime's worker threads.
         let metadata = tokio::task::spawn_blocking(move || {
@@ -88,10 +68,7 @@ impl TopicAdmin {
             })
         })
         .await
-        .map_err(|e| TopicError::Unreachable {
-            servers: self.servers.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
         match metadata {
             Ok(counts) => Ok(counts),
             Err(e) => Err(self.failed(e.to_string()).await),
@@ -102,34 +79,17 @@ impl TopicAdmin {
     /// request itself only says transport failure or time-out), else the cluster unreachable.
     async fn failed(&self, message: String) -> TopicError {
         let kafka = self.kafka.clone();
-        let refused = tokio::task::spawn_blocking(move || {
-            super::access::diagnose(&kafka, Duration::from_secs(5))
-        })
-        .await
-        .ok()
-        .flatten();
+        let refused = tokio::task::spawn_blocking(move || super::access::diagnose(&kafka, Duration::from_secs(5))).await.ok().flatten();
         match refused {
-            Some(source) => TopicError::Access {
-                servers: self.servers.clone(),
-                source,
-            },
-            None => TopicError::Unreachable {
-                servers: self.servers.clone(),
-                message,
-            },
+            Some(source) => TopicError::Access { servers: self.servers.clone(), source },
+            None => TopicError::Unreachable { servers: self.servers.clone(), message },
         }
     }
 
     /// `ensure_topic` for many topics in a few requests (one metadata request, one
     /// CreateTopics for all that are missing, one metadata request per 100 ms until they
     /// show): a thousand collections' topics one by one took minutes.
-    pub async fn ensure_topics(
-        &self,
-        topics: &[String],
-        partitions: i32,
-        replication: i32,
-        configs: &[(&str, String)],
-    ) -> Result<(), TopicError> {
+    pub async fn ensure_topics(&self, topics: &[String], partitions: i32, replication: i32, configs: &[(&str, String)]) -> Result<(), TopicError> {
         let known = self.partition_counts().await?;
         let mut missing = Vec::new();
         let topics: std::collections::BTreeSet<&String> = topics.iter().collect();
@@ -146,39 +106,21 @@ impl TopicAdmin {
         for chunk in missing.chunks(500) {
             let new_topics: Vec<NewTopic<'_>> = chunk
                 .iter()
-                .map(|t| {
-                    configs.iter().fold(
-                        NewTopic::new(t, partitions, TopicReplication::Fixed(replication)),
-                        |n, (k, v)| n.set(k, v),
-                    )
-                })
+                .map(|t| configs.iter().fold(NewTopic::new(t, partitions, TopicReplication::Fixed(replication)), |n, (k, v)| n.set(k, v)))
                 .collect();
             let results = self
                 .client
                 .create_topics(&new_topics, &opts)
                 .await
-                .map_err(|e| TopicError::Unreachable {
-                    servers: self.servers.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
             for result in results {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((name, code)) => {
-                        if let Some(source) = super::access::refusal(
-                            Some(code),
-                            &format!("CreateTopics {name}: {code}"),
-                            None,
-                        ) {
-                            return Err(TopicError::Access {
-                                servers: self.servers.clone(),
-                                source,
-                            });
+                        if let Some(source) = super::access::refusal(Some(code), &format!("CreateTopics {name}: {code}"), None) {
+                            return Err(TopicError::Access { servers: self.servers.clone(), source });
                         }
-                        return Err(TopicError::Create {
-                            message: create_refusal(code, partitions, replication, configs),
-                            topic: name,
-                        });
+                        return Err(TopicError::Create { message: create_refusal(code, partitions, replication, configs), topic: name });
                     }
                 }
             }
@@ -186,57 +128,37 @@ impl TopicAdmin {
         for _ in 0..100 {
             let known = self.partition_counts().await?;
             if missing.iter().all(|t| known.contains_key(*t)) {
-                return missing
-                    .iter()
-                    .try_for_each(|t| check_count(t, partitions, known[*t]));
+                return missing.iter().try_for_each(|t| check_count(t, partitions, known[*t]));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(TopicError::Create {
-            topic: missing.join(", "),
-            message: "created, but not visible in metadata after 10 s".into(),
-        })
+        Err(TopicError::Create { topic: missing.join(", "), message: "created, but not visible in metadata after 10 s".into() })
     }
 
     /// The topic's own `max.message.bytes` (its effective value, the broker's default
     /// included), or `None` when the broker does not say (no DescribeConfigs support, or
     /// no such entry).
     pub async fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, TopicError> {
-        Ok(self
-            .topics_max_message_bytes(&[topic.to_string()])
-            .await?
-            .remove(topic))
+        Ok(self.topics_max_message_bytes(&[topic.to_string()]).await?.remove(topic))
     }
 
     /// `topic_max_message_bytes` of many topics in one DescribeConfigs request; topics the
     /// broker says nothing about are left out.
-    pub async fn topics_max_message_bytes(
-        &self,
-        topics: &[String],
-    ) -> Result<std::collections::HashMap<String, usize>, TopicError> {
+    pub async fn topics_max_message_bytes(&self, topics: &[String]) -> Result<std::collections::HashMap<String, usize>, TopicError> {
         use rdkafka::admin::{OwnedResourceSpecifier, ResourceSpecifier};
         let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-        let specifiers: Vec<ResourceSpecifier<'_>> =
-            topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
         let results = self
             .client
             .describe_configs(&specifiers, &opts)
             .await
-            .map_err(|e| TopicError::Unreachable {
-                servers: self.servers.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
         Ok(results
             .into_iter()
             .flatten()
             .filter_map(|resource| {
-                let OwnedResourceSpecifier::Topic(topic) = &resource.specifier else {
-                    return None;
-                };
-                let limit = resource
-                    .get("max.message.bytes")
-                    .and_then(|entry| entry.value.as_deref())
-                    .and_then(|v| v.parse::<usize>().ok())?;
+                let OwnedResourceSpecifier::Topic(topic) = &resource.specifier else { return None };
+                let limit = resource.get("max.message.bytes").and_then(|entry| entry.value.as_deref()).and_then(|v| v.parse::<usize>().ok())?;
                 Some((topic.clone(), limit))
             })
             .collect())
@@ -246,26 +168,18 @@ impl TopicAdmin {
     /// protocol (KIP-848): the group's `consumer.session.timeout.ms`, which defaults to the
     /// broker's `group.consumer.session.timeout.ms`. `None` when the broker does not say
     /// (no group configs before Apache Kafka 4.0).
-    pub async fn consumer_group_session_timeout_ms(
-        &self,
-        group: &str,
-    ) -> Result<Option<u64>, TopicError> {
+    pub async fn consumer_group_session_timeout_ms(&self, group: &str) -> Result<Option<u64>, TopicError> {
         use rdkafka::admin::ResourceSpecifier;
         let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
         let results = self
             .client
             .describe_configs(&[ResourceSpecifier::Group(group)], &opts)
             .await
-            .map_err(|e| TopicError::Unreachable {
-                servers: self.servers.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(results.into_iter().flatten().find_map(|resource| {
-            resource
-                .get("consumer.session.timeout.ms")
-                .and_then(|e| e.value.as_deref())
-                .and_then(|v| v.parse().ok())
-        }))
+            .map_err(|e| TopicError::Unreachable { servers: self.servers.clone(), message: e.to_string() })?;
+        Ok(results
+            .into_iter()
+            .flatten()
+            .find_map(|resource| resource.get("consumer.session.timeout.ms").and_then(|e| e.value.as_deref()).and_then(|v| v.parse().ok())))
     }
 
     /// Creates `topic` with `partitions` when missing; checks the count when present.
@@ -276,24 +190,14 @@ impl TopicAdmin {
         replication: i32,
         configs: &[(&str, String)],
     ) -> Result<(), TopicError> {
-        self.ensure_topics(&[topic.to_string()], partitions, replication, configs)
-            .await
+        self.ensure_topics(&[topic.to_string()], partitions, replication, configs).await
     }
 }
 
 /// What a CreateTopics refusal means for the operator, and what to change (ACL refusals
 /// are `TopicError::Access`).
-fn create_refusal(
-    code: RDKafkaErrorCode,
-    partitions: i32,
-    replication: i32,
-    configs: &[(&str, String)],
-) -> String {
-    let settings = configs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+fn create_refusal(code: RDKafkaErrorCode, partitions: i32, replication: i32, configs: &[(&str, String)]) -> String {
+    let settings = configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
     match code {
         RDKafkaErrorCode::InvalidReplicationFactor => format!(
             "the broker refused replication factor {replication} ({code}): the cluster has fewer brokers. Set kafka.replication_factor to at most the number of brokers, or -1 for the broker's default.replication.factor"
@@ -308,11 +212,7 @@ fn create_refusal(
 
 fn check_count(topic: &str, expected: i32, actual: i32) -> Result<(), TopicError> {
     if actual != expected {
-        return Err(TopicError::PartitionMismatch {
-            topic: topic.to_string(),
-            expected,
-            actual,
-        });
+        return Err(TopicError::PartitionMismatch { topic: topic.to_string(), expected, actual });
     }
     Ok(())
 }

@@ -52,9 +52,7 @@ pub struct KafkaConfig {
 }
 
 /// librdkafka takes every property as text.
-fn properties_as_text<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
+fn properties_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let raw: BTreeMap<String, crate::config::Scalar> = BTreeMap::deserialize(d)?;
     Ok(raw.into_iter().map(|(k, v)| (k, v.into_text())).collect())
 }
@@ -116,24 +114,15 @@ fn default_max_message_bytes() -> usize {
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.bootstrap_servers.trim().is_empty()
-            || self
-                .bootstrap_servers
-                .split(',')
-                .any(|s| !s.trim().contains(':'))
+            || self.bootstrap_servers.split(',').any(|s| !s.trim().contains(':'))
         {
             return Err(ConfigError::invalid(
                 "kafka.bootstrap_servers",
-                format!(
-                    "expected host:port[,host:port...] (got {:?})",
-                    self.bootstrap_servers
-                ),
+                format!("expected host:port[,host:port...] (got {:?})", self.bootstrap_servers),
             ));
         }
         if self.topic_prefix.is_empty()
-            || !self
-                .topic_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            || !self.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         {
             return Err(ConfigError::invalid(
                 "kafka.topic_prefix",
@@ -144,10 +133,7 @@ impl KafkaConfig {
         if self.replication_factor != -1 && self.replication_factor < 1 {
             return Err(ConfigError::invalid(
                 "kafka.replication_factor",
-                format!(
-                    "must be -1 (the broker's default.replication.factor) or at least 1 (got {})",
-                    self.replication_factor
-                ),
+                format!("must be -1 (the broker's default.replication.factor) or at least 1 (got {})", self.replication_factor),
             ));
         }
         require_at_least("kafka.max_message_bytes", self.max_message_bytes, 1024)?;
@@ -158,10 +144,7 @@ impl KafkaConfig {
             ));
         }
         if self.max_message_bytes > 100 * 1024 * 1024 {
-            return Err(ConfigError::invalid(
-                "kafka.max_message_bytes",
-                "must be at most 104857600 (100 MiB)",
-            ));
+            return Err(ConfigError::invalid("kafka.max_message_bytes", "must be at most 104857600 (100 MiB)"));
         }
         Ok(())
     }
@@ -170,10 +153,7 @@ impl KafkaConfig {
     /// the collection topics plus the headers that say why (a broker's default, often 1
     /// MB, would refuse the very messages that need to go there).
     pub fn dead_letter_topic_configs(&self) -> Vec<(&'static str, String)> {
-        vec![(
-            "max.message.bytes",
-            (self.max_message_bytes + 65_536).to_string(),
-        )]
+        vec![("max.message.bytes", (self.max_message_bytes + 65_536).to_string())]
     }
 
     /// `<prefix>.<database>.<collection>`, or `<prefix>.<database>` with `topic_per =
@@ -186,8 +166,6 @@ impl KafkaConfig {
     }
 
     pub fn dead_letter_topic(&self) -> String {
-        self.dead_letter_topic
-            .clone()
-            .unwrap_or_else(|| format!("{}-dead-letters", self.topic_prefix))
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dead-letters", self.topic_prefix))
     }
 }

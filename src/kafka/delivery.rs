@@ -43,11 +43,7 @@ pub struct Ticket {
 
 impl Ticket {
     fn new(acks: &Arc<Acks>, seq: u64, bytes: usize) -> Box<Ticket> {
-        Box::new(Ticket {
-            acks: Arc::clone(acks),
-            seq,
-            bytes,
-        })
+        Box::new(Ticket { acks: Arc::clone(acks), seq, bytes })
     }
 }
 
@@ -64,12 +60,8 @@ pub struct Failure {
 
 impl From<&rdkafka::error::KafkaError> for Failure {
     fn from(e: &rdkafka::error::KafkaError) -> Self {
-        let too_large =
-            e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge);
-        Failure {
-            message: e.to_string(),
-            too_large,
-        }
+        let too_large = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge);
+        Failure { message: e.to_string(), too_large }
     }
 }
 
@@ -127,13 +119,7 @@ pub struct InFlight {
 
 impl Default for InFlight {
     fn default() -> Self {
-        InFlight {
-            acks: Acks::new(),
-            reports: Vec::new(),
-            due: 0,
-            due_bytes: 0,
-            taken_bytes: 0,
-        }
+        InFlight { acks: Acks::new(), reports: Vec::new(), due: 0, due_bytes: 0, taken_bytes: 0 }
     }
 }
 
@@ -190,15 +176,10 @@ mod tests {
             in_flight.sent(100);
         }
         in_flight.acks.report(1, 100, Ok(()));
-        let down = Failure {
-            message: "broker down".into(),
-            too_large: false,
-        };
+        let down = Failure { message: "broker down".into(), too_large: false };
         in_flight.acks.report(0, 100, Err(down.clone()));
         // The wake-up that came while nobody waited is kept.
-        tokio::time::timeout(std::time::Duration::from_secs(1), in_flight.arrived())
-            .await
-            .expect("woken");
+        tokio::time::timeout(std::time::Duration::from_secs(1), in_flight.arrived()).await.expect("woken");
         let got: Vec<_> = in_flight.take().collect();
         assert_eq!(got, vec![(1, Ok(())), (0, Err(down))]);
         assert_eq!(in_flight.due(), 1);

@@ -62,10 +62,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 /// none: a failed delivery restarts the reader, which sends again from its saved token
 /// under a new generation.
 pub fn source_producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut defaults = vec![
-        ("enable.idempotence", "false".to_string()),
-        ("message.send.max.retries", "0".to_string()),
-    ];
+    let mut defaults = vec![("enable.idempotence", "false".to_string()), ("message.send.max.retries", "0".to_string())];
     defaults.extend(producer_defaults(kafka));
     client_config(kafka, defaults)
 }
@@ -81,28 +78,18 @@ fn producer_defaults(kafka: &KafkaConfig) -> Vec<(&'static str, String)> {
         // The broker holds a whole record batch, not each message, to the topic's
         // max.message.bytes (Apache Kafka refused 64 KB parts batched together on a topic
         // lowered to 64 KB): a batch never outgrows the limit docrepl creates topics with.
-        (
-            "batch.size",
-            kafka.max_message_bytes.min(1_000_000).to_string(),
-        ),
+        ("batch.size", kafka.max_message_bytes.min(1_000_000).to_string()),
         // Bounds librdkafka's queue: the process stays small even when the broker stalls.
         ("queue.buffering.max.kbytes", "65536".to_string()),
         ("queue.buffering.max.messages", "100000".to_string()),
-        (
-            "message.max.bytes",
-            (kafka.max_message_bytes + 4096).to_string(),
-        ),
+        ("message.max.bytes", (kafka.max_message_bytes + 4096).to_string()),
         ("message.timeout.ms", "120000".to_string()),
     ]
 }
 
 /// Consumer settings for a group: manual commits after the target acknowledged, and
 /// `auto.offset.reset=error` so an offset lost to retention stops the sink loudly.
-pub fn consumer_config(
-    kafka: &KafkaConfig,
-    group_id: &str,
-    session_timeout_ms: u64,
-) -> ClientConfig {
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: u64) -> ClientConfig {
     let mut defaults = vec![
         ("group.id", group_id.to_string()),
         ("enable.auto.commit", "false".to_string()),
@@ -112,14 +99,8 @@ pub fn consumer_config(
     match kafka.group_protocol {
         GroupProtocol::Classic => defaults.extend([
             ("session.timeout.ms", session_timeout_ms.to_string()),
-            (
-                "heartbeat.interval.ms",
-                (session_timeout_ms / 4).max(500).to_string(),
-            ),
-            (
-                "partition.assignment.strategy",
-                "range,roundrobin".to_string(),
-            ),
+            ("heartbeat.interval.ms", (session_timeout_ms / 4).max(500).to_string()),
+            ("partition.assignment.strategy", "range,roundrobin".to_string()),
         ]),
         // The broker owns the session timeout, heartbeats and assignment: librdkafka
         // refuses those settings with this protocol.
@@ -138,14 +119,8 @@ pub fn consumer_config(
         // (librdkafka's default is 64 MB). A 1M-document drain (`docrepl run`, 8
         // partitions, LZ4) peaked at 481 MB RSS with 4 MB fetches and 8 MB queues, 275 MB
         // with 1 MB and 1 MB, at the same speed (80k docs/s).
-        (
-            "fetch.max.bytes",
-            (kafka.max_message_bytes + 4096).max(1_048_576).to_string(),
-        ),
-        (
-            "max.partition.fetch.bytes",
-            (kafka.max_message_bytes + 4096).max(1_048_576).to_string(),
-        ),
+        ("fetch.max.bytes", (kafka.max_message_bytes + 4096).max(1_048_576).to_string()),
+        ("max.partition.fetch.bytes", (kafka.max_message_bytes + 4096).max(1_048_576).to_string()),
         ("queued.max.messages.kbytes", "1024".to_string()),
         // How long fetching a partition pauses once its queue is full. librdkafka's 1 s
         // starved the workers: a 1M-document drain went from 34k to 66k docs/s with 20 ms.

@@ -40,17 +40,9 @@ async fn set(Shared(link): Shared<Arc<Link>>, state: State) -> Json<Stats> {
     Json(link.stats())
 }
 
-async fn shape(
-    Shared(link): Shared<Arc<Link>>,
-    Query(q): Query<HashMap<String, f64>>,
-) -> Json<Stats> {
-    let ms =
-        |key: &str| Duration::from_secs_f64(q.get(key).copied().unwrap_or(0.0).max(0.0) / 1000.0);
-    let one = Shape {
-        delay: ms("delay_ms"),
-        jitter: ms("jitter_ms"),
-        rate_bits: q.get("rate_mbit").map(|m| (m * 1_000_000.0) as u64),
-    };
+async fn shape(Shared(link): Shared<Arc<Link>>, Query(q): Query<HashMap<String, f64>>) -> Json<Stats> {
+    let ms = |key: &str| Duration::from_secs_f64(q.get(key).copied().unwrap_or(0.0).max(0.0) / 1000.0);
+    let one = Shape { delay: ms("delay_ms"), jitter: ms("jitter_ms"), rate_bits: q.get("rate_mbit").map(|m| (m * 1_000_000.0) as u64) };
     link.set_shapes(Shapes { up: one, down: one });
     Json(link.stats())
 }

@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use schedule::Schedule;
 pub use schedule::Shape;
+use schedule::Schedule;
 
 /// Bytes read from a socket at once (one scheduled chunk).
 const CHUNK: usize = 16 * 1024;
@@ -68,11 +68,7 @@ pub struct Link {
 
 impl Link {
     /// Listens on `listen` and relays each connection to `to`.
-    pub async fn start(
-        listen: SocketAddr,
-        to: SocketAddr,
-        shapes: Shapes,
-    ) -> std::io::Result<Arc<Link>> {
+    pub async fn start(listen: SocketAddr, to: SocketAddr, shapes: Shapes) -> std::io::Result<Arc<Link>> {
         let listener = TcpListener::bind(listen).await?;
         let link = Arc::new(Link {
             local_addr: listener.local_addr()?,
@@ -104,10 +100,7 @@ impl Link {
     }
 
     pub fn shapes(&self) -> Shapes {
-        self.shapes.read().map(|s| *s).unwrap_or(Shapes {
-            up: NO_SHAPE,
-            down: NO_SHAPE,
-        })
+        self.shapes.read().map(|s| *s).unwrap_or(Shapes { up: NO_SHAPE, down: NO_SHAPE })
     }
 
     pub fn stats(&self) -> Stats {
@@ -168,13 +161,7 @@ impl Link {
     /// passed on (FIN); after a reset the socket written to closes with RST (each
     /// direction resets the socket it writes, so both ends see the reset).
     async fn direction(self: Arc<Self>, mut from: OwnedReadHalf, mut to: OwnedWriteHalf, up: bool) {
-        let shape = move |link: &Link| {
-            if up {
-                link.shapes().up
-            } else {
-                link.shapes().down
-            }
-        };
+        let shape = move |link: &Link| if up { link.shapes().up } else { link.shapes().down };
         let room = Arc::new(Semaphore::new(shape(&self).queue_bytes()));
         let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
         let mut state = self.state.subscribe();
@@ -196,12 +183,9 @@ impl Link {
                     if n == 0 {
                         return;
                     }
-                    let Ok(permit) = room.acquire_many(n as u32).await else {
-                        return;
-                    };
+                    let Ok(permit) = room.acquire_many(n as u32).await else { return };
                     permit.forget();
-                    let at =
-                        schedule.arrival(&shape(&link), Instant::now(), n, rand::random::<f64>());
+                    let at = schedule.arrival(&shape(&link), Instant::now(), n, rand::random::<f64>());
                     if tx.send((at, buf[..n].to_vec())).is_err() {
                         return;
                     }
@@ -247,11 +231,7 @@ impl Link {
 }
 
 /// No delay, no cap.
-pub const NO_SHAPE: Shape = Shape {
-    delay: std::time::Duration::ZERO,
-    jitter: std::time::Duration::ZERO,
-    rate_bits: None,
-};
+pub const NO_SHAPE: Shape = Shape { delay: std::time::Duration::ZERO, jitter: std::time::Duration::ZERO, rate_bits: None };
 
 /// Closes `stream` with a reset (RST), not an orderly FIN.
 fn reset(stream: TcpStream) -> std::io::Result<()> {

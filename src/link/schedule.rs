@@ -39,13 +39,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// When `bytes` read at `now` arrive; `jitter_draw` in [0, 1) picks the jitter.
-    pub fn arrival(
-        &mut self,
-        shape: &Shape,
-        now: Instant,
-        bytes: usize,
-        jitter_draw: f64,
-    ) -> Instant {
+    pub fn arrival(&mut self, shape: &Shape, now: Instant, bytes: usize, jitter_draw: f64) -> Instant {
         let start = self.wire_free_at.map_or(now, |free| free.max(now));
         let on_wire = match shape.rate_bits {
             Some(bits) if bits > 0 => Duration::from_secs_f64(bytes as f64 * 8.0 / bits as f64),
@@ -68,11 +62,7 @@ mod tests {
 
     #[test]
     fn bytes_wait_for_the_wire_then_travel_the_delay() {
-        let shape = Shape {
-            delay: 50 * MS,
-            jitter: Duration::ZERO,
-            rate_bits: Some(8_000_000),
-        };
+        let shape = Shape { delay: 50 * MS, jitter: Duration::ZERO, rate_bits: Some(8_000_000) };
         let mut s = Schedule::default();
         let t0 = Instant::now();
         // 100 KB at 1 MB/s: 100 ms on the wire, then 50 ms of delay.
@@ -80,45 +70,24 @@ mod tests {
         // Sent at once after it: waits for the wire to be free.
         assert_eq!(s.arrival(&shape, t0, 100_000, 0.0), t0 + 250 * MS);
         // Read after the wire went idle: its own time.
-        assert_eq!(
-            s.arrival(&shape, t0 + 1000 * MS, 1_000, 0.0),
-            t0 + 1051 * MS
-        );
+        assert_eq!(s.arrival(&shape, t0 + 1000 * MS, 1_000, 0.0), t0 + 1051 * MS);
     }
 
     #[test]
     fn jitter_never_reorders() {
-        let shape = Shape {
-            delay: 10 * MS,
-            jitter: 100 * MS,
-            rate_bits: None,
-        };
+        let shape = Shape { delay: 10 * MS, jitter: 100 * MS, rate_bits: None };
         let mut s = Schedule::default();
         let t0 = Instant::now();
         let first = s.arrival(&shape, t0, 10, 0.9);
         let second = s.arrival(&shape, t0 + MS, 10, 0.0);
         assert_eq!(first, t0 + 100 * MS);
-        assert_eq!(
-            second, first,
-            "a later chunk with less jitter waits for the earlier one"
-        );
+        assert_eq!(second, first, "a later chunk with less jitter waits for the earlier one");
     }
 
     #[test]
     fn the_queue_is_one_bandwidth_delay_product() {
-        let shape = Shape {
-            delay: 75 * MS,
-            jitter: Duration::ZERO,
-            rate_bits: Some(100_000_000),
-        };
+        let shape = Shape { delay: 75 * MS, jitter: Duration::ZERO, rate_bits: Some(100_000_000) };
         assert_eq!(shape.queue_bytes(), 937_500);
-        assert_eq!(
-            Shape {
-                rate_bits: Some(1_000_000),
-                ..shape
-            }
-            .queue_bytes(),
-            64 * 1024
-        );
+        assert_eq!(Shape { rate_bits: Some(1_000_000), ..shape }.queue_bytes(), 64 * 1024);
     }
 }

@@ -12,22 +12,13 @@ const NAMESPACE_NOT_FOUND: i32 = 26;
 
 /// The metadata of `db`'s namespaces (`only`: that one, if it exists), with every
 /// collection's indexes when `with_indexes`. `system.*` namespaces are left out.
-pub async fn read_database(
-    client: &mongodb::Client,
-    db: &str,
-    only: Option<&str>,
-    with_indexes: bool,
-) -> mongodb::error::Result<Vec<CollectionMetadata>> {
+pub async fn read_database(client: &mongodb::Client, db: &str, only: Option<&str>, with_indexes: bool) -> mongodb::error::Result<Vec<CollectionMetadata>> {
     let database = client.database(db);
     let mut command = doc! {"listCollections": 1};
     if let Some(name) = only {
         command.insert("filter", doc! {"name": name});
     }
-    let entries: Vec<Document> = database
-        .run_cursor_command(command)
-        .await?
-        .try_collect()
-        .await?;
+    let entries: Vec<Document> = database.run_cursor_command(command).await?.try_collect().await?;
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let name = entry.get_str("name").unwrap_or_default().to_string();
@@ -52,27 +43,12 @@ pub async fn read_database(
 }
 
 /// One namespace's metadata; `None` when it does not exist.
-pub async fn read_one(
-    client: &mongodb::Client,
-    db: &str,
-    coll: &str,
-    with_indexes: bool,
-) -> mongodb::error::Result<Option<CollectionMetadata>> {
-    Ok(read_database(client, db, Some(coll), with_indexes)
-        .await?
-        .into_iter()
-        .next())
+pub async fn read_one(client: &mongodb::Client, db: &str, coll: &str, with_indexes: bool) -> mongodb::error::Result<Option<CollectionMetadata>> {
+    Ok(read_database(client, db, Some(coll), with_indexes).await?.into_iter().next())
 }
 
-async fn indexes(
-    database: &mongodb::Database,
-    coll: &str,
-) -> mongodb::error::Result<Vec<Document>> {
-    database
-        .run_cursor_command(doc! {"listIndexes": coll})
-        .await?
-        .try_collect()
-        .await
+async fn indexes(database: &mongodb::Database, coll: &str) -> mongodb::error::Result<Vec<Document>> {
+    database.run_cursor_command(doc! {"listIndexes": coll}).await?.try_collect().await
 }
 
 pub fn is_namespace_not_found(e: &mongodb::error::Error) -> bool {

@@ -75,10 +75,7 @@ pub fn replicating(meta: &CollectionMetadata) -> CollectionMetadata {
         ns: meta.ns.clone(),
         kind: meta.kind.clone(),
         options: replicating_options(&meta.options),
-        indexes: meta
-            .indexes
-            .as_ref()
-            .map(|list| list.iter().map(replicating_index).collect()),
+        indexes: meta.indexes.as_ref().map(|list| list.iter().map(replicating_index).collect()),
     }
 }
 
@@ -90,20 +87,11 @@ mod tests {
     #[test]
     fn unique_and_ttl_wait_for_cutover_and_nothing_else_does() {
         let ix = doc! {"v": 2, "key": {"email": 1}, "name": "email_1", "unique": true, "collation": {"locale": "en", "strength": 2}};
-        assert_eq!(
-            replicating_index(&ix),
-            doc! {"key": {"email": 1}, "name": "email_1", "collation": {"locale": "en", "strength": 2}}
-        );
+        assert_eq!(replicating_index(&ix), doc! {"key": {"email": 1}, "name": "email_1", "collation": {"locale": "en", "strength": 2}});
         assert_eq!(deferred(&ix), vec![Deferred::Unique]);
         let ttl = doc! {"key": {"at": 1}, "name": "at_1", "expireAfterSeconds": 3600};
-        assert_eq!(
-            replicating_index(&ttl),
-            doc! {"key": {"at": 1}, "name": "at_1"}
-        );
-        assert_eq!(
-            deferred(&ttl),
-            vec![Deferred::ExpireAfterSeconds(Bson::Int32(3600))]
-        );
+        assert_eq!(replicating_index(&ttl), doc! {"key": {"at": 1}, "name": "at_1"});
+        assert_eq!(deferred(&ttl), vec![Deferred::ExpireAfterSeconds(Bson::Int32(3600))]);
         let partial = doc! {"key": {"a": 1}, "name": "a_1", "partialFilterExpression": {"a": {"$gt": 1}}, "hidden": true};
         assert_eq!(replicating_index(&partial), partial);
         assert!(deferred(&partial).is_empty());
@@ -113,30 +101,15 @@ mod tests {
     #[test]
     fn a_finalised_index_still_matches_and_a_different_one_does_not() {
         let ix = doc! {"key": {"email": 1}, "name": "email_1", "unique": true};
-        assert!(index_matches(
-            &ix,
-            &doc! {"key": {"email": 1}, "name": "email_1"}
-        ));
-        assert!(index_matches(
-            &ix,
-            &doc! {"key": {"email": 1}, "name": "email_1", "unique": true}
-        ));
-        assert!(!index_matches(
-            &ix,
-            &doc! {"key": {"email": -1}, "name": "email_1"}
-        ));
-        assert!(!index_matches(
-            &ix,
-            &doc! {"key": {"email": 1}, "name": "email_1", "sparse": true}
-        ));
+        assert!(index_matches(&ix, &doc! {"key": {"email": 1}, "name": "email_1"}));
+        assert!(index_matches(&ix, &doc! {"key": {"email": 1}, "name": "email_1", "unique": true}));
+        assert!(!index_matches(&ix, &doc! {"key": {"email": -1}, "name": "email_1"}));
+        assert!(!index_matches(&ix, &doc! {"key": {"email": 1}, "name": "email_1", "sparse": true}));
     }
 
     #[test]
     fn a_clustered_collections_expiry_waits_too() {
         let options = doc! {"clusteredIndex": {"key": {"_id": 1}, "unique": true}, "expireAfterSeconds": 60i64};
-        assert_eq!(
-            replicating_options(&options),
-            doc! {"clusteredIndex": {"key": {"_id": 1}, "unique": true}}
-        );
+        assert_eq!(replicating_options(&options), doc! {"clusteredIndex": {"key": {"_id": 1}, "unique": true}});
     }
 }

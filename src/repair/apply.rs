@@ -60,17 +60,9 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(target: mongodb::Client, state_database: &str) -> Applier {
-        let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(mongodb::options::WriteConcern::majority())
-            .build();
-        let kept = target
-            .database(state_database)
-            .collection_with_options(REPAIRED, options);
-        Applier {
-            target,
-            kept,
-            run: bson::oid::ObjectId::new(),
-        }
+        let options = mongodb::options::CollectionOptions::builder().write_concern(mongodb::options::WriteConcern::majority()).build();
+        let kept = target.database(state_database).collection_with_options(REPAIRED, options);
+        Applier { target, kept, run: bson::oid::ObjectId::new() }
     }
 
     /// This run's id, in every record it keeps.
@@ -80,34 +72,15 @@ impl Applier {
 
     /// Writes `sources` (the source's versions of the `_id`s to put; an `_id` in `put`
     /// without one is gone from the source) and deletes `delete`, on `ns`.
-    pub async fn apply(
-        &self,
-        ns: &Namespace,
-        put: &[Bson],
-        sources: Vec<RawDocumentBuf>,
-        delete: &[Bson],
-    ) -> anyhow::Result<Applied> {
+    pub async fn apply(&self, ns: &Namespace, put: &[Bson], sources: Vec<RawDocumentBuf>, delete: &[Bson]) -> anyhow::Result<Applied> {
         let mut out = Applied::default();
-        let coll = self
-            .target
-            .database(&ns.db)
-            .collection::<RawDocumentBuf>(&ns.coll);
-        let source_by_id: HashMap<Vec<u8>, RawDocumentBuf> = sources
-            .into_iter()
-            .map(|d| (id_key(&id_of(&d)), d))
-            .collect();
+        let coll = self.target.database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+        let source_by_id: HashMap<Vec<u8>, RawDocumentBuf> = sources.into_iter().map(|d| (id_key(&id_of(&d)), d)).collect();
         let mut current: HashMap<Vec<u8>, RawDocumentBuf> = HashMap::new();
         let everything: Vec<Bson> = put.iter().chain(delete).cloned().collect();
         for group in everything.chunks(256) {
-            let mut cursor = coll
-                .find(doc! {"_id": {"$in": group.to_vec()}})
-                .await
-                .with_context(|| format!("cannot read {ns} on the side being repaired"))?;
-            while let Some(d) = cursor
-                .try_next()
-                .await
-                .with_context(|| format!("reading {ns}"))?
-            {
+            let mut cursor = coll.find(doc! {"_id": {"$in": group.to_vec()}}).await.with_context(|| format!("cannot read {ns} on the side being repaired"))?;
+            while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
                 current.insert(id_key(&id_of(&d)), d);
             }
         }
@@ -144,11 +117,7 @@ impl Applier {
             }
         }
         if !keep.is_empty() {
-            self.kept.insert_many(keep).await.with_context(|| {
-                format!(
-                    "cannot keep the versions repair replaces on {ns}; nothing of them was changed"
-                )
-            })?;
+            self.kept.insert_many(keep).await.with_context(|| format!("cannot keep the versions repair replaces on {ns}; nothing of them was changed"))?;
         }
         out.bytes = replacements.iter().map(|d| d.as_bytes().len() as u64).sum();
         let db = self.target.database(&ns.db);
@@ -157,10 +126,7 @@ impl Applier {
             for d in group {
                 let mut s = RawDocumentBuf::new();
                 let mut q = RawDocumentBuf::new();
-                q.append(
-                    "_id",
-                    bson::RawBson::try_from(id_of(d)).context("an _id cannot be written back")?,
-                );
+                q.append("_id", bson::RawBson::try_from(id_of(d)).context("an _id cannot be written back")?);
                 s.append("q", q);
                 s.append("u", d.clone());
                 s.append("upsert", true);
@@ -172,42 +138,22 @@ impl Applier {
             cmd.append("ordered", false);
             cmd.append("bypassDocumentValidation", true);
             cmd.append("writeConcern", bson::rawdoc! {"w": "majority"});
-            let reply = db
-                .run_raw_command(cmd)
-                .await
-                .with_context(|| format!("repair's write to {ns} failed"))?;
+            let reply = db.run_raw_command(cmd).await.with_context(|| format!("repair's write to {ns} failed"))?;
             refuse_write_errors(ns, &reply)?;
         }
         for group in deletes.chunks(STATEMENTS_PER_COMMAND) {
-            let statements: Vec<Document> = group
-                .iter()
-                .map(|id| doc! {"q": {"_id": id.clone()}, "limit": 1})
-                .collect();
+            let statements: Vec<Document> = group.iter().map(|id| doc! {"q": {"_id": id.clone()}, "limit": 1}).collect();
             let reply = db.run_command(doc! {"delete": ns.coll.as_str(), "deletes": statements, "ordered": false, "writeConcern": {"w": "majority"}}).await.with_context(|| format!("repair's delete on {ns} failed"))?;
             refuse_write_errors(ns, &reply)?;
         }
         Ok(out)
     }
 
-    fn record(
-        &self,
-        ns: &Namespace,
-        id: &Bson,
-        action: &str,
-        before: Option<&RawDocumentBuf>,
-        after: Option<&RawDocumentBuf>,
-    ) -> anyhow::Result<Document> {
-        let before_doc = before
-            .map(|d| d.to_document())
-            .transpose()
-            .context("the target's version is not valid BSON")?;
-        let both =
-            before.map_or(0, |d| d.as_bytes().len()) + after.map_or(0, |d| d.as_bytes().len());
+    fn record(&self, ns: &Namespace, id: &Bson, action: &str, before: Option<&RawDocumentBuf>, after: Option<&RawDocumentBuf>) -> anyhow::Result<Document> {
+        let before_doc = before.map(|d| d.to_document()).transpose().context("the target's version is not valid BSON")?;
+        let both = before.map_or(0, |d| d.as_bytes().len()) + after.map_or(0, |d| d.as_bytes().len());
         let after_doc = match after {
-            Some(d) if both < KEEP_BOTH_UNDER => Some(
-                d.to_document()
-                    .context("the source's version is not valid BSON")?,
-            ),
+            Some(d) if both < KEEP_BOTH_UNDER => Some(d.to_document().context("the source's version is not valid BSON")?),
             _ => None,
         };
         let mut rec = doc! {
@@ -220,10 +166,7 @@ impl Applier {
             "repair": self.run,
         };
         if after.is_some() && both >= KEEP_BOTH_UNDER {
-            rec.insert(
-                "after_left_out",
-                "too large to keep beside the old version; it is the source's current one",
-            );
+            rec.insert("after_left_out", "too large to keep beside the old version; it is the source's current one");
         }
         Ok(rec)
     }
@@ -238,22 +181,11 @@ fn id_key(id: &Bson) -> Vec<u8> {
 
 fn refuse_write_errors(ns: &Namespace, reply: &Document) -> anyhow::Result<()> {
     if let Ok(errors) = reply.get_array("writeErrors") {
-        let first = errors
-            .iter()
-            .filter_map(Bson::as_document)
-            .map(|d| d.get_str("errmsg").unwrap_or_default().to_string())
-            .next();
-        anyhow::bail!(
-            "the target refused {} of repair's writes to {ns}, the first: {}",
-            errors.len(),
-            first.unwrap_or_default()
-        );
+        let first = errors.iter().filter_map(Bson::as_document).map(|d| d.get_str("errmsg").unwrap_or_default().to_string()).next();
+        anyhow::bail!("the target refused {} of repair's writes to {ns}, the first: {}", errors.len(), first.unwrap_or_default());
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
-        anyhow::bail!(
-            "repair's writes to {ns} did not reach a majority: {}",
-            wce.get_str("errmsg").unwrap_or_default()
-        );
+        anyhow::bail!("repair's writes to {ns} did not reach a majority: {}", wce.get_str("errmsg").unwrap_or_default());
     }
     Ok(())
 }

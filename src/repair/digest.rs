@@ -62,28 +62,14 @@ impl Chunker {
     /// A span starting at `lo` (`MinKey`: the collection's start). Its first chunk starts
     /// at `lo` even when empty, so both sides' lists of one span start alike.
     pub fn new(lo: Bson, bits: u32) -> Chunker {
-        Chunker {
-            bits,
-            chunks: vec![Chunk {
-                first: lo,
-                count: 0,
-                digest: 0,
-            }],
-        }
+        Chunker { bits, chunks: vec![Chunk { first: lo, count: 0, digest: 0 }] }
     }
 
     /// Adds the next document (`_id`s ascending). The span's own start is no new boundary.
     pub fn push(&mut self, id: &Bson, hash: u64) {
-        let at_start = self
-            .chunks
-            .last()
-            .is_some_and(|c| compare(&c.first, id) == Ordering::Equal);
+        let at_start = self.chunks.last().is_some_and(|c| compare(&c.first, id) == Ordering::Equal);
         if !at_start && is_boundary(id_hash(id), self.bits) {
-            self.chunks.push(Chunk {
-                first: id.clone(),
-                count: 0,
-                digest: 0,
-            });
+            self.chunks.push(Chunk { first: id.clone(), count: 0, digest: 0 });
         }
         if let Some(c) = self.chunks.last_mut() {
             c.count += 1;
@@ -120,8 +106,7 @@ pub fn span_digests(spans: &[Span], entries: &[(Bson, u64)]) -> Vec<(u64, u64)> 
     let mut out = vec![(0u64, 0u64); spans.len()];
     for (id, hash) in entries {
         // The last span starting at or before `id`; entries come from the spans' filters.
-        let i =
-            spans.partition_point(|s| matches!(s.lo, Bson::MinKey) || compare(&s.lo, id).is_le());
+        let i = spans.partition_point(|s| matches!(s.lo, Bson::MinKey) || compare(&s.lo, id).is_le());
         if let Some(slot) = i.checked_sub(1).and_then(|i| out.get_mut(i)) {
             slot.0 += 1;
             slot.1 = slot.1.wrapping_add(*hash);
@@ -139,10 +124,7 @@ pub struct Span {
 
 impl Span {
     pub fn everything() -> Span {
-        Span {
-            lo: Bson::MinKey,
-            hi: Bson::MaxKey,
-        }
+        Span { lo: Bson::MinKey, hi: Bson::MaxKey }
     }
 }
 
@@ -156,11 +138,7 @@ pub fn differing_spans(span: &Span, a: &[Chunk], b: &[Chunk]) -> Vec<Span> {
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         // The first chunks both start at the span's start, whatever it is.
-        let order = if i == 0 && j == 0 {
-            Ordering::Equal
-        } else {
-            compare(&a[i].first, &b[j].first)
-        };
+        let order = if i == 0 && j == 0 { Ordering::Equal } else { compare(&a[i].first, &b[j].first) };
         match order {
             Ordering::Equal => {
                 common.push((i, j));
@@ -178,16 +156,8 @@ pub fn differing_spans(span: &Span, a: &[Chunk], b: &[Chunk]) -> Vec<Span> {
         if single && a[ia].count == b[ib].count && a[ia].digest == b[ib].digest {
             continue;
         }
-        let lo = if k == 0 {
-            span.lo.clone()
-        } else {
-            a[ia].first.clone()
-        };
-        let hi = if next_a < a.len() {
-            a[next_a].first.clone()
-        } else {
-            span.hi.clone()
-        };
+        let lo = if k == 0 { span.lo.clone() } else { a[ia].first.clone() };
+        let hi = if next_a < a.len() { a[next_a].first.clone() } else { span.hi.clone() };
         // Adjacent differing pieces make one span: fewer ranges to read at the next level.
         match out.last_mut() {
             Some(last) if last.hi == lo => last.hi = hi,
@@ -300,10 +270,7 @@ mod tests {
         let a = rawdoc! {"_id": 1, "x": 1, "y": 2};
         let b = rawdoc! {"_id": 1, "y": 2, "x": 1};
         assert_ne!(document_hash(&a), document_hash(&b));
-        assert_eq!(
-            document_hash(&a),
-            document_hash(&rawdoc! {"_id": 1, "x": 1, "y": 2})
-        );
+        assert_eq!(document_hash(&a), document_hash(&rawdoc! {"_id": 1, "x": 1, "y": 2}));
         assert_ne!(id_hash(&Bson::Int32(1)), id_hash(&Bson::String("1".into())));
     }
 
@@ -318,29 +285,16 @@ mod tests {
 
     #[test]
     fn coarse_chunks_are_sums_of_fine_ones() {
-        let ids: Vec<(i64, u64)> = (0..20_000)
-            .map(|i| (i, (i as u64).wrapping_mul(0x9E37_79B9)))
-            .collect();
+        let ids: Vec<(i64, u64)> = (0..20_000).map(|i| (i, (i as u64).wrapping_mul(0x9E37_79B9))).collect();
         let span = Span::everything();
         assert_eq!(coarsen(&chunks(&ids, &span, 4), 8), chunks(&ids, &span, 8));
-        assert_eq!(
-            coarsen(&chunks(&ids, &span, 4), 12),
-            chunks(&ids, &span, 12)
-        );
+        assert_eq!(coarsen(&chunks(&ids, &span, 4), 12), chunks(&ids, &span, 12));
     }
 
     #[test]
     fn fixes_name_missing_differing_and_extra() {
-        let source = [
-            (Bson::Int32(1), 10),
-            (Bson::Int32(2), 20),
-            (Bson::Int32(4), 40),
-        ];
-        let target = [
-            (Bson::Int32(2), 21),
-            (Bson::Int32(3), 30),
-            (Bson::Int32(4), 40),
-        ];
+        let source = [(Bson::Int32(1), 10), (Bson::Int32(2), 20), (Bson::Int32(4), 40)];
+        let target = [(Bson::Int32(2), 21), (Bson::Int32(3), 30), (Bson::Int32(4), 40)];
         let f = fixes(&source, &target);
         assert_eq!(f.missing, vec![Bson::Int32(1)]);
         assert_eq!(f.differing, vec![Bson::Int32(2)]);
@@ -349,21 +303,8 @@ mod tests {
 
     #[test]
     fn span_digests_sum_each_span() {
-        let spans = vec![
-            Span {
-                lo: Bson::MinKey,
-                hi: Bson::Int32(10),
-            },
-            Span {
-                lo: Bson::Int32(20),
-                hi: Bson::MaxKey,
-            },
-        ];
-        let entries = vec![
-            (Bson::Int32(1), 5),
-            (Bson::Int32(9), 6),
-            (Bson::Int32(25), 7),
-        ];
+        let spans = vec![Span { lo: Bson::MinKey, hi: Bson::Int32(10) }, Span { lo: Bson::Int32(20), hi: Bson::MaxKey }];
+        let entries = vec![(Bson::Int32(1), 5), (Bson::Int32(9), 6), (Bson::Int32(25), 7)];
         assert_eq!(span_digests(&spans, &entries), vec![(2, 11), (1, 7)]);
         assert_eq!(span_digests(&spans, &[]), vec![(0, 0), (0, 0)]);
     }
@@ -383,13 +324,7 @@ mod tests {
         let mut spans = vec![Span::everything()];
         let mut bits = 12;
         let within = |ids: &[(i64, u64)], s: &Span| -> Vec<(i64, u64)> {
-            ids.iter()
-                .copied()
-                .filter(|(id, _)| {
-                    compare(&Bson::Int64(*id), &s.lo).is_ge()
-                        && compare(&Bson::Int64(*id), &s.hi).is_lt()
-                })
-                .collect()
+            ids.iter().copied().filter(|(id, _)| compare(&Bson::Int64(*id), &s.lo).is_ge() && compare(&Bson::Int64(*id), &s.hi).is_lt()).collect()
         };
         while bits > 0 {
             let mut next = Vec::new();
@@ -403,14 +338,8 @@ mod tests {
         }
         let mut out = Fixes::default();
         for s in &spans {
-            let a: Vec<(Bson, u64)> = within(source, s)
-                .into_iter()
-                .map(|(i, h)| (Bson::Int64(i), h))
-                .collect();
-            let b: Vec<(Bson, u64)> = within(target, s)
-                .into_iter()
-                .map(|(i, h)| (Bson::Int64(i), h))
-                .collect();
+            let a: Vec<(Bson, u64)> = within(source, s).into_iter().map(|(i, h)| (Bson::Int64(i), h)).collect();
+            let b: Vec<(Bson, u64)> = within(target, s).into_iter().map(|(i, h)| (Bson::Int64(i), h)).collect();
             out.extend(fixes(&a, &b));
         }
         out

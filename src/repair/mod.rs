@@ -81,37 +81,17 @@ struct Outcome {
 async fn guard_direction(config: &Config, state: &mongodb::Database) -> anyhow::Result<()> {
     use crate::direction::lock::{self, LockError};
     let direction = crate::direction::Direction::of(config);
-    if let Some(holder) = lock::running(state, "sink.uri", &direction)
-        .await?
-        .into_iter()
-        .find(|h| h.here == "source")
-    {
-        return Err(LockError::Held {
-            pair: direction.pair,
-            cluster: "sink.uri".into(),
-            holder,
-        }
-        .into());
+    if let Some(holder) = lock::running(state, "sink.uri", &direction).await?.into_iter().find(|h| h.here == "source") {
+        return Err(LockError::Held { pair: direction.pair, cluster: "sink.uri".into(), holder }.into());
     }
-    lock::settle_trip(
-        state,
-        "sink.uri",
-        &direction,
-        crate::direction::Here::Target,
-        None,
-        None,
-    )
-    .await?;
+    lock::settle_trip(state, "sink.uri", &direction, crate::direction::Here::Target, None, None).await?;
     Ok(())
 }
 
 /// Runs repair; the exit code (0 equal, 1 still different).
 pub async fn run(config: &Config, args: &RepairArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let sink = config
-        .sink
-        .as_ref()
-        .context("repair needs the [sink] section: the side to make equal")?;
+    let sink = config.sink.as_ref().context("repair needs the [sink] section: the side to make equal")?;
     let target_client = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let target = Arc::new(Local::new(target_client.clone(), sink.flavor().0));
     if !args.dry_run {
@@ -119,67 +99,38 @@ pub async fn run(config: &Config, args: &RepairArgs) -> anyhow::Result<u8> {
     }
     let (source, namespaces) = match &args.source_digests {
         Some(url) => {
-            let remote = Arc::new(Remote::new(
-                url,
-                std::env::var(peer::TOKEN_VAR)
-                    .ok()
-                    .filter(|t| !t.is_empty()),
-            ));
+            let remote = Arc::new(Remote::new(url, std::env::var(peer::TOKEN_VAR).ok().filter(|t| !t.is_empty())));
             let reply = remote.call("namespaces", bson::doc! {}).await?;
             let all: Vec<Namespace> = reply
                 .get_array("namespaces")
                 .context("namespaces: no list in the answer")?
                 .iter()
-                .filter_map(|n| {
-                    n.as_str()?
-                        .split_once('.')
-                        .map(|(d, c)| Namespace::new(d, c))
-                })
+                .filter_map(|n| n.as_str()?.split_once('.').map(|(d, c)| Namespace::new(d, c)))
                 .collect();
             (Side::Remote(remote), select(all, &args.collections)?)
         }
         None => {
-            let src = config.source.as_ref().context(
-                "repair needs the [source] section: the side to read (or --source-digests)",
-            )?;
+            let src = config.source.as_ref().context("repair needs the [source] section: the side to read (or --source-digests)")?;
             let client = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
-            let namespaces =
-                crate::verify::namespaces_to_compare(&client, src, &args.collections).await?;
-            (
-                Side::Local(Arc::new(Local::new(client, src.flavor().0))),
-                namespaces,
-            )
+            let namespaces = crate::verify::namespaces_to_compare(&client, src, &args.collections).await?;
+            (Side::Local(Arc::new(Local::new(client, src.flavor().0))), namespaces)
         }
     };
     let target_side = Side::Local(Arc::clone(&target));
     let applier = Applier::new(target_client, &sink.state_database);
-    println!(
-        "repair {}: {} collections; kept versions go to {}.{REPAIRED}",
-        applier.run_id(),
-        namespaces.len(),
-        sink.state_database
-    );
+    println!("repair {}: {} collections; kept versions go to {}.{REPAIRED}", applier.run_id(), namespaces.len(), sink.state_database);
     let mut all_equal = true;
     let mut total = Applied::default();
     for ns in &namespaces {
         let target_ns = sink.target_namespace(ns);
-        let outcome = repair_collection(&source, &target_side, &applier, ns, &target_ns, args)
-            .await
-            .with_context(|| format!("repairing {ns}"))?;
+        let outcome = repair_collection(&source, &target_side, &applier, ns, &target_ns, args).await.with_context(|| format!("repairing {ns}"))?;
         all_equal &= outcome.equal;
         total.add(outcome.applied);
         println!("{}", line(ns, &outcome, args.dry_run));
     }
     let crossed = match &source {
-        Side::Remote(r) => format!(
-            "{} bytes sent to and {} received from the digest service",
-            r.bytes_sent.load(AtomicOrdering::Relaxed),
-            r.bytes_received.load(AtomicOrdering::Relaxed)
-        ),
-        Side::Local(l) => format!(
-            "{} bytes of documents read from the source by this process",
-            l.bytes_read.load(AtomicOrdering::Relaxed)
-        ),
+        Side::Remote(r) => format!("{} bytes sent to and {} received from the digest service", r.bytes_sent.load(AtomicOrdering::Relaxed), r.bytes_received.load(AtomicOrdering::Relaxed)),
+        Side::Local(l) => format!("{} bytes of documents read from the source by this process", l.bytes_read.load(AtomicOrdering::Relaxed)),
     };
     println!(
         "repair {}: {} in {:.1} s; inserted {}, overwritten {}, deleted {} ({} bytes written); {crossed}; {} bytes read on the repaired side",
@@ -203,16 +154,11 @@ fn select(all: Vec<Namespace>, named: &[String]) -> anyhow::Result<Vec<Namespace
     named
         .iter()
         .map(|n| {
-            let hits: Vec<&Namespace> = all
-                .iter()
-                .filter(|ns| ns.to_string() == *n || ns.coll == *n)
-                .collect();
+            let hits: Vec<&Namespace> = all.iter().filter(|ns| ns.to_string() == *n || ns.coll == *n).collect();
             match hits.as_slice() {
                 [one] => Ok((*one).clone()),
                 [] => anyhow::bail!("--collection {n:?}: the source replicates no such collection"),
-                _ => anyhow::bail!(
-                    "--collection {n:?}: more than one database has it; name it as db.coll"
-                ),
+                _ => anyhow::bail!("--collection {n:?}: more than one database has it; name it as db.coll"),
             }
         })
         .collect()
@@ -230,39 +176,21 @@ fn line(ns: &Namespace, o: &Outcome, dry_run: bool) -> String {
     )
 }
 
-async fn repair_collection(
-    source: &Side,
-    target: &Side,
-    applier: &Applier,
-    ns: &Namespace,
-    target_ns: &Namespace,
-    args: &RepairArgs,
-) -> anyhow::Result<Outcome> {
+async fn repair_collection(source: &Side, target: &Side, applier: &Applier, ns: &Namespace, target_ns: &Namespace, args: &RepairArgs) -> anyhow::Result<Outcome> {
     let mut out = Outcome::default();
-    let (a, b) = tokio::try_join!(
-        source.estimated_count(ns),
-        target.estimated_count(target_ns)
-    )?;
+    let (a, b) = tokio::try_join!(source.estimated_count(ns), target.estimated_count(target_ns))?;
     let estimate = a.max(b);
     let (fine, top) = (fine_bits(estimate), top_bits(estimate));
     let scan_started = Instant::now();
-    let ((source_scan, source_count), (target_scan, target_count)) =
-        tokio::try_join!(source.scan(ns, fine), target.scan(target_ns, fine))?;
+    let ((source_scan, source_count), (target_scan, target_count)) = tokio::try_join!(source.scan(ns, fine), target.scan(target_ns, fine))?;
     tracing::info!(%ns, source_count, target_count, ms = scan_started.elapsed().as_millis() as u64, "repair scan: both sides read");
     out.source_count = source_count;
     out.target_count = target_count;
     let mut spans = vec![Span::everything()];
     let mut bits = top;
     loop {
-        let (a, b) = tokio::try_join!(
-            source.chunks(source_scan, &spans, bits),
-            target.chunks(target_scan, &spans, bits)
-        )?;
-        let next: Vec<Span> = spans
-            .iter()
-            .zip(a.iter().zip(&b))
-            .flat_map(|(s, (a, b))| differing_spans(s, a, b))
-            .collect();
+        let (a, b) = tokio::try_join!(source.chunks(source_scan, &spans, bits), target.chunks(target_scan, &spans, bits))?;
+        let next: Vec<Span> = spans.iter().zip(a.iter().zip(&b)).flat_map(|(s, (a, b))| differing_spans(s, a, b)).collect();
         tracing::info!(%ns, bits, compared = spans.len(), differing = next.len(), "repair level");
         spans = next;
         if bits <= fine || spans.is_empty() {
@@ -291,12 +219,7 @@ async fn repair_collection(
             out.equal = false;
             return Ok(out);
         }
-        let put: Vec<Bson> = found
-            .missing
-            .iter()
-            .chain(&found.differing)
-            .cloned()
-            .collect();
+        let put: Vec<Bson> = found.missing.iter().chain(&found.differing).cloned().collect();
         let fetched = Instant::now();
         let docs = source.fetch(ns, &put).await?;
         let fetch_ms = fetched.elapsed().as_millis() as u64;
@@ -309,16 +232,8 @@ async fn repair_collection(
         tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
         // Written (or changed meanwhile) spans again, by two numbers a span: only those
         // that still differ are listed once more.
-        let (a, b) = tokio::try_join!(
-            source.span_digests(ns, &spans),
-            target.span_digests(target_ns, &spans)
-        )?;
-        spans = spans
-            .into_iter()
-            .zip(a.iter().zip(&b))
-            .filter(|(_, (a, b))| a != b)
-            .map(|(s, _)| s)
-            .collect();
+        let (a, b) = tokio::try_join!(source.span_digests(ns, &spans), target.span_digests(target_ns, &spans))?;
+        spans = spans.into_iter().zip(a.iter().zip(&b)).filter(|(_, (a, b))| a != b).map(|(s, _)| s).collect();
     }
     out.equal = true;
     Ok(out)
@@ -326,19 +241,11 @@ async fn repair_collection(
 
 /// The spans holding any `_id` repair wrote or found different.
 fn touched(spans: &[Span], found: &Fixes) -> Vec<Span> {
-    let ids: Vec<&Bson> = found
-        .missing
-        .iter()
-        .chain(&found.differing)
-        .chain(&found.extra)
-        .collect();
+    let ids: Vec<&Bson> = found.missing.iter().chain(&found.differing).chain(&found.extra).collect();
     spans
         .iter()
         .filter(|s| {
-            ids.iter().any(|id| {
-                (matches!(s.lo, Bson::MinKey) || compare(id, &s.lo).is_ge())
-                    && (matches!(s.hi, Bson::MaxKey) || compare(id, &s.hi).is_lt())
-            })
+            ids.iter().any(|id| (matches!(s.lo, Bson::MinKey) || compare(id, &s.lo).is_ge()) && (matches!(s.hi, Bson::MaxKey) || compare(id, &s.hi).is_lt()))
         })
         .cloned()
         .collect()

@@ -43,85 +43,37 @@ struct Peer {
 }
 
 /// Serves the config's `[source]` cluster until `shutdown`.
-pub async fn run(
-    config: &Config,
-    args: &DigestsArgs,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let src = config
-        .source
-        .as_ref()
-        .context("digests needs the [source] section: the cluster it reads")?;
+pub async fn run(config: &Config, args: &DigestsArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let src = config.source.as_ref().context("digests needs the [source] section: the cluster it reads")?;
     let token = std::env::var(TOKEN_VAR).ok().filter(|t| !t.is_empty());
     if token.is_none() && !args.listen.ip().is_loopback() {
         anyhow::bail!("digests listens on {} and serves the cluster's documents: set {TOKEN_VAR} (the repair sends the same), or listen on 127.0.0.1", args.listen);
     }
     let client = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
-    let peer = Peer {
-        local: Arc::new(Local::new(client, src.flavor().0)),
-        source: Arc::new(src.clone()),
-        token: token.map(Arc::from),
-    };
-    let app = Router::new()
-        .route("/repair/v1/{op}", post(answer))
-        .with_state(peer);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--listen): is another process using it?",
-                args.listen
-            )
-        })?;
+    let peer = Peer { local: Arc::new(Local::new(client, src.flavor().0)), source: Arc::new(src.clone()), token: token.map(Arc::from) };
+    let app = Router::new().route("/repair/v1/{op}", post(answer)).with_state(peer);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (--listen): is another process using it?", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(
-        "digests of {} listening on http://{addr}/repair/v1",
-        crate::redact::redact_uri(&src.uri)
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("the digests listener stopped")?;
+    tracing::info!("digests of {} listening on http://{addr}/repair/v1", crate::redact::redact_uri(&src.uri));
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await.context("the digests listener stopped")?;
     Ok(())
 }
 
-async fn answer(
-    State(peer): State<Peer>,
-    Path(op): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn answer(State(peer): State<Peer>, Path(op): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(token) = &peer.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_ref()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                format!("bearer token required (the one in {TOKEN_VAR})\n"),
-            )
-                .into_response();
+            return (StatusCode::UNAUTHORIZED, format!("bearer token required (the one in {TOKEN_VAR})\n")).into_response();
         }
     }
     let request: Document = match bson::from_slice(&body) {
         Ok(d) => d,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("the request is not a BSON document: {e}\n"),
-            )
-                .into_response()
-        }
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("the request is not a BSON document: {e}\n")).into_response(),
     };
     match dispatch(&peer, &op, &request).await {
         Ok(reply) => match bson::to_vec(&reply) {
             Ok(bytes) => ([(header::CONTENT_TYPE, "application/bson")], bytes).into_response(),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the answer: {e}\n"),
-            )
-                .into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}\n")).into_response(),
         },
         Err(e) => {
             tracing::warn!(op, "digest request failed: {e:#}");
@@ -132,18 +84,13 @@ async fn answer(
 
 fn namespace(request: &Document) -> anyhow::Result<Namespace> {
     let ns = request.get_str("ns").context("no ns")?;
-    let (db, coll) = ns
-        .split_once('.')
-        .with_context(|| format!("ns {ns:?} is not db.coll"))?;
+    let (db, coll) = ns.split_once('.').with_context(|| format!("ns {ns:?} is not db.coll"))?;
     Ok(Namespace::new(db, coll))
 }
 
 fn bits(request: &Document) -> anyhow::Result<u32> {
     let bits = request.get_i32("bits").context("no bits")?;
-    u32::try_from(bits)
-        .ok()
-        .filter(|b| *b <= 64)
-        .with_context(|| format!("bits {bits} is not a level"))
+    u32::try_from(bits).ok().filter(|b| *b <= 64).with_context(|| format!("bits {bits} is not a level"))
 }
 
 async fn dispatch(peer: &Peer, op: &str, request: &Document) -> anyhow::Result<Document> {
@@ -151,11 +98,8 @@ async fn dispatch(peer: &Peer, op: &str, request: &Document) -> anyhow::Result<D
     match op {
         "namespaces" => {
             let named: Vec<String> = Vec::new();
-            let found =
-                crate::verify::namespaces_to_compare(local.client(), &peer.source, &named).await?;
-            Ok(
-                doc! {"namespaces": found.iter().map(|n| Bson::String(n.to_string())).collect::<Vec<_>>()},
-            )
+            let found = crate::verify::namespaces_to_compare(local.client(), &peer.source, &named).await?;
+            Ok(doc! {"namespaces": found.iter().map(|n| Bson::String(n.to_string())).collect::<Vec<_>>()})
         }
         "count" => Ok(doc! {"count": local.estimated_count(&namespace(request)?).await? as i64}),
         "scan" => {
@@ -164,11 +108,7 @@ async fn dispatch(peer: &Peer, op: &str, request: &Document) -> anyhow::Result<D
         }
         "chunks" => {
             let spans = decode_spans(request.get_array("spans").context("no spans")?)?;
-            let lists = local.chunks(
-                request.get_i64("scan").context("no scan")?,
-                &spans,
-                bits(request)?,
-            )?;
+            let lists = local.chunks(request.get_i64("scan").context("no scan")?, &spans, bits(request)?)?;
             Ok(encode_chunk_lists(&lists))
         }
         "forget" => {
@@ -178,26 +118,18 @@ async fn dispatch(peer: &Peer, op: &str, request: &Document) -> anyhow::Result<D
         "list" => {
             let spans = decode_spans(request.get_array("spans").context("no spans")?)?;
             let entries = local.list(&namespace(request)?, &spans).await?;
-            Ok(
-                doc! {"entries": entries.into_iter().map(|(id, h)| Bson::Array(vec![id, Bson::Int64(h as i64)])).collect::<Vec<_>>()},
-            )
+            Ok(doc! {"entries": entries.into_iter().map(|(id, h)| Bson::Array(vec![id, Bson::Int64(h as i64)])).collect::<Vec<_>>()})
         }
         "digests" => {
             let spans = decode_spans(request.get_array("spans").context("no spans")?)?;
             let entries = local.list(&namespace(request)?, &spans).await?;
             let digests = super::digest::span_digests(&spans, &entries);
-            Ok(
-                doc! {"digests": digests.into_iter().map(|(c, d)| Bson::Array(vec![Bson::Int64(c as i64), Bson::Int64(d as i64)])).collect::<Vec<_>>()},
-            )
+            Ok(doc! {"digests": digests.into_iter().map(|(c, d)| Bson::Array(vec![Bson::Int64(c as i64), Bson::Int64(d as i64)])).collect::<Vec<_>>()})
         }
         "fetch" => {
             let ids = request.get_array("ids").context("no ids")?;
             let (docs, covered) = local.fetch(&namespace(request)?, ids).await?;
-            let docs: Vec<Bson> = docs
-                .into_iter()
-                .map(|d| d.to_document().map(Bson::Document))
-                .collect::<Result<_, _>>()
-                .context("a fetched document is not valid BSON")?;
+            let docs: Vec<Bson> = docs.into_iter().map(|d| d.to_document().map(Bson::Document)).collect::<Result<_, _>>().context("a fetched document is not valid BSON")?;
             Ok(doc! {"docs": docs, "covered": covered as i64})
         }
         other => anyhow::bail!("no such request: {other}"),

@@ -31,10 +31,7 @@ fn types(from: usize, to: usize, flavor: Flavor) -> Vec<Bson> {
 /// Whether the bracket of `value` holds one value only (MinKey, undefined, null, MaxKey):
 /// `$gte`/`$lt` on those say nothing `$type` does not say better.
 fn single_valued(value: &Bson) -> bool {
-    matches!(
-        value,
-        Bson::MinKey | Bson::Undefined | Bson::Null | Bson::MaxKey
-    )
+    matches!(value, Bson::MinKey | Bson::Undefined | Bson::Null | Bson::MaxKey)
 }
 
 /// Matches the documents whose `_id` lies in `span`.
@@ -90,38 +87,20 @@ mod tests {
 
     #[test]
     fn one_type_is_a_plain_range() {
-        let span = Span {
-            lo: Bson::Int32(5),
-            hi: Bson::Int64(9),
-        };
-        assert_eq!(
-            span_filter(&span, Flavor::MongoDb),
-            doc! {"_id": {"$gte": 5, "$lt": 9_i64}}
-        );
+        let span = Span { lo: Bson::Int32(5), hi: Bson::Int64(9) };
+        assert_eq!(span_filter(&span, Flavor::MongoDb), doc! {"_id": {"$gte": 5, "$lt": 9_i64}});
         assert_eq!(span_filter(&Span::everything(), Flavor::MongoDb), doc! {});
     }
 
     #[test]
     fn two_types_add_the_brackets_between() {
-        let span = Span {
-            lo: Bson::Int32(5),
-            hi: Bson::ObjectId(bson::oid::ObjectId::from_bytes([0; 12])),
-        };
+        let span = Span { lo: Bson::Int32(5), hi: Bson::ObjectId(bson::oid::ObjectId::from_bytes([0; 12])) };
         let f = span_filter(&span, Flavor::MongoDb);
         let text = f.to_string();
         // Strings (2) and binary (5) lie between numbers and ObjectIds; arrays never.
         assert!(text.contains("\"$gte\": 5"), "{text}");
         assert!(text.contains("2") && text.contains("5"), "{text}");
-        let lower_only = span_filter(
-            &Span {
-                lo: Bson::String("m".into()),
-                hi: Bson::MaxKey,
-            },
-            Flavor::DocumentDb,
-        );
-        assert!(
-            !lower_only.to_string().contains(" 14"),
-            "symbol is not on DocumentDB: {lower_only}"
-        );
+        let lower_only = span_filter(&Span { lo: Bson::String("m".into()), hi: Bson::MaxKey }, Flavor::DocumentDb);
+        assert!(!lower_only.to_string().contains(" 14"), "symbol is not on DocumentDB: {lower_only}");
     }
 }

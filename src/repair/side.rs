@@ -48,13 +48,7 @@ pub struct Local {
 
 impl Local {
     pub fn new(client: mongodb::Client, flavor: Flavor) -> Local {
-        Local {
-            client,
-            flavor,
-            scans: Mutex::new(BTreeMap::new()),
-            next_scan: AtomicU64::new(1),
-            bytes_read: AtomicU64::new(0),
-        }
+        Local { client, flavor, scans: Mutex::new(BTreeMap::new()), next_scan: AtomicU64::new(1), bytes_read: AtomicU64::new(0) }
     }
 
     pub fn client(&self) -> &mongodb::Client {
@@ -73,30 +67,17 @@ impl Local {
 
     /// Reads the whole collection in `_id` order; keeps its chunks at level `bits`.
     pub async fn scan(&self, ns: &Namespace, bits: u32) -> anyhow::Result<(ScanId, u64)> {
-        let mut cursor = self
-            .collection(ns)
-            .find(doc! {})
-            .sort(doc! {"_id": 1})
-            .batch_size(10_000)
-            .await
-            .with_context(|| format!("cannot read {ns}"))?;
+        let mut cursor = self.collection(ns).find(doc! {}).sort(doc! {"_id": 1}).batch_size(10_000).await.with_context(|| format!("cannot read {ns}"))?;
         let mut chunker = Chunker::new(Bson::MinKey, bits);
         let (mut count, mut bytes) = (0u64, 0u64);
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .with_context(|| format!("reading {ns}"))?
-        {
+        while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
             chunker.push(&id_of(&d), document_hash(&d));
             count += 1;
             bytes += d.as_bytes().len() as u64;
         }
         self.bytes_read.fetch_add(bytes, AtomicOrdering::Relaxed);
         let id = self.next_scan.fetch_add(1, AtomicOrdering::Relaxed) as ScanId;
-        let mut scans = self
-            .scans
-            .lock()
-            .map_err(|_| anyhow::anyhow!("scan table poisoned"))?;
+        let mut scans = self.scans.lock().map_err(|_| anyhow::anyhow!("scan table poisoned"))?;
         scans.insert(id, Arc::new(chunker.finish()));
         while scans.len() > SCANS_KEPT {
             scans.pop_first();
@@ -105,25 +86,10 @@ impl Local {
     }
 
     /// The chunks at level `bits` of each span, from scan `scan`.
-    pub fn chunks(
-        &self,
-        scan: ScanId,
-        spans: &[Span],
-        bits: u32,
-    ) -> anyhow::Result<Vec<Vec<Chunk>>> {
-        let fine = self
-            .scans
-            .lock()
-            .map_err(|_| anyhow::anyhow!("scan table poisoned"))?
-            .get(&scan)
-            .cloned();
-        let fine = fine.with_context(|| {
-            format!("scan {scan} is not kept any more (start the repair again)")
-        })?;
-        Ok(spans
-            .iter()
-            .map(|s| coarsen(&within(&fine, s), bits))
-            .collect())
+    pub fn chunks(&self, scan: ScanId, spans: &[Span], bits: u32) -> anyhow::Result<Vec<Vec<Chunk>>> {
+        let fine = self.scans.lock().map_err(|_| anyhow::anyhow!("scan table poisoned"))?.get(&scan).cloned();
+        let fine = fine.with_context(|| format!("scan {scan} is not kept any more (start the repair again)"))?;
+        Ok(spans.iter().map(|s| coarsen(&within(&fine, s), bits)).collect())
     }
 
     /// Forgets a scan.
@@ -138,10 +104,7 @@ impl Local {
         use futures::StreamExt;
         // A few queries at once: thousands of scattered spans are otherwise a long row of
         // small round trips to the cluster.
-        let queries: Vec<_> = spans
-            .chunks(SPANS_PER_QUERY)
-            .map(|group| Box::pin(self.list_group(ns, group)))
-            .collect();
+        let queries: Vec<_> = spans.chunks(SPANS_PER_QUERY).map(|group| Box::pin(self.list_group(ns, group))).collect();
         let mut out = Vec::new();
         let mut answers = futures::stream::iter(queries).buffer_unordered(IN_FLIGHT);
         while let Some(entries) = answers.next().await {
@@ -154,24 +117,10 @@ impl Local {
     /// `list` of up to `SPANS_PER_QUERY` spans: one `find` (an `$or` of their ranges).
     async fn list_group(&self, ns: &Namespace, group: &[Span]) -> anyhow::Result<Vec<(Bson, u64)>> {
         let filters: Vec<Document> = group.iter().map(|s| span_filter(s, self.flavor)).collect();
-        let filter = if filters.len() == 1 {
-            filters.into_iter().next().unwrap_or_default()
-        } else {
-            doc! {"$or": filters}
-        };
-        let mut cursor = self
-            .collection(ns)
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .batch_size(10_000)
-            .await
-            .with_context(|| format!("cannot read {ns}"))?;
+        let filter = if filters.len() == 1 { filters.into_iter().next().unwrap_or_default() } else { doc! {"$or": filters} };
+        let mut cursor = self.collection(ns).find(filter).sort(doc! {"_id": 1}).batch_size(10_000).await.with_context(|| format!("cannot read {ns}"))?;
         let (mut out, mut bytes) = (Vec::new(), 0u64);
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .with_context(|| format!("reading {ns}"))?
-        {
+        while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
             bytes += d.as_bytes().len() as u64;
             out.push((id_of(&d), document_hash(&d)));
         }
@@ -181,26 +130,14 @@ impl Local {
 
     /// The documents with these `_id`s (those still there), up to `MAX_REPLY_BYTES`;
     /// also how many of `ids` that answer covers (the rest: ask again).
-    pub async fn fetch(
-        &self,
-        ns: &Namespace,
-        ids: &[Bson],
-    ) -> anyhow::Result<(Vec<RawDocumentBuf>, usize)> {
+    pub async fn fetch(&self, ns: &Namespace, ids: &[Bson]) -> anyhow::Result<(Vec<RawDocumentBuf>, usize)> {
         let mut docs = Vec::new();
         let mut bytes = 0usize;
         let mut covered = 0;
         for group in ids.chunks(256) {
-            let mut cursor = self
-                .collection(ns)
-                .find(doc! {"_id": {"$in": group.to_vec()}})
-                .await
-                .with_context(|| format!("cannot read {ns}"))?;
+            let mut cursor = self.collection(ns).find(doc! {"_id": {"$in": group.to_vec()}}).await.with_context(|| format!("cannot read {ns}"))?;
             let mut found = Vec::new();
-            while let Some(d) = cursor
-                .try_next()
-                .await
-                .with_context(|| format!("reading {ns}"))?
-            {
+            while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
                 found.push(d);
             }
             let size: usize = found.iter().map(|d| d.as_bytes().len()).sum();
@@ -211,8 +148,7 @@ impl Local {
             covered += group.len();
             docs.extend(found);
         }
-        self.bytes_read
-            .fetch_add(bytes as u64, AtomicOrdering::Relaxed);
+        self.bytes_read.fetch_add(bytes as u64, AtomicOrdering::Relaxed);
         Ok((docs, covered))
     }
 }
@@ -220,39 +156,17 @@ impl Local {
 /// The fine chunks of `span` (a span always starts at a boundary both sides have, which is
 /// a fine boundary here too; an empty chunk stands in if this scan lacks it).
 fn within(fine: &[Chunk], span: &Span) -> Vec<Chunk> {
-    let start = if matches!(span.lo, Bson::MinKey) {
-        0
-    } else {
-        fine.partition_point(|c| compare(&c.first, &span.lo).is_lt())
-    };
-    let end = if matches!(span.hi, Bson::MaxKey) {
-        fine.len()
-    } else {
-        fine.partition_point(|c| compare(&c.first, &span.hi).is_lt())
-    };
+    let start = if matches!(span.lo, Bson::MinKey) { 0 } else { fine.partition_point(|c| compare(&c.first, &span.lo).is_lt()) };
+    let end = if matches!(span.hi, Bson::MaxKey) { fine.len() } else { fine.partition_point(|c| compare(&c.first, &span.hi).is_lt()) };
     let mut out: Vec<Chunk> = fine[start..end.max(start)].to_vec();
-    if out
-        .first()
-        .is_none_or(|c| compare(&c.first, &span.lo).is_ne())
-    {
-        out.insert(
-            0,
-            Chunk {
-                first: span.lo.clone(),
-                count: 0,
-                digest: 0,
-            },
-        );
+    if out.first().is_none_or(|c| compare(&c.first, &span.lo).is_ne()) {
+        out.insert(0, Chunk { first: span.lo.clone(), count: 0, digest: 0 });
     }
     out
 }
 
 pub(crate) fn id_of(doc: &RawDocumentBuf) -> Bson {
-    doc.get("_id")
-        .ok()
-        .flatten()
-        .and_then(|v| Bson::try_from(v).ok())
-        .unwrap_or(Bson::Null)
+    doc.get("_id").ok().flatten().and_then(|v| Bson::try_from(v).ok()).unwrap_or(Bson::Null)
 }
 
 /// A cluster read through a `docrepl digests` service in its region.
@@ -267,66 +181,33 @@ pub struct Remote {
 
 impl Remote {
     pub fn new(url: &str, token: Option<String>) -> Remote {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(3600)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        Remote {
-            url: url.trim_end_matches('/').to_string(),
-            token,
-            agent,
-            bytes_sent: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-        }
+        let agent = ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(3600))).http_status_as_error(false).build().new_agent();
+        Remote { url: url.trim_end_matches('/').to_string(), token, agent, bytes_sent: AtomicU64::new(0), bytes_received: AtomicU64::new(0) }
     }
 
     /// One request: a BSON document to `/repair/v1/<op>`, a BSON document back.
     pub async fn call(self: &Arc<Self>, op: &str, body: Document) -> anyhow::Result<Document> {
         let this = Arc::clone(self);
         let op = op.to_string();
-        tokio::task::spawn_blocking(move || this.call_blocking(&op, &body))
-            .await
-            .context("the digest request's thread failed")?
+        tokio::task::spawn_blocking(move || this.call_blocking(&op, &body)).await.context("the digest request's thread failed")?
     }
 
     fn call_blocking(&self, op: &str, body: &Document) -> anyhow::Result<Document> {
         let url = format!("{}/repair/v1/{op}", self.url);
         let bytes = bson::to_vec(body).context("encoding a digest request")?;
-        self.bytes_sent
-            .fetch_add(bytes.len() as u64, AtomicOrdering::Relaxed);
-        let mut request = self
-            .agent
-            .post(&url)
-            .header("content-type", "application/bson");
+        self.bytes_sent.fetch_add(bytes.len() as u64, AtomicOrdering::Relaxed);
+        let mut request = self.agent.post(&url).header("content-type", "application/bson");
         if let Some(t) = &self.token {
             request = request.header("authorization", &format!("Bearer {t}"));
         }
-        let mut reply = request.send(&bytes[..]).with_context(|| {
-            format!(
-                "cannot reach the digest service at {} (is `docrepl digests` running there?)",
-                self.url
-            )
-        })?;
+        let mut reply = request.send(&bytes[..]).with_context(|| format!("cannot reach the digest service at {} (is `docrepl digests` running there?)", self.url))?;
         let status = reply.status();
-        let body = reply
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024 * 1024)
-            .read_to_vec()
-            .with_context(|| format!("reading the digest service's answer to {op}"))?;
-        self.bytes_received
-            .fetch_add(body.len() as u64, AtomicOrdering::Relaxed);
+        let body = reply.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec().with_context(|| format!("reading the digest service's answer to {op}"))?;
+        self.bytes_received.fetch_add(body.len() as u64, AtomicOrdering::Relaxed);
         if !status.is_success() {
-            anyhow::bail!(
-                "the digest service at {} refused {op}: {} {}",
-                self.url,
-                status.as_u16(),
-                String::from_utf8_lossy(&body).trim()
-            );
+            anyhow::bail!("the digest service at {} refused {op}: {} {}", self.url, status.as_u16(), String::from_utf8_lossy(&body).trim());
         }
-        bson::from_slice(&body)
-            .with_context(|| format!("the digest service's answer to {op} is not BSON"))
+        bson::from_slice(&body).with_context(|| format!("the digest service's answer to {op} is not BSON"))
     }
 }
 
@@ -342,9 +223,7 @@ impl Side {
             Side::Local(l) => l.estimated_count(ns).await,
             Side::Remote(r) => {
                 let reply = r.call("count", doc! {"ns": ns.to_string()}).await?;
-                Ok(reply
-                    .get_i64("count")
-                    .context("count: no count in the answer")? as u64)
+                Ok(reply.get_i64("count").context("count: no count in the answer")? as u64)
             }
         }
     }
@@ -353,34 +232,18 @@ impl Side {
         match self {
             Side::Local(l) => l.scan(ns, bits).await,
             Side::Remote(r) => {
-                let reply = r
-                    .call("scan", doc! {"ns": ns.to_string(), "bits": bits as i32})
-                    .await?;
-                Ok((
-                    reply.get_i64("scan").context("scan: no scan id")?,
-                    reply.get_i64("count").context("scan: no count")? as u64,
-                ))
+                let reply = r.call("scan", doc! {"ns": ns.to_string(), "bits": bits as i32}).await?;
+                Ok((reply.get_i64("scan").context("scan: no scan id")?, reply.get_i64("count").context("scan: no count")? as u64))
             }
         }
     }
 
-    pub async fn chunks(
-        &self,
-        scan: ScanId,
-        spans: &[Span],
-        bits: u32,
-    ) -> anyhow::Result<Vec<Vec<Chunk>>> {
+    pub async fn chunks(&self, scan: ScanId, spans: &[Span], bits: u32) -> anyhow::Result<Vec<Vec<Chunk>>> {
         match self {
             Side::Local(l) => l.chunks(scan, spans, bits),
             Side::Remote(r) => {
                 // Bounded requests: a few thousand spans' chunks fit well under 16 MiB.
-                let replies = in_flight(spans.chunks(1024).map(|group| {
-                    r.call(
-                        "chunks",
-                        doc! {"scan": scan, "bits": bits as i32, "spans": encode_spans(group)},
-                    )
-                }))
-                .await?;
+                let replies = in_flight(spans.chunks(1024).map(|group| r.call("chunks", doc! {"scan": scan, "bits": bits as i32, "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::with_capacity(spans.len());
                 for reply in &replies {
                     out.extend(decode_chunk_lists(reply)?);
@@ -405,13 +268,7 @@ impl Side {
         match self {
             Side::Local(l) => l.list(ns, spans).await,
             Side::Remote(r) => {
-                let replies = in_flight(spans.chunks(1024).map(|group| {
-                    r.call(
-                        "list",
-                        doc! {"ns": ns.to_string(), "spans": encode_spans(group)},
-                    )
-                }))
-                .await?;
+                let replies = in_flight(spans.chunks(1024).map(|group| r.call("list", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::new();
                 for reply in &replies {
                     for entry in reply.get_array("entries").context("list: no entries")? {
@@ -429,38 +286,21 @@ impl Side {
 
     /// Each span's count and digest (spans sorted and disjoint): a digest service sends
     /// two numbers per span instead of the span's `(_id, hash)` list.
-    pub async fn span_digests(
-        &self,
-        ns: &Namespace,
-        spans: &[Span],
-    ) -> anyhow::Result<Vec<(u64, u64)>> {
+    pub async fn span_digests(&self, ns: &Namespace, spans: &[Span]) -> anyhow::Result<Vec<(u64, u64)>> {
         match self {
             Side::Local(l) => Ok(span_digests(spans, &l.list(ns, spans).await?)),
             Side::Remote(r) => {
-                let replies = in_flight(spans.chunks(1024).map(|group| {
-                    r.call(
-                        "digests",
-                        doc! {"ns": ns.to_string(), "spans": encode_spans(group)},
-                    )
-                }))
-                .await?;
+                let replies = in_flight(spans.chunks(1024).map(|group| r.call("digests", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::with_capacity(spans.len());
                 for reply in &replies {
                     for pair in reply.get_array("digests").context("digests: no digests")? {
                         match pair.as_array().map(Vec::as_slice) {
-                            Some([Bson::Int64(count), Bson::Int64(digest)]) => {
-                                out.push((*count as u64, *digest as u64))
-                            }
+                            Some([Bson::Int64(count), Bson::Int64(digest)]) => out.push((*count as u64, *digest as u64)),
                             _ => anyhow::bail!("digests: an entry is not (count, digest)"),
                         }
                     }
                 }
-                anyhow::ensure!(
-                    out.len() == spans.len(),
-                    "digests: {} answers for {} spans",
-                    out.len(),
-                    spans.len()
-                );
+                anyhow::ensure!(out.len() == spans.len(), "digests: {} answers for {} spans", out.len(), spans.len());
                 Ok(out)
             }
         }
@@ -474,20 +314,12 @@ impl Side {
             let (docs, covered) = match self {
                 Side::Local(l) => l.fetch(ns, rest).await?,
                 Side::Remote(r) => {
-                    let reply = r
-                        .call("fetch", doc! {"ns": ns.to_string(), "ids": rest.to_vec()})
-                        .await?;
-                    let covered = reply
-                        .get_i64("covered")
-                        .context("fetch: no covered count")?
-                        as usize;
+                    let reply = r.call("fetch", doc! {"ns": ns.to_string(), "ids": rest.to_vec()}).await?;
+                    let covered = reply.get_i64("covered").context("fetch: no covered count")? as usize;
                     let mut docs = Vec::new();
                     for d in reply.get_array("docs").context("fetch: no docs")? {
                         let d = d.as_document().context("fetch: a document is not one")?;
-                        docs.push(
-                            RawDocumentBuf::from_document(d)
-                                .context("fetch: a document cannot be encoded")?,
-                        );
+                        docs.push(RawDocumentBuf::from_document(d).context("fetch: a document cannot be encoded")?);
                     }
                     (docs, covered)
                 }
@@ -503,33 +335,20 @@ impl Side {
 }
 
 /// Runs the requests `IN_FLIGHT` at a time; their answers in order.
-async fn in_flight<F: std::future::Future<Output = anyhow::Result<Document>>>(
-    requests: impl Iterator<Item = F>,
-) -> anyhow::Result<Vec<Document>> {
+async fn in_flight<F: std::future::Future<Output = anyhow::Result<Document>>>(requests: impl Iterator<Item = F>) -> anyhow::Result<Vec<Document>> {
     use futures::StreamExt;
-    futures::stream::iter(requests)
-        .buffered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
+    futures::stream::iter(requests).buffered(IN_FLIGHT).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 pub fn encode_spans(spans: &[Span]) -> Vec<Bson> {
-    spans
-        .iter()
-        .map(|s| Bson::Array(vec![s.lo.clone(), s.hi.clone()]))
-        .collect()
+    spans.iter().map(|s| Bson::Array(vec![s.lo.clone(), s.hi.clone()])).collect()
 }
 
 pub fn decode_spans(value: &[Bson]) -> anyhow::Result<Vec<Span>> {
     value
         .iter()
         .map(|v| match v.as_array().map(Vec::as_slice) {
-            Some([lo, hi]) => Ok(Span {
-                lo: lo.clone(),
-                hi: hi.clone(),
-            }),
+            Some([lo, hi]) => Ok(Span { lo: lo.clone(), hi: hi.clone() }),
             _ => anyhow::bail!("a span is not [lo, hi]"),
         })
         .collect()
@@ -538,19 +357,7 @@ pub fn decode_spans(value: &[Bson]) -> anyhow::Result<Vec<Span>> {
 pub fn encode_chunk_lists(lists: &[Vec<Chunk>]) -> Document {
     let lists: Vec<Bson> = lists
         .iter()
-        .map(|l| {
-            Bson::Array(
-                l.iter()
-                    .map(|c| {
-                        Bson::Array(vec![
-                            c.first.clone(),
-                            Bson::Int64(c.count as i64),
-                            Bson::Int64(c.digest as i64),
-                        ])
-                    })
-                    .collect(),
-            )
-        })
+        .map(|l| Bson::Array(l.iter().map(|c| Bson::Array(vec![c.first.clone(), Bson::Int64(c.count as i64), Bson::Int64(c.digest as i64)])).collect()))
         .collect();
     doc! {"lists": lists}
 }
@@ -561,11 +368,7 @@ fn decode_chunk_lists(reply: &Document) -> anyhow::Result<Vec<Vec<Chunk>>> {
         let mut chunks = Vec::new();
         for c in list.as_array().context("chunks: a list is not an array")? {
             match c.as_array().map(Vec::as_slice) {
-                Some([first, Bson::Int64(count), Bson::Int64(digest)]) => chunks.push(Chunk {
-                    first: first.clone(),
-                    count: *count as u64,
-                    digest: *digest as u64,
-                }),
+                Some([first, Bson::Int64(count), Bson::Int64(digest)]) => chunks.push(Chunk { first: first.clone(), count: *count as u64, digest: *digest as u64 }),
                 _ => anyhow::bail!("chunks: a chunk is not [first, count, digest]"),
             }
         }

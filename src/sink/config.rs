@@ -30,10 +30,7 @@ pub struct SinkConfig {
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
     /// Write concern of every write: `"majority"` (default) or a number of nodes.
-    #[serde(
-        default = "default_write_concern",
-        deserialize_with = "crate::config::scalar_as_text"
-    )]
+    #[serde(default = "default_write_concern", deserialize_with = "crate::config::scalar_as_text")]
     pub write_concern: String,
     /// Write-concern timeout in milliseconds (at most the write time limit: half of
     /// `session_timeout_ms`).
@@ -113,8 +110,7 @@ impl SinkConfig {
     /// How long the sink waits for a write's answer: the time limit and a margin for the
     /// answer to arrive (a server that cannot answer is given up on; the write is retried).
     pub fn write_deadline(&self) -> std::time::Duration {
-        self.write_time_limit()
-            + std::time::Duration::from_millis((self.session_timeout_ms / 4).min(1000))
+        self.write_time_limit() + std::time::Duration::from_millis((self.session_timeout_ms / 4).min(1000))
     }
 
     /// Where documents of the source namespace `ns` are written (`namespace_map`, or the
@@ -139,10 +135,7 @@ impl SinkConfig {
         }
         require_at_least("sink.batch_size", self.batch_size, 1)?;
         if self.batch_size > 100_000 {
-            return Err(ConfigError::invalid(
-                "sink.batch_size",
-                "must be at most 100000 (MongoDB's statements per command)",
-            ));
+            return Err(ConfigError::invalid("sink.batch_size", "must be at most 100000 (MongoDB's statements per command)"));
         }
         require_at_least("sink.batch_ms", self.batch_ms, 1)?;
         crate::source::validate_db_name("sink.state_database", &self.state_database)?;
@@ -151,10 +144,7 @@ impl SinkConfig {
         if self.write_concern != "majority" && self.write_concern.parse::<u32>().is_err() {
             return Err(ConfigError::invalid(
                 "sink.write_concern",
-                format!(
-                    "expected \"majority\" or a number of nodes (got {:?})",
-                    self.write_concern
-                ),
+                format!("expected \"majority\" or a number of nodes (got {:?})", self.write_concern),
             ));
         }
         if self.write_concern.parse::<u32>() == Ok(0) {
@@ -167,9 +157,7 @@ impl SinkConfig {
         }
         for (from, to) in &self.namespace_map {
             for (what, ns) in [("source", from), ("target", to)] {
-                let ok = ns
-                    .split_once('.')
-                    .is_some_and(|(d, c)| !d.is_empty() && !c.is_empty());
+                let ok = ns.split_once('.').is_some_and(|(d, c)| !d.is_empty() && !c.is_empty());
                 if !ok {
                     return Err(ConfigError::invalid(
                         format!("sink.namespace_map.{from:?}"),

@@ -26,11 +26,7 @@ pub enum Progress {
     AllPast,
     /// This partition is behind it: the source time of its next unapplied event (`None`
     /// when that message tells no time), and the offsets between.
-    Behind {
-        partition: i32,
-        next_ts_ms: Option<i64>,
-        lag: i64,
-    },
+    Behind { partition: i32, next_ts_ms: Option<i64>, lag: i64 },
 }
 
 /// Reads the group's progress on a topic.
@@ -41,26 +37,15 @@ pub struct TopicProgress {
 impl TopicProgress {
     /// `config`: the sink's consumer settings (its `group.id` names whose commits count).
     pub fn new(config: &rdkafka::ClientConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: BaseConsumer = config
-            .clone()
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        Ok(TopicProgress {
-            consumer: Mutex::new(consumer),
-        })
+        let consumer: BaseConsumer = config.clone().set("enable.auto.commit", "false").set("auto.offset.reset", "earliest").create()?;
+        Ok(TopicProgress { consumer: Mutex::new(consumer) })
     }
 
     /// Whether every partition of `topic` but `except` is past source time `ts_ms`
     /// (blocking: call it off the runtime's threads).
     pub fn past(&self, topic: &str, except: i32, ts_ms: i64) -> Result<Progress, String> {
-        let consumer = self
-            .consumer
-            .lock()
-            .map_err(|_| "progress reader poisoned".to_string())?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), TIMEOUT)
-            .map_err(|e| e.to_string())?;
+        let consumer = self.consumer.lock().map_err(|_| "progress reader poisoned".to_string())?;
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| e.to_string())?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -72,13 +57,9 @@ impl TopicProgress {
         for p in &partitions {
             tpl.add_partition(topic, *p);
         }
-        let committed = consumer
-            .committed_offsets(tpl, TIMEOUT)
-            .map_err(|e| e.to_string())?;
+        let committed = consumer.committed_offsets(tpl, TIMEOUT).map_err(|e| e.to_string())?;
         for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, TIMEOUT)
-                .map_err(|e| e.to_string())?;
+            let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT).map_err(|e| e.to_string())?;
             let next = match committed.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(n)) => n,
                 _ => low,
@@ -88,27 +69,16 @@ impl TopicProgress {
             }
             let next_ts_ms = self.source_time_at(&consumer, topic, p, next)?;
             if next_ts_ms.is_none_or(|t| t <= ts_ms) {
-                return Ok(Progress::Behind {
-                    partition: p,
-                    next_ts_ms,
-                    lag: high - next,
-                });
+                return Ok(Progress::Behind { partition: p, next_ts_ms, lag: high - next });
             }
         }
         Ok(Progress::AllPast)
     }
 
     /// The source `ts_ms` of the event at `offset` of partition `p`, if it tells one.
-    fn source_time_at(
-        &self,
-        consumer: &BaseConsumer,
-        topic: &str,
-        p: i32,
-        offset: i64,
-    ) -> Result<Option<i64>, String> {
+    fn source_time_at(&self, consumer: &BaseConsumer, topic: &str, p: i32, offset: i64) -> Result<Option<i64>, String> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(offset))
-            .map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset)).map_err(|e| e.to_string())?;
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let deadline = std::time::Instant::now() + TIMEOUT;
         let found = loop {
@@ -133,10 +103,7 @@ impl TopicProgress {
 /// `source.ts_ms` of a Debezium envelope (Connect-wrapped or not).
 fn source_ts_ms(value: &[u8]) -> Option<i64> {
     let v: serde_json::Value = serde_json::from_slice(value).ok()?;
-    let v = v
-        .get("payload")
-        .filter(|_| v.get("schema").is_some())
-        .unwrap_or(&v);
+    let v = v.get("payload").filter(|_| v.get("schema").is_some()).unwrap_or(&v);
     v.get("source")?.get("ts_ms")?.as_i64()
 }
 
@@ -147,10 +114,7 @@ mod tests {
     #[test]
     fn reads_the_source_time() {
         assert_eq!(source_ts_ms(br#"{"op":"u","source":{"ts_ms":5}}"#), Some(5));
-        assert_eq!(
-            source_ts_ms(br#"{"schema":{},"payload":{"source":{"ts_ms":7}}}"#),
-            Some(7)
-        );
+        assert_eq!(source_ts_ms(br#"{"schema":{},"payload":{"source":{"ts_ms":7}}}"#), Some(7));
         assert_eq!(source_ts_ms(b"not json"), None);
     }
 }

@@ -53,22 +53,11 @@ impl DeadLetters {
                         format!("value of {} bytes", dl.value.map_or(0, <[u8]>::len))
                     } else {
                         letter.key = None;
-                        format!(
-                            "value of {} bytes and key of {} bytes",
-                            dl.value.map_or(0, <[u8]>::len),
-                            dl.key.map_or(0, <[u8]>::len)
-                        )
+                        format!("value of {} bytes and key of {} bytes", dl.value.map_or(0, <[u8]>::len), dl.key.map_or(0, <[u8]>::len))
                     };
-                    cut = Some(format!(
-                        "{left_out} left out: too large for the dead-letter topic"
-                    ));
+                    cut = Some(format!("{left_out} left out: too large for the dead-letter topic"));
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot write to the dead-letter topic {}: {e}",
-                        self.topic
-                    ))
-                }
+                Err(e) => return Err(format!("cannot write to the dead-letter topic {}: {e}", self.topic)),
             }
         }
         if let Some(cut) = &cut {
@@ -82,41 +71,21 @@ impl DeadLetters {
         let partition = dl.partition.to_string();
         let offset = dl.offset.to_string();
         let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "docrepl.reason",
-                value: Some(dl.reason),
-            })
-            .insert(Header {
-                key: "docrepl.source.topic",
-                value: Some(dl.topic),
-            })
-            .insert(Header {
-                key: "docrepl.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "docrepl.source.offset",
-                value: Some(offset.as_str()),
-            });
+            .insert(Header { key: "docrepl.reason", value: Some(dl.reason) })
+            .insert(Header { key: "docrepl.source.topic", value: Some(dl.topic) })
+            .insert(Header { key: "docrepl.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "docrepl.source.offset", value: Some(offset.as_str()) });
         if let Some(cut) = cut {
-            headers = headers.insert(Header {
-                key: "docrepl.cut",
-                value: Some(cut),
-            });
+            headers = headers.insert(Header { key: "docrepl.cut", value: Some(cut) });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(k) = dl.key {
             record = record.key(k);
         }
         if let Some(v) = dl.value {
             record = record.payload(v);
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 }
 
@@ -124,10 +93,6 @@ impl DeadLetters {
 fn is_too_large(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge
-        )
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize | RDKafkaErrorCode::MessageBatchTooLarge)
     )
 }

@@ -72,22 +72,10 @@ mod tests {
         assert_eq!(classify_code(11000), ErrorClass::DuplicateKey);
         assert_eq!(classify_code(10107), ErrorClass::Transient, "not primary");
         assert_eq!(classify_code(189), ErrorClass::Transient, "stepped down");
-        assert_eq!(
-            classify_code(64),
-            ErrorClass::Transient,
-            "write concern timeout"
-        );
+        assert_eq!(classify_code(64), ErrorClass::Transient, "write concern timeout");
         assert_eq!(classify_code(91), ErrorClass::Transient, "shutting down");
-        assert_eq!(
-            classify_code(10334),
-            ErrorClass::Poison,
-            "BSONObjectTooLarge"
-        );
-        assert_eq!(
-            classify_code(52),
-            ErrorClass::Poison,
-            "dollar-prefixed field name"
-        );
+        assert_eq!(classify_code(10334), ErrorClass::Poison, "BSONObjectTooLarge");
+        assert_eq!(classify_code(52), ErrorClass::Poison, "dollar-prefixed field name");
         assert_eq!(classify_code(2), ErrorClass::Poison, "bad value");
         assert_eq!(classify_code(121), ErrorClass::Poison, "validator");
     }

@@ -18,9 +18,7 @@ pub struct FenceStore {
 
 impl FenceStore {
     pub fn new(client: &mongodb::Client, state_database: &str) -> Self {
-        FenceStore {
-            coll: client.database(state_database).collection(FENCES),
-        }
+        FenceStore { coll: client.database(state_database).collection(FENCES) }
     }
 
     fn id(topic: &str, partition: i32) -> String {
@@ -29,36 +27,14 @@ impl FenceStore {
 
     /// The stored history of a partition (none yet: empty). A document this version
     /// cannot read counts as none: that gives up the fence, never a message.
-    pub async fn load(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> mongodb::error::Result<Vec<WriterHistory>> {
-        let Some(found) = self
-            .coll
-            .find_one(doc! {"_id": Self::id(topic, partition)})
-            .await?
-        else {
-            return Ok(Vec::new());
-        };
-        let writers = found
-            .get_array("writers")
-            .map(|a| a.to_vec())
-            .unwrap_or_default();
-        Ok(writers
-            .into_iter()
-            .filter_map(|w| bson::from_bson::<WriterHistory>(w).ok())
-            .collect())
+    pub async fn load(&self, topic: &str, partition: i32) -> mongodb::error::Result<Vec<WriterHistory>> {
+        let Some(found) = self.coll.find_one(doc! {"_id": Self::id(topic, partition)}).await? else { return Ok(Vec::new()) };
+        let writers = found.get_array("writers").map(|a| a.to_vec()).unwrap_or_default();
+        Ok(writers.into_iter().filter_map(|w| bson::from_bson::<WriterHistory>(w).ok()).collect())
     }
 
-    pub async fn save(
-        &self,
-        topic: &str,
-        partition: i32,
-        history: &[WriterHistory],
-    ) -> mongodb::error::Result<()> {
-        let writers = bson::to_bson(history)
-            .map_err(|e| mongodb::error::Error::custom(format!("fence history: {e}")))?;
+    pub async fn save(&self, topic: &str, partition: i32, history: &[WriterHistory]) -> mongodb::error::Result<()> {
+        let writers = bson::to_bson(history).map_err(|e| mongodb::error::Error::custom(format!("fence history: {e}")))?;
         let entry = doc! {
             "_id": Self::id(topic, partition),
             "topic": topic,
@@ -66,10 +42,6 @@ impl FenceStore {
             "writers": writers,
             "saved_at": bson::DateTime::now(),
         };
-        self.coll
-            .replace_one(doc! {"_id": Self::id(topic, partition)}, entry)
-            .upsert(true)
-            .await
-            .map(drop)
+        self.coll.replace_one(doc! {"_id": Self::id(topic, partition)}, entry).upsert(true).await.map(drop)
     }
 }

@@ -59,9 +59,7 @@ pub fn fold(events: impl IntoIterator<Item = (usize, ChangeEvent)>) -> Vec<Folde
         let key = (ev.ns.clone(), id_fold_key(&ev.id));
         let action = match (&ev.op, ev.after, ev.update) {
             (Op::Delete, _, _) => DocAction::Delete,
-            (Op::Create | Op::Read, Some(after), _) if matches!(after.get("_id"), Ok(Some(_))) => {
-                DocAction::Insert(after)
-            }
+            (Op::Create | Op::Read, Some(after), _) if matches!(after.get("_id"), Ok(Some(_))) => DocAction::Insert(after),
             (_, Some(after), _) => DocAction::Upsert(after),
             (_, None, Some(patch)) => DocAction::Patch(vec![patch]),
             // Decoding rejects events with neither; nothing to apply.
@@ -70,20 +68,12 @@ pub fn fold(events: impl IntoIterator<Item = (usize, ChangeEvent)>) -> Vec<Folde
         match index.get(&key) {
             None => {
                 index.insert(key, out.len());
-                out.push(FoldedDoc {
-                    ns: ev.ns,
-                    id: ev.id,
-                    action,
-                    messages: vec![pos],
-                });
+                out.push(FoldedDoc { ns: ev.ns, id: ev.id, action, messages: vec![pos] });
             }
             Some(&i) => {
                 let doc = &mut out[i];
                 doc.messages.push(pos);
-                doc.action = combine(
-                    std::mem::replace(&mut doc.action, DocAction::Delete),
-                    action,
-                );
+                doc.action = combine(std::mem::replace(&mut doc.action, DocAction::Delete), action);
                 // Keep the exact `_id` type of a full document when there is one.
                 if let DocAction::Insert(raw) | DocAction::Upsert(raw) = &doc.action {
                     if let Ok(Some(id)) = raw.get("_id") {
@@ -128,10 +118,7 @@ fn combine(earlier: DocAction, later: DocAction) -> DocAction {
     }
 }
 
-fn patch_raw(
-    raw: &RawDocumentBuf,
-    patches: &[UpdateDescription],
-) -> Result<RawDocumentBuf, PatchError> {
+fn patch_raw(raw: &RawDocumentBuf, patches: &[UpdateDescription]) -> Result<RawDocumentBuf, PatchError> {
     let mut doc = raw.to_document().map_err(|e| PatchError(e.to_string()))?;
     for p in patches {
         apply_patch(&mut doc, p)?;
@@ -185,8 +172,7 @@ fn set_path(doc: &mut Document, path: &str, value: Bson) -> Result<(), PatchErro
         if !doc.contains_key(first) {
             doc.insert(first, Document::new());
         }
-        doc.get_mut(first)
-            .ok_or_else(|| PatchError(format!("cannot reach {path}")))?
+        doc.get_mut(first).ok_or_else(|| PatchError(format!("cannot reach {path}")))?
     };
     for (i, part) in parts.iter().enumerate().skip(1) {
         let last = i + 1 == parts.len();
@@ -199,8 +185,7 @@ fn set_path(doc: &mut Document, path: &str, value: Bson) -> Result<(), PatchErro
                 if !d.contains_key(*part) {
                     d.insert(*part, Document::new());
                 }
-                d.get_mut(*part)
-                    .ok_or_else(|| PatchError(format!("cannot reach {path}")))?
+                d.get_mut(*part).ok_or_else(|| PatchError(format!("cannot reach {path}")))?
             }
             Bson::Array(a) => {
                 let idx: usize = part
@@ -218,11 +203,7 @@ fn set_path(doc: &mut Document, path: &str, value: Bson) -> Result<(), PatchErro
                 }
                 &mut a[idx]
             }
-            _ => {
-                return Err(PatchError(format!(
-                    "{path}: cannot create a field inside a non-container"
-                )))
-            }
+            _ => return Err(PatchError(format!("{path}: cannot create a field inside a non-container"))),
         };
     }
     Ok(())
@@ -255,23 +236,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn source() -> SourceInfo {
-        SourceInfo {
-            name: String::new(),
-            rs: String::new(),
-            ts_ms: 0,
-            ord: 0,
-            snapshot: SnapshotMarker::No,
-            lsid: None,
-            txn_number: None,
-        }
+        SourceInfo { name: String::new(), rs: String::new(), ts_ms: 0, ord: 0, snapshot: SnapshotMarker::No, lsid: None, txn_number: None }
     }
 
-    fn ev(
-        id: i32,
-        op: Op,
-        after: Option<Document>,
-        update: Option<UpdateDescription>,
-    ) -> ChangeEvent {
+    fn ev(id: i32, op: Op, after: Option<Document>, update: Option<UpdateDescription>) -> ChangeEvent {
         ChangeEvent {
             op,
             ns: Namespace::new("db", "c"),
@@ -286,25 +254,12 @@ mod tests {
     fn last_full_document_wins_and_patches_apply_on_top() {
         let events = vec![
             ev(1, Op::Create, Some(doc! {"_id": 1, "a": 1}), None),
-            ev(
-                1,
-                Op::Update,
-                None,
-                Some(UpdateDescription {
-                    updated_fields: doc! {"b": 2},
-                    ..Default::default()
-                }),
-            ),
+            ev(1, Op::Update, None, Some(UpdateDescription { updated_fields: doc! {"b": 2}, ..Default::default() })),
             ev(2, Op::Delete, None, None),
         ];
         let folded = fold(events.into_iter().enumerate());
         assert_eq!(folded.len(), 2);
-        assert_eq!(
-            folded[0].action,
-            DocAction::Insert(
-                RawDocumentBuf::from_document(&doc! {"_id": 1, "a": 1, "b": 2}).unwrap()
-            )
-        );
+        assert_eq!(folded[0].action, DocAction::Insert(RawDocumentBuf::from_document(&doc! {"_id": 1, "a": 1, "b": 2}).unwrap()));
         assert_eq!(folded[0].messages, vec![0, 1]);
         assert_eq!(folded[1].action, DocAction::Delete);
     }
@@ -317,17 +272,11 @@ mod tests {
             &UpdateDescription {
                 updated_fields: doc! {"a.2": 9, "x.w": "new", "a.5": true},
                 removed_fields: vec!["x.y".into(), "k".into()],
-                truncated_arrays: vec![TruncatedArray {
-                    field: "a".into(),
-                    size: 3,
-                }],
+                truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 3 }],
             },
         )
         .unwrap();
-        assert_eq!(
-            d,
-            doc! {"_id": 1, "a": [1, 2, 9, Bson::Null, Bson::Null, true], "x": {"z": 2, "w": "new"}}
-        );
+        assert_eq!(d, doc! {"_id": 1, "a": [1, 2, 9, Bson::Null, Bson::Null, true], "x": {"z": 2, "w": "new"}});
     }
 
     // ---- property test: folding never changes the outcome ----
@@ -355,43 +304,14 @@ mod tests {
 
     fn to_event(s: &Step) -> ChangeEvent {
         match s {
-            Step::Full(i, v) => ev(
-                *i,
-                Op::Update,
-                Some(doc! {"_id": *i, "v": *v, "arr": [1, 2, 3], "n": {"x": 0}}),
-                None,
-            ),
+            Step::Full(i, v) => ev(*i, Op::Update, Some(doc! {"_id": *i, "v": *v, "arr": [1, 2, 3], "n": {"x": 0}}), None),
             Step::Delete(i) => ev(*i, Op::Delete, None, None),
-            Step::Set(i, f, v) => ev(
-                *i,
-                Op::Update,
-                None,
-                Some(UpdateDescription {
-                    updated_fields: doc! {*f: *v},
-                    ..Default::default()
-                }),
-            ),
-            Step::Unset(i, f) => ev(
-                *i,
-                Op::Update,
-                None,
-                Some(UpdateDescription {
-                    removed_fields: vec![f.to_string()],
-                    ..Default::default()
-                }),
-            ),
-            Step::Truncate(i, n) => ev(
-                *i,
-                Op::Update,
-                None,
-                Some(UpdateDescription {
-                    truncated_arrays: vec![TruncatedArray {
-                        field: "arr".into(),
-                        size: *n,
-                    }],
-                    ..Default::default()
-                }),
-            ),
+            Step::Set(i, f, v) => ev(*i, Op::Update, None, Some(UpdateDescription { updated_fields: doc! {*f: *v}, ..Default::default() })),
+            Step::Unset(i, f) => ev(*i, Op::Update, None, Some(UpdateDescription { removed_fields: vec![f.to_string()], ..Default::default() })),
+            Step::Truncate(i, n) => ev(*i, Op::Update, None, Some(UpdateDescription {
+                truncated_arrays: vec![TruncatedArray { field: "arr".into(), size: *n }],
+                ..Default::default()
+            })),
         }
     }
 
@@ -445,24 +365,8 @@ mod tests {
         let full = ev(1, Op::Create, Some(doc! {"_id": 1, "a": "text"}), None);
         // `a.b` inside a string: MongoDB refuses this too (PathNotViable); it must reach the
         // server (and, refused, the dead-letter topic), not vanish.
-        let patch = ev(
-            1,
-            Op::Update,
-            None,
-            Some(UpdateDescription {
-                updated_fields: doc! {"a.b": 1},
-                ..Default::default()
-            }),
-        );
-        let later = ev(
-            1,
-            Op::Update,
-            None,
-            Some(UpdateDescription {
-                updated_fields: doc! {"n": 2},
-                ..Default::default()
-            }),
-        );
+        let patch = ev(1, Op::Update, None, Some(UpdateDescription { updated_fields: doc! {"a.b": 1}, ..Default::default() }));
+        let later = ev(1, Op::Update, None, Some(UpdateDescription { updated_fields: doc! {"n": 2}, ..Default::default() }));
         let folded = fold(vec![(0, full), (1, patch), (2, later)]);
         assert_eq!(folded.len(), 1);
         match &folded[0].action {

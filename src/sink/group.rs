@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
@@ -78,12 +76,7 @@ pub struct GroupContext {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(reason) = self.choose_start_offsets(consumer, tpl) {
@@ -100,11 +93,7 @@ impl ConsumerContext for GroupContext {
                 let queues = self.split_queues(tpl);
                 // The consumer protocol (KIP-848) hands partitions over a few at a time:
                 // the assignment grows by `tpl` rather than becoming it.
-                let taken = if incremental(consumer) {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
+                let taken = if incremental(consumer) { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = taken {
                     error!("cannot take the assigned partitions: {e}");
                     return;
@@ -123,11 +112,7 @@ impl ConsumerContext for GroupContext {
                     warn!("rebalance error: {:?}", err);
                 }
                 self.stop_workers(consumer, None);
-                let _ = if incremental(consumer) {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                let _ = if incremental(consumer) { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
             }
         }
     }
@@ -138,10 +123,7 @@ impl ConsumerContext for GroupContext {
 /// True when assignments change incrementally (Kafka's consumer protocol, KIP-848), false
 /// for the classic protocol's eager rebalances (everything revoked, then reassigned).
 fn incremental(consumer: &BaseConsumer<GroupContext>) -> bool {
-    matches!(
-        consumer.rebalance_protocol(),
-        RebalanceProtocol::Cooperative
-    )
+    matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
 }
 
 impl GroupContext {
@@ -150,11 +132,7 @@ impl GroupContext {
     /// retention already deleted the beginning (the target would miss those events: `Err`);
     /// a replay rewinds every partition of the first assignment and commits that, so it
     /// sticks, and one whose offsets cannot be resolved is an `Err` too.
-    fn choose_start_offsets(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        tpl: &mut TopicPartitionList,
-    ) -> Result<(), String> {
+    fn choose_start_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> Result<(), String> {
         let replay = self.replay.lock().map(|mut r| r.take()).unwrap_or(None);
         if let Some(from) = replay {
             let mut wanted = TopicPartitionList::new();
@@ -162,9 +140,7 @@ impl GroupContext {
                 let offset = match from {
                     ReplayFrom::Beginning => Offset::Beginning,
                     ReplayFrom::Time(t) => Offset::Offset(
-                        t.duration_since(SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_millis() as i64)
-                            .unwrap_or(0),
+                        t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
                     ),
                 };
                 let _ = wanted.add_partition_offset(e.topic(), e.partition(), offset);
@@ -210,10 +186,7 @@ impl GroupContext {
 
     /// Takes each partition's queue out of the main queue. A partition that cannot be
     /// split would never be read, so that is logged as an error.
-    fn split_queues(
-        &self,
-        tpl: &TopicPartitionList,
-    ) -> Vec<(String, i32, i64, PartitionQueue<GroupContext>)> {
+    fn split_queues(&self, tpl: &TopicPartitionList) -> Vec<(String, i32, i64, PartitionQueue<GroupContext>)> {
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             error!("the consumer is gone; cannot read the assigned partitions");
             return Vec::new();
@@ -225,24 +198,16 @@ impl GroupContext {
                 _ => -1,
             };
             match consumer.split_partition_queue(e.topic(), e.partition()) {
-                Some(queue) => {
-                    queues.push((e.topic().to_string(), e.partition(), committed, queue))
-                }
-                None => {
-                    error!(topic = %e.topic(), partition = e.partition(), "cannot get the partition's queue; it will not be replicated until the next rebalance")
-                }
+                Some(queue) => queues.push((e.topic().to_string(), e.partition(), committed, queue)),
+                None => error!(topic = %e.topic(), partition = e.partition(), "cannot get the partition's queue; it will not be replicated until the next rebalance"),
             }
         }
         queues
     }
 
     fn start_workers(&self, queues: Vec<(String, i32, i64, PartitionQueue<GroupContext>)>) {
-        let Ok(mut workers) = self.workers.lock() else {
-            return;
-        };
-        let Ok(mut lingering) = self.lingering.lock() else {
-            return;
-        };
+        let Ok(mut workers) = self.workers.lock() else { return };
+        let Ok(mut lingering) = self.lingering.lock() else { return };
         lingering.retain(|_, w| !w.finished.load(Ordering::SeqCst));
         for (topic, partition, committed, queue) in queues {
             let key = (topic, partition);
@@ -256,12 +221,7 @@ impl GroupContext {
             if predecessor.is_some() {
                 warn!("the partition's previous worker is still in a write: the new one waits until it is silent");
             }
-            let run = worker::run(
-                Arc::clone(&self.worker_ctx),
-                Arc::clone(&shared),
-                queue,
-                predecessor,
-            );
+            let run = worker::run(Arc::clone(&self.worker_ctx), Arc::clone(&shared), queue, predecessor);
             let watched = Arc::clone(&shared);
             // A panic must not leave a partition silently unread while the process looks
             // healthy: it is recorded, and the member stops the sink with it (nothing past
@@ -287,9 +247,7 @@ impl GroupContext {
     /// Stops the workers (all, or those in `only`), waits until they are silent, and
     /// commits what they applied, synchronously, before the partitions move on.
     fn stop_workers(&self, consumer: &BaseConsumer<Self>, only: Option<&TopicPartitionList>) {
-        let Ok(mut workers) = self.workers.lock() else {
-            return;
-        };
+        let Ok(mut workers) = self.workers.lock() else { return };
         let keys: Vec<(String, i32)> = workers
             .keys()
             .filter(|(t, p)| only.is_none_or(|tpl| tpl.find_partition(t, *p).is_some()))
@@ -339,21 +297,12 @@ impl GroupContext {
     /// queue), or a panic.
     fn worker_failure(&self) -> Option<((String, i32), WorkerFailure)> {
         let workers = self.workers.lock().ok()?;
-        workers.iter().find_map(|(key, w)| {
-            w.shared
-                .failure
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .map(|f| (key.clone(), f))
-        })
+        workers.iter().find_map(|(key, w)| w.shared.failure.lock().ok().and_then(|f| f.clone()).map(|f| (key.clone(), f)))
     }
 
     /// Commits (asynchronously) every offset workers applied since the last commit.
     fn commit_applied(&self, consumer: &BaseConsumer<Self>) {
-        let Ok(mut workers) = self.workers.lock() else {
-            return;
-        };
+        let Ok(mut workers) = self.workers.lock() else { return };
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), w) in workers.iter_mut() {
             let applied = w.shared.applied.load(Ordering::SeqCst);
@@ -371,9 +320,7 @@ impl GroupContext {
 
     /// Snapshot of the assigned partitions for `/status`.
     pub fn partitions(&self) -> Vec<PartitionProgress> {
-        let Ok(workers) = self.workers.lock() else {
-            return Vec::new();
-        };
+        let Ok(workers) = self.workers.lock() else { return Vec::new() };
         let mut v: Vec<_> = workers
             .iter()
             .map(|((t, p), w)| PartitionProgress {
@@ -410,8 +357,7 @@ pub fn run_member(
         refused: Mutex::new(None),
         consumer: OnceLock::new(),
     };
-    let consumer: Arc<BaseConsumer<GroupContext>> =
-        Arc::new(consumer_config.create_with_context(context)?);
+    let consumer: Arc<BaseConsumer<GroupContext>> = Arc::new(consumer_config.create_with_context(context)?);
     let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -431,14 +377,9 @@ pub fn run_member(
             None => {}
             // Cannot happen while every assigned partition has its own queue; not applied
             // nor committed here (its partition's next owner reads it again).
-            Some(Ok(m)) => {
-                warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "a message arrived outside its partition's queue; left for the next assignment")
-            }
+            Some(Ok(m)) => warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "a message arrived outside its partition's queue; left for the next assignment"),
             Some(Err(e)) if is_offset_lost(&e) => {
-                break Err(GroupError::RetentionPassed(lost_partitions(
-                    &consumer,
-                    &e.to_string(),
-                )));
+                break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &e.to_string())));
             }
             Some(Err(e)) => match crate::kafka::access::acl_refusal_of(&e, None) {
                 Some(refused) => break Err(GroupError::Access(refused)),
@@ -446,15 +387,9 @@ pub fn run_member(
             },
         }
         match consumer.context().worker_failure() {
-            Some((_, WorkerFailure::OffsetLost(error))) => {
-                break Err(GroupError::RetentionPassed(lost_partitions(
-                    &consumer, &error,
-                )))
-            }
+            Some((_, WorkerFailure::OffsetLost(error))) => break Err(GroupError::RetentionPassed(lost_partitions(&consumer, &error))),
             Some(((topic, partition), WorkerFailure::Panicked(message))) => {
-                break Err(GroupError::WorkerPanicked(format!(
-                    "{topic}[{partition}]: {message}"
-                )))
+                break Err(GroupError::WorkerPanicked(format!("{topic}[{partition}]: {message}")))
             }
             None => {}
         }
@@ -470,8 +405,7 @@ pub fn run_member(
             last_lag = Instant::now();
         }
         if last_status.elapsed() >= Duration::from_secs(1) {
-            let (partitions, topics) =
-                rates.snapshot(&consumer.context().partitions(), &watermarks);
+            let (partitions, topics) = rates.snapshot(&consumer.context().partitions(), &watermarks);
             board.set_partitions(partitions, topics);
             last_status = Instant::now();
         }
@@ -484,11 +418,7 @@ pub fn run_member(
 
 /// A partition this group never committed on starts at its beginning, which is only the
 /// topic's whole history if retention has deleted nothing yet (low watermark 0).
-fn check_beginning_retained(
-    consumer: &BaseConsumer<GroupContext>,
-    topic: &str,
-    partition: i32,
-) -> Result<(), String> {
+fn check_beginning_retained(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: i32) -> Result<(), String> {
     // A topic created a moment ago may have no leader yet (Apache Kafka answers
     // NotLeaderForPartition for the first few hundred ms): asked again for up to 10 s.
     let mut tries = 0;
@@ -513,33 +443,14 @@ fn is_leader_moving(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         e.rdkafka_error_code(),
-        Some(
-            NotLeaderForPartition
-                | LeaderNotAvailable
-                | UnknownTopicOrPartition
-                | UnknownPartition
-                | UnknownTopic
-                | RequestTimedOut
-                | OperationTimedOut
-                | BrokerNotAvailable
-                | AllBrokersDown
-                | BrokerTransportFailure
-                | NotCoordinator
-                | CoordinatorNotAvailable
-                | FencedLeaderEpoch
-                | UnknownLeaderEpoch
-                | OffsetNotAvailable
-        )
+        Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition | UnknownPartition | UnknownTopic | RequestTimedOut | OperationTimedOut | BrokerNotAvailable | AllBrokersDown | BrokerTransportFailure | NotCoordinator | CoordinatorNotAvailable | FencedLeaderEpoch | UnknownLeaderEpoch | OffsetNotAvailable)
     )
 }
 
 /// True for the error `auto.offset.reset=error` raises when a partition's position no
 /// longer exists on the broker.
 pub(super) fn is_offset_lost(e: &KafkaError) -> bool {
-    if let KafkaError::MessageConsumption(
-        RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-    ) = e
-    {
+    if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) = e {
         return true;
     }
     let text = e.to_string();
@@ -554,23 +465,13 @@ fn lost_partitions(consumer: &BaseConsumer<GroupContext>, error: &str) -> String
         Ok(tpl) => tpl,
         Err(_) => return format!("a partition ({error})"),
     };
-    let committed = consumer
-        .committed_offsets(assignment, Duration::from_secs(5))
-        .ok();
+    let committed = consumer.committed_offsets(assignment, Duration::from_secs(5)).ok();
     let mut lost = Vec::new();
     for e in committed.iter().flat_map(|tpl| tpl.elements()) {
-        let Offset::Offset(at) = e.offset() else {
-            continue;
-        };
-        if let Ok((low, _)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
-        {
+        let Offset::Offset(at) = e.offset() else { continue };
+        if let Ok((low, _)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) {
             if at < low {
-                lost.push(format!(
-                    "topic {} partition {} (committed offset {at}, earliest kept {low})",
-                    e.topic(),
-                    e.partition()
-                ));
+                lost.push(format!("topic {} partition {} (committed offset {at}, earliest kept {low})", e.topic(), e.partition()));
             }
         }
     }
@@ -609,11 +510,7 @@ fn report_lag(consumer: &BaseConsumer<GroupContext>) -> HashMap<(String, i32), i
     }
     for p in partitions {
         if let Some(&high) = highs.get(&(p.topic.clone(), p.partition)) {
-            let lag = if p.committed >= 0 {
-                (high - p.committed).max(0)
-            } else {
-                high
-            };
+            let lag = if p.committed >= 0 { (high - p.committed).max(0) } else { high };
             metrics::gauge!(m::SINK_CONSUMER_LAG, "topic" => p.topic.clone(), "partition" => p.partition.to_string()).set(lag as f64);
         }
     }

@@ -27,13 +27,7 @@ pub struct Input<'a> {
 
 /// The inputs of `batch`, judged by the partition's `fence` and joining parts with its
 /// `joiner` (both keep what they learnt from batch to batch).
-pub fn inputs<'a, M: Message>(
-    batch: &'a [M],
-    fence: &mut Fence,
-    joiner: &mut Joiner,
-    topic: &str,
-    partition: i32,
-) -> Vec<Input<'a>> {
+pub fn inputs<'a, M: Message>(batch: &'a [M], fence: &mut Fence, joiner: &mut Joiner, topic: &str, partition: i32) -> Vec<Input<'a>> {
     let mut out = Vec::with_capacity(batch.len());
     let mut stale = Stale::default();
     for msg in batch {
@@ -44,13 +38,7 @@ pub fn inputs<'a, M: Message>(
             }
         }
         let produced_ms = msg.timestamp().to_millis();
-        let borrowed = |refused| Input {
-            key: msg.key().map(Cow::Borrowed),
-            value: msg.payload().map(Cow::Borrowed),
-            offset: msg.offset(),
-            produced_ms,
-            refused,
-        };
+        let borrowed = |refused| Input { key: msg.key().map(Cow::Borrowed), value: msg.payload().map(Cow::Borrowed), offset: msg.offset(), produced_ms, refused };
         let Some(part) = msg.payload().and_then(parts::parse) else {
             if let Some(u) = joiner.interrupt() {
                 unfinished(u);
@@ -62,8 +50,8 @@ pub fn inputs<'a, M: Message>(
             Ok(p) => p,
             Err(reason) => {
                 if let Some(u) = joiner.interrupt() {
-                    unfinished(u);
-                }
+                unfinished(u);
+            }
                 out.push(borrowed(Some(reason)));
                 continue;
             }
@@ -75,18 +63,9 @@ pub fn inputs<'a, M: Message>(
         match fed {
             Fed::Waiting => {}
             Fed::Stray(reason) => out.push(borrowed(Some(reason))),
-            Fed::Whole {
-                value,
-                first_offset,
-            } => {
+            Fed::Whole { value, first_offset } => {
                 metrics::counter!(m::SINK_EVENTS_JOINED, "topic" => topic.to_string(), "partition" => partition.to_string()).increment(1);
-                out.push(Input {
-                    key: msg.key().map(Cow::Borrowed),
-                    value: Some(Cow::Owned(value)),
-                    offset: first_offset,
-                    produced_ms,
-                    refused: None,
-                });
+                out.push(Input { key: msg.key().map(Cow::Borrowed), value: Some(Cow::Owned(value)), offset: first_offset, produced_ms, refused: None });
             }
         }
     }
@@ -105,16 +84,13 @@ struct Stale {
 impl Stale {
     fn add(&mut self, writer: &str, generation: i64, newer: i64, offset: i64) {
         self.count += 1;
-        self.first
-            .get_or_insert_with(|| (writer.to_string(), generation, newer, offset));
+        self.first.get_or_insert_with(|| (writer.to_string(), generation, newer, offset));
     }
 
     /// Counted, and logged: nothing is left out without a trace. The newer run sent these
     /// changes again, after them, so the target loses nothing.
     fn report(self, topic: &str, partition: i32) {
-        let Some((writer, generation, newer, offset)) = self.first else {
-            return;
-        };
+        let Some((writer, generation, newer, offset)) = self.first else { return };
         metrics::counter!(m::SINK_STALE_SKIPPED, "topic" => topic.to_string(), "partition" => partition.to_string()).increment(self.count);
         warn!(
             topic,

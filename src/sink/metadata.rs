@@ -22,9 +22,7 @@ pub const RECORDS: &str = "metadata";
 /// Codes that mean the target will never take this metadata as it is (an index kind or
 /// option it does not support, a conflicting definition): reported and dead-lettered.
 /// Everything else (network, elections, an index build interrupted) is retried.
-const REFUSALS: [i32; 15] = [
-    2, 9, 14, 59, 67, 72, 85, 86, 115, 166, 197, 303, 16755, 40415, 17262,
-];
+const REFUSALS: [i32; 15] = [2, 9, 14, 59, 67, 72, 85, 86, 115, 166, 197, 303, 16755, 40415, 17262];
 
 /// MongoDB's NamespaceExists: another worker created the collection first.
 const NAMESPACE_EXISTS: i32 = 48;
@@ -33,11 +31,7 @@ const NAMESPACE_EXISTS: i32 = 48;
 pub enum ApplyError {
     /// Worth retrying (network, elections, a build interrupted).
     #[error("{ns}: {step}: {source}")]
-    Transient {
-        ns: String,
-        step: String,
-        source: mongodb::error::Error,
-    },
+    Transient { ns: String, step: String, source: mongodb::error::Error },
 }
 
 /// The outcome of one message.
@@ -67,13 +61,7 @@ fn refused(e: &mongodb::error::Error) -> bool {
 
 impl MetadataApplier {
     /// Applies `message` to `target` (the namespace the sink writes the collection to).
-    pub async fn apply(
-        &self,
-        client: &mongodb::Client,
-        state_db: &str,
-        target: &Namespace,
-        message: &MetadataMessage,
-    ) -> Result<Applied, ApplyError> {
+    pub async fn apply(&self, client: &mongodb::Client, state_db: &str, target: &Namespace, message: &MetadataMessage) -> Result<Applied, ApplyError> {
         let source = &message.metadata;
         let home = message.partition == message.home;
         let step = |step: &str| {
@@ -81,26 +69,18 @@ impl MetadataApplier {
             let step = step.to_string();
             move |source| ApplyError::Transient { ns, step, source }
         };
-        let known = self
-            .created
-            .lock()
-            .map(|c| c.contains(target))
-            .unwrap_or(false);
+        let known = self.created.lock().map(|c| c.contains(target)).unwrap_or(false);
         if !home && (known || source.kind != Kind::Collection) {
             return Ok(Applied::Done);
         }
         let mut problems = Vec::new();
-        let mut actual = catalog::read_one(client, &target.db, &target.coll, home)
-            .await
-            .map_err(step("listing the target"))?;
+        let mut actual = catalog::read_one(client, &target.db, &target.coll, home).await.map_err(step("listing the target"))?;
         if actual.is_none() {
             if let Some(why) = self.create(client, target, source).await? {
                 problems.push(why);
             }
             if home {
-                actual = catalog::read_one(client, &target.db, &target.coll, true)
-                    .await
-                    .map_err(step("listing the target"))?;
+                actual = catalog::read_one(client, &target.db, &target.coll, true).await.map_err(step("listing the target"))?;
             }
         }
         if let Ok(mut created) = self.created.lock() {
@@ -109,9 +89,7 @@ impl MetadataApplier {
         if !home {
             return Ok(finish(problems));
         }
-        let Some(actual) = actual else {
-            return Ok(finish(problems));
-        };
+        let Some(actual) = actual else { return Ok(finish(problems)) };
         let steps = plan::plan(source, Some(&actual));
         problems.extend(steps.refused.iter().cloned());
         let db = client.database(&target.db);
@@ -126,31 +104,17 @@ impl MetadataApplier {
             }
         }
         for name in &steps.drop_indexes {
-            match db
-                .run_command(doc! {"dropIndexes": &target.coll, "index": name})
-                .await
-            {
+            match db.run_command(doc! {"dropIndexes": &target.coll, "index": name}).await {
                 Ok(_) => {}
                 // Already gone (27: IndexNotFound).
                 Err(e) if code_of(&e) == Some(27) => {}
-                Err(e) if refused(&e) => {
-                    problems.push(format!("dropping index {name} refused: {e}"))
-                }
+                Err(e) if refused(&e) => problems.push(format!("dropping index {name} refused: {e}")),
                 Err(e) => return Err(step("dropIndexes")(e)),
             }
         }
-        problems.extend(
-            create_indexes(&db, &target.coll, &steps.create_indexes)
-                .await
-                .map_err(step("createIndexes"))?,
-        );
+        problems.extend(create_indexes(&db, &target.coll, &steps.create_indexes).await.map_err(step("createIndexes"))?);
         for (name, hidden) in &steps.hide {
-            if let Err(e) = db
-                .run_command(
-                    doc! {"collMod": &target.coll, "index": {"name": name, "hidden": hidden}},
-                )
-                .await
-            {
+            if let Err(e) = db.run_command(doc! {"collMod": &target.coll, "index": {"name": name, "hidden": hidden}}).await {
                 if !refused(&e) {
                     return Err(step("collMod index")(e));
                 }
@@ -158,9 +122,7 @@ impl MetadataApplier {
             }
         }
         if source.indexes.is_some() {
-            record(client, state_db, target, source)
-                .await
-                .map_err(step("recording the source's metadata"))?;
+            record(client, state_db, target, source).await.map_err(step("recording the source's metadata"))?;
         }
         if !steps.is_empty() {
             info!(
@@ -177,12 +139,7 @@ impl MetadataApplier {
     /// Creates the target collection (or view) with the source's options as the rule says
     /// a replicating target has them. `Some(why)`: created without an option the target
     /// does not take.
-    async fn create(
-        &self,
-        client: &mongodb::Client,
-        target: &Namespace,
-        source: &CollectionMetadata,
-    ) -> Result<Option<String>, ApplyError> {
+    async fn create(&self, client: &mongodb::Client, target: &Namespace, source: &CollectionMetadata) -> Result<Option<String>, ApplyError> {
         let db = client.database(&target.db);
         let mut options = rule::replicating_options(&source.options);
         let mut dropped = None;
@@ -218,83 +175,47 @@ fn finish(problems: Vec<String>) -> Applied {
 
 /// Builds `indexes` in one command; when the target refuses it, one at a time, so that
 /// only those it refuses are reported. Returns the refusals.
-async fn create_indexes(
-    db: &mongodb::Database,
-    coll: &str,
-    indexes: &[Document],
-) -> mongodb::error::Result<Vec<String>> {
+async fn create_indexes(db: &mongodb::Database, coll: &str, indexes: &[Document]) -> mongodb::error::Result<Vec<String>> {
     if indexes.is_empty() {
         return Ok(Vec::new());
     }
     let all: Vec<Bson> = indexes.iter().cloned().map(Bson::Document).collect();
-    match db
-        .run_command(doc! {"createIndexes": coll, "indexes": all})
-        .await
-    {
+    match db.run_command(doc! {"createIndexes": coll, "indexes": all}).await {
         Ok(_) => return Ok(Vec::new()),
         Err(e) if !refused(&e) => return Err(e),
         Err(_) => {}
     }
     let mut problems = Vec::new();
     for ix in indexes {
-        if let Err(e) = db
-            .run_command(doc! {"createIndexes": coll, "indexes": [ix.clone()]})
-            .await
-        {
+        if let Err(e) = db.run_command(doc! {"createIndexes": coll, "indexes": [ix.clone()]}).await {
             if !refused(&e) {
                 return Err(e);
             }
-            warn!(
-                coll,
-                index = crate::metadata::index_name(ix),
-                "the target refused an index of the source: {e}"
-            );
-            problems.push(format!(
-                "index {} refused: {e}",
-                crate::metadata::index_name(ix)
-            ));
+            warn!(coll, index = crate::metadata::index_name(ix), "the target refused an index of the source: {e}");
+            problems.push(format!("index {} refused: {e}", crate::metadata::index_name(ix)));
         }
     }
     Ok(problems)
 }
 
 /// Records the source's metadata of `target` (what cutover finalises and checks).
-async fn record(
-    client: &mongodb::Client,
-    state_db: &str,
-    target: &Namespace,
-    source: &CollectionMetadata,
-) -> mongodb::error::Result<()> {
+async fn record(client: &mongodb::Client, state_db: &str, target: &Namespace, source: &CollectionMetadata) -> mongodb::error::Result<()> {
     let records = client.database(state_db).collection::<Document>(RECORDS);
     let entry = doc! {"_id": target.to_string(), "source": source.to_document(), "applied_at": bson::DateTime::now()};
-    records
-        .replace_one(doc! {"_id": target.to_string()}, entry)
-        .upsert(true)
-        .await
-        .map(drop)
+    records.replace_one(doc! {"_id": target.to_string()}, entry).upsert(true).await.map(drop)
 }
 
 /// The source metadata recorded for each target namespace (by `_id`, `db.coll`).
-pub async fn recorded(
-    client: &mongodb::Client,
-    state_db: &str,
-) -> anyhow::Result<Vec<(Namespace, CollectionMetadata)>> {
+pub async fn recorded(client: &mongodb::Client, state_db: &str) -> anyhow::Result<Vec<(Namespace, CollectionMetadata)>> {
     use futures::TryStreamExt;
     let records = client.database(state_db).collection::<Document>(RECORDS);
     let all: Vec<Document> = records.find(doc! {}).await?.try_collect().await?;
     let mut out = Vec::new();
     for entry in all {
         let id = entry.get_str("_id").unwrap_or_default();
-        let Some((db, coll)) = id.split_once('.') else {
-            continue;
-        };
-        let source = entry
-            .get_document("source")
-            .map_err(|_| anyhow::anyhow!("{state_db}.{RECORDS} {id}: no `source` document"))?;
-        out.push((
-            Namespace::new(db, coll),
-            CollectionMetadata::from_document(source)?,
-        ));
+        let Some((db, coll)) = id.split_once('.') else { continue };
+        let source = entry.get_document("source").map_err(|_| anyhow::anyhow!("{state_db}.{RECORDS} {id}: no `source` document"))?;
+        out.push((Namespace::new(db, coll), CollectionMetadata::from_document(source)?));
     }
     Ok(out)
 }

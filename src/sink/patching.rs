@@ -24,12 +24,7 @@ pub struct Applied {
 
 /// Applies `patches`, in order, to `current`.
 pub fn apply(current: Option<Document>, patches: &[UpdateDescription]) -> Applied {
-    let Some(mut doc) = current else {
-        return Applied {
-            doc: None,
-            refused: Vec::new(),
-        };
-    };
+    let Some(mut doc) = current else { return Applied { doc: None, refused: Vec::new() } };
     let mut refused = Vec::new();
     for (i, patch) in patches.iter().enumerate() {
         let mut next = doc.clone();
@@ -39,17 +34,9 @@ pub fn apply(current: Option<Document>, patches: &[UpdateDescription]) -> Applie
         }
     }
     match RawDocumentBuf::from_document(&doc) {
-        Ok(raw) => Applied {
-            doc: Some(raw),
-            refused,
-        },
+        Ok(raw) => Applied { doc: Some(raw), refused },
         // (Only a NUL in a field name fails here, and decoding refuses those.)
-        Err(e) => Applied {
-            doc: None,
-            refused: (0..patches.len())
-                .map(|i| (i, format!("the patched document is not valid BSON: {e}")))
-                .collect(),
-        },
+        Err(e) => Applied { doc: None, refused: (0..patches.len()).map(|i| (i, format!("the patched document is not valid BSON: {e}"))).collect() },
     }
 }
 
@@ -60,24 +47,14 @@ mod tests {
     use bson::doc;
 
     fn set(fields: Document) -> UpdateDescription {
-        UpdateDescription {
-            updated_fields: fields,
-            ..Default::default()
-        }
+        UpdateDescription { updated_fields: fields, ..Default::default() }
     }
 
     #[test]
     fn a_refused_patch_leaves_the_others() {
-        let patches = [
-            set(doc! {"n": 1}),
-            set(doc! {"a.b": 1, "n": 2}),
-            set(doc! {"n": 3}),
-        ];
+        let patches = [set(doc! {"n": 1}), set(doc! {"a.b": 1, "n": 2}), set(doc! {"n": 3})];
         let applied = apply(Some(doc! {"_id": 1, "a": "text", "n": 0}), &patches);
-        assert_eq!(
-            applied.doc.unwrap().to_document().unwrap(),
-            doc! {"_id": 1, "a": "text", "n": 3}
-        );
+        assert_eq!(applied.doc.unwrap().to_document().unwrap(), doc! {"_id": 1, "a": "text", "n": 3});
         assert_eq!(applied.refused.len(), 1);
         assert_eq!(applied.refused[0].0, 1);
     }
@@ -87,29 +64,14 @@ mod tests {
         let patch = UpdateDescription {
             updated_fields: doc! {"a.3": "x"},
             removed_fields: vec!["gone".into()],
-            truncated_arrays: vec![TruncatedArray {
-                field: "a".into(),
-                size: 2,
-            }],
+            truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 2 }],
         };
-        let applied = apply(
-            Some(doc! {"_id": 1, "a": [1, 2, 3, 4, 5], "gone": 1}),
-            &[patch],
-        );
-        assert_eq!(
-            applied.doc.unwrap().to_document().unwrap(),
-            doc! {"_id": 1, "a": [1, 2, bson::Bson::Null, "x"]}
-        );
+        let applied = apply(Some(doc! {"_id": 1, "a": [1, 2, 3, 4, 5], "gone": 1}), &[patch]);
+        assert_eq!(applied.doc.unwrap().to_document().unwrap(), doc! {"_id": 1, "a": [1, 2, bson::Bson::Null, "x"]});
     }
 
     #[test]
     fn a_missing_document_stays_missing() {
-        assert_eq!(
-            apply(None, &[set(doc! {"n": 1})]),
-            Applied {
-                doc: None,
-                refused: vec![]
-            }
-        );
+        assert_eq!(apply(None, &[set(doc! {"n": 1})]), Applied { doc: None, refused: vec![] });
     }
 }

@@ -56,11 +56,7 @@ pub fn recovery_point(partitions: &[(&PartitionProgress, Option<i64>)]) -> Optio
 /// batches), apply (taken → written to the target). Clocks of two regions differ by their
 /// skew; a negative span (a clock behind) counts as 0.
 pub fn lag_split(source_ms: i64, produced_ms: i64, taken_ms: i64, written_ms: i64) -> [i64; 3] {
-    [
-        (produced_ms - source_ms).max(0),
-        (taken_ms - produced_ms).max(0),
-        (written_ms - taken_ms).max(0),
-    ]
+    [(produced_ms - source_ms).max(0), (taken_ms - produced_ms).max(0), (written_ms - taken_ms).max(0)]
 }
 
 /// Turns cumulative per-partition document counts into rates between snapshots.
@@ -76,10 +72,7 @@ impl RateTracker {
         &mut self,
         partitions: &[PartitionProgress],
         highs: &HashMap<(String, i32), i64>,
-    ) -> (
-        BTreeMap<String, PartitionStatus>,
-        BTreeMap<String, TopicRecovery>,
-    ) {
+    ) -> (BTreeMap<String, PartitionStatus>, BTreeMap<String, TopicRecovery>) {
         let now = Instant::now();
         let mut rows = BTreeMap::new();
         let mut by_topic: BTreeMap<&str, Vec<(&PartitionProgress, Option<i64>)>> = BTreeMap::new();
@@ -87,8 +80,7 @@ impl RateTracker {
             let key = (p.topic.clone(), p.partition);
             let rate = match self.previous.get(&key) {
                 Some((before, at)) => {
-                    p.docs_written.saturating_sub(*before) as f64
-                        / now.duration_since(*at).as_secs_f64().max(1e-3)
+                    p.docs_written.saturating_sub(*before) as f64 / now.duration_since(*at).as_secs_f64().max(1e-3)
                 }
                 None => 0.0,
             };
@@ -100,13 +92,7 @@ impl RateTracker {
                 PartitionStatus {
                     committed_offset: p.committed,
                     high_watermark: high,
-                    consumer_lag: high.map(|h| {
-                        if p.committed >= 0 {
-                            (h - p.committed).max(0)
-                        } else {
-                            h
-                        }
-                    }),
+                    consumer_lag: high.map(|h| if p.committed >= 0 { (h - p.committed).max(0) } else { h }),
                     last_batch_size: p.last_batch_size,
                     docs_written: p.docs_written,
                     docs_per_second: rate,
@@ -166,24 +152,15 @@ mod tests {
     #[test]
     fn the_partition_furthest_behind_sets_the_point() {
         let (a, b) = (p(10, 5_000), p(3, 2_000));
-        assert_eq!(
-            recovery_point(&[(&a, Some(20)), (&b, Some(9))]),
-            Some(2_000)
-        );
+        assert_eq!(recovery_point(&[(&a, Some(20)), (&b, Some(9))]), Some(2_000));
     }
 
     #[test]
     fn caught_up_partitions_do_not_hold_it_back() {
         let (a, idle) = (p(10, 5_000), p(7, 1_000));
-        assert_eq!(
-            recovery_point(&[(&a, Some(20)), (&idle, Some(7))]),
-            Some(5_000)
-        );
+        assert_eq!(recovery_point(&[(&a, Some(20)), (&idle, Some(7))]), Some(5_000));
         // All caught up: everything up to the newest applied event is there.
-        assert_eq!(
-            recovery_point(&[(&a, Some(10)), (&idle, Some(7))]),
-            Some(5_000)
-        );
+        assert_eq!(recovery_point(&[(&a, Some(10)), (&idle, Some(7))]), Some(5_000));
     }
 
     #[test]

@@ -67,13 +67,7 @@ pub async fn write_with_retry(
         let retry = match ctx.writer.write(&work, &skip, &target).await {
             Ok(outcome) => {
                 let failed: HashSet<usize> = outcome.failures.iter().map(|f| f.doc).collect();
-                refused_patches.extend(
-                    outcome
-                        .refused_patches
-                        .into_iter()
-                        .filter(|(doc, ..)| !failed.contains(doc))
-                        .map(|(_, message, reason)| (message, reason)),
-                );
+                refused_patches.extend(outcome.refused_patches.into_iter().filter(|(doc, ..)| !failed.contains(doc)).map(|(_, message, reason)| (message, reason)));
                 let mut retry = false;
                 for i in attempted.into_iter().filter(|i| !failed.contains(i)) {
                     // A step written: the next one, or done.
@@ -95,8 +89,7 @@ pub async fn write_with_retry(
                         }
                         ErrorClass::DuplicateKey => {
                             if !stepping.contains_key(&f.doc) && docs[f.doc].messages.len() > 1 {
-                                let mut steps: std::collections::VecDeque<DocAction> =
-                                    one_by_one(f.doc).into();
+                                let mut steps: std::collections::VecDeque<DocAction> = one_by_one(f.doc).into();
                                 if let Some(first) = steps.pop_front() {
                                     debug!(doc = f.doc, steps = steps.len() + 1, "unique-index conflict: writing the document's events one at a time");
                                     work.to_mut()[f.doc].action = first;
@@ -110,10 +103,7 @@ pub async fn write_with_retry(
                             // loudly, rather than dead-lettered.
                             if attempts.is_multiple_of(10) {
                                 warn!(topic = %shared.topic, partition = shared.partition, code = f.code, attempts, "the target refused a statement with a code not known to be permanent; retrying (never dead-lettered): {}", f.message);
-                                ctx.board.error(format!(
-                                    "{}[{}]: target refused a statement (code {}), retrying: {}",
-                                    shared.topic, shared.partition, f.code, f.message
-                                ));
+                                ctx.board.error(format!("{}[{}]: target refused a statement (code {}), retrying: {}", shared.topic, shared.partition, f.code, f.message));
                             }
                             retry = true;
                         }
@@ -137,16 +127,11 @@ pub async fn write_with_retry(
         };
         if !retry {
             conflict.cleared();
-            return Ok(Written {
-                poison,
-                refused_patches,
-            });
+            return Ok(Written { poison, refused_patches });
         }
         attempts += 1;
         metrics::counter!(m::SINK_RETRIES, "topic" => shared.topic.clone(), "partition" => shared.partition.to_string()).increment(1);
-        sleep_unless_stopped(&shared.stop, backoff)
-            .await
-            .map_err(|_| Abandoned)?;
+        sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
         backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
     }
 }
@@ -163,14 +148,7 @@ struct ConflictWait<'a> {
 
 impl<'a> ConflictWait<'a> {
     fn new(ctx: &'a WorkerContext, shared: &'a PartitionShared, ts_ms: i64) -> Self {
-        ConflictWait {
-            ctx,
-            shared,
-            ts_ms,
-            since: None,
-            checked: None,
-            reported: None,
-        }
+        ConflictWait { ctx, shared, ts_ms, since: None, checked: None, reported: None }
     }
 
     fn gauge(&self) -> metrics::Gauge {
@@ -191,15 +169,8 @@ impl<'a> ConflictWait<'a> {
         self.checked = Some(Instant::now());
         let progress = match &self.ctx.progress {
             Some(reader) => {
-                let (reader, topic, partition, ts) = (
-                    std::sync::Arc::clone(reader),
-                    self.shared.topic.clone(),
-                    self.shared.partition,
-                    self.ts_ms,
-                );
-                tokio::task::spawn_blocking(move || reader.past(&topic, partition, ts))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
+                let (reader, topic, partition, ts) = (std::sync::Arc::clone(reader), self.shared.topic.clone(), self.shared.partition, self.ts_ms);
+                tokio::task::spawn_blocking(move || reader.past(&topic, partition, ts)).await.unwrap_or_else(|e| Err(e.to_string()))
             }
             None => Ok(Progress::AllPast),
         };
@@ -209,11 +180,7 @@ impl<'a> ConflictWait<'a> {
                 warn!(topic = %self.shared.topic, partition = self.shared.partition, waited = ?since.elapsed(), "unique-index conflict still there with every other partition past it: dead-lettering ({})", first.message);
                 return true;
             }
-            Ok(Progress::Behind {
-                partition,
-                next_ts_ms,
-                lag,
-            }) => {
+            Ok(Progress::Behind { partition, next_ts_ms, lag }) => {
                 format!("partition {partition} is behind (next unapplied event at source time {next_ts_ms:?} ms, {lag} messages to go)")
             }
             Err(e) => format!("cannot read the other partitions' progress ({e})"),

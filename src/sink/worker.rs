@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::dead_letter::{DeadLetter, DeadLetters};
-use super::fences::FenceStore;
 use super::fold::{fold, DocAction};
 use super::input::Input;
-use super::metadata::{Applied, MetadataApplier};
 use super::retry::{sleep_unless_stopped, write_with_retry, Abandoned, Written};
 use super::writer::Writer;
 use super::SinkConfig;
+use super::fences::FenceStore;
+use super::metadata::{Applied, MetadataApplier};
 use crate::debezium::{self, ClearMarker, Decoded, MetadataMessage};
 use crate::event::ChangeEvent;
 use crate::fence::Fence;
@@ -115,16 +115,7 @@ impl WorkerContext {
     ) -> Self {
         let pacer = crate::pacer::Pacer::per_second(config.max_docs_per_sec);
         let fences = FenceStore::new(writer.client(), &config.state_database);
-        WorkerContext {
-            writer,
-            dead_letters,
-            config,
-            pacer,
-            board,
-            progress,
-            metadata: MetadataApplier::default(),
-            fences,
-        }
+        WorkerContext { writer, dead_letters, config, pacer, board, progress, metadata: MetadataApplier::default(), fences }
     }
 }
 
@@ -139,10 +130,7 @@ pub async fn run<C: ConsumerContext + 'static>(
 ) {
     if let Some(old) = predecessor {
         while !old.finished.load(Ordering::SeqCst) {
-            if sleep_unless_stopped(&shared.stop, Duration::from_millis(20))
-                .await
-                .is_err()
-            {
+            if sleep_unless_stopped(&shared.stop, Duration::from_millis(20)).await.is_err() {
                 return finish(queue, &shared);
             }
         }
@@ -160,14 +148,7 @@ pub async fn run<C: ConsumerContext + 'static>(
     let mut joiner = crate::parts::Joiner::default();
     // Late sendings of earlier source runs are left out; the fence is rebuilt from the
     // stored history as it stood at the first offset read (see `crate::fence`).
-    let Ok(mut history) = until_done(
-        &ctx,
-        &shared,
-        "reading the partition's fence history",
-        || ctx.fences.load(&shared.topic, shared.partition),
-    )
-    .await
-    else {
+    let Ok(mut history) = until_done(&ctx, &shared, "reading the partition's fence history", || ctx.fences.load(&shared.topic, shared.partition)).await else {
         return finish(queue, &shared);
     };
     let mut fence: Option<Fence> = None;
@@ -183,9 +164,7 @@ pub async fn run<C: ConsumerContext + 'static>(
                         shared.fail(WorkerFailure::OffsetLost(e.to_string()));
                         break 'batches;
                     }
-                    Some(Err(e)) => {
-                        warn!(topic = %shared.topic, partition = shared.partition, "consumer: {e}")
-                    }
+                    Some(Err(e)) => warn!(topic = %shared.topic, partition = shared.partition, "consumer: {e}"),
                 }
             }
             if batch.len() >= batch_size {
@@ -210,38 +189,20 @@ pub async fn run<C: ConsumerContext + 'static>(
         }
         let last_offset = batch.last().map(|m| m.offset()).unwrap_or(-1);
         let first_offset = batch.first().map(|m| m.offset()).unwrap_or(-1);
-        let fence =
-            fence.get_or_insert_with(|| Fence::at(std::mem::take(&mut history), first_offset));
-        let inputs =
-            super::input::inputs(&batch, fence, &mut joiner, &shared.topic, shared.partition);
-        if apply_batch(&ctx, &shared, batch.len(), &inputs)
-            .await
-            .is_err()
-        {
+        let fence = fence.get_or_insert_with(|| Fence::at(std::mem::take(&mut history), first_offset));
+        let inputs = super::input::inputs(&batch, fence, &mut joiner, &shared.topic, shared.partition);
+        if apply_batch(&ctx, &shared, batch.len(), &inputs).await.is_err() {
             break;
         }
         // A raised generation is stored before the offset past it is committed, so the
         // partition's next reader knows it too.
         if let Some(raised) = fence.history_update() {
-            if until_done(
-                &ctx,
-                &shared,
-                "saving the partition's fence history",
-                || ctx.fences.save(&shared.topic, shared.partition, &raised),
-            )
-            .await
-            .is_err()
-            {
+            if until_done(&ctx, &shared, "saving the partition's fence history", || ctx.fences.save(&shared.topic, shared.partition, &raised)).await.is_err() {
                 break;
             }
         }
         // Never past the first part of an event not joined yet: a restart reads it whole.
-        shared.applied.store(
-            joiner
-                .hold()
-                .map_or(last_offset + 1, |h| h.min(last_offset + 1)),
-            Ordering::SeqCst,
-        );
+        shared.applied.store(joiner.hold().map_or(last_offset + 1, |h| h.min(last_offset + 1)), Ordering::SeqCst);
         if shared.stop.is_cancelled() {
             break;
         }
@@ -258,21 +219,11 @@ fn finish<Q>(queue: Q, shared: &PartitionShared) {
 }
 
 /// Applies one batch of `messages` messages, read as `batch` (see `input`).
-async fn apply_batch(
-    ctx: &WorkerContext,
-    shared: &PartitionShared,
-    messages: usize,
-    batch: &[Input<'_>],
-) -> Result<(), Abandoned> {
-    let labels = [
-        ("topic", shared.topic.clone()),
-        ("partition", shared.partition.to_string()),
-    ];
+async fn apply_batch(ctx: &WorkerContext, shared: &PartitionShared, messages: usize, batch: &[Input<'_>]) -> Result<(), Abandoned> {
+    let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
     metrics::counter!(m::SINK_MESSAGES, &labels).increment(messages as u64);
     metrics::histogram!(m::SINK_BATCH_SIZE, &labels).record(messages as f64);
-    shared
-        .last_batch_size
-        .store(messages as u64, Ordering::Relaxed);
+    shared.last_batch_size.store(messages as u64, Ordering::Relaxed);
 
     // Events are written in segments: a clear marker is a barrier (what came before it
     // is written, then the partition's share is cleared, then what follows is written).
@@ -300,26 +251,12 @@ async fn apply_batch(
             }
             Ok(Decoded::Tombstone) => {}
             Ok(Decoded::Clear(marker)) => {
-                write_events(
-                    ctx,
-                    shared,
-                    std::mem::take(&mut segment),
-                    &mut letters,
-                    batch,
-                )
-                .await?;
+                write_events(ctx, shared, std::mem::take(&mut segment), &mut letters, batch).await?;
                 clear_share(ctx, shared, &marker).await?;
             }
             // A barrier too: the collection exists with its options before what follows.
             Ok(Decoded::Metadata(message)) => {
-                write_events(
-                    ctx,
-                    shared,
-                    std::mem::take(&mut segment),
-                    &mut letters,
-                    batch,
-                )
-                .await?;
+                write_events(ctx, shared, std::mem::take(&mut segment), &mut letters, batch).await?;
                 if let Some(reason) = apply_metadata(ctx, shared, &message).await? {
                     letters.push((i, reason));
                 }
@@ -329,19 +266,12 @@ async fn apply_batch(
     }
     write_events(ctx, shared, segment, &mut letters, batch).await?;
     if newest_ts_ms > 0 {
-        shared
-            .applied_source_ms
-            .fetch_max(newest_ts_ms.max(0) as u64, Ordering::Relaxed);
-        metrics::gauge!(m::SINK_LAG_SECONDS, &labels)
-            .set(m::seconds_since((newest_ts_ms / 1000) as u32));
+        shared.applied_source_ms.fetch_max(newest_ts_ms.max(0) as u64, Ordering::Relaxed);
+        metrics::gauge!(m::SINK_LAG_SECONDS, &labels).set(m::seconds_since((newest_ts_ms / 1000) as u32));
     }
     if let Some((source_ms, Some(produced_ms))) = last_times {
         let split = super::progress::lag_split(source_ms, produced_ms, taken_ms, m::now_ms());
-        for ((slot, value), name) in shared.lag_split_ms.iter().zip(split).zip([
-            m::SINK_LAG_SOURCE_SECONDS,
-            m::SINK_LAG_TRANSPORT_SECONDS,
-            m::SINK_LAG_APPLY_SECONDS,
-        ]) {
+        for ((slot, value), name) in shared.lag_split_ms.iter().zip(split).zip([m::SINK_LAG_SOURCE_SECONDS, m::SINK_LAG_TRANSPORT_SECONDS, m::SINK_LAG_APPLY_SECONDS]) {
             slot.store(value, Ordering::Relaxed);
             metrics::gauge!(name, &labels).set(value as f64 / 1000.0);
         }
@@ -386,15 +316,8 @@ async fn write_events(
     if events.is_empty() {
         return Ok(());
     }
-    let labels = [
-        ("topic", shared.topic.clone()),
-        ("partition", shared.partition.to_string()),
-    ];
-    let newest_ts_ms = events
-        .iter()
-        .map(|(_, e)| e.source.ts_ms)
-        .max()
-        .unwrap_or(0);
+    let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
+    let newest_ts_ms = events.iter().map(|(_, e)| e.source.ts_ms).max().unwrap_or(0);
     let docs = fold(events);
     if let Some(pacer) = &ctx.pacer {
         // Waiting for the rate limit ends at a stop too: nothing written, nothing committed.
@@ -409,31 +332,19 @@ async fn write_events(
         docs[doc]
             .messages
             .iter()
-            .filter_map(|&i| {
-                match debezium::decode(
-                    batch[i].key.as_deref(),
-                    batch[i].value.as_deref(),
-                    &shared.topic,
-                ) {
-                    Ok(Decoded::Event(e)) => fold([(i, e)]).pop().map(|d| d.action),
-                    _ => None,
-                }
+            .filter_map(|&i| match debezium::decode(batch[i].key.as_deref(), batch[i].value.as_deref(), &shared.topic) {
+                Ok(Decoded::Event(e)) => fold([(i, e)]).pop().map(|d| d.action),
+                _ => None,
             })
             .collect()
     };
-    let Written {
-        poison: failures,
-        refused_patches,
-    } = write_with_retry(ctx, shared, &docs, newest_ts_ms, &one_by_one).await?;
+    let Written { poison: failures, refused_patches } = write_with_retry(ctx, shared, &docs, newest_ts_ms, &one_by_one).await?;
     metrics::histogram!(m::SINK_WRITE_SECONDS, &labels).record(started.elapsed().as_secs_f64());
     let written = (docs.len() - failures.len()) as u64;
     metrics::counter!(m::SINK_DOCS_WRITTEN, &labels).increment(written);
     shared.docs_written.fetch_add(written, Ordering::Relaxed);
     for f in failures.values() {
-        let reason = format!(
-            "the target refused the document (code {}, {:?}): {}",
-            f.code, f.class, f.message
-        );
+        let reason = format!("the target refused the document (code {}, {:?}): {}", f.code, f.class, f.message);
         letters.extend(docs[f.doc].messages.iter().map(|&i| (i, reason.clone())));
     }
     letters.extend(refused_patches);
@@ -442,24 +353,12 @@ async fn write_events(
 
 /// Applies a metadata message, retrying transient failures until it is applied or the
 /// worker is told to stop. `Some(reason)`: what the target refused (dead-lettered).
-async fn apply_metadata(
-    ctx: &WorkerContext,
-    shared: &PartitionShared,
-    message: &MetadataMessage,
-) -> Result<Option<String>, Abandoned> {
+async fn apply_metadata(ctx: &WorkerContext, shared: &PartitionShared, message: &MetadataMessage) -> Result<Option<String>, Abandoned> {
     let target = ctx.config.target_namespace(&message.metadata.ns);
-    let labels = [
-        ("topic", shared.topic.clone()),
-        ("partition", shared.partition.to_string()),
-    ];
+    let labels = [("topic", shared.topic.clone()), ("partition", shared.partition.to_string())];
     let mut backoff = Duration::from_millis(100);
     loop {
-        let applying = ctx.metadata.apply(
-            ctx.writer.client(),
-            &ctx.config.state_database,
-            &target,
-            message,
-        );
+        let applying = ctx.metadata.apply(ctx.writer.client(), &ctx.config.state_database, &target, message);
         let outcome = tokio::select! {
             biased;
             // An index build goes on on the server; the partition's next owner waits for it.
@@ -476,15 +375,11 @@ async fn apply_metadata(
             Ok(Applied::Refused(reason)) => {
                 metrics::counter!(m::SINK_METADATA_REFUSED, &labels).increment(1);
                 tracing::error!(target_ns = %target, %reason, "the target cannot take the source's collection metadata: it differs from the source until this is fixed by hand (docrepl verify shows the drift)");
-                return Ok(Some(format!(
-                    "the target cannot take the collection's metadata: {reason}"
-                )));
+                return Ok(Some(format!("the target cannot take the collection's metadata: {reason}")));
             }
             Err(e) => {
                 warn!(target_ns = %target, "applying collection metadata: {e}; retrying in {backoff:?}");
-                sleep_unless_stopped(&shared.stop, backoff)
-                    .await
-                    .map_err(|_| Abandoned)?;
+                sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
                 backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
             }
         }
@@ -493,18 +388,10 @@ async fn apply_metadata(
 
 /// Clears the partition's share of the target collection for a clear marker, retrying
 /// until it succeeds or the worker is told to stop.
-async fn clear_share(
-    ctx: &WorkerContext,
-    shared: &PartitionShared,
-    marker: &ClearMarker,
-) -> Result<(), Abandoned> {
+async fn clear_share(ctx: &WorkerContext, shared: &PartitionShared, marker: &ClearMarker) -> Result<(), Abandoned> {
     let ns = ctx.config.target_namespace(&marker.ns);
     let what = format!("clear marker of {ns}");
-    let deleted = until_done(ctx, shared, &what, || {
-        ctx.writer
-            .clear_partition_share(&ns, marker.partition, marker.partitions, &shared.stop)
-    })
-    .await?;
+    let deleted = until_done(ctx, shared, &what, || ctx.writer.clear_partition_share(&ns, marker.partition, marker.partitions, &shared.stop)).await?;
     warn!(target = %ns, partition = marker.partition, deleted, reason = %marker.reason, "clear marker: cleared this partition's share of the target");
     Ok(())
 }
@@ -513,12 +400,7 @@ async fn clear_share(
 /// `Err(Abandoned)` when the worker is told to stop while it waits. An attempt under way
 /// is never dropped halfway (a write the server would still carry out after the worker
 /// fell silent): `op` honours the stop itself where it must.
-async fn until_done<T, E, Fut>(
-    ctx: &WorkerContext,
-    shared: &PartitionShared,
-    what: &str,
-    mut op: impl FnMut() -> Fut,
-) -> Result<T, Abandoned>
+async fn until_done<T, E, Fut>(ctx: &WorkerContext, shared: &PartitionShared, what: &str, mut op: impl FnMut() -> Fut) -> Result<T, Abandoned>
 where
     Fut: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
@@ -529,9 +411,7 @@ where
             Ok(value) => return Ok(value),
             Err(e) => {
                 warn!(topic = %shared.topic, partition = shared.partition, "{what}: {e}; retrying in {backoff:?}");
-                sleep_unless_stopped(&shared.stop, backoff)
-                    .await
-                    .map_err(|_| Abandoned)?;
+                sleep_unless_stopped(&shared.stop, backoff).await.map_err(|_| Abandoned)?;
                 backoff = (backoff * 2).min(Duration::from_millis(ctx.config.max_backoff_ms));
             }
         }

@@ -45,32 +45,17 @@ pub struct DocFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("write to {ns} failed: {source}")]
-    Command {
-        ns: String,
-        source: mongodb::error::Error,
-        class: ErrorClass,
-    },
+    Command { ns: String, source: mongodb::error::Error, class: ErrorClass },
     #[error("write concern not satisfied on {ns}: {message} (code {code})")]
-    WriteConcern {
-        ns: String,
-        code: i32,
-        message: String,
-    },
+    WriteConcern { ns: String, code: i32, message: String },
     /// A delete by `_id` while clearing a partition's share was refused: no document can
     /// make that fail for good, so it is retried like a transient error.
     #[error("delete on {ns} refused: {message} (code {code})")]
-    DeleteRefused {
-        ns: String,
-        code: i32,
-        message: String,
-    },
+    DeleteRefused { ns: String, code: i32, message: String },
     /// No answer within the write deadline: the server aborts the command at its
     /// `maxTimeMS`, so it is retried.
     #[error("no answer from the target for a write to {ns} within {after:?}")]
-    TimedOut {
-        ns: String,
-        after: std::time::Duration,
-    },
+    TimedOut { ns: String, after: std::time::Duration },
     /// The worker was told to stop in the middle of clearing a partition's share.
     #[error("clearing {ns} stopped: the partition was revoked")]
     Stopped { ns: String },
@@ -80,11 +65,7 @@ impl CommandError {
     /// A command that failed as a whole, classified by its error.
     fn from_mongo(ns: &Namespace, source: mongodb::error::Error) -> Self {
         let class = classify_command_error(&source);
-        CommandError::Command {
-            ns: ns.to_string(),
-            source,
-            class,
-        }
+        CommandError::Command { ns: ns.to_string(), source, class }
     }
 
     pub fn class(&self) -> ErrorClass {
@@ -122,13 +103,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(
-        client: mongodb::Client,
-        w: &str,
-        wtimeout_ms: u64,
-        time_limit: std::time::Duration,
-        deadline: std::time::Duration,
-    ) -> Self {
+    pub fn new(client: mongodb::Client, w: &str, wtimeout_ms: u64, time_limit: std::time::Duration, deadline: std::time::Duration) -> Self {
         let w = match w.parse::<i32>() {
             Ok(n) => Bson::Int32(n),
             Err(_) => Bson::String(w.to_string()),
@@ -173,21 +148,13 @@ impl Writer {
                 let d = &docs[i];
                 match &d.action {
                     DocAction::Insert(raw) => inserts.push((i, raw.clone())),
-                    DocAction::Upsert(raw) => {
-                        upserts.push((i, upsert_statement(id_raw(&d.id), raw)))
-                    }
-                    DocAction::Delete => {
-                        deletes.push((i, rawdoc! {"q": {"_id": id_raw(&d.id)}, "limit": 1}))
-                    }
+                    DocAction::Upsert(raw) => upserts.push((i, upsert_statement(id_raw(&d.id), raw))),
+                    DocAction::Delete => deletes.push((i, rawdoc! {"q": {"_id": id_raw(&d.id)}, "limit": 1})),
                     DocAction::Patch(patches) | DocAction::UpsertThenPatch(_, patches) => {
                         match patch_statements(&id_raw(&d.id), patches) {
                             // Several statements: one write of the patched document (its
                             // messages are its patches, one each).
-                            Ok(statements)
-                                if statements.len() > 1
-                                    && matches!(d.action, DocAction::Patch(_))
-                                    && d.messages.len() == patches.len() =>
-                            {
+                            Ok(statements) if statements.len() > 1 && matches!(d.action, DocAction::Patch(_)) && d.messages.len() == patches.len() => {
                                 in_memory.push(i);
                             }
                             Ok(statements) => {
@@ -198,19 +165,13 @@ impl Writer {
                                 patched.push((i, statements));
                             }
                             // Decoding refuses such patches; never send an empty update for one.
-                            Err(message) => outcome.failures.push(DocFailure {
-                                doc: i,
-                                code: 0,
-                                message,
-                                class: ErrorClass::Poison,
-                            }),
+                            Err(message) => outcome.failures.push(DocFailure { doc: i, code: 0, message, class: ErrorClass::Poison }),
                         }
                     }
                 }
             }
             let before = outcome.failures.len();
-            self.run(&ns, "insert", "documents", inserts, &mut outcome)
-                .await?;
+            self.run(&ns, "insert", "documents", inserts, &mut outcome).await?;
             // Already on the target: replaced instead. (A duplicate on another unique index
             // fails the upsert the same way, and is reported from there.)
             let failures = outcome.failures.split_off(before);
@@ -222,16 +183,11 @@ impl Writer {
                     _ => outcome.failures.push(f),
                 }
             }
-            self.run(&ns, "update", "updates", upserts, &mut outcome)
-                .await?;
-            self.run(&ns, "delete", "deletes", deletes, &mut outcome)
-                .await?;
+            self.run(&ns, "update", "updates", upserts, &mut outcome).await?;
+            self.run(&ns, "delete", "deletes", deletes, &mut outcome).await?;
             if !in_memory.is_empty() {
-                let replacements = self
-                    .patch_in_memory(&ns, docs, &in_memory, &mut outcome)
-                    .await?;
-                self.run(&ns, "update", "updates", replacements, &mut outcome)
-                    .await?;
+                let replacements = self.patch_in_memory(&ns, docs, &in_memory, &mut outcome).await?;
+                self.run(&ns, "update", "updates", replacements, &mut outcome).await?;
             }
             // Round k: the k-th statement of every patched document not failed yet.
             let rounds = patched.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
@@ -242,8 +198,7 @@ impl Writer {
                     .filter(|(i, _)| !failed.contains(i))
                     .filter_map(|(i, s)| s.get(k).map(|st| (*i, st.clone())))
                     .collect();
-                self.run(&ns, "update", "updates", round, &mut outcome)
-                    .await?;
+                self.run(&ns, "update", "updates", round, &mut outcome).await?;
             }
         }
         Ok(outcome)
@@ -261,18 +216,12 @@ impl Writer {
     ) -> Result<Vec<(usize, RawDocumentBuf)>, CommandError> {
         use futures::TryStreamExt;
         let failed = |source| CommandError::from_mongo(ns, source);
-        let coll = self
-            .client
-            .database(&ns.db)
-            .collection::<Document>(&ns.coll);
+        let coll = self.client.database(&ns.db).collection::<Document>(&ns.coll);
         let mut current: HashMap<String, Document> = HashMap::new();
         for chunk in positions.chunks(1000) {
             let ids: Vec<Bson> = chunk.iter().map(|&i| docs[i].id.clone()).collect();
             let read = async {
-                let mut cursor = coll
-                    .find(bson::doc! {"_id": {"$in": ids}})
-                    .max_time(self.time_limit)
-                    .await?;
+                let mut cursor = coll.find(bson::doc! {"_id": {"$in": ids}}).max_time(self.time_limit).await?;
                 let mut found = Vec::new();
                 while let Some(doc) = cursor.try_next().await? {
                     found.push(doc);
@@ -281,10 +230,7 @@ impl Writer {
             };
             let found = tokio::time::timeout(self.deadline, read)
                 .await
-                .map_err(|_| CommandError::TimedOut {
-                    ns: ns.to_string(),
-                    after: self.deadline,
-                })?
+                .map_err(|_| CommandError::TimedOut { ns: ns.to_string(), after: self.deadline })?
                 .map_err(failed)?;
             for doc in found {
                 if let Some(id) = doc.get("_id") {
@@ -295,16 +241,10 @@ impl Writer {
         let mut replacements = Vec::new();
         for &i in positions {
             let d = &docs[i];
-            let DocAction::Patch(patches) = &d.action else {
-                continue;
-            };
+            let DocAction::Patch(patches) = &d.action else { continue };
             let applied = super::patching::apply(current.remove(&id_fold_key(&d.id)), patches);
             for (k, reason) in applied.refused {
-                outcome.refused_patches.push((
-                    i,
-                    d.messages[k],
-                    format!("the patch cannot apply to the target's document: {reason}"),
-                ));
+                outcome.refused_patches.push((i, d.messages[k], format!("the patch cannot apply to the target's document: {reason}")));
             }
             if let Some(doc) = applied.doc {
                 replacements.push((i, replace_statement(id_raw(&d.id), &doc, false)));
@@ -350,40 +290,23 @@ impl Writer {
             }
             let answer = tokio::time::timeout(self.deadline, db.run_raw_command(cmd))
                 .await
-                .map_err(|_| CommandError::TimedOut {
-                    ns: ns.to_string(),
-                    after: self.deadline,
-                })?;
+                .map_err(|_| CommandError::TimedOut { ns: ns.to_string(), after: self.deadline })?;
             let reply = match answer {
                 Ok(r) => r,
                 Err(e) if max_time && refuses_max_time(&e) => {
-                    self.max_time_ok
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.max_time_ok.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(target_ns = %ns, "the target does not take maxTimeMS on writes ({e}); writes are bounded by the client deadline alone from now on");
                     let class = ErrorClass::Transient;
-                    return Err(CommandError::Command {
-                        ns: ns.to_string(),
-                        source: e,
-                        class,
-                    });
+                    return Err(CommandError::Command { ns: ns.to_string(), source: e, class });
                 }
                 Err(e) => {
                     let class = classify_command_error(&e);
                     // A single statement too large for any command: that document is poison.
                     if class == ErrorClass::Poison && positions.len() == 1 {
-                        outcome.failures.push(DocFailure {
-                            doc: positions[0],
-                            code: error_code(&e),
-                            message: e.to_string(),
-                            class,
-                        });
+                        outcome.failures.push(DocFailure { doc: positions[0], code: error_code(&e), message: e.to_string(), class });
                         continue;
                     }
-                    return Err(CommandError::Command {
-                        ns: ns.to_string(),
-                        source: e,
-                        class,
-                    });
+                    return Err(CommandError::Command { ns: ns.to_string(), source: e, class });
                 }
             };
             let mut failed_here = 0;
@@ -393,12 +316,7 @@ impl Writer {
                     let code = err.get_i32("code").unwrap_or(0);
                     let message = err.get_str("errmsg").unwrap_or_default().to_string();
                     if let Some(doc) = positions.get(index) {
-                        outcome.failures.push(DocFailure {
-                            doc: *doc,
-                            code,
-                            message,
-                            class: classify_code(code),
-                        });
+                        outcome.failures.push(DocFailure { doc: *doc, code, message, class: classify_code(code) });
                         failed_here += 1;
                     }
                 }
@@ -440,10 +358,7 @@ fn upsert_statement(id: RawBson, doc: &RawDocumentBuf) -> RawDocumentBuf {
 fn replace_statement(id: RawBson, doc: &RawDocumentBuf, upsert: bool) -> RawDocumentBuf {
     let mut s = RawDocumentBuf::new();
     s.append("q", rawdoc! {"_id": id});
-    if doc
-        .iter()
-        .any(|e| e.is_ok_and(|(key, _)| key.starts_with('$')))
-    {
+    if doc.iter().any(|e| e.is_ok_and(|(key, _)| key.starts_with('$'))) {
         let mut literal = RawDocumentBuf::new();
         literal.append_ref("$literal", doc.as_ref());
         let mut pipeline = RawArrayBuf::new();
@@ -467,9 +382,7 @@ fn split(statements: Vec<(usize, RawDocumentBuf)>) -> Vec<Vec<(usize, RawDocumen
     let mut bytes = 0;
     for s in statements {
         let len = s.1.as_bytes().len() + 16;
-        if !current.is_empty()
-            && (bytes + len > MAX_COMMAND_BYTES || current.len() >= MAX_STATEMENTS)
-        {
+        if !current.is_empty() && (bytes + len > MAX_COMMAND_BYTES || current.len() >= MAX_STATEMENTS) {
             out.push(std::mem::take(&mut current));
             bytes = 0;
         }
@@ -485,19 +398,13 @@ fn split(statements: Vec<(usize, RawDocumentBuf)>) -> Vec<Vec<(usize, RawDocumen
 /// The server-side statements of a sequence of patches: per patch, the truncations
 /// (`$push` with an empty `$each` and `$slice`) first, then `$set`/`$unset`. They are two
 /// statements because `$set` of `a.2` and a truncation of `a` conflict in one update.
-pub fn patch_statements(
-    id: &RawBson,
-    patches: &[UpdateDescription],
-) -> Result<Vec<RawDocumentBuf>, String> {
+pub fn patch_statements(id: &RawBson, patches: &[UpdateDescription]) -> Result<Vec<RawDocumentBuf>, String> {
     let mut out = Vec::new();
     for p in patches {
         if !p.truncated_arrays.is_empty() {
             let mut push = Document::new();
             for t in &p.truncated_arrays {
-                push.insert(
-                    t.field.clone(),
-                    bson::doc! {"$each": [], "$slice": t.size as i64},
-                );
+                push.insert(t.field.clone(), bson::doc! {"$each": [], "$slice": t.size as i64});
             }
             out.push(statement(id, bson::doc! {"$push": push})?);
         }
@@ -506,11 +413,7 @@ pub fn patch_statements(
             update.insert("$set", p.updated_fields.clone());
         }
         if !p.removed_fields.is_empty() {
-            let unset: Document = p
-                .removed_fields
-                .iter()
-                .map(|f| (f.clone(), Bson::String(String::new())))
-                .collect();
+            let unset: Document = p.removed_fields.iter().map(|f| (f.clone(), Bson::String(String::new()))).collect();
             update.insert("$unset", unset);
         }
         if !update.is_empty() {
@@ -521,8 +424,7 @@ pub fn patch_statements(
 }
 
 fn statement(id: &RawBson, update: Document) -> Result<RawDocumentBuf, String> {
-    let u = RawDocumentBuf::from_document(&update)
-        .map_err(|e| format!("the patch cannot be written as BSON: {e}"))?;
+    let u = RawDocumentBuf::from_document(&update).map_err(|e| format!("the patch cannot be written as BSON: {e}"))?;
     let mut s = RawDocumentBuf::new();
     s.append("q", rawdoc! {"_id": id.clone()});
     s.append("u", u);
@@ -538,13 +440,9 @@ mod tests {
     fn split_respects_count_and_size() {
         let small: Vec<_> = (0..10).map(|i| (i, rawdoc! {"i": i as i32})).collect();
         assert_eq!(split(small).len(), 1);
-        let big =
-            RawDocumentBuf::from_document(&bson::doc! {"b": "x".repeat(6 * 1024 * 1024)}).unwrap();
+        let big = RawDocumentBuf::from_document(&bson::doc! {"b": "x".repeat(6 * 1024 * 1024)}).unwrap();
         let three: Vec<_> = (0..3).map(|i| (i, big.clone())).collect();
-        assert_eq!(
-            split(three).iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![2, 1]
-        );
+        assert_eq!(split(three).iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1]);
     }
 
     #[test]
@@ -552,10 +450,7 @@ mod tests {
         let p = UpdateDescription {
             updated_fields: bson::doc! {"a.2": 1},
             removed_fields: vec!["x".into()],
-            truncated_arrays: vec![TruncatedArray {
-                field: "a".into(),
-                size: 3,
-            }],
+            truncated_arrays: vec![TruncatedArray { field: "a".into(), size: 3 }],
         };
         let s = patch_statements(&RawBson::Int32(1), &[p]).unwrap();
         assert_eq!(s.len(), 2);

@@ -44,10 +44,7 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn new(db: &mongodb::Database, scope: &str) -> Self {
-        CheckpointStore {
-            coll: db.collection(CHECKPOINTS),
-            scope: scope.to_string(),
-        }
+        CheckpointStore { coll: db.collection(CHECKPOINTS), scope: scope.to_string() }
     }
 
     fn key(&self, ns: &str) -> String {
@@ -61,39 +58,21 @@ impl CheckpointStore {
     }
 
     pub async fn load(&self, ns: &str) -> mongodb::error::Result<Option<Checkpoint>> {
-        Ok(self
-            .coll
-            .find_one(doc! {"_id": self.key(ns)})
-            .await?
-            .and_then(|d| parse(&d)))
+        Ok(self.coll.find_one(doc! {"_id": self.key(ns)}).await?.and_then(|d| parse(&d)))
     }
 
     /// The checkpoints of every collection of `db` (one query, not one per collection),
     /// by collection name; `db.$database`'s own is not among them.
-    pub async fn of_collections(
-        &self,
-        db: &str,
-    ) -> mongodb::error::Result<Vec<(String, Checkpoint)>> {
+    pub async fn of_collections(&self, db: &str) -> mongodb::error::Result<Vec<(String, Checkpoint)>> {
         // Keys are `<scope>/<db>.<coll>`: '/' follows '.' in every collation order here.
         let from = self.key(&format!("{db}."));
         let to = self.key(&format!("{db}/"));
-        let mut cursor = self
-            .coll
-            .find(doc! {"_id": {"$gte": &from, "$lt": to}})
-            .await?;
+        let mut cursor = self.coll.find(doc! {"_id": {"$gte": &from, "$lt": to}}).await?;
         let mut found = Vec::new();
         while cursor.advance().await? {
             let d: Document = cursor.deserialize_current()?;
             // `$` cannot begin a collection name: that is a database reader's own key.
-            let Some(coll) = d
-                .get_str("_id")
-                .ok()
-                .and_then(|id| id.strip_prefix(from.as_str()))
-                .filter(|c| !c.starts_with('$'))
-                .map(str::to_string)
-            else {
-                continue;
-            };
+            let Some(coll) = d.get_str("_id").ok().and_then(|id| id.strip_prefix(from.as_str())).filter(|c| !c.starts_with('$')).map(str::to_string) else { continue };
             if let Some(cp) = parse(&d) {
                 found.push((coll, cp));
             }
@@ -101,24 +80,14 @@ impl CheckpointStore {
         Ok(found)
     }
 
+
     /// Saves `cp` under lease epoch `epoch`, unless a holder with a newer epoch has saved
     /// since (then `Superseded`, and nothing changes).
-    pub async fn save(
-        &self,
-        ns: &str,
-        cp: &Checkpoint,
-        instance: &str,
-        epoch: i64,
-    ) -> Result<(), CheckpointError> {
+    pub async fn save(&self, ns: &str, cp: &Checkpoint, instance: &str, epoch: i64) -> Result<(), CheckpointError> {
         let (token, start_at, copy_at, copy_after) = match &cp.position {
             Position::Token(t) => (t.clone(), Bson::Null, Bson::Null, Bson::Null),
             Position::StartAt(ts) => (Bson::Null, Bson::Timestamp(*ts), Bson::Null, Bson::Null),
-            Position::Copying { at, after } => (
-                Bson::Null,
-                Bson::Null,
-                Bson::Timestamp(*at),
-                after.clone().unwrap_or(Bson::Null),
-            ),
+            Position::Copying { at, after } => (Bson::Null, Bson::Null, Bson::Timestamp(*at), after.clone().unwrap_or(Bson::Null)),
         };
         let replacement = doc! {
             "_id": self.key(ns),
@@ -131,18 +100,10 @@ impl CheckpointStore {
             "saved_by": instance,
             "lease_epoch": epoch,
         };
-        match self
-            .coll
-            .replace_one(self.not_newer_than(ns, epoch), replacement)
-            .with_options(ReplaceOptions::builder().upsert(true).build())
-            .await
-        {
+        match self.coll.replace_one(self.not_newer_than(ns, epoch), replacement).with_options(ReplaceOptions::builder().upsert(true).build()).await {
             Ok(_) => Ok(()),
             // The filter missed an existing checkpoint, so the upsert's insert met its `_id`.
-            Err(e) if crate::mongo::is_duplicate_key(&e) => Err(CheckpointError::Superseded {
-                ns: ns.to_string(),
-                epoch,
-            }),
+            Err(e) if crate::mongo::is_duplicate_key(&e) => Err(CheckpointError::Superseded { ns: ns.to_string(), epoch }),
             Err(e) => Err(e.into()),
         }
     }
@@ -150,22 +111,8 @@ impl CheckpointStore {
     /// Forgets a collection's position (before a fresh initial copy), unless a newer
     /// lease holder wrote it.
     pub async fn clear(&self, ns: &str, epoch: i64) -> Result<(), CheckpointError> {
-        if self
-            .coll
-            .delete_one(self.not_newer_than(ns, epoch))
-            .await?
-            .deleted_count
-            == 0
-            && self
-                .coll
-                .find_one(doc! {"_id": self.key(ns)})
-                .await?
-                .is_some()
-        {
-            return Err(CheckpointError::Superseded {
-                ns: ns.to_string(),
-                epoch,
-            });
+        if self.coll.delete_one(self.not_newer_than(ns, epoch)).await?.deleted_count == 0 && self.coll.find_one(doc! {"_id": self.key(ns)}).await?.is_some() {
+            return Err(CheckpointError::Superseded { ns: ns.to_string(), epoch });
         }
         Ok(())
     }
@@ -174,23 +121,13 @@ impl CheckpointStore {
 /// A stored checkpoint document's position (`None`: a document of no known shape).
 fn parse(d: &Document) -> Option<Checkpoint> {
     let event_time = d.get_timestamp("event_time").ok();
-    let position = match (
-        d.get("resume_token"),
-        d.get_timestamp("start_at"),
-        d.get_timestamp("copy_at"),
-    ) {
+    let position = match (d.get("resume_token"), d.get_timestamp("start_at"), d.get_timestamp("copy_at")) {
         (Some(t), _, _) if *t != Bson::Null => Position::Token(t.clone()),
         (_, Ok(ts), _) => Position::StartAt(ts),
-        (_, _, Ok(at)) => Position::Copying {
-            at,
-            after: d.get("copy_after").filter(|b| **b != Bson::Null).cloned(),
-        },
+        (_, _, Ok(at)) => Position::Copying { at, after: d.get("copy_after").filter(|b| **b != Bson::Null).cloned() },
         _ => return None,
     };
-    Some(Checkpoint {
-        position,
-        event_time,
-    })
+    Some(Checkpoint { position, event_time })
 }
 
 /// The cluster time a MongoDB resume token stands for: its `_data` KeyString starts with
@@ -218,16 +155,7 @@ mod tests {
     fn reads_the_time_of_a_mongodb_token() {
         let token = doc! {"_data": "826B00EA26000000042B022C0100296E5A1004BDCBFD80049549B88D039977A0537EF446645F696400646B00EA26B8510FFF174271530004"};
         let ts = token_cluster_time(&Bson::Document(token)).unwrap();
-        assert_eq!(
-            ts,
-            Timestamp {
-                time: 0x6B00EA26,
-                increment: 4
-            }
-        );
-        assert_eq!(
-            token_cluster_time(&Bson::Document(doc! {"_data": "zz"})),
-            None
-        );
+        assert_eq!(ts, Timestamp { time: 0x6B00EA26, increment: 4 });
+        assert_eq!(token_cluster_time(&Bson::Document(doc! {"_data": "zz"})), None);
     }
 }

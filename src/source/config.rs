@@ -96,26 +96,15 @@ pub struct SourceConfig {
 }
 
 /// `"1765000000.7"` → the cluster time (seconds, increment).
-fn cluster_time<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<bson::Timestamp>, D::Error> {
-    let Some(text) = Option::<String>::deserialize(d)? else {
-        return Ok(None);
-    };
-    parse_cluster_time(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+fn cluster_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bson::Timestamp>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    parse_cluster_time(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn parse_cluster_time(text: &str) -> Result<bson::Timestamp, String> {
-    let bad = || {
-        format!("{text:?} is not a cluster time: expected \"<seconds>.<increment>\", e.g. \"1765000000.7\"")
-    };
+    let bad = || format!("{text:?} is not a cluster time: expected \"<seconds>.<increment>\", e.g. \"1765000000.7\"");
     let (time, increment) = text.split_once('.').ok_or_else(bad)?;
-    Ok(bson::Timestamp {
-        time: time.parse().map_err(|_| bad())?,
-        increment: increment.parse().map_err(|_| bad())?,
-    })
+    Ok(bson::Timestamp { time: time.parse().map_err(|_| bad())?, increment: increment.parse().map_err(|_| bad())? })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,10 +192,7 @@ fn default_state_db() -> String {
 
 impl Default for StateStoreConfig {
     fn default() -> Self {
-        StateStoreConfig {
-            uri: None,
-            database: default_state_db(),
-        }
+        StateStoreConfig { uri: None, database: default_state_db() }
     }
 }
 
@@ -250,25 +236,15 @@ impl SourceConfig {
         }
         require_at_least("source.copy_batch_size", self.copy_batch_size, 1)?;
         require_at_least("source.copy_parallelism", self.copy_parallelism, 1)?;
-        require_at_least(
-            "source.checkpoint_interval_ms",
-            self.checkpoint_interval_ms,
-            10,
-        )?;
+        require_at_least("source.checkpoint_interval_ms", self.checkpoint_interval_ms, 10)?;
         require_at_least("source.lease_ttl_ms", self.lease_ttl_ms, 2000)?;
         require_at_least("source.metadata.poll_secs", self.metadata.poll_secs, 1)?;
         if self.heartbeat_ms != 0 && self.heartbeat_ms < 100 {
-            return Err(ConfigError::invalid(
-                "source.heartbeat_ms",
-                "must be 0 (no heartbeats) or at least 100",
-            ));
+            return Err(ConfigError::invalid("source.heartbeat_ms", "must be 0 (no heartbeats) or at least 100"));
         }
         if let Some(h) = self.history_retention_hours {
             if !(h > 0.0 && h.is_finite()) {
-                return Err(ConfigError::invalid(
-                    "source.history_retention_hours",
-                    format!("{h} is not a positive number of hours"),
-                ));
+                return Err(ConfigError::invalid("source.history_retention_hours", format!("{h} is not a positive number of hours")));
             }
         }
         Ok(())
@@ -301,20 +277,16 @@ impl SourceConfig {
     /// judged from its own URI (an explicit `documentdb` covers both).
     pub fn state_flavor(&self) -> Flavor {
         match &self.state.uri {
-            Some(uri) if uri != &self.uri && self.flavor == FlavorSetting::Auto => {
-                crate::flavor::resolve(FlavorSetting::Auto, uri).0
-            }
+            Some(uri) if uri != &self.uri && self.flavor == FlavorSetting::Auto => crate::flavor::resolve(FlavorSetting::Auto, uri).0,
             _ => self.flavor().0,
         }
     }
+
 }
 
 pub fn validate_db_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 63 || name.contains(['/', '\\', '.', ' ', '"', '$']) {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{name:?} is not a valid database name"),
-        ));
+        return Err(ConfigError::invalid(key, format!("{name:?} is not a valid database name")));
     }
     Ok(())
 }

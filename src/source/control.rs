@@ -23,12 +23,7 @@ use crate::metrics as m;
 impl Reader {
     /// Tells the sinks to empty `route`'s target collection: one clear marker per partition
     /// of its topic (see `debezium::ClearMarker`), each acknowledged by Kafka.
-    pub(super) async fn send_clear_markers(
-        &self,
-        route: &Arc<Route>,
-        reason: &str,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
+    pub(super) async fn send_clear_markers(&self, route: &Arc<Route>, reason: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         let at = self.cluster_time().await?;
         let source = source_info(&self.ctx, at, SnapshotMarker::Yes);
         let markers: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..self.ctx.partitions)
@@ -43,15 +38,7 @@ impl Reader {
                 (partition, key, value)
             })
             .collect();
-        let exit = deliver_to_every_partition(
-            &self.ctx,
-            route,
-            markers,
-            "clear marker",
-            &self.stamp(lease),
-            lease,
-        )
-        .await?;
+        let exit = deliver_to_every_partition(&self.ctx, route, markers, "clear marker", &self.stamp(lease), lease).await?;
         if exit.is_none() {
             info!(ns = %route.ns, partitions = self.ctx.partitions, %reason, "clear markers delivered: sinks empty the target collection");
         }
@@ -60,11 +47,7 @@ impl Reader {
 }
 
 /// The `source` block of a control message sent at cluster time `at`.
-pub(super) fn source_info(
-    ctx: &ReaderContext,
-    at: bson::Timestamp,
-    snapshot: SnapshotMarker,
-) -> SourceInfo {
+pub(super) fn source_info(ctx: &ReaderContext, at: bson::Timestamp, snapshot: SnapshotMarker) -> SourceInfo {
     SourceInfo {
         name: ctx.name.clone(),
         rs: ctx.rs.clone(),
@@ -110,17 +93,8 @@ pub(super) async fn deliver_all(
                 return Ok(Some(ReaderExit::LeaseLost));
             }
             let bytes = key.len() + value.len();
-            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq, bytes))
-                .partition(*partition)
-                .key(key)
-                .payload(value)
-                .headers(stamped(None, stamp));
-            ctx.producer
-                .send(record)
-                .map_err(|(e, _)| ReaderError::Delivery {
-                    ns: route.ns.clone(),
-                    message: format!("{what} not queued: {e}"),
-                })?;
+            let record = BaseRecord::with_opaque_to(&route.topic, in_flight.ticket(seq, bytes)).partition(*partition).key(key).payload(value).headers(stamped(None, stamp));
+            ctx.producer.send(record).map_err(|(e, _)| ReaderError::Delivery { ns: route.ns.clone(), message: format!("{what} not queued: {e}") })?;
             in_flight.sent(bytes);
             seq += 1;
         }
@@ -139,10 +113,7 @@ pub(super) async fn deliver_all(
     while in_flight.due() > 0 {
         in_flight.arrived().await;
         for (i, outcome) in in_flight.take() {
-            outcome.map_err(|e| ReaderError::Delivery {
-                ns: ns(i),
-                message: format!("{what} not delivered: {}", e.message),
-            })?;
+            outcome.map_err(|e| ReaderError::Delivery { ns: ns(i), message: format!("{what} not delivered: {}", e.message) })?;
         }
     }
     Ok(None)

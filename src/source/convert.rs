@@ -3,24 +3,16 @@
 use bson::{Bson, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 
-use crate::event::{
-    ChangeEvent, Namespace, Op, SnapshotMarker, SourceInfo, TruncatedArray, UpdateDescription,
-};
+use crate::event::{ChangeEvent, Namespace, Op, SnapshotMarker, SourceInfo, TruncatedArray, UpdateDescription};
 
 /// What one change stream event means to the reader.
 #[derive(Debug)]
 pub enum StreamItem {
     Change(Box<ChangeEvent>),
     /// drop / rename / dropDatabase: reported, never a crash.
-    Ddl {
-        kind: String,
-        to: Option<String>,
-        cluster_time: Option<Timestamp>,
-    },
+    Ddl { kind: String, to: Option<String>, cluster_time: Option<Timestamp> },
     /// The stream ended for good (after a drop or rename); reopen after `cluster_time`.
-    Invalidate {
-        cluster_time: Option<Timestamp>,
-    },
+    Invalidate { cluster_time: Option<Timestamp> },
     /// The collection's options or indexes changed (`create`, `createIndexes`,
     /// `dropIndexes`, `modify`: reported with `showExpandedEvents`): its metadata is sent
     /// again (see `metadata`).
@@ -42,10 +34,7 @@ pub struct Origin {
 
 impl Origin {
     fn source(&self, ts: Option<Timestamp>, snapshot: SnapshotMarker) -> SourceInfo {
-        let ts = ts.unwrap_or(Timestamp {
-            time: 0,
-            increment: 0,
-        });
+        let ts = ts.unwrap_or(Timestamp { time: 0, increment: 0 });
         SourceInfo {
             name: self.name.clone(),
             rs: self.rs.clone(),
@@ -83,28 +72,15 @@ impl Origin {
             OperationType::Drop | OperationType::DropDatabase | OperationType::Rename => {
                 return StreamItem::Ddl {
                     kind: format!("{:?}", ev.operation_type),
-                    to: ev
-                        .to
-                        .map(|t| format!("{}.{}", t.db, t.coll.unwrap_or_default())),
+                    to: ev.to.map(|t| format!("{}.{}", t.db, t.coll.unwrap_or_default())),
                     cluster_time: ev.cluster_time,
                 }
             }
-            OperationType::Invalidate => {
-                return StreamItem::Invalidate {
-                    cluster_time: ev.cluster_time,
-                }
-            }
-            OperationType::Other(kind) if METADATA_EVENTS.contains(&kind.as_str()) => {
-                return StreamItem::Metadata(kind.clone())
-            }
+            OperationType::Invalidate => return StreamItem::Invalidate { cluster_time: ev.cluster_time },
+            OperationType::Other(kind) if METADATA_EVENTS.contains(&kind.as_str()) => return StreamItem::Metadata(kind.clone()),
             other => return StreamItem::Skipped(format!("{other:?}")),
         };
-        let id = ev
-            .document_key
-            .as_ref()
-            .and_then(|k| k.get("_id"))
-            .cloned()
-            .unwrap_or(Bson::Null);
+        let id = ev.document_key.as_ref().and_then(|k| k.get("_id")).cloned().unwrap_or(Bson::Null);
         let update = match (&ev.operation_type, ev.update_description) {
             (OperationType::Update, Some(u)) => Some(UpdateDescription {
                 updated_fields: u.updated_fields,
@@ -113,10 +89,7 @@ impl Origin {
                     .truncated_arrays
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|t| TruncatedArray {
-                        field: t.field,
-                        size: t.new_size.max(0) as u32,
-                    })
+                    .map(|t| TruncatedArray { field: t.field, size: t.new_size.max(0) as u32 })
                     .collect(),
             }),
             // A large document's update may have had its patch projected away (see
@@ -125,23 +98,10 @@ impl Origin {
             _ => None,
         };
         let mut source = self.source(ev.cluster_time, SnapshotMarker::No);
-        source.lsid = ev
-            .lsid
-            .map(|l| Bson::Document(l).into_relaxed_extjson().to_string());
+        source.lsid = ev.lsid.map(|l| Bson::Document(l).into_relaxed_extjson().to_string());
         source.txn_number = ev.txn_number;
-        let after = if op == Op::Delete {
-            None
-        } else {
-            ev.full_document
-        };
-        StreamItem::Change(Box::new(ChangeEvent {
-            op,
-            ns: self.ns.clone(),
-            id,
-            after,
-            update,
-            source,
-        }))
+        let after = if op == Op::Delete { None } else { ev.full_document };
+        StreamItem::Change(Box::new(ChangeEvent { op, ns: self.ns.clone(), id, after, update, source }))
     }
 }
 

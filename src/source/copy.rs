@@ -48,10 +48,7 @@ impl Reader {
                 doc! {}
             }
         };
-        let mut find = coll
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .batch_size(self.ctx.config.copy_batch_size);
+        let mut find = coll.find(filter).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
         if after.is_some() {
             find = find.hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
         }
@@ -76,19 +73,13 @@ impl Reader {
                             let position = Some(ev.id.clone());
                             encoder.encode(&ev, position)
                         }
-                        Err(message) => Outgoing::Done(Err(ReaderError::Encode {
-                            ns: ns.clone(),
-                            message,
-                        })),
+                        Err(message) => Outgoing::Done(Err(ReaderError::Encode { ns: ns.clone(), message })),
                     },
                     Ok(None) => {
                         info!(ns = %ns, copied, "initial copy read every document");
                         Outgoing::Done(Ok(ReadEnd::CopyDone))
                     }
-                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo {
-                        ns: ns.clone(),
-                        source,
-                    })),
+                    Err(source) => Outgoing::Done(Err(ReaderError::Mongo { ns: ns.clone(), source })),
                 };
                 let last = matches!(item, Outgoing::Done(_));
                 if tx.send(item).await.is_err() || last {
@@ -96,16 +87,12 @@ impl Reader {
                 }
             }
         });
-        let result = self
-            .pump(rx, None, Phase::Copy { at }, lease, shutdown)
-            .await;
+        let result = self.pump(rx, None, Phase::Copy { at }, lease, shutdown).await;
         read.abort();
         progress.finish();
         match result? {
             PumpEnd::Read(ReadEnd::CopyDone) => Ok(None),
-            PumpEnd::Read(ReadEnd::Invalidated(_) | ReadEnd::Reopen | ReadEnd::CopyRenamed(_)) => {
-                Ok(None)
-            }
+            PumpEnd::Read(ReadEnd::Invalidated(_) | ReadEnd::Reopen | ReadEnd::CopyRenamed(_)) => Ok(None),
             PumpEnd::Exit(exit) => Ok(Some(exit)),
         }
     }

@@ -18,10 +18,7 @@ pub struct CopyProgress {
 /// Starts the bar (only on a terminal).
 pub fn show(board: StatusBoard, ns: String, total: Option<u64>) -> CopyProgress {
     if !std::io::stderr().is_terminal() {
-        return CopyProgress {
-            bar: None,
-            task: None,
-        };
+        return CopyProgress { bar: None, task: None };
     }
     let bar = ProgressBar::new(total.unwrap_or(0));
     bar.set_style(
@@ -38,10 +35,7 @@ pub fn show(board: StatusBoard, ns: String, total: Option<u64>) -> CopyProgress 
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
-    CopyProgress {
-        bar: Some(bar),
-        task: Some(task),
-    }
+    CopyProgress { bar: Some(bar), task: Some(task) }
 }
 
 impl CopyProgress {

@@ -46,13 +46,7 @@ mod tests {
         let f = after_id(&Bson::Int32(5), Flavor::MongoDb);
         let or = f.get_array("$or").unwrap();
         assert_eq!(or[0].as_document().unwrap(), &doc! {"_id": {"$gt": 5}});
-        let types = or[1]
-            .as_document()
-            .unwrap()
-            .get_document("_id")
-            .unwrap()
-            .get_array("$type")
-            .unwrap();
+        let types = or[1].as_document().unwrap().get_document("_id").unwrap().get_array("$type").unwrap();
         // Strings come next, MaxKey last; no number type is among them.
         assert_eq!(types.first(), Some(&Bson::Int32(2)));
         assert_eq!(types.last(), Some(&Bson::Int32(127)));
@@ -61,27 +55,13 @@ mod tests {
 
     #[test]
     fn max_key_has_nothing_after_it() {
-        assert_eq!(
-            after_id(&Bson::MaxKey, Flavor::MongoDb),
-            doc! {"_id": {"$gt": Bson::MaxKey}}
-        );
+        assert_eq!(after_id(&Bson::MaxKey, Flavor::MongoDb), doc! {"_id": {"$gt": Bson::MaxKey}});
     }
 
     #[test]
     fn documentdb_gets_no_deprecated_types() {
         let f = after_id(&Bson::Null, Flavor::DocumentDb);
-        let types = f.get_array("$or").unwrap()[1]
-            .as_document()
-            .unwrap()
-            .get_document("_id")
-            .unwrap()
-            .get_array("$type")
-            .unwrap()
-            .clone();
-        assert!(
-            types.contains(&Bson::Int32(7))
-                && !types.contains(&Bson::Int32(14))
-                && !types.contains(&Bson::Int32(6))
-        );
+        let types = f.get_array("$or").unwrap()[1].as_document().unwrap().get_document("_id").unwrap().get_array("$type").unwrap().clone();
+        assert!(types.contains(&Bson::Int32(7)) && !types.contains(&Bson::Int32(14)) && !types.contains(&Bson::Int32(6)));
     }
 }

@@ -36,19 +36,9 @@ impl Reader {
     /// A reader of the whole of `db` (see the module comment).
     pub fn database(ctx: Arc<ReaderContext>, db: &str, max_bytes: usize) -> Self {
         let max_bytes = Arc::new(AtomicUsize::new(max_bytes));
-        let routes = Routes::new(
-            db,
-            &ctx.name,
-            &ctx.rs,
-            ctx.topics.clone(),
-            Arc::clone(&max_bytes),
-        );
+        let routes = Routes::new(db, &ctx.name, &ctx.rs, ctx.topics.clone(), Arc::clone(&max_bytes));
         Reader {
-            reads: Reads::Database {
-                db: db.to_string(),
-                scope: Scope::of(&ctx.config, db),
-                routes: Arc::new(routes),
-            },
+            reads: Reads::Database { db: db.to_string(), scope: Scope::of(&ctx.config, db), routes: Arc::new(routes) },
             ns: unit_name(db),
             writer: format!("{}/{}", ctx.name, unit_name(db)),
             ctx,
@@ -66,29 +56,15 @@ impl Reader {
     }
 
     /// A database reader's life: copies first, then the stream, until stopped.
-    pub(super) async fn run_database(
-        &self,
-        lease: watch::Receiver<Grant>,
-        shutdown: &CancellationToken,
-    ) -> Result<ReaderExit, ReaderError> {
+    pub(super) async fn run_database(&self, lease: watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
         loop {
-            let checkpoint = match self
-                .ctx
-                .checkpoints
-                .load(&self.ns)
-                .await
-                .map_err(|source| ReaderError::Checkpoint {
-                    ns: self.ns.clone(),
-                    source,
-                })? {
+            let checkpoint = match self.ctx.checkpoints.load(&self.ns).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })? {
                 Some(cp) => cp,
                 None => self.first_start(&lease).await?,
             };
             // Every collection in scope has its topic, and is on the status page, from the
             // start, not only once its first event arrives.
-            self.routes()?
-                .prepare(&self.collections_in_scope().await?)
-                .await?;
+            self.routes()?.prepare(&self.collections_in_scope().await?).await?;
             if let Some(exit) = self.finish_copies(&lease, shutdown).await? {
                 return Ok(exit);
             }
@@ -97,40 +73,20 @@ impl Reader {
                 Ok(PumpEnd::Read(ReadEnd::Invalidated(at))) => {
                     // The database was dropped: listen on from just after it.
                     let at = match at {
-                        Some(t) => Timestamp {
-                            time: t.time,
-                            increment: t.increment + 1,
-                        },
+                        Some(t) => Timestamp { time: t.time, increment: t.increment + 1 },
                         None => self.cluster_time().await?,
                     };
                     info!(ns = %self.ns, "database stream invalidated (dropDatabase); listening for the database to be created again");
-                    self.save(
-                        &Checkpoint {
-                            position: Position::StartAt(at),
-                            event_time: Some(at),
-                        },
-                        &lease,
-                    )
-                    .await?;
+                    self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                 }
                 Ok(PumpEnd::Read(ReadEnd::CopyRenamed(coll))) => {
                     // The stream saved its position past the rename; the copy starts now,
                     // and the stream replays what came after the rename on top of it.
                     let at = self.cluster_time().await?;
-                    self.save_collection(
-                        &coll,
-                        &Checkpoint {
-                            position: Position::Copying { at, after: None },
-                            event_time: Some(at),
-                        },
-                        &lease,
-                    )
-                    .await?;
+                    self.save_collection(&coll, &Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }, &lease).await?;
                 }
                 Ok(PumpEnd::Read(ReadEnd::CopyDone | ReadEnd::Reopen)) => {}
-                Err(ReaderError::HistoryLost { .. })
-                    if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy =>
-                {
+                Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
                     warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy of each of the database's collections (source.on_history_lost = \"recopy\")");
                     if let Some(exit) = self.start_over(&lease).await? {
                         return Ok(exit);
@@ -144,22 +100,15 @@ impl Reader {
     fn routes(&self) -> Result<&Arc<Routes>, ReaderError> {
         match &self.reads {
             Reads::Database { routes, .. } => Ok(routes),
-            Reads::Collection(_) => Err(ReaderError::Encode {
-                ns: self.ns.clone(),
-                message: "a collection reader has no routes".into(),
-            }),
+            Reads::Collection(_) => Err(ReaderError::Encode { ns: self.ns.clone(), message: "a collection reader has no routes".into() }),
         }
     }
 
     /// The source's collections this reader copies and streams, as they are now (views
     /// have no documents of their own: only their definitions follow, see `metadata`).
     async fn collections_in_scope(&self) -> Result<Vec<String>, ReaderError> {
-        let Reads::Database { db, scope, .. } = &self.reads else {
-            return Ok(Vec::new());
-        };
-        let listed = crate::metadata::catalog::read_database(&self.ctx.client, db, None, false)
-            .await
-            .map_err(self.mongo_err())?;
+        let Reads::Database { db, scope, .. } = &self.reads else { return Ok(Vec::new()) };
+        let listed = crate::metadata::catalog::read_database(&self.ctx.client, db, None, false).await.map_err(self.mongo_err())?;
         let mut out = Vec::new();
         for meta in listed.into_iter().filter(|m| scope.includes(&m.ns.coll)) {
             if super::discovery::replicated_kind(&meta)? {
@@ -184,15 +133,7 @@ impl Reader {
                 Some((Position::Copying { at: copy_at, .. }, _)) => start = start.min(*copy_at),
                 Some((_, Some(t))) => start = start.min(t),
                 _ if self.ctx.config.initial_copy => {
-                    self.save_collection(
-                        &coll,
-                        &Checkpoint {
-                            position: Position::Copying { at, after: None },
-                            event_time: Some(at),
-                        },
-                        lease,
-                    )
-                    .await?;
+                    self.save_collection(&coll, &Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }, lease).await?;
                     copies += 1;
                 }
                 _ => {}
@@ -202,24 +143,15 @@ impl Reader {
             info!(ns = %self.ns, "collections of this database were read one by one before: the database stream starts at the oldest of their positions ({}.{})", start.time, start.increment);
         }
         info!(ns = %self.ns, copies, "database stream starts at cluster time {}.{} after {copies} initial copies", start.time, start.increment);
-        let checkpoint = Checkpoint {
-            position: Position::StartAt(start),
-            event_time: Some(start),
-        };
+        let checkpoint = Checkpoint { position: Position::StartAt(start), event_time: Some(start) };
         self.save(&checkpoint, lease).await?;
         Ok(checkpoint)
     }
 
     /// Runs every copy under way (a copy checkpoint of a collection in scope), at most
     /// `source.copy_parallelism` at once. `Some(exit)`: stopped before they finished.
-    async fn finish_copies(
-        &self,
-        lease: &watch::Receiver<Grant>,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
-        let Reads::Database { scope, routes, .. } = &self.reads else {
-            return Ok(None);
-        };
+    async fn finish_copies(&self, lease: &watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<Option<ReaderExit>, ReaderError> {
+        let Reads::Database { scope, routes, .. } = &self.reads else { return Ok(None) };
         let earlier = self.collection_checkpoints().await?;
         let pending: Vec<(String, Timestamp, Option<bson::Bson>)> = earlier
             .into_iter()
@@ -245,8 +177,7 @@ impl Reader {
             }
         }
         // Lost history at the stream's next open means the copies outran it (fatal).
-        self.fresh_copy
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.fresh_copy.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(None)
     }
 
@@ -260,15 +191,7 @@ impl Reader {
         lease: &watch::Receiver<Grant>,
         shutdown: &CancellationToken,
     ) -> Result<Option<ReaderExit>, ReaderError> {
-        let _permit = self
-            .ctx
-            .copies
-            .acquire()
-            .await
-            .map_err(|_| ReaderError::Encode {
-                ns: self.ns.clone(),
-                message: "copy slots closed".into(),
-            })?;
+        let _permit = self.ctx.copies.acquire().await.map_err(|_| ReaderError::Encode { ns: self.ns.clone(), message: "copy slots closed".into() })?;
         let reader = Reader {
             ctx: Arc::clone(&self.ctx),
             ns: route.ns.clone(),
@@ -282,65 +205,31 @@ impl Reader {
         if let Some(exit) = reader.initial_copy(at, after, lease, shutdown).await? {
             return Ok(Some(exit));
         }
-        reader
-            .save(
-                &Checkpoint {
-                    position: Position::StartAt(at),
-                    event_time: Some(at),
-                },
-                lease,
-            )
-            .await?;
+        reader.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, lease).await?;
         Ok(None)
     }
 
     /// The checkpoints of this database's collections (one query).
     async fn collection_checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, ReaderError> {
-        self.ctx
-            .checkpoints
-            .of_collections(self.db())
-            .await
-            .map_err(|source| ReaderError::Checkpoint {
-                ns: self.ns.clone(),
-                source,
-            })
+        self.ctx.checkpoints.of_collections(self.db()).await.map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })
     }
 
     /// Saves a collection's own checkpoint (its copy's progress) under this reader's lease.
-    async fn save_collection(
-        &self,
-        coll: &str,
-        cp: &Checkpoint,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<(), ReaderError> {
+    async fn save_collection(&self, coll: &str, cp: &Checkpoint, lease: &watch::Receiver<Grant>) -> Result<(), ReaderError> {
         let ns = format!("{}.{coll}", self.db());
         let epoch = lease.borrow().epoch;
-        self.ctx
-            .checkpoints
-            .save(&ns, cp, &self.ctx.instance, epoch)
-            .await
-            .map_err(|e| ReaderError::from_checkpoint(&ns, e))
+        self.ctx.checkpoints.save(&ns, cp, &self.ctx.instance, epoch).await.map_err(|e| ReaderError::from_checkpoint(&ns, e))
     }
 
     /// History lost with `on_history_lost = "recopy"`: clear markers to every collection
     /// in scope, then their checkpoints and this reader's forgotten, so the next round
     /// starts over with fresh copies. The markers go first: a crash before the
     /// checkpoints are gone finds the lost history again and sends them again.
-    async fn start_over(
-        &self,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
+    async fn start_over(&self, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         let routes = self.routes()?;
         for coll in self.collections_in_scope().await? {
             let route = routes.get(&coll).await?;
-            if let Some(exit) = self
-                .send_clear_markers(
-                    &route,
-                    "change stream history lost: a fresh initial copy follows",
-                    lease,
-                )
-                .await?
-            {
+            if let Some(exit) = self.send_clear_markers(&route, "change stream history lost: a fresh initial copy follows", lease).await? {
                 return Ok(Some(exit));
             }
         }
@@ -348,17 +237,9 @@ impl Reader {
         let earlier = self.collection_checkpoints().await?;
         for (coll, _) in earlier {
             let ns = format!("{}.{coll}", self.db());
-            self.ctx
-                .checkpoints
-                .clear(&ns, epoch)
-                .await
-                .map_err(|e| ReaderError::from_checkpoint(&ns, e))?;
+            self.ctx.checkpoints.clear(&ns, epoch).await.map_err(|e| ReaderError::from_checkpoint(&ns, e))?;
         }
-        self.ctx
-            .checkpoints
-            .clear(&self.ns, epoch)
-            .await
-            .map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
+        self.ctx.checkpoints.clear(&self.ns, epoch).await.map_err(|e| ReaderError::from_checkpoint(&self.ns, e))?;
         Ok(None)
     }
 }
@@ -380,23 +261,8 @@ mod tests {
 
     #[test]
     fn a_copy_under_way_has_no_stream_time() {
-        let t = Timestamp {
-            time: 5,
-            increment: 1,
-        };
-        assert_eq!(
-            position_time(&Checkpoint {
-                position: Position::StartAt(t),
-                event_time: None
-            }),
-            Some(t)
-        );
-        assert_eq!(
-            position_time(&Checkpoint {
-                position: Position::Copying { at: t, after: None },
-                event_time: Some(t)
-            }),
-            None
-        );
+        let t = Timestamp { time: 5, increment: 1 };
+        assert_eq!(position_time(&Checkpoint { position: Position::StartAt(t), event_time: None }), Some(t));
+        assert_eq!(position_time(&Checkpoint { position: Position::Copying { at: t, after: None }, event_time: Some(t) }), None);
     }
 }

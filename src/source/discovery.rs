@@ -14,10 +14,7 @@ use crate::metadata::{CollectionMetadata, Kind};
 /// The databases to read now: the configured ones, or (`["*"]`) every database of the
 /// cluster but `admin`, `local`, `config`, docrepl's own state database and those no
 /// `source.include` pattern can match.
-pub async fn databases_to_read(
-    client: &mongodb::Client,
-    src: &SourceConfig,
-) -> anyhow::Result<Vec<String>> {
+pub async fn databases_to_read(client: &mongodb::Client, src: &SourceConfig) -> anyhow::Result<Vec<String>> {
     match src.database_selection() {
         DatabaseSelection::Named(dbs) => Ok(dbs),
         DatabaseSelection::Every => {
@@ -26,11 +23,7 @@ pub async fn databases_to_read(
                 .list_database_names()
                 .await?
                 .into_iter()
-                .filter(|db| {
-                    !NEVER_REPLICATED.contains(&db.as_str())
-                        && !src.state_lives_in(db)
-                        && filter.may_include_database(db)
-                })
+                .filter(|db| !NEVER_REPLICATED.contains(&db.as_str()) && !src.state_lives_in(db) && filter.may_include_database(db))
                 .collect())
         }
     }
@@ -38,26 +31,14 @@ pub async fn databases_to_read(
 
 /// The collections of `db` to read: the configured list, or every collection in scope
 /// (see `scope`).
-pub async fn collections_to_read(
-    client: &mongodb::Client,
-    src: &SourceConfig,
-    db: &str,
-) -> anyhow::Result<Vec<String>> {
+pub async fn collections_to_read(client: &mongodb::Client, src: &SourceConfig, db: &str) -> anyhow::Result<Vec<String>> {
     let scope = Scope::of(src, db);
     if !src.collections.is_empty() {
-        return Ok(src
-            .collections
-            .iter()
-            .filter(|n| scope.includes(n))
-            .cloned()
-            .collect());
+        return Ok(src.collections.iter().filter(|n| scope.includes(n)).cloned().collect());
     }
     let mut names = Vec::new();
     for meta in crate::metadata::catalog::read_database(client, db, None, false).await? {
-        if scope.includes(&meta.ns.coll)
-            && !is_rename_temporary(&meta.ns.coll)
-            && replicated_kind(&meta)?
-        {
+        if scope.includes(&meta.ns.coll) && !is_rename_temporary(&meta.ns.coll) && replicated_kind(&meta)? {
             names.push(meta.ns.coll);
         }
     }
@@ -100,23 +81,11 @@ impl Level {
 /// for the database), each collection gets its own stream. Only a refusal falls back: any
 /// other error stops the start, since collection readers would go on from positions of
 /// their own (older than the database's, if it was read as a whole before).
-pub async fn stream_level(
-    client: &mongodb::Client,
-    src: &SourceConfig,
-    db: &str,
-    flavor: Flavor,
-    state: &CheckpointStore,
-) -> anyhow::Result<Level> {
+pub async fn stream_level(client: &mongodb::Client, src: &SourceConfig, db: &str, flavor: Flavor, state: &CheckpointStore) -> anyhow::Result<Level> {
     match src.stream_level {
-        StreamLevel::Collection => {
-            return Ok(Level::Collection(
-                "source.stream_level = \"collection\"".into(),
-            ))
-        }
+        StreamLevel::Collection => return Ok(Level::Collection("source.stream_level = \"collection\"".into())),
         // Its reader's own errors say what to do (`NotEnabled` names the command).
-        StreamLevel::Database => {
-            return Ok(Level::Database("source.stream_level = \"database\"".into()))
-        }
+        StreamLevel::Database => return Ok(Level::Database("source.stream_level = \"database\"".into())),
         StreamLevel::Auto => {}
     }
     // The scope filter alone: the pipeline's own stages have their own fallback.
@@ -128,17 +97,10 @@ pub async fn stream_level(
         },
     };
     let enable = format!("db.adminCommand({{modifyChangeStreams: 1, database: \"{db}\", collection: \"\", enable: true}})");
-    if state
-        .load(&database::unit_name(db))
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {
+    if state.load(&database::unit_name(db)).await.ok().flatten().is_some() {
         anyhow::bail!("database {db} was read through one database stream before, and the source now refuses that stream: {refusal}. Enable it again ({enable} on Amazon DocumentDB), or set source.stream_level = \"collection\" to read each collection from its own saved position (older ones than the database's: changes may be sent again, or found lost)");
     }
     warn!(database = %db, "the source refused a change stream on the whole database ({refusal}): reading one change stream per collection instead (on Amazon DocumentDB, {enable} enables the database's stream)");
-    Ok(Level::Collection(format!(
-        "source.stream_level = \"auto\": the server refused a database stream: {refusal}"
-    )))
+    Ok(Level::Collection(format!("source.stream_level = \"auto\": the server refused a database stream: {refusal}")))
 }
+

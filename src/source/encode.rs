@@ -35,71 +35,34 @@ pub(super) struct Encoder {
 
 impl Encoder {
     pub(super) fn encode(&self, ev: &crate::event::ChangeEvent, token: Option<Bson>) -> Outgoing {
-        let event_time = Some(Timestamp {
-            time: (ev.source.ts_ms / 1000) as u32,
-            increment: ev.source.ord,
-        });
+        let event_time = Some(Timestamp { time: (ev.source.ts_ms / 1000) as u32, increment: ev.source.ord });
         let key = debezium::encode_key(&ev.id);
         let value = match debezium::encode_value(ev, m::now_ms()) {
             Ok(v) => v,
-            Err(e) => {
-                return self.cannot_carry(
-                    ev,
-                    key,
-                    format!("cannot be encoded: {e}"),
-                    token,
-                    event_time,
-                )
-            }
+            Err(e) => return self.cannot_carry(ev, key, format!("cannot be encoded: {e}"), token, event_time),
         };
         if value.len() as u64 > parts::MAX_EVENT_BYTES {
-            let reason = format!(
-                "is {} bytes, over the {} bytes a sink joins from parts",
-                value.len(),
-                parts::MAX_EVENT_BYTES
-            );
+            let reason = format!("is {} bytes, over the {} bytes a sink joins from parts", value.len(), parts::MAX_EVENT_BYTES);
             return self.cannot_carry(ev, key, reason, token, event_time);
         }
         let max_bytes = self.max_bytes.load(Ordering::Relaxed);
         let mut records = if key.len() + value.len() + RECORD_OVERHEAD <= max_bytes {
-            vec![Record {
-                key: key.clone(),
-                value: Some(value),
-                part: None,
-            }]
+            vec![Record { key: key.clone(), value: Some(value), part: None }]
         } else {
-            metrics::counter!(m::SOURCE_EVENTS_IN_PARTS, "collection" => self.route.ns.clone())
-                .increment(1);
+            metrics::counter!(m::SOURCE_EVENTS_IN_PARTS, "collection" => self.route.ns.clone()).increment(1);
             let event = format!("{:016x}", rand::random::<u64>());
-            let values = parts::split(
-                &value,
-                &event,
-                parts::data_per_part(max_bytes - RECORD_OVERHEAD, key.len()),
-            );
+            let values = parts::split(&value, &event, parts::data_per_part(max_bytes - RECORD_OVERHEAD, key.len()));
             let count = values.len();
             values
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| Record {
-                    key: key.clone(),
-                    value: Some(v),
-                    part: Some(format!("{i}/{count}")),
-                })
+                .map(|(i, v)| Record { key: key.clone(), value: Some(v), part: Some(format!("{i}/{count}")) })
                 .collect()
         };
         if self.tombstones && ev.op == crate::event::Op::Delete {
-            records.push(Record {
-                key,
-                value: None,
-                part: None,
-            });
+            records.push(Record { key, value: None, part: None });
         }
-        Outgoing::Event {
-            route: Arc::clone(&self.route),
-            records,
-            token,
-            event_time,
-        }
+        Outgoing::Event { route: Arc::clone(&self.route), records, token, event_time }
     }
 
     /// An event that cannot travel on the topic: `source.on_oversize` says whether its key
@@ -113,20 +76,10 @@ impl Encoder {
         event_time: Option<Timestamp>,
     ) -> Outgoing {
         let id = describe_id(&ev.id);
-        let reason = format!(
-            "event ({} op) for _id {id} in {} {why}",
-            ev.op.code(),
-            self.route.ns
-        );
+        let reason = format!("event ({} op) for _id {id} in {} {why}", ev.op.code(), self.route.ns);
         match self.oversize {
             OversizePolicy::Fail => Outgoing::Done(Err(ReaderError::CannotCarry { reason })),
-            OversizePolicy::DeadLetter => Outgoing::DeadLetter {
-                route: Arc::clone(&self.route),
-                key,
-                reason,
-                token,
-                event_time,
-            },
+            OversizePolicy::DeadLetter => Outgoing::DeadLetter { route: Arc::clone(&self.route), key, reason, token, event_time },
         }
     }
 }

@@ -21,24 +21,14 @@ use crate::metrics as m;
 impl Reader {
     /// Sends the heartbeats for cluster time `at`. A heartbeat librdkafka does not take
     /// (its queue full) is left out: the next one follows an interval later.
-    pub(super) fn send_heartbeats(
-        &self,
-        at: Timestamp,
-        stamp: &str,
-        watermark: &mut AckWatermark<(Bson, Option<Timestamp>)>,
-        in_flight: &mut InFlight,
-    ) {
+    pub(super) fn send_heartbeats(&self, at: Timestamp, stamp: &str, watermark: &mut AckWatermark<(Bson, Option<Timestamp>)>, in_flight: &mut InFlight) {
         let source = source_info(&self.ctx, at, SnapshotMarker::No);
         let topics: BTreeSet<(String, String, String)> = self
             .members()
             .iter()
             .map(|r| {
                 // A topic per database carries every collection: the heartbeat names none.
-                let coll = if r.topic.ends_with(&format!(".{}", r.origin.ns.coll)) {
-                    r.origin.ns.coll.clone()
-                } else {
-                    String::new()
-                };
+                let coll = if r.topic.ends_with(&format!(".{}", r.origin.ns.coll)) { r.origin.ns.coll.clone() } else { String::new() };
                 (r.topic.clone(), r.origin.ns.db.clone(), coll)
             })
             .collect();
@@ -47,11 +37,7 @@ impl Reader {
                 let (key, value) = heartbeat::encode(partition, &source, db, coll, m::now_ms());
                 let seq = watermark.sent(None);
                 let bytes = key.len() + value.len();
-                let record = BaseRecord::with_opaque_to(topic, in_flight.ticket(seq, bytes))
-                    .partition(partition)
-                    .key(&key)
-                    .payload(&value)
-                    .headers(stamped(None, stamp));
+                let record = BaseRecord::with_opaque_to(topic, in_flight.ticket(seq, bytes)).partition(partition).key(&key).payload(&value).headers(stamped(None, stamp));
                 match self.ctx.producer.send(record) {
                     Ok(()) => in_flight.sent(bytes),
                     // Never sent: nothing will acknowledge it.

@@ -22,11 +22,7 @@ const INTERVAL: Duration = Duration::from_secs(30);
 const DOCUMENTDB_DEFAULT_HOURS: f64 = 3.0;
 
 /// Seconds of history the source keeps, if known.
-pub async fn window_seconds(
-    client: &mongodb::Client,
-    flavor: Flavor,
-    configured_hours: Option<f64>,
-) -> Option<f64> {
+pub async fn window_seconds(client: &mongodb::Client, flavor: Flavor, configured_hours: Option<f64>) -> Option<f64> {
     if let Some(h) = configured_hours {
         return Some(h * 3600.0);
     }
@@ -41,10 +37,7 @@ pub async fn window_seconds(
         .projection(doc! {"ts": 1, "_id": 0})
         .await;
     match oldest {
-        Ok(Some(entry)) => entry
-            .get_timestamp("ts")
-            .ok()
-            .map(|ts| m::seconds_since(ts.time)),
+        Ok(Some(entry)) => entry.get_timestamp("ts").ok().map(|ts| m::seconds_since(ts.time)),
         Ok(None) => None,
         Err(e) => {
             debug!("cannot read the oldest oplog entry (set source.history_retention_hours): {e}");
@@ -54,13 +47,7 @@ pub async fn window_seconds(
 }
 
 /// Measures the window every `INTERVAL` until shutdown.
-pub async fn watch(
-    client: mongodb::Client,
-    flavor: Flavor,
-    configured_hours: Option<f64>,
-    board: StatusBoard,
-    shutdown: CancellationToken,
-) {
+pub async fn watch(client: mongodb::Client, flavor: Flavor, configured_hours: Option<f64>, board: StatusBoard, shutdown: CancellationToken) {
     if flavor.is_documentdb() && configured_hours.is_none() {
         warn!("source.history_retention_hours is not set: taking DocumentDB's default change stream retention of {DOCUMENTDB_DEFAULT_HOURS} hours; set it to the cluster's change_stream_log_retention_duration");
     }

@@ -49,11 +49,7 @@ pub struct Grant {
 
 impl Grant {
     fn new(deadline: Instant, epoch: i64) -> Grant {
-        Grant {
-            deadline,
-            epoch,
-            generation: epoch,
-        }
+        Grant { deadline, epoch, generation: epoch }
     }
 }
 
@@ -113,10 +109,7 @@ impl LeaseStore {
     async fn try_acquire(&self, id: &str) -> mongodb::error::Result<Option<Grant>> {
         let sent_at = Instant::now();
         let bump = doc! {"$set": {"owner": &self.instance}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
-        if let Some(epoch) = self
-            .bump(doc! {"_id": id, "owner": &self.instance}, bump.clone())
-            .await?
-        {
+        if let Some(epoch) = self.bump(doc! {"_id": id, "owner": &self.instance}, bump.clone()).await? {
             return Ok(Some(Grant::new(sent_at + produce_window(self.ttl), epoch)));
         }
         let Some(current) = self.coll.find_one(doc! {"_id": id}).await? else {
@@ -146,36 +139,21 @@ impl LeaseStore {
         // took over) a moment ago.
         let filter = doc! {"_id": id, "owner": seen.owner, "epoch": seen.epoch};
         let sent_at = Instant::now();
-        Ok(self
-            .bump(filter, bump)
-            .await?
-            .map(|epoch| Grant::new(sent_at + produce_window(self.ttl), epoch)))
+        Ok(self.bump(filter, bump).await?.map(|epoch| Grant::new(sent_at + produce_window(self.ttl), epoch)))
     }
 
     /// Applies `update` to the lease matching `filter`; its epoch after the update, or
     /// `None` when nothing matched.
-    async fn bump(
-        &self,
-        filter: Document,
-        update: Document,
-    ) -> mongodb::error::Result<Option<i64>> {
-        let after = self
-            .coll
-            .find_one_and_update(filter, update)
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await?;
+    async fn bump(&self, filter: Document, update: Document) -> mongodb::error::Result<Option<i64>> {
+        let after = self.coll.find_one_and_update(filter, update).return_document(mongodb::options::ReturnDocument::After).await?;
         Ok(after.map(|d| epoch_of(d.get("epoch"))))
     }
 
     /// Records a sighting; true once the same holder and epoch were seen a lease lifetime ago.
     fn unchanged_for_a_lifetime(&self, id: &str, seen: Sighting) -> bool {
-        let Ok(mut sightings) = self.sightings.lock() else {
-            return false;
-        };
+        let Ok(mut sightings) = self.sightings.lock() else { return false };
         match sightings.get(id) {
-            Some(s) if s.owner == seen.owner && s.epoch == seen.epoch => {
-                seen.since.duration_since(s.since) >= self.ttl
-            }
+            Some(s) if s.owner == seen.owner && s.epoch == seen.epoch => seen.since.duration_since(s.since) >= self.ttl,
             _ => {
                 sightings.insert(id.to_string(), seen);
                 false
@@ -193,9 +171,7 @@ impl LeaseStore {
     /// document stays, ownerless, so epochs keep growing across holders.
     pub async fn release(&self, ns: &str) -> mongodb::error::Result<()> {
         let update = doc! {"$set": {"owner": Bson::Null}, "$inc": {"epoch": 1_i64}, "$currentDate": {"renewed_at": true}};
-        self.coll
-            .update_one(doc! {"_id": self.id(ns), "owner": &self.instance}, update)
-            .await?;
+        self.coll.update_one(doc! {"_id": self.id(ns), "owner": &self.instance}, update).await?;
         Ok(())
     }
 
@@ -203,11 +179,7 @@ impl LeaseStore {
     /// is named until a standby has waited it out).
     pub async fn holder(&self, ns: &str) -> mongodb::error::Result<Option<String>> {
         // An ownerless (released) lease has a null owner: nobody holds it.
-        Ok(self
-            .coll
-            .find_one(doc! {"_id": self.id(ns)})
-            .await?
-            .and_then(|d| d.get_str("owner").ok().map(str::to_string)))
+        Ok(self.coll.find_one(doc! {"_id": self.id(ns)}).await?.and_then(|d| d.get_str("owner").ok().map(str::to_string)))
     }
 }
 

@@ -66,11 +66,7 @@ fn default_poll_secs() -> u64 {
 
 impl Default for MetadataConfig {
     fn default() -> Self {
-        MetadataConfig {
-            replicate: true,
-            poll_secs: default_poll_secs(),
-            events: MetadataEvents::Auto,
-        }
+        MetadataConfig { replicate: true, poll_secs: default_poll_secs(), events: MetadataEvents::Auto }
     }
 }
 
@@ -81,10 +77,7 @@ pub struct Sent(std::sync::Mutex<HashMap<String, u64>>);
 
 impl Sent {
     fn is_current(&self, meta: &CollectionMetadata) -> bool {
-        self.0
-            .lock()
-            .map(|s| s.get(&meta.ns.to_string()) == Some(&meta.digest()))
-            .unwrap_or(false)
+        self.0.lock().map(|s| s.get(&meta.ns.to_string()) == Some(&meta.digest())).unwrap_or(false)
     }
 
     fn record(&self, meta: &CollectionMetadata) {
@@ -101,41 +94,21 @@ impl Sent {
 
 /// Sends each metadata to every partition of its route's topic, those that differ from
 /// what this process sent last, all at once. `Some(exit)`: the lease ran out first.
-async fn send(
-    ctx: &ReaderContext,
-    found: Vec<(Arc<Route>, CollectionMetadata)>,
-    stamp: &str,
-    lease: &watch::Receiver<Grant>,
-) -> Result<Option<ReaderExit>, ReaderError> {
-    let changed: Vec<(Arc<Route>, CollectionMetadata)> = found
-        .into_iter()
-        .filter(|(_, meta)| !ctx.metadata_sent.is_current(meta))
-        .collect();
+async fn send(ctx: &ReaderContext, found: Vec<(Arc<Route>, CollectionMetadata)>, stamp: &str, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
+    let changed: Vec<(Arc<Route>, CollectionMetadata)> = found.into_iter().filter(|(_, meta)| !ctx.metadata_sent.is_current(meta)).collect();
     if changed.is_empty() {
         return Ok(None);
     }
     // No source time: it is state, not a change at a time (a sink's conflict judge reading
     // it as the partition's next event must not take the partition to be past anything).
-    let source = source_info(
-        ctx,
-        bson::Timestamp {
-            time: 0,
-            increment: 0,
-        },
-        SnapshotMarker::No,
-    );
+    let source = source_info(ctx, bson::Timestamp { time: 0, increment: 0 }, SnapshotMarker::No);
     let batches = changed
         .iter()
         .map(|(route, meta)| {
             let home = partition_for_key(route.ns.as_bytes(), ctx.partitions);
             let records = (0..ctx.partitions)
                 .map(|partition| {
-                    let message = MetadataMessage {
-                        metadata: meta.clone(),
-                        partition,
-                        partitions: ctx.partitions,
-                        home,
-                    };
+                    let message = MetadataMessage { metadata: meta.clone(), partition, partitions: ctx.partitions, home };
                     let (key, value) = encode(&message, &source, m::now_ms());
                     (partition, key, value)
                 })
@@ -168,67 +141,38 @@ fn replicable(meta: CollectionMetadata) -> Result<Option<CollectionMetadata>, Re
 
 impl Reader {
     /// Before a collection's initial copy: its options alone (indexes follow the copy).
-    pub(super) async fn send_options_before_copy(
-        &self,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
+    pub(super) async fn send_options_before_copy(&self, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         let route = Arc::clone(self.route()?);
         self.send_metadata_of(&route, false, lease).await
     }
 
     /// The current metadata of `route`'s namespace, sent if it changed (a metadata event
     /// or a database stream's first event of a collection).
-    pub(super) async fn send_current_metadata(
-        &self,
-        route: &Arc<Route>,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
+    pub(super) async fn send_current_metadata(&self, route: &Arc<Route>, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         self.send_metadata_of(route, true, lease).await
     }
 
     /// Reads `route`'s namespace (its indexes too when `with_indexes`) and sends what
     /// changed.
-    async fn send_metadata_of(
-        &self,
-        route: &Arc<Route>,
-        with_indexes: bool,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
+    async fn send_metadata_of(&self, route: &Arc<Route>, with_indexes: bool, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         if !self.ctx.config.metadata.replicate {
             return Ok(None);
         }
         let ns = &route.origin.ns;
-        let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, with_indexes)
-            .await
-            .map_err(self.mongo_err())?;
+        let found = catalog::read_one(&self.ctx.client, &ns.db, &ns.coll, with_indexes).await.map_err(self.mongo_err())?;
         match found.map(replicable).transpose()?.flatten() {
-            Some(meta) => {
-                send(
-                    &self.ctx,
-                    vec![(Arc::clone(route), meta)],
-                    &self.stamp(lease),
-                    lease,
-                )
-                .await
-            }
+            Some(meta) => send(&self.ctx, vec![(Arc::clone(route), meta)], &self.stamp(lease), lease).await,
             None => Ok(None),
         }
     }
 
     /// Every namespace this reader writes, sent where it changed: when a stream starts.
-    pub(super) async fn send_all_metadata(
-        &self,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<Option<ReaderExit>, ReaderError> {
+    pub(super) async fn send_all_metadata(&self, lease: &watch::Receiver<Grant>) -> Result<Option<ReaderExit>, ReaderError> {
         if !self.ctx.config.metadata.replicate {
             return Ok(None);
         }
         let mut found = Vec::new();
-        for (route, meta) in Described::of(self)
-            .read(&self.ctx)
-            .await
-            .map_err(self.mongo_err())?
-        {
+        for (route, meta) in Described::of(self).read(&self.ctx).await.map_err(self.mongo_err())? {
             if let Some(meta) = replicable(meta)? {
                 found.push((route, meta));
             }
@@ -240,20 +184,14 @@ impl Reader {
     /// changed, until the task is aborted (when the stream ends) or the lease runs out.
     /// Failures are reported and tried again at the next round: the documents keep
     /// flowing meanwhile.
-    pub(super) fn poll_metadata(
-        &self,
-        lease: watch::Receiver<Grant>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
+    pub(super) fn poll_metadata(&self, lease: watch::Receiver<Grant>) -> Option<tokio::task::JoinHandle<()>> {
         let config = &self.ctx.config.metadata;
         if !config.replicate {
             return None;
         }
         // With the stream's metadata events the listing is a backstop (an event a server
         // dropped, a change made while no stream was open), so it runs ten times as rarely.
-        let events = self
-            .ctx
-            .expanded_events
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let events = self.ctx.expanded_events.load(std::sync::atomic::Ordering::Relaxed);
         let every = Duration::from_secs(config.poll_secs * if events { 10 } else { 1 });
         let ctx = Arc::clone(&self.ctx);
         let target = Described::of(self);
@@ -280,9 +218,7 @@ impl Reader {
                 match send(&ctx, replicated, &stamp, &lease).await {
                     Ok(None) => {}
                     Ok(Some(_)) => return,
-                    Err(e) => {
-                        warn!(%ns, "collection metadata not sent: {e}; trying again in {every:?}")
-                    }
+                    Err(e) => warn!(%ns, "collection metadata not sent: {e}; trying again in {every:?}"),
                 }
             }
         }))
@@ -293,38 +229,23 @@ impl Reader {
 #[derive(Clone)]
 enum Described {
     One(Arc<Route>),
-    Database {
-        db: String,
-        scope: Scope,
-        routes: Arc<Routes>,
-    },
+    Database { db: String, scope: Scope, routes: Arc<Routes> },
 }
 
 impl Described {
     fn of(reader: &Reader) -> Self {
         match &reader.reads {
             Reads::Collection(route) => Described::One(Arc::clone(route)),
-            Reads::Database { db, scope, routes } => Described::Database {
-                db: db.clone(),
-                scope: scope.clone(),
-                routes: Arc::clone(routes),
-            },
+            Reads::Database { db, scope, routes } => Described::Database { db: db.clone(), scope: scope.clone(), routes: Arc::clone(routes) },
         }
     }
 
     /// Each namespace's route and current metadata (one listing for a whole database).
-    async fn read(
-        &self,
-        ctx: &ReaderContext,
-    ) -> Result<Vec<(Arc<Route>, CollectionMetadata)>, mongodb::error::Error> {
+    async fn read(&self, ctx: &ReaderContext) -> Result<Vec<(Arc<Route>, CollectionMetadata)>, mongodb::error::Error> {
         match self {
             Described::One(route) => {
                 let ns = &route.origin.ns;
-                Ok(catalog::read_one(&ctx.client, &ns.db, &ns.coll, true)
-                    .await?
-                    .map(|meta| (Arc::clone(route), meta))
-                    .into_iter()
-                    .collect())
+                Ok(catalog::read_one(&ctx.client, &ns.db, &ns.coll, true).await?.map(|meta| (Arc::clone(route), meta)).into_iter().collect())
             }
             Described::Database { db, scope, routes } => {
                 let mut out = Vec::new();
@@ -334,9 +255,7 @@ impl Described {
                     }
                     match routes.get(&meta.ns.coll).await {
                         Ok(route) => out.push((route, meta)),
-                        Err(e) => {
-                            warn!(ns = %meta.ns, "no topic for the collection's metadata: {e}")
-                        }
+                        Err(e) => warn!(ns = %meta.ns, "no topic for the collection's metadata: {e}"),
                     }
                 }
                 Ok(out)

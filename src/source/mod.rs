@@ -5,8 +5,8 @@
 //! per reader makes exactly one instance read it; the others wait as standbys.
 
 mod checkpoint;
-mod config;
 mod control;
+mod config;
 mod convert;
 mod copy;
 mod copy_progress;
@@ -14,8 +14,8 @@ pub mod copy_resume;
 mod database;
 pub mod discovery;
 mod encode;
-pub mod errors;
 mod heartbeat;
+pub mod errors;
 pub mod history;
 mod lease;
 pub mod metadata;
@@ -43,44 +43,30 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Position, CHECKPOINTS, LEASES};
-pub use config::{
-    validate_db_name, DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy,
-    SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED,
-};
+pub use config::{validate_db_name, DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED};
 use discovery::Level;
 pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};
 
 use crate::config::Config;
 use crate::health::Connectivity;
+use crate::status::{Side, StatusBoard};
 use crate::kafka::admin::TopicAdmin;
 use crate::metrics as m;
 use crate::mongo;
-use crate::status::{Side, StatusBoard};
 
 /// How often new databases (with `["*"]`), and new collections of databases read a
 /// stream per collection, are looked for.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the source service until `shutdown` is cancelled or a reader fails for good.
-pub async fn run(
-    config: &Config,
-    board: StatusBoard,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let src = config
-        .source
-        .as_ref()
-        .context("the [source] section is missing")?;
+pub async fn run(config: &Config, board: StatusBoard, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let src = config.source.as_ref().context("the [source] section is missing")?;
     if crate::flavor::is_elastic_cluster(&src.uri) {
         anyhow::bail!("`source.uri` names an Amazon DocumentDB elastic cluster, which has no change streams, so docrepl cannot read from it (it can write to one: use it as `sink.uri`). Replicate from an instance-based DocumentDB cluster instead");
     }
     let (flavor, why) = src.flavor();
-    info!(
-        flavor = flavor.name(),
-        "source cluster flavour {} ({why})",
-        flavor.name()
-    );
+    info!(flavor = flavor.name(), "source cluster flavour {} ({why})", flavor.name());
     board.set_flavor("source", flavor.name());
     // Three pools, so that waiting change-stream reads never delay a lease renewal or a
     // checkpoint (with 200 collections on one pool of 10, renewals came too late and
@@ -90,16 +76,11 @@ pub async fn run(
     let control = mongo::connect(&src.uri, "source.uri", flavor).await?;
     let rs = mongo::replica_set_name(&control, "source.uri").await?;
     let state_client = match &src.state.uri {
-        Some(uri) if uri != &src.uri => {
-            mongo::connect(uri, "source.state.uri", src.state_flavor()).await?
-        }
+        Some(uri) if uri != &src.uri => mongo::connect(uri, "source.state.uri", src.state_flavor()).await?,
         _ => mongo::connect(&src.uri, "source.uri", flavor).await?,
     };
     let state_db = state_client.database(&src.state.database);
-    let name = src
-        .name
-        .clone()
-        .unwrap_or_else(|| config.kafka.topic_prefix.clone());
+    let name = src.name.clone().unwrap_or_else(|| config.kafka.topic_prefix.clone());
     let checkpoints = CheckpointStore::new(&state_db, &name);
     // The databases there are now, and how each is read (more may come with `["*"]`).
     let mut levels = BTreeMap::new();
@@ -108,10 +89,7 @@ pub async fn run(
         let level = discovery::stream_level(&control, src, &db, flavor, &checkpoints).await?;
         streams += match level {
             Level::Database(_) => 1,
-            Level::Collection(_) => discovery::collections_to_read(&control, src, &db)
-                .await
-                .map(|c| c.len())
-                .unwrap_or(0),
+            Level::Collection(_) => discovery::collections_to_read(&control, src, &db).await.map(|c| c.len()).unwrap_or(0),
         };
         levels.insert(db, level);
     }
@@ -121,42 +99,23 @@ pub async fn run(
     let instance = crate::direction::instance_name(config);
     // Before anything is read: the opposite direction must not be running.
     let direction = crate::direction::Direction::of(config);
-    let lock = crate::direction::lock::claim(
-        &state_db,
-        "source.uri",
-        &direction,
-        crate::direction::Here::Source,
-        &instance,
-        Some(&name),
-    )
-    .await?;
+    let lock = crate::direction::lock::claim(&state_db, "source.uri", &direction, crate::direction::Here::Source, &instance, Some(&name)).await?;
     lock.keep(shutdown.clone());
     let ttl = Duration::from_millis(src.lease_ttl_ms);
 
     let admin = TopicAdmin::new(&config.kafka)?;
     let dead_letter_topic = config.kafka.dead_letter_topic();
-    admin
-        .ensure_topic(
-            &dead_letter_topic,
-            1,
-            config.kafka.replication_factor,
-            &config.kafka.dead_letter_topic_configs(),
-        )
-        .await?;
+    admin.ensure_topic(&dead_letter_topic, 1, config.kafka.replication_factor, &config.kafka.dead_letter_topic_configs()).await?;
 
     // A message not delivered within this time fails (and the reader restarts from its
     // saved token), so nothing this instance queued is still sent after its lease has
     // ended; a request already on a silent link may still land later, which the sinks'
     // generation fence sets aside (see `crate::fence`).
     let delivery_timeout = lease::delivery_timeout(ttl);
-    let producer: crate::kafka::delivery::AckProducer =
-        crate::kafka::source_producer_config(&config.kafka)
-            .set(
-                "message.timeout.ms",
-                delivery_timeout.as_millis().to_string(),
-            )
-            .create_with_context(crate::kafka::delivery::AckContext)
-            .context("cannot create the Kafka producer")?;
+    let producer: crate::kafka::delivery::AckProducer = crate::kafka::source_producer_config(&config.kafka)
+        .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+        .create_with_context(crate::kafka::delivery::AckContext)
+        .context("cannot create the Kafka producer")?;
 
     let ctx = Arc::new(ReaderContext {
         client: client.clone(),
@@ -171,39 +130,17 @@ pub async fn run(
         board: board.clone(),
         flavor,
         pipeline: pipeline::PipelineChoice::new(flavor, &board),
-        topics: route::Topics {
-            admin: admin.clone(),
-            kafka: config.kafka.clone(),
-        },
+        topics: route::Topics { admin: admin.clone(), kafka: config.kafka.clone() },
         copies: tokio::sync::Semaphore::new(src.copy_parallelism),
         metadata_sent: Default::default(),
-        expanded_events: std::sync::atomic::AtomicBool::new(
-            src.metadata.events == metadata::MetadataEvents::Auto && !flavor.is_documentdb(),
-        ),
+        expanded_events: std::sync::atomic::AtomicBool::new(src.metadata.events == metadata::MetadataEvents::Auto && !flavor.is_documentdb()),
     });
-    board.set_connectivity(
-        Side::Source,
-        Connectivity {
-            cluster: true,
-            broker: true,
-        },
-    );
+    board.set_connectivity(Side::Source, Connectivity { cluster: true, broker: true });
     {
         let board = board.clone();
-        tokio::spawn(crate::health::watch(
-            control.clone(),
-            admin.clone(),
-            move |c| board.set_connectivity(Side::Source, c),
-            shutdown.clone(),
-        ));
+        tokio::spawn(crate::health::watch(control.clone(), admin.clone(), move |c| board.set_connectivity(Side::Source, c), shutdown.clone()));
     }
-    tokio::spawn(history::watch(
-        control.clone(),
-        flavor,
-        src.history_retention_hours,
-        board.clone(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(history::watch(control.clone(), flavor, src.history_retention_hours, board.clone(), shutdown.clone()));
     let leases = LeaseStore::new(&state_db, &name, &instance, ttl);
     info!(instance = %instance, databases = ?levels.keys().collect::<Vec<_>>(), "source service started");
 
@@ -370,8 +307,7 @@ async fn supervise(
                 return Err(e);
             }
             Err(e) => {
-                metrics::counter!(m::SOURCE_READER_RESTARTS, "collection" => ns.clone())
-                    .increment(1);
+                metrics::counter!(m::SOURCE_READER_RESTARTS, "collection" => ns.clone()).increment(1);
                 backoff = restart_wait(backoff, started.elapsed());
                 warn!(ns = %ns, "reader stopped: {e}; restarting from the last saved resume token in {backoff:?}");
                 board.update_collection(&ns, |c| {
@@ -402,10 +338,7 @@ async fn renew(leases: LeaseStore, ns: String, tx: watch::Sender<Grant>, stop: C
             Ok(Some(grant)) => {
                 // The run keeps the generation it began with.
                 let generation = tx.borrow().generation;
-                let _ = tx.send(Grant {
-                    generation,
-                    ..grant
-                });
+                let _ = tx.send(Grant { generation, ..grant });
             }
             Ok(None) => {
                 warn!(ns = %ns, "lease taken over by another instance");
@@ -439,17 +372,8 @@ mod tests {
     #[test]
     fn a_reader_that_ran_a_while_restarts_after_the_shortest_wait() {
         // Failures in a row keep the doubled wait; one after a healthy run starts over.
-        assert_eq!(
-            restart_wait(Duration::from_secs(8), Duration::from_secs(1)),
-            Duration::from_secs(8)
-        );
-        assert_eq!(
-            restart_wait(MAX_RESTART_WAIT, Duration::from_secs(60)),
-            MIN_RESTART_WAIT
-        );
-        assert_eq!(
-            restart_wait(MIN_RESTART_WAIT, Duration::ZERO),
-            MIN_RESTART_WAIT
-        );
+        assert_eq!(restart_wait(Duration::from_secs(8), Duration::from_secs(1)), Duration::from_secs(8));
+        assert_eq!(restart_wait(MAX_RESTART_WAIT, Duration::from_secs(60)), MIN_RESTART_WAIT);
+        assert_eq!(restart_wait(MIN_RESTART_WAIT, Duration::ZERO), MIN_RESTART_WAIT);
     }
 }

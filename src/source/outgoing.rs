@@ -14,38 +14,20 @@ pub(super) enum Outgoing {
     /// Records for one change event (the event or its parts, and a tombstone after a
     /// delete), all to the route's topic. `token` covers the event once every record is
     /// acknowledged.
-    Event {
-        route: Arc<Route>,
-        records: Vec<Record>,
-        token: Option<Bson>,
-        event_time: Option<Timestamp>,
-    },
+    Event { route: Arc<Route>, records: Vec<Record>, token: Option<Bson>, event_time: Option<Timestamp> },
     /// An event that cannot be carried on the topic: its key and the reason go to the
     /// dead-letter topic.
-    DeadLetter {
-        route: Arc<Route>,
-        key: Vec<u8>,
-        reason: String,
-        token: Option<Bson>,
-        event_time: Option<Timestamp>,
-    },
+    DeadLetter { route: Arc<Route>, key: Vec<u8>, reason: String, token: Option<Bson>, event_time: Option<Timestamp> },
     /// The stream's post-batch resume token: covers everything read so far.
     Idle(Bson),
     /// The collection was dropped or renamed and `source.ddl = "replicate"`: clear
     /// markers to every partition of its topic; `token` covers the DDL event once they are
     /// delivered.
-    Clear {
-        route: Arc<Route>,
-        reason: String,
-        token: Option<Bson>,
-    },
+    Clear { route: Arc<Route>, reason: String, token: Option<Bson> },
     /// The collection's metadata may have changed, or was never sent (a database stream's
     /// first event of a collection): its current metadata is sent, if it changed, before
     /// what follows; `token` covers the event that said so.
-    Metadata {
-        route: Arc<Route>,
-        token: Option<Bson>,
-    },
+    Metadata { route: Arc<Route>, token: Option<Bson> },
     /// The read side finished (copy done, stream invalidated) or failed.
     Done(Result<ReadEnd, ReaderError>),
 }

@@ -68,9 +68,7 @@ pub struct PipelineChoice {
 
 impl PipelineChoice {
     pub fn new(flavor: Flavor, board: &StatusBoard) -> Self {
-        let choice = PipelineChoice {
-            fell_back: AtomicBool::new(flavor.is_documentdb()),
-        };
+        let choice = PipelineChoice { fell_back: AtomicBool::new(flavor.is_documentdb()) };
         board.set_pipeline(choice.current().describe());
         choice
     }
@@ -103,13 +101,7 @@ mod tests {
 
     /// Stages DocumentDB change streams accept (AWS developer guide, "Using change streams
     /// with Amazon DocumentDB").
-    const DOCUMENTDB_STAGES: [&str; 5] = [
-        "$match",
-        "$project",
-        "$redact",
-        "$addFields",
-        "$replaceRoot",
-    ];
+    const DOCUMENTDB_STAGES: [&str; 5] = ["$match", "$project", "$redact", "$addFields", "$replaceRoot"];
 
     #[test]
     fn documentdb_forms_use_only_supported_stages() {
@@ -118,10 +110,7 @@ mod tests {
                 for key in stage.keys() {
                     assert!(DOCUMENTDB_STAGES.contains(&key.as_str()), "{key}");
                 }
-                assert!(
-                    !format!("{stage}").contains("$$REMOVE")
-                        && !format!("{stage}").contains("$bsonSize")
-                );
+                assert!(!format!("{stage}").contains("$$REMOVE") && !format!("{stage}").contains("$bsonSize"));
             }
         }
     }
@@ -136,9 +125,6 @@ mod tests {
         // A reader that opened with the preferred form before the switch may retry.
         assert!(choice.fall_back(Form::Preferred, "d.c2", "unrecognized", &board));
         assert!(!choice.fall_back(Form::DocumentDb, "d.c", "unrecognized", &board));
-        assert_eq!(
-            PipelineChoice::new(Flavor::DocumentDb, &board).current(),
-            Form::DocumentDb
-        );
+        assert_eq!(PipelineChoice::new(Flavor::DocumentDb, &board).current(), Form::DocumentDb);
     }
 }

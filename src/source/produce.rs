@@ -18,10 +18,7 @@ use crate::kafka::delivery::{Failure, Ticket};
 /// `headers` (or none) with the run's stamp (see `crate::fence`), which every record a
 /// reader sends carries.
 pub(super) fn stamped(headers: Option<OwnedHeaders>, stamp: &str) -> OwnedHeaders {
-    headers.unwrap_or_default().insert(Header {
-        key: crate::fence::HEADER,
-        value: Some(stamp),
-    })
+    headers.unwrap_or_default().insert(Header { key: crate::fence::HEADER, value: Some(stamp) })
 }
 
 /// The smallest message limit a reader lowers itself to after the broker refused messages
@@ -45,22 +42,14 @@ impl Reader {
         ticket: Box<Ticket>,
         lease: &watch::Receiver<Grant>,
     ) -> Result<bool, ReaderError> {
-        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
-            BaseRecord::with_opaque_to(topic, ticket)
-                .key(key)
-                .headers(stamped(headers, stamp));
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> = BaseRecord::with_opaque_to(topic, ticket).key(key).headers(stamped(headers, stamp));
         if let Some(v) = value {
             record = record.payload(v);
         }
         loop {
             match self.ctx.producer.send(record) {
                 Ok(()) => return Ok(true),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    again,
-                )) => {
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), again)) => {
                     record = again;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     if Instant::now() >= lease.borrow().deadline {
@@ -80,19 +69,12 @@ impl Reader {
         if failure.too_large {
             let now = self.max_bytes.load(Ordering::Relaxed);
             if now <= MIN_MESSAGE_BYTES {
-                return ReaderError::BrokerRefusesSize {
-                    ns: self.ns.clone(),
-                    bytes: now,
-                    message: failure.message,
-                };
+                return ReaderError::BrokerRefusesSize { ns: self.ns.clone(), bytes: now, message: failure.message };
             }
             let lower = (now / 2).max(MIN_MESSAGE_BYTES);
             self.max_bytes.store(lower, Ordering::Relaxed);
             warn!(ns = %self.ns, from = now, to = lower, "the broker refused a message as too large: sending messages of at most {lower} bytes from now on (set kafka.max_message_bytes to the topic's max.message.bytes)");
         }
-        ReaderError::Delivery {
-            ns: self.ns.clone(),
-            message: failure.message,
-        }
+        ReaderError::Delivery { ns: self.ns.clone(), message: failure.message }
     }
 }

@@ -20,13 +20,13 @@ use tracing::{info, warn};
 
 use super::checkpoint::{Checkpoint, CheckpointStore, Position};
 use super::convert::Origin;
+use super::scope::Scope;
 use super::encode::Encoder;
 pub use super::errors::ReaderError;
 use super::lease::Grant;
 use super::outgoing::{Outgoing, ReadEnd};
 use super::pipeline::PipelineChoice;
 use super::route::{Route, Routes, Topics};
-use super::scope::Scope;
 use super::watermark::AckWatermark;
 use super::window::SendWindow;
 use super::{HistoryLostPolicy, SourceConfig};
@@ -82,9 +82,7 @@ pub enum ReaderExit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     /// The initial copy that started at this cluster time.
-    Copy {
-        at: Timestamp,
-    },
+    Copy { at: Timestamp },
     Stream,
 }
 
@@ -108,11 +106,7 @@ pub(super) enum Reads {
     Collection(Arc<Route>),
     /// A whole database's change stream, each event sent to its collection's topic; the
     /// initial copies of its collections come first (see `database`).
-    Database {
-        db: String,
-        scope: Scope,
-        routes: Arc<Routes>,
-    },
+    Database { db: String, scope: Scope, routes: Arc<Routes> },
 }
 
 pub struct Reader {
@@ -135,13 +129,7 @@ pub struct Reader {
 
 impl Reader {
     /// `max_bytes`: the largest message `topic` takes.
-    pub fn new(
-        ctx: Arc<ReaderContext>,
-        db: &str,
-        coll: &str,
-        topic: String,
-        max_bytes: usize,
-    ) -> Self {
+    pub fn new(ctx: Arc<ReaderContext>, db: &str, coll: &str, topic: String, max_bytes: usize) -> Self {
         let ns = format!("{db}.{coll}");
         let origin = Origin {
             ns: crate::event::Namespace::new(db, coll),
@@ -149,11 +137,7 @@ impl Reader {
             rs: ctx.rs.clone(),
         };
         Reader {
-            reads: Reads::Collection(Arc::new(Route {
-                ns: ns.clone(),
-                topic,
-                origin,
-            })),
+            reads: Reads::Collection(Arc::new(Route { ns: ns.clone(), topic, origin })),
             writer: format!("{}/{ns}", ctx.name),
             ctx,
             ns,
@@ -168,16 +152,11 @@ impl Reader {
     pub(super) fn route(&self) -> Result<&Arc<Route>, ReaderError> {
         match &self.reads {
             Reads::Collection(route) => Ok(route),
-            Reads::Database { .. } => Err(ReaderError::Encode {
-                ns: self.ns.clone(),
-                message: "a database reader has no single collection".into(),
-            }),
+            Reads::Database { .. } => Err(ReaderError::Encode { ns: self.ns.clone(), message: "a database reader has no single collection".into() }),
         }
     }
 
-    pub(super) fn collection(
-        &self,
-    ) -> Result<mongodb::Collection<bson::RawDocumentBuf>, ReaderError> {
+    pub(super) fn collection(&self) -> Result<mongodb::Collection<bson::RawDocumentBuf>, ReaderError> {
         let ns = &self.route()?.origin.ns;
         Ok(self.ctx.client.database(&ns.db).collection(&ns.coll))
     }
@@ -208,19 +187,12 @@ impl Reader {
     }
 
     pub(super) fn mongo_err(&self) -> impl Fn(mongodb::error::Error) -> ReaderError + '_ {
-        move |source| ReaderError::Mongo {
-            ns: self.ns.clone(),
-            source,
-        }
+        move |source| ReaderError::Mongo { ns: self.ns.clone(), source }
     }
 
     /// Runs until shutdown, lease loss or an error. `lease` carries the local deadline
     /// until which this instance may produce.
-    pub async fn run(
-        &self,
-        lease: watch::Receiver<Grant>,
-        shutdown: &CancellationToken,
-    ) -> Result<ReaderExit, ReaderError> {
+    pub async fn run(&self, lease: watch::Receiver<Grant>, shutdown: &CancellationToken) -> Result<ReaderExit, ReaderError> {
         if let Reads::Database { .. } = self.reads {
             return self.run_database(lease, shutdown).await;
         }
@@ -230,111 +202,57 @@ impl Reader {
                 .checkpoints
                 .load(&self.ns)
                 .await
-                .map_err(|source| ReaderError::Checkpoint {
-                    ns: self.ns.clone(),
-                    source,
-                })?;
+                .map_err(|source| ReaderError::Checkpoint { ns: self.ns.clone(), source })?;
             let copy = match &checkpoint {
-                Some(Checkpoint {
-                    position: Position::Copying { at, after },
-                    ..
-                }) => Some((*at, after.clone())),
+                Some(Checkpoint { position: Position::Copying { at, after }, .. }) => Some((*at, after.clone())),
                 Some(_) => None,
                 None if self.ctx.config.initial_copy => {
                     // Saved before the first document goes out: an interrupted copy goes on
                     // from the same cluster time, so the stream after it misses nothing.
                     let at = self.cluster_time().await?;
-                    self.save(
-                        &Checkpoint {
-                            position: Position::Copying { at, after: None },
-                            event_time: Some(at),
-                        },
-                        &lease,
-                    )
-                    .await?;
+                    self.save(&Checkpoint { position: Position::Copying { at, after: None }, event_time: Some(at) }, &lease).await?;
                     Some((at, None))
                 }
                 None => {
                     let at = self.stream_start().await?;
-                    self.save(
-                        &Checkpoint {
-                            position: Position::StartAt(at),
-                            event_time: Some(at),
-                        },
-                        &lease,
-                    )
-                    .await?;
+                    self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                     continue;
                 }
             };
             if let Some((at, after)) = copy {
                 // Bounded across the process: a thousand collections must not copy at once.
-                let _permit = self
-                    .ctx
-                    .copies
-                    .acquire()
-                    .await
-                    .map_err(|_| ReaderError::Encode {
-                        ns: self.ns.clone(),
-                        message: "copy slots closed".into(),
-                    })?;
+                let _permit = self.ctx.copies.acquire().await.map_err(|_| ReaderError::Encode { ns: self.ns.clone(), message: "copy slots closed".into() })?;
                 if let Some(exit) = self.initial_copy(at, after, &lease, shutdown).await? {
                     return Ok(exit);
                 }
-                self.save(
-                    &Checkpoint {
-                        position: Position::StartAt(at),
-                        event_time: Some(at),
-                    },
-                    &lease,
-                )
-                .await?;
+                self.save(&Checkpoint { position: Position::StartAt(at), event_time: Some(at) }, &lease).await?;
                 self.fresh_copy.store(true, Ordering::Relaxed);
                 continue;
             }
-            let Some(mut checkpoint) = checkpoint else {
-                continue;
-            };
+            let Some(mut checkpoint) = checkpoint else { continue };
             loop {
                 match self.stream(&checkpoint, &lease, shutdown).await {
                     Ok(PumpEnd::Exit(exit)) => return Ok(exit),
                     Ok(PumpEnd::Read(ReadEnd::Invalidated(at))) => {
                         // The collection was dropped or renamed. Keep listening from just after
                         // the invalidate: a re-created collection is picked up again.
-                        let at = at.map(|t| Timestamp {
-                            time: t.time,
-                            increment: t.increment + 1,
-                        });
+                        let at = at.map(|t| Timestamp { time: t.time, increment: t.increment + 1 });
                         let at = match at {
                             Some(t) => t,
                             None => self.cluster_time().await?,
                         };
                         info!(ns = %self.ns, "change stream invalidated (drop or rename); listening for a re-created collection");
-                        checkpoint = Checkpoint {
-                            position: Position::StartAt(at),
-                            event_time: Some(at),
-                        };
+                        checkpoint = Checkpoint { position: Position::StartAt(at), event_time: Some(at) };
                         self.save(&checkpoint, &lease).await?;
                     }
                     // A slim stream ends this way (only a copy ends with CopyDone): reload
                     // the position it saved.
-                    Ok(PumpEnd::Read(
-                        ReadEnd::CopyDone | ReadEnd::Reopen | ReadEnd::CopyRenamed(_),
-                    )) => break,
-                    Err(ReaderError::HistoryLost { .. })
-                        if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy =>
-                    {
+                    Ok(PumpEnd::Read(ReadEnd::CopyDone | ReadEnd::Reopen | ReadEnd::CopyRenamed(_))) => break,
+                    Err(ReaderError::HistoryLost { .. }) if self.ctx.config.on_history_lost == HistoryLostPolicy::Recopy => {
                         warn!(ns = %self.ns, "change stream history lost; starting a fresh initial copy (source.on_history_lost = \"recopy\")");
                         // The markers first, the checkpoint cleared after they are acknowledged:
                         // a crash in between finds the lost history again and resends them.
-                        if let Some(exit) = self
-                            .send_clear_markers(
-                                self.route()?,
-                                "change stream history lost: a fresh initial copy follows",
-                                &lease,
-                            )
-                            .await?
-                        {
+                        if let Some(exit) = self.send_clear_markers(self.route()?, "change stream history lost: a fresh initial copy follows", &lease).await? {
                             return Ok(exit);
                         }
                         let epoch = lease.borrow().epoch;
@@ -353,13 +271,8 @@ impl Reader {
 
     /// The source's current cluster time: the copy starts after it and the stream at it.
     pub(super) async fn cluster_time(&self) -> Result<Timestamp, ReaderError> {
-        let ts = crate::mongo::cluster_time(&self.ctx.client)
-            .await
-            .map_err(self.mongo_err())?;
-        ts.ok_or_else(|| ReaderError::Encode {
-            ns: self.ns.clone(),
-            message: "the source reported no cluster time (is it a replica set?)".into(),
-        })
+        let ts = crate::mongo::cluster_time(&self.ctx.client).await.map_err(self.mongo_err())?;
+        ts.ok_or_else(|| ReaderError::Encode { ns: self.ns.clone(), message: "the source reported no cluster time (is it a replica set?)".into() })
     }
 
     /// Where a stream with no checkpoint and no copy starts: `source.start_at` when set
@@ -372,11 +285,7 @@ impl Reader {
     }
 
     /// Saves `cp` under the lease's current epoch (refused when a successor saved since).
-    pub(super) async fn save(
-        &self,
-        cp: &Checkpoint,
-        lease: &watch::Receiver<Grant>,
-    ) -> Result<(), ReaderError> {
+    pub(super) async fn save(&self, cp: &Checkpoint, lease: &watch::Receiver<Grant>) -> Result<(), ReaderError> {
         let epoch = lease.borrow().epoch;
         self.ctx
             .checkpoints
@@ -387,8 +296,7 @@ impl Reader {
         if let Some(t) = cp.event_time {
             let age = m::seconds_since(t.time);
             for route in self.members() {
-                metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => route.ns.clone())
-                    .set(age);
+                metrics::gauge!(m::SOURCE_TOKEN_AGE_SECONDS, "collection" => route.ns.clone()).set(age);
             }
             self.show(|c| c.checkpoint_time = Some(t.time));
         }
@@ -416,22 +324,16 @@ impl Reader {
     ) -> Result<PumpEnd, ReaderError> {
         let mut watermark: AckWatermark<(Bson, Option<Timestamp>)> = AckWatermark::new();
         let mut in_flight = InFlight::default();
-        let mut window = SendWindow::new(
-            super::lease::delivery_timeout(Duration::from_millis(self.ctx.config.lease_ttl_ms)),
-            Instant::now().into_std(),
-        );
+        let mut window = SendWindow::new(super::lease::delivery_timeout(Duration::from_millis(self.ctx.config.lease_ttl_ms)), Instant::now().into_std());
         let mut saved: Option<Bson> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(
-            self.ctx.config.checkpoint_interval_ms,
-        ));
+        let mut tick = tokio::time::interval(Duration::from_millis(self.ctx.config.checkpoint_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_end: Option<ReadEnd> = None;
         // Counted per collection as handed to Kafka (a failed delivery restarts the reader,
         // which sends them again), shown once per tick (cheap per event).
         let mut published = Published::default();
         let mut caught_up = false;
-        let heartbeat_every = (self.ctx.config.heartbeat_ms > 0)
-            .then(|| Duration::from_millis(self.ctx.config.heartbeat_ms));
+        let heartbeat_every = (self.ctx.config.heartbeat_ms > 0).then(|| Duration::from_millis(self.ctx.config.heartbeat_ms));
         let mut last_heartbeat = Instant::now();
         self.show(|c| c.state = phase.state().into());
         let mut items = Vec::with_capacity(RECEIVE_CHUNK);
@@ -540,10 +442,7 @@ impl Reader {
         // message timeout), then save the position it reached.
         let drain_deadline = Instant::now() + Duration::from_secs(8);
         'drain: while in_flight.due() > 0 {
-            if tokio::time::timeout_at(drain_deadline, in_flight.arrived())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(drain_deadline, in_flight.arrived()).await.is_err() {
                 break;
             }
             for (seq, outcome) in in_flight.take() {
@@ -554,8 +453,7 @@ impl Reader {
                 watermark.acked(seq);
             }
         }
-        self.checkpoint_if_newer(phase, &watermark, &mut saved, lease)
-            .await?;
+        self.checkpoint_if_newer(phase, &watermark, &mut saved, lease).await?;
         self.show_progress(phase, &mut published, event_time, caught_up);
         Ok(match exit {
             Some(exit) => PumpEnd::Exit(exit),
@@ -575,16 +473,10 @@ impl Reader {
         if let Some((token, event_time)) = watermark.safe_token() {
             if saved.as_ref() != Some(token) {
                 let position = match phase {
-                    Phase::Copy { at } => Position::Copying {
-                        at,
-                        after: Some(token.clone()),
-                    },
+                    Phase::Copy { at } => Position::Copying { at, after: Some(token.clone()) },
                     Phase::Stream => Position::Token(token.clone()),
                 };
-                let cp = Checkpoint {
-                    position,
-                    event_time: *event_time,
-                };
+                let cp = Checkpoint { position, event_time: *event_time };
                 self.save(&cp, lease).await?;
                 *saved = Some(token.clone());
             }

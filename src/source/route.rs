@@ -36,39 +36,19 @@ impl Topics {
     /// Makes sure `db.coll`'s topic exists; returns it and the largest message it takes:
     /// `kafka.max_message_bytes`, or the topic's own limit when that is smaller (an
     /// existing topic created with less). Larger events go in parts (see `crate::parts`).
-    pub async fn ensure(
-        &self,
-        db: &str,
-        coll: &str,
-    ) -> Result<(String, usize), crate::kafka::admin::TopicError> {
+    pub async fn ensure(&self, db: &str, coll: &str) -> Result<(String, usize), crate::kafka::admin::TopicError> {
         let (mut topics, limit) = self.ensure_all(db, &[coll.to_string()]).await?;
         Ok((topics.remove(0), limit))
     }
 
     /// `ensure` for many collections of `db` in a few requests: their topics (in the
     /// order of `colls`) and the smallest message limit among them.
-    pub async fn ensure_all(
-        &self,
-        db: &str,
-        colls: &[String],
-    ) -> Result<(Vec<String>, usize), crate::kafka::admin::TopicError> {
+    pub async fn ensure_all(&self, db: &str, colls: &[String]) -> Result<(Vec<String>, usize), crate::kafka::admin::TopicError> {
         let names: Vec<String> = colls.iter().map(|c| self.kafka.topic_for(db, c)).collect();
         let configured = self.kafka.max_message_bytes;
         let topic_configs = [("max.message.bytes", configured.to_string())];
-        self.admin
-            .ensure_topics(
-                &names,
-                self.kafka.partitions,
-                self.kafka.replication_factor,
-                &topic_configs,
-            )
-            .await?;
-        let limit = self
-            .limits(&names)
-            .await
-            .into_values()
-            .min()
-            .unwrap_or(configured);
+        self.admin.ensure_topics(&names, self.kafka.partitions, self.kafka.replication_factor, &topic_configs).await?;
+        let limit = self.limits(&names).await.into_values().min().unwrap_or(configured);
         Ok((names, limit))
     }
 
@@ -102,13 +82,7 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(
-        db: &str,
-        name: &str,
-        rs: &str,
-        topics: Topics,
-        max_bytes: Arc<AtomicUsize>,
-    ) -> Self {
+    pub fn new(db: &str, name: &str, rs: &str, topics: Topics, max_bytes: Arc<AtomicUsize>) -> Self {
         Routes {
             db: db.to_string(),
             name: name.to_string(),
@@ -125,10 +99,7 @@ impl Routes {
             return Ok(route);
         }
         self.prepare(&[coll.to_string()]).await?;
-        self.known(coll).ok_or_else(|| ReaderError::Encode {
-            ns: format!("{}.{coll}", self.db),
-            message: "the collection's route was not kept".into(),
-        })
+        self.known(coll).ok_or_else(|| ReaderError::Encode { ns: format!("{}.{coll}", self.db), message: "the collection's route was not kept".into() })
     }
 
     fn known(&self, coll: &str) -> Option<Arc<Route>> {
@@ -136,27 +107,15 @@ impl Routes {
     }
 
     fn route(&self, coll: &str, topic: String) -> Arc<Route> {
-        let origin = Origin {
-            ns: Namespace::new(&self.db, coll),
-            name: self.name.clone(),
-            rs: self.rs.clone(),
-        };
-        Arc::new(Route {
-            ns: format!("{}.{coll}", self.db),
-            topic,
-            origin,
-        })
+        let origin = Origin { ns: Namespace::new(&self.db, coll), name: self.name.clone(), rs: self.rs.clone() };
+        Arc::new(Route { ns: format!("{}.{coll}", self.db), topic, origin })
     }
 
     /// Makes the routes of `colls` ready at once: their topics created and their limits
     /// read in a few requests, not a few per collection.
     pub async fn prepare(&self, colls: &[String]) -> Result<(), ReaderError> {
         let new: Vec<String> = match self.known.lock() {
-            Ok(known) => colls
-                .iter()
-                .filter(|c| !known.contains_key(*c))
-                .cloned()
-                .collect(),
+            Ok(known) => colls.iter().filter(|c| !known.contains_key(*c)).cloned().collect(),
             Err(_) => return Ok(()),
         };
         if new.is_empty() {
@@ -167,20 +126,13 @@ impl Routes {
                 [one] => format!("{}.{one}", self.db),
                 _ => format!("{}.*", self.db),
             };
-            ReaderError::Delivery {
-                ns,
-                message: format!("cannot make the collections' topics ready: {e}"),
-            }
+            ReaderError::Delivery { ns, message: format!("cannot make the collections' topics ready: {e}") }
         })?;
         self.max_bytes.fetch_min(limit, Ordering::Relaxed);
-        let routes: Vec<(String, Arc<Route>)> = new
-            .into_iter()
-            .zip(names)
-            .map(|(coll, topic)| {
-                let route = self.route(&coll, topic);
-                (coll, route)
-            })
-            .collect();
+        let routes: Vec<(String, Arc<Route>)> = new.into_iter().zip(names).map(|(coll, topic)| {
+            let route = self.route(&coll, topic);
+            (coll, route)
+        }).collect();
         if let Ok(mut known) = self.known.lock() {
             for (coll, route) in routes {
                 known.entry(coll).or_insert(route);
@@ -191,9 +143,6 @@ impl Routes {
 
     /// Every route found so far.
     pub fn all(&self) -> Vec<Arc<Route>> {
-        self.known
-            .lock()
-            .map(|k| k.values().cloned().collect())
-            .unwrap_or_default()
+        self.known.lock().map(|k| k.values().cloned().collect()).unwrap_or_default()
     }
 }

@@ -26,12 +26,7 @@ impl<T: Clone> Default for AckWatermark<T> {
 
 impl<T: Clone> AckWatermark<T> {
     pub fn new() -> Self {
-        AckWatermark {
-            first_seq: 0,
-            pending: VecDeque::new(),
-            safe: None,
-            idle: None,
-        }
+        AckWatermark { first_seq: 0, pending: VecDeque::new(), safe: None, idle: None }
     }
 
     /// Records an event handed to the producer; returns its sequence number.

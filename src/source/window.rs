@@ -30,12 +30,7 @@ pub struct SendWindow {
 
 impl SendWindow {
     pub fn new(delivery_timeout: Duration, now: Instant) -> SendWindow {
-        SendWindow {
-            drain_time: delivery_timeout / 4,
-            window: MIN_WINDOW,
-            acked: 0,
-            since: now,
-        }
+        SendWindow { drain_time: delivery_timeout / 4, window: MIN_WINDOW, acked: 0, since: now }
     }
 
     /// Kafka acknowledged `bytes` more.
@@ -49,8 +44,7 @@ impl SendWindow {
         // window stays as it was.
         if self.acked > 0 {
             let rate = self.acked as f64 / elapsed.as_secs_f64();
-            self.window =
-                ((rate * self.drain_time.as_secs_f64()) as usize).clamp(MIN_WINDOW, MAX_WINDOW);
+            self.window = ((rate * self.drain_time.as_secs_f64()) as usize).clamp(MIN_WINDOW, MAX_WINDOW);
         }
         self.acked = 0;
         self.since = now;
@@ -90,11 +84,7 @@ mod tests {
         assert!(w.allows(MIN_WINDOW - 1) && !w.allows(MIN_WINDOW));
         // 12.5 MB/s (100 Mbit/s): a quarter of 4.8 s of it.
         let t1 = run(&mut w, t0, 12_500_000, 2.0);
-        assert!(
-            (14_000_000..16_000_000).contains(&w.bytes()),
-            "{}",
-            w.bytes()
-        );
+        assert!((14_000_000..16_000_000).contains(&w.bytes()), "{}", w.bytes());
         // The link slows to 125 kB/s (1 Mbit/s): the window comes down with it...
         let t2 = run(&mut w, t1, 125_000, 1.0);
         assert!((140_000..160_000).contains(&w.bytes()), "{}", w.bytes());

@@ -15,9 +15,9 @@ use clap::Args;
 use futures::TryStreamExt;
 
 use crate::config::Config;
-use crate::debezium::id_relaxed_json;
 use crate::event::Namespace;
 use crate::source::SourceConfig;
+use crate::debezium::id_relaxed_json;
 
 pub mod metadata;
 
@@ -54,10 +54,7 @@ pub struct Report {
 
 impl Report {
     pub fn equal(&self) -> bool {
-        self.missing_total == 0
-            && self.extra_total == 0
-            && self.differing_total == 0
-            && self.source_count == self.target_count
+        self.missing_total == 0 && self.extra_total == 0 && self.differing_total == 0 && self.source_count == self.target_count
     }
 }
 
@@ -67,18 +64,9 @@ impl std::fmt::Display for Report {
         writeln!(
             f,
             "{}: {verdict} (source {} docs, target {} docs; missing {}, extra {}, differing {})",
-            self.namespace,
-            self.source_count,
-            self.target_count,
-            self.missing_total,
-            self.extra_total,
-            self.differing_total
+            self.namespace, self.source_count, self.target_count, self.missing_total, self.extra_total, self.differing_total
         )?;
-        for (what, ids) in [
-            ("missing in target", &self.missing),
-            ("extra in target", &self.extra),
-            ("differing", &self.differing),
-        ] {
+        for (what, ids) in [("missing in target", &self.missing), ("extra in target", &self.extra), ("differing", &self.differing)] {
             if !ids.is_empty() {
                 writeln!(f, "  {what}: {}", ids.join(", "))?;
             }
@@ -89,23 +77,15 @@ impl std::fmt::Display for Report {
 
 /// The namespaces to compare: `--collection`s (`coll` of the one database, or `db.coll`),
 /// or every collection of every database the source replicates.
-pub(crate) async fn namespaces_to_compare(
-    source: &mongodb::Client,
-    src: &SourceConfig,
-    named: &[String],
-) -> anyhow::Result<Vec<Namespace>> {
+pub(crate) async fn namespaces_to_compare(source: &mongodb::Client, src: &SourceConfig, named: &[String]) -> anyhow::Result<Vec<Namespace>> {
     let databases = crate::source::discovery::databases_to_read(source, src).await?;
     if !named.is_empty() {
         return named
             .iter()
             .map(|n| match (n.split_once('.'), databases.as_slice()) {
-                (Some((db, coll)), _) if databases.iter().any(|d| d == db) => {
-                    Ok(Namespace::new(db, coll))
-                }
+                (Some((db, coll)), _) if databases.iter().any(|d| d == db) => Ok(Namespace::new(db, coll)),
                 (_, [db]) => Ok(Namespace::new(db, n)),
-                _ => anyhow::bail!(
-                    "--collection {n:?}: name it as db.coll (the source reads {databases:?})"
-                ),
+                _ => anyhow::bail!("--collection {n:?}: name it as db.coll (the source reads {databases:?})"),
             })
             .collect();
     }
@@ -120,22 +100,14 @@ pub(crate) async fn namespaces_to_compare(
 
 /// Runs verify; returns the process exit code (0 equal, 1 different).
 pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
-    let src = config
-        .source
-        .as_ref()
-        .context("verify needs the [source] section")?;
-    let sink = config
-        .sink
-        .as_ref()
-        .context("verify needs the [sink] section")?;
+    let src = config.source.as_ref().context("verify needs the [source] section")?;
+    let sink = config.sink.as_ref().context("verify needs the [sink] section")?;
     let source = crate::mongo::connect(&src.uri, "source.uri", src.flavor().0).await?;
     let target = crate::mongo::connect(&sink.uri, "sink.uri", sink.flavor().0).await?;
     let namespaces = namespaces_to_compare(&source, src, &args.collections).await?;
     let databases = crate::source::discovery::databases_to_read(&source, src).await?;
     let only = (!args.collections.is_empty()).then_some(namespaces.as_slice());
-    let deadline = args
-        .wait_for_quiet
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = args.wait_for_quiet.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
         let mut all_equal = true;
         let mut text = String::new();
@@ -153,10 +125,7 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<u8> {
                 text.push_str(&drift.to_string());
             }
             if drifts.is_empty() {
-                text.push_str(&format!(
-                    "metadata: EQUAL ({} namespaces: options and indexes)\n",
-                    described.len()
-                ));
+                text.push_str(&format!("metadata: EQUAL ({} namespaces: options and indexes)\n", described.len()));
             }
         }
         let retry = !all_equal && deadline.is_some_and(|d| Instant::now() < d);
@@ -176,12 +145,8 @@ pub async fn compare(
     target_ns: &crate::event::Namespace,
     show: usize,
 ) -> anyhow::Result<Report> {
-    let a = source
-        .database(&source_ns.db)
-        .collection::<RawDocumentBuf>(&source_ns.coll);
-    let b = target
-        .database(&target_ns.db)
-        .collection::<RawDocumentBuf>(&target_ns.coll);
+    let a = source.database(&source_ns.db).collection::<RawDocumentBuf>(&source_ns.coll);
+    let b = target.database(&target_ns.db).collection::<RawDocumentBuf>(&target_ns.coll);
     let mut report = Report {
         namespace: source_ns.to_string(),
         // Exact counts: estimates are wrong after an unclean shutdown.
@@ -189,16 +154,8 @@ pub async fn compare(
         target_count: b.count_documents(doc! {}).await?,
         ..Default::default()
     };
-    let mut ca = a
-        .find(doc! {})
-        .sort(doc! {"_id": 1})
-        .batch_size(5000)
-        .await?;
-    let mut cb = b
-        .find(doc! {})
-        .sort(doc! {"_id": 1})
-        .batch_size(5000)
-        .await?;
+    let mut ca = a.find(doc! {}).sort(doc! {"_id": 1}).batch_size(5000).await?;
+    let mut cb = b.find(doc! {}).sort(doc! {"_id": 1}).batch_size(5000).await?;
     let mut da = ca.try_next().await?;
     let mut db = cb.try_next().await?;
     loop {
@@ -210,32 +167,17 @@ pub async fn compare(
         };
         match order {
             Ordering::Less => {
-                note(
-                    &mut report.missing,
-                    &mut report.missing_total,
-                    da.as_ref(),
-                    show,
-                );
+                note(&mut report.missing, &mut report.missing_total, da.as_ref(), show);
                 da = ca.try_next().await?;
             }
             Ordering::Greater => {
-                note(
-                    &mut report.extra,
-                    &mut report.extra_total,
-                    db.as_ref(),
-                    show,
-                );
+                note(&mut report.extra, &mut report.extra_total, db.as_ref(), show);
                 db = cb.try_next().await?;
             }
             Ordering::Equal => {
                 if let (Some(x), Some(y)) = (&da, &db) {
                     if checksum(x) != checksum(y) {
-                        note(
-                            &mut report.differing,
-                            &mut report.differing_total,
-                            da.as_ref(),
-                            show,
-                        );
+                        note(&mut report.differing, &mut report.differing_total, da.as_ref(), show);
                     }
                 }
                 da = ca.try_next().await?;
@@ -256,11 +198,7 @@ fn note(list: &mut Vec<String>, total: &mut u64, doc: Option<&RawDocumentBuf>, s
 }
 
 fn id_of(doc: &RawDocumentBuf) -> Bson {
-    doc.get("_id")
-        .ok()
-        .flatten()
-        .and_then(|v| Bson::try_from(v).ok())
-        .unwrap_or(Bson::Null)
+    doc.get("_id").ok().flatten().and_then(|v| Bson::try_from(v).ok()).unwrap_or(Bson::Null)
 }
 
 /// A hash of the document's BSON bytes (field order and exact types included).

@@ -24,16 +24,8 @@ impl KafkaCluster {
 
     /// Like `start`, with settings of scripts/services.sh (`DOCREPL_KAFKA_TLS_DIR`, ...).
     pub fn start_with(base_port: u16, nodes: u16, env: &[(&str, &str)]) -> KafkaCluster {
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let cluster = KafkaCluster {
-            dir: tempfile::tempdir().expect("tempdir"),
-            base_port,
-            nodes,
-            env,
-        };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cluster = KafkaCluster { dir: tempfile::tempdir().expect("tempdir"), base_port, nodes, env };
         cluster.services(&["start", "broker"]);
         cluster
     }
@@ -51,11 +43,7 @@ impl KafkaCluster {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run scripts/services.sh");
-        assert!(
-            out.status.success(),
-            "services.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "services.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn port(&self, node: u16) -> u16 {
@@ -69,10 +57,7 @@ impl KafkaCluster {
 
     /// `host:port` of every node, as `kafka.bootstrap_servers`.
     pub fn bootstrap(&self) -> String {
-        (1..=self.nodes)
-            .map(|n| format!("127.0.0.1:{}", self.port(n)))
-            .collect::<Vec<_>>()
-            .join(",")
+        (1..=self.nodes).map(|n| format!("127.0.0.1:{}", self.port(n))).collect::<Vec<_>>().join(",")
     }
 
     fn pid_file(&self, node: u16) -> PathBuf {
@@ -114,10 +99,7 @@ impl KafkaCluster {
     /// its output.
     pub fn tool(&self, class: &str, args: &[&str]) -> String {
         let libs = std::env::var("DOCREPL_KAFKA_LIBS").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/docrepl/kafka-4.1.1/libs",
-                std::env::var("HOME").unwrap_or_default()
-            )
+            format!("{}/.cache/docrepl/kafka-4.1.1/libs", std::env::var("HOME").unwrap_or_default())
         });
         let out = Command::new("java")
             .arg("-cp")
@@ -127,11 +109,7 @@ impl KafkaCluster {
             .args(args)
             .output()
             .expect("run a Kafka tool (java)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{class} {args:?}: {text}");
         text
     }

@@ -40,18 +40,14 @@ pub fn kafka_config(prefix: &str, partitions: i32) -> KafkaConfig {
 }
 
 pub async fn mongo(uri: &str) -> mongodb::Client {
-    let mut opts = mongodb::options::ClientOptions::parse(uri)
-        .await
-        .expect("test uri");
+    let mut opts = mongodb::options::ClientOptions::parse(uri).await.expect("test uri");
     opts.server_selection_timeout = Some(Duration::from_secs(10));
     let client = mongodb::Client::with_options(opts).expect("mongo client");
     client
         .database("admin")
         .run_command(bson::doc! {"ping": 1})
         .await
-        .unwrap_or_else(|e| {
-            panic!("cannot reach {uri}: {e}. Start the local services: scripts/services.sh start")
-        });
+        .unwrap_or_else(|e| panic!("cannot reach {uri}: {e}. Start the local services: scripts/services.sh start"));
     client
 }
 
@@ -148,9 +144,7 @@ listen = "127.0.0.1:0"
     /// Writes the config with the sink pointed at `target_uri` (a test's own mongod).
     pub fn config_with_target(&self, uri: &str) -> PathBuf {
         let path = self.config();
-        let text = std::fs::read_to_string(&path)
-            .expect("config")
-            .replace(&target_uri(), uri);
+        let text = std::fs::read_to_string(&path).expect("config").replace(&target_uri(), uri);
         let own = self.dir.path().join("docrepl-own-target.toml");
         std::fs::write(&own, text).expect("write config");
         own
@@ -164,10 +158,7 @@ listen = "127.0.0.1:0"
 
     /// Like `spawn`, with a config file the test wrote or edited itself.
     pub fn spawn_with(&self, command: &str, config: &Path, args: &[&str]) -> Proc {
-        let log = self
-            .dir
-            .path()
-            .join(format!("{command}-{}.log", unique("")));
+        let log = self.dir.path().join(format!("{command}-{}.log", unique("")));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_docrepl"))
             .arg(command)
@@ -179,10 +170,7 @@ listen = "127.0.0.1:0"
             .stderr(file)
             .spawn()
             .expect("start docrepl");
-        Proc {
-            child: Some(child),
-            log,
-        }
+        Proc { child: Some(child), log }
     }
 }
 
@@ -194,14 +182,7 @@ pub fn verify(config: &Path, wait_secs: u32) -> (Option<i32>, String) {
         .args(["--wait-for-quiet", &wait_secs.to_string()])
         .output()
         .expect("run docrepl verify");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A running docrepl process, killed when dropped.
@@ -226,10 +207,7 @@ impl Proc {
     /// SIGTERM, then waits up to `within` for the exit code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -246,9 +224,7 @@ impl Proc {
 
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits up to `within` for the process to exit by itself; its exit code.
@@ -279,9 +255,7 @@ impl Proc {
 /// Waits, off the async runtime's threads, up to 300 s for a process that ends by itself
 /// (a loadgen, a verify) and fails the test with its log unless it exited 0.
 pub async fn expect_success(mut p: Proc, what: &str) {
-    let (code, p) = tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(300)), p))
-        .await
-        .unwrap();
+    let (code, p) = tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(300)), p)).await.unwrap();
     assert_eq!(code, Some(0), "{what} failed:\n{}", p.log_text());
 }
 
@@ -289,11 +263,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!(
-                "---- docrepl log {} ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("---- docrepl log {} ----\n{}", self.log.display(), self.log_text());
         }
     }
 }
@@ -346,9 +316,7 @@ pub fn spawn_inserts(
     let coll = coll.clone();
     tokio::spawn(async move {
         for chunk in 0..chunks {
-            let docs: Vec<bson::Document> = (0..per_chunk)
-                .map(|i| bson::doc! {"_id": chunk * per_chunk + i})
-                .collect();
+            let docs: Vec<bson::Document> = (0..per_chunk).map(|i| bson::doc! {"_id": chunk * per_chunk + i}).collect();
             coll.insert_many(docs).await.expect("insert");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -359,9 +327,7 @@ pub fn spawn_inserts(
 /// heartbeats, on every partition of a topic: they are not document events.
 pub fn is_control_message(m: &rdkafka::message::OwnedMessage) -> bool {
     use rdkafka::Message;
-    m.key().is_some_and(|k| {
-        k.starts_with(br#"{"docrepl_metadata""#) || k.starts_with(br#"{"docrepl_heartbeat""#)
-    })
+    m.key().is_some_and(|k| k.starts_with(br#"{"docrepl_metadata""#) || k.starts_with(br#"{"docrepl_heartbeat""#))
 }
 
 /// Reads `topic` from the beginning until `done(messages so far)` or `within` passes.
@@ -391,9 +357,7 @@ pub async fn consume(
                 }
             }
             // The topic may not exist yet (the service creates it at start).
-            Ok(Err(e)) if e.to_string().contains("Unknown topic") => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
+            Ok(Err(e)) if e.to_string().contains("Unknown topic") => tokio::time::sleep(Duration::from_millis(200)).await,
             Ok(Err(e)) => panic!("consume {topic}: {e}"),
             Err(_) => break,
         }
@@ -405,22 +369,11 @@ pub async fn consume(
 pub async fn documents(client: &mongodb::Client, db: &str, coll: &str) -> Vec<(String, Vec<u8>)> {
     use futures::TryStreamExt;
     let c = client.database(db).collection::<bson::RawDocumentBuf>(coll);
-    let docs: Vec<bson::RawDocumentBuf> = c
-        .find(bson::doc! {})
-        .sort(bson::doc! {"_id": 1})
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("cursor");
+    let docs: Vec<bson::RawDocumentBuf> =
+        c.find(bson::doc! {}).sort(bson::doc! {"_id": 1}).await.expect("find").try_collect().await.expect("cursor");
     docs.into_iter()
         .map(|d| {
-            let id = d
-                .get("_id")
-                .ok()
-                .flatten()
-                .map(|v| format!("{v:?}"))
-                .unwrap_or_default();
+            let id = d.get("_id").ok().flatten().map(|v| format!("{v:?}")).unwrap_or_default();
             (id, d.as_bytes().to_vec())
         })
         .collect()
@@ -440,20 +393,11 @@ pub struct OwnMongod {
 
 impl OwnMongod {
     pub fn uri(&self) -> String {
-        format!(
-            "mongodb://127.0.0.1:{}/?replicaSet=rs-own{}{}",
-            self.port,
-            self.port,
-            self.extra_options()
-        )
+        format!("mongodb://127.0.0.1:{}/?replicaSet=rs-own{}{}", self.port, self.port, self.extra_options())
     }
 
     fn direct_uri(&self) -> String {
-        format!(
-            "mongodb://127.0.0.1:{}/?directConnection=true{}",
-            self.port,
-            self.extra_options()
-        )
+        format!("mongodb://127.0.0.1:{}/?directConnection=true{}", self.port, self.extra_options())
     }
 
     fn extra_options(&self) -> String {
@@ -481,17 +425,12 @@ impl OwnMongod {
             uri_options: uri_options.to_string(),
         };
         m.launch();
-        let client = mongodb::Client::with_uri_str(m.direct_uri())
-            .await
-            .expect("client");
+        let client = mongodb::Client::with_uri_str(m.direct_uri()).await.expect("client");
         let init = bson::doc! {"replSetInitiate": {"_id": format!("rs-own{port}"), "members": [{"_id": 0, "host": format!("127.0.0.1:{port}")}]}};
         let mut tries = 0;
         while let Err(e) = client.database("admin").run_command(init.clone()).await {
             tries += 1;
-            assert!(
-                tries < 100,
-                "cannot initiate the test mongod on {port}: {e}"
-            );
+            assert!(tries < 100, "cannot initiate the test mongod on {port}: {e}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         m.wait_primary().await;
@@ -500,23 +439,13 @@ impl OwnMongod {
 
     fn launch(&mut self) {
         let bin = std::env::var("DOCREPL_MONGOD_BIN").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/docrepl/mongod-6.0.5/bin/mongod",
-                std::env::var("HOME").unwrap_or_default()
-            )
+            format!("{}/.cache/docrepl/mongod-6.0.5/bin/mongod", std::env::var("HOME").unwrap_or_default())
         });
         let log = std::fs::File::create(self.dir.path().join("mongod.log")).expect("log");
         std::fs::create_dir_all(self.dir.path().join("db")).expect("db dir");
         let child = Command::new(bin)
             .args(["--bind_ip", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--replSet",
-                &format!("rs-own{}", self.port),
-                "--wiredTigerCacheSizeGB",
-                "0.25",
-                "--oplogSize",
-                "990",
-            ])
+            .args(["--replSet", &format!("rs-own{}", self.port), "--wiredTigerCacheSizeGB", "0.25", "--oplogSize", "990"])
             .args(&self.args)
             .arg("--dbpath")
             .arg(self.dir.path().join("db"))
@@ -533,15 +462,9 @@ impl OwnMongod {
     }
 
     pub async fn wait_primary(&self) {
-        let client = mongodb::Client::with_uri_str(self.direct_uri())
-            .await
-            .expect("client");
+        let client = mongodb::Client::with_uri_str(self.direct_uri()).await.expect("client");
         for _ in 0..300 {
-            if let Ok(hello) = client
-                .database("admin")
-                .run_command(bson::doc! {"hello": 1})
-                .await
-            {
+            if let Ok(hello) = client.database("admin").run_command(bson::doc! {"hello": 1}).await {
                 if hello.get_bool("isWritablePrimary").unwrap_or(false) {
                     return;
                 }
@@ -555,10 +478,7 @@ impl OwnMongod {
     pub fn stop(&mut self, clean: bool) {
         if let Some(mut c) = self.child.take() {
             if clean {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(c.id().to_string())
-                    .status();
+                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
             } else {
                 let _ = c.kill();
             }
@@ -596,97 +516,30 @@ pub async fn status_addr(proc_: &Proc) -> String {
 /// A plain HTTP GET on loopback: (status code, body).
 pub async fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the status listener");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the status listener");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it, made with openssl.
 pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf) {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (apt install openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (apt install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=docrepl test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    let pem = [
-        std::fs::read(dir.join("server.crt")).unwrap(),
-        std::fs::read(dir.join("server.key")).unwrap(),
-    ]
-    .concat();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=docrepl test CA"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
+    let pem = [std::fs::read(dir.join("server.crt")).unwrap(), std::fs::read(dir.join("server.key")).unwrap()].concat();
     std::fs::write(dir.join("server.pem"), pem).unwrap();
     (dir.join("ca.pem"), dir.join("server.pem"))
 }
+

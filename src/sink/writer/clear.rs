@@ -22,29 +22,16 @@ impl Writer {
     ) -> Result<u64, CommandError> {
         use futures::TryStreamExt;
         let failed = |source| CommandError::from_mongo(ns, source);
-        let coll = self
-            .client
-            .database(&ns.db)
-            .collection::<RawDocumentBuf>(&ns.coll);
-        let mut cursor = coll
-            .find(bson::doc! {})
-            .projection(bson::doc! {"_id": 1})
-            .batch_size(10_000)
-            .await
-            .map_err(failed)?;
+        let coll = self.client.database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+        let mut cursor = coll.find(bson::doc! {}).projection(bson::doc! {"_id": 1}).batch_size(10_000).await.map_err(failed)?;
         let mut chunk: Vec<(usize, RawDocumentBuf)> = Vec::new();
         let mut deleted = 0u64;
         loop {
             let next = cursor.try_next().await.map_err(failed)?;
-            let id = next
-                .as_ref()
-                .and_then(|d| d.get("_id").ok().flatten())
-                .map(|id| id.to_raw_bson());
+            let id = next.as_ref().and_then(|d| d.get("_id").ok().flatten()).map(|id| id.to_raw_bson());
             if let Some(id) = id {
                 let mine = Bson::try_from(id.clone())
-                    .map(|b| {
-                        partition_for_key(&crate::debezium::encode_key(&b), partitions) == partition
-                    })
+                    .map(|b| partition_for_key(&crate::debezium::encode_key(&b), partitions) == partition)
                     .unwrap_or(false);
                 if mine {
                     chunk.push((chunk.len(), rawdoc! {"q": {"_id": id}, "limit": 1}));
@@ -56,20 +43,9 @@ impl Writer {
                 }
                 let n = chunk.len() as u64;
                 let mut outcome = WriteOutcome::default();
-                self.run(
-                    ns,
-                    "delete",
-                    "deletes",
-                    std::mem::take(&mut chunk),
-                    &mut outcome,
-                )
-                .await?;
+                self.run(ns, "delete", "deletes", std::mem::take(&mut chunk), &mut outcome).await?;
                 if let Some(f) = outcome.failures.first() {
-                    return Err(CommandError::DeleteRefused {
-                        ns: ns.to_string(),
-                        code: f.code,
-                        message: f.message.clone(),
-                    });
+                    return Err(CommandError::DeleteRefused { ns: ns.to_string(), code: f.code, message: f.message.clone() });
                 }
                 deleted += n;
             }
