@@ -28,6 +28,9 @@ const SPANS_PER_QUERY: usize = 64;
 /// the cluster (document lists): a long list of spans takes a few round trips instead of
 /// one per group.
 const IN_FLIGHT: usize = 4;
+/// Spans per request to a digest service (chunk lists, document lists, span digests):
+/// a few round trips for thousands of spans, and answers well under 16 MiB.
+const SPANS_PER_REQUEST: usize = 1024;
 /// Scans a side keeps (the newest ones); a repair holds one at a time per side.
 const SCANS_KEPT: usize = 8;
 /// Largest reply of documents (BSON caps a document at 16 MiB).
@@ -101,15 +104,10 @@ impl Local {
 
     /// `(_id, document hash)` of every document in the spans, in `_id` order (read now).
     pub async fn list(&self, ns: &Namespace, spans: &[Span]) -> anyhow::Result<Vec<(Bson, u64)>> {
-        use futures::StreamExt;
         // A few queries at once: thousands of scattered spans are otherwise a long row of
         // small round trips to the cluster.
         let queries: Vec<_> = spans.chunks(SPANS_PER_QUERY).map(|group| Box::pin(self.list_group(ns, group))).collect();
-        let mut out = Vec::new();
-        let mut answers = futures::stream::iter(queries).buffer_unordered(IN_FLIGHT);
-        while let Some(entries) = answers.next().await {
-            out.extend(entries?);
-        }
+        let mut out: Vec<(Bson, u64)> = in_flight(queries.into_iter()).await?.into_iter().flatten().collect();
         out.sort_by(|a, b| compare(&a.0, &b.0));
         Ok(out)
     }
@@ -242,8 +240,7 @@ impl Side {
         match self {
             Side::Local(l) => l.chunks(scan, spans, bits),
             Side::Remote(r) => {
-                // Bounded requests: a few thousand spans' chunks fit well under 16 MiB.
-                let replies = in_flight(spans.chunks(1024).map(|group| r.call("chunks", doc! {"scan": scan, "bits": bits as i32, "spans": encode_spans(group)}))).await?;
+                let replies = in_flight(spans.chunks(SPANS_PER_REQUEST).map(|group| r.call("chunks", doc! {"scan": scan, "bits": bits as i32, "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::with_capacity(spans.len());
                 for reply in &replies {
                     out.extend(decode_chunk_lists(reply)?);
@@ -268,7 +265,7 @@ impl Side {
         match self {
             Side::Local(l) => l.list(ns, spans).await,
             Side::Remote(r) => {
-                let replies = in_flight(spans.chunks(1024).map(|group| r.call("list", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
+                let replies = in_flight(spans.chunks(SPANS_PER_REQUEST).map(|group| r.call("list", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::new();
                 for reply in &replies {
                     for entry in reply.get_array("entries").context("list: no entries")? {
@@ -290,7 +287,7 @@ impl Side {
         match self {
             Side::Local(l) => Ok(span_digests(spans, &l.list(ns, spans).await?)),
             Side::Remote(r) => {
-                let replies = in_flight(spans.chunks(1024).map(|group| r.call("digests", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
+                let replies = in_flight(spans.chunks(SPANS_PER_REQUEST).map(|group| r.call("digests", doc! {"ns": ns.to_string(), "spans": encode_spans(group)}))).await?;
                 let mut out = Vec::with_capacity(spans.len());
                 for reply in &replies {
                     for pair in reply.get_array("digests").context("digests: no digests")? {
@@ -335,7 +332,7 @@ impl Side {
 }
 
 /// Runs the requests `IN_FLIGHT` at a time; their answers in order.
-async fn in_flight<F: std::future::Future<Output = anyhow::Result<Document>>>(requests: impl Iterator<Item = F>) -> anyhow::Result<Vec<Document>> {
+async fn in_flight<T, F: std::future::Future<Output = anyhow::Result<T>>>(requests: impl Iterator<Item = F>) -> anyhow::Result<Vec<T>> {
     use futures::StreamExt;
     futures::stream::iter(requests).buffered(IN_FLIGHT).collect::<Vec<_>>().await.into_iter().collect()
 }
