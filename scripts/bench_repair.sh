@@ -55,6 +55,10 @@ EOF
 link_bytes() { curl -sf "http://127.0.0.1:$1/stats" | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['bytes_up'] + s['bytes_down'])"; }
 target_count() { count_docs "$TARGET_PORT" wan c; }
 ROWS=()
+# Each timed job starts from servers at rest: what the load (or the last job) wrote is
+# checkpointed first, so a job does not pay for the one before it (the first repair,
+# right after the copy, otherwise read both sides up to twice as slowly).
+at_rest() { for port in "$SOURCE_PORT" "$TARGET_PORT"; do "$PY" -c "from pymongo import MongoClient; MongoClient('127.0.0.1', $port, directConnection=True).admin.command('fsync')" >/dev/null; done; }
 
 log "loading $REPAIR_N documents into wan.c"
 config copy
@@ -64,6 +68,7 @@ BSON_SIZE=$("$PY" -c "from pymongo import MongoClient; print(MongoClient('127.0.
 # The full copy, the broker in the source region, the sink across the link.
 "$BIN" link --listen "127.0.0.1:$LINK_PORT" --to "127.0.0.1:$KAFKA_LINK_LISTENER" --delay-ms "$DELAY" --rate-mbit "$MBIT" --control "127.0.0.1:$LINK_CONTROL" 2>"$WORK/link-kafka.log" & OWN_PIDS+=($!)
 wait_for port_open "$LINK_CONTROL"
+at_rest
 before=$(link_bytes "$LINK_CONTROL"); t0=$(now)
 "$BIN" source --config "$WORK/copy-source.toml" 2>"$WORK/copy-source.log" & SRC=$!; OWN_PIDS+=("$SRC")
 "$BIN" sink --config "$WORK/copy.toml" 2>"$WORK/copy-sink.log" & SNK=$!; OWN_PIDS+=("$SNK")
@@ -96,6 +101,7 @@ c.bulk_write([UpdateOne({"_id": i}, {"$set": {"drifted": True}}) for i in update
 c.bulk_write([DeleteOne({"_id": i}) for i in deletes], ordered=False)
 c.insert_many([{"_id": f"drift-{changed}-{k}", "only": "target"} for k in range(changed - len(picked))], ordered=False)
 PY
+  at_rest
   before=$(link_bytes "$DIGESTS_CONTROL"); t0=$(now)
   "$BIN" repair --config "$WORK/copy.toml" --source-digests "http://127.0.0.1:$DIGESTS_LINK" --settle-ms 0 >"$WORK/repair-$CHANGED.txt" 2>"$WORK/repair-$CHANGED.log" \
     || die "repair failed: $(cat "$WORK/repair-$CHANGED.txt") $(tail -n 5 "$WORK/repair-$CHANGED.log")"

@@ -21,6 +21,8 @@ pub const REPAIRED: &str = "repaired";
 const KEEP_BOTH_UNDER: usize = 15 * 1024 * 1024;
 /// Statements per write command: far under the server's limits and its 16 MiB.
 const STATEMENTS_PER_COMMAND: usize = 500;
+/// Write commands (and reads of the repaired side's versions) in flight at once.
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// What one batch of fixes did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,9 @@ impl Applied {
     }
 }
 
+/// The repaired side's documents by `_id` (see `Applier::current`).
+pub struct Current(HashMap<Vec<u8>, RawDocumentBuf>);
+
 pub struct Applier {
     target: mongodb::Client,
     kept: mongodb::Collection<Document>,
@@ -70,20 +75,36 @@ impl Applier {
         self.run
     }
 
-    /// Writes `sources` (the source's versions of the `_id`s to put; an `_id` in `put`
-    /// without one is gone from the source) and deletes `delete`, on `ns`.
-    pub async fn apply(&self, ns: &Namespace, put: &[Bson], sources: Vec<RawDocumentBuf>, delete: &[Bson]) -> anyhow::Result<Applied> {
-        let mut out = Applied::default();
+    /// The repaired side's versions of these `_id`s (those it has): what `apply` keeps
+    /// before it writes. Read while the source's versions are fetched (a few queries at once).
+    pub async fn current(&self, ns: &Namespace, ids: &[Bson]) -> anyhow::Result<Current> {
+        use futures::StreamExt;
         let coll = self.target.database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
-        let source_by_id: HashMap<Vec<u8>, RawDocumentBuf> = sources.into_iter().map(|d| (id_key(&id_of(&d)), d)).collect();
-        let mut current: HashMap<Vec<u8>, RawDocumentBuf> = HashMap::new();
-        let everything: Vec<Bson> = put.iter().chain(delete).cloned().collect();
-        for group in everything.chunks(256) {
-            let mut cursor = coll.find(doc! {"_id": {"$in": group.to_vec()}}).await.with_context(|| format!("cannot read {ns} on the side being repaired"))?;
-            while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
-                current.insert(id_key(&id_of(&d)), d);
+        let reads = ids.chunks(256).map(|group| {
+            let coll = coll.clone();
+            let filter = doc! {"_id": {"$in": group.to_vec()}};
+            async move {
+                let cursor = coll.find(filter).await.with_context(|| format!("cannot read {ns} on the side being repaired"))?;
+                cursor.try_collect::<Vec<RawDocumentBuf>>().await.with_context(|| format!("reading {ns}"))
+            }
+        });
+        let groups: Vec<anyhow::Result<Vec<RawDocumentBuf>>> = futures::stream::iter(reads).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
+        let mut out = HashMap::new();
+        for group in groups {
+            for d in group? {
+                out.insert(id_key(&id_of(&d)), d);
             }
         }
+        Ok(Current(out))
+    }
+
+    /// Writes `sources` (the source's versions of the `_id`s to put; an `_id` in `put`
+    /// without one is gone from the source) and deletes `delete`, on `ns`; `current` is
+    /// what `current` read of `put` and `delete` on the repaired side.
+    pub async fn apply(&self, ns: &Namespace, put: &[Bson], sources: Vec<RawDocumentBuf>, delete: &[Bson], current: Current) -> anyhow::Result<Applied> {
+        let mut out = Applied::default();
+        let source_by_id: HashMap<Vec<u8>, RawDocumentBuf> = sources.into_iter().map(|d| (id_key(&id_of(&d)), d)).collect();
+        let current = current.0;
         let mut keep: Vec<Document> = Vec::new();
         let mut replacements: Vec<RawDocumentBuf> = Vec::new();
         let mut deletes: Vec<Bson> = Vec::new();
@@ -116,11 +137,15 @@ impl Applier {
                 None => out.unchanged += 1,
             }
         }
-        if !keep.is_empty() {
-            self.kept.insert_many(keep).await.with_context(|| format!("cannot keep the versions repair replaces on {ns}; nothing of them was changed"))?;
-        }
+        // Kept first, all of them, before anything is overwritten or deleted; then the
+        // writes, a few commands at once (each `_id` occurs once, so their order is free).
+        let keeps = keep.chunks(STATEMENTS_PER_COMMAND).map(|group| async move {
+            self.kept.insert_many(group).await.with_context(|| format!("cannot keep the versions repair replaces on {ns}; nothing of them was changed")).map(|_| ())
+        });
+        all_of(keeps).await?;
         out.bytes = replacements.iter().map(|d| d.as_bytes().len() as u64).sum();
         let db = self.target.database(&ns.db);
+        let mut commands: Vec<RawDocumentBuf> = Vec::new();
         for group in replacements.chunks(STATEMENTS_PER_COMMAND) {
             let mut statements = RawArrayBuf::new();
             for d in group {
@@ -138,14 +163,21 @@ impl Applier {
             cmd.append("ordered", false);
             cmd.append("bypassDocumentValidation", true);
             cmd.append("writeConcern", bson::rawdoc! {"w": "majority"});
-            let reply = db.run_raw_command(cmd).await.with_context(|| format!("repair's write to {ns} failed"))?;
-            refuse_write_errors(ns, &reply)?;
+            commands.push(cmd);
         }
         for group in deletes.chunks(STATEMENTS_PER_COMMAND) {
             let statements: Vec<Document> = group.iter().map(|id| doc! {"q": {"_id": id.clone()}, "limit": 1}).collect();
-            let reply = db.run_command(doc! {"delete": ns.coll.as_str(), "deletes": statements, "ordered": false, "writeConcern": {"w": "majority"}}).await.with_context(|| format!("repair's delete on {ns} failed"))?;
-            refuse_write_errors(ns, &reply)?;
+            let cmd = doc! {"delete": ns.coll.as_str(), "deletes": statements, "ordered": false, "writeConcern": {"w": "majority"}};
+            commands.push(RawDocumentBuf::from_document(&cmd).context("a delete command cannot be encoded")?);
         }
+        let writes = commands.into_iter().map(|cmd| {
+            let db = db.clone();
+            async move {
+                let reply = db.run_raw_command(cmd).await.with_context(|| format!("repair's write to {ns} failed"))?;
+                refuse_write_errors(ns, &reply)
+            }
+        });
+        all_of(writes).await?;
         Ok(out)
     }
 
@@ -170,6 +202,16 @@ impl Applier {
         }
         Ok(rec)
     }
+}
+
+/// Runs the writes a few at once; the first error, if any.
+async fn all_of<F: std::future::Future<Output = anyhow::Result<()>>>(writes: impl Iterator<Item = F>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut running = futures::stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT);
+    while let Some(done) = running.next().await {
+        done?;
+    }
+    Ok(())
 }
 
 /// An `_id`'s exact bytes, as a map key (`Bson` is not `Hash`).

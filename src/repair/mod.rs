@@ -29,9 +29,10 @@ pub mod digest;
 pub mod peer;
 pub mod range;
 pub mod side;
+mod squeeze;
 
 use apply::{Applied, Applier};
-use digest::{differing_spans, fine_bits, fixes, top_bits, Fixes, Span, LEVEL_STEP};
+use digest::{fine_bits, fixes, steps_down, top_bits, Fixes, Level, Span, LEVEL_STEP};
 use side::{Local, Remote, Side};
 
 pub use apply::REPAIRED;
@@ -190,21 +191,36 @@ async fn repair_collection(source: &Side, target: &Side, applier: &Applier, ns: 
     let mut bits = top;
     loop {
         let (a, b) = tokio::try_join!(source.chunks(source_scan, &spans, bits), target.chunks(target_scan, &spans, bits))?;
-        let next: Vec<Span> = spans.iter().zip(a.iter().zip(&b)).flat_map(|(s, (a, b))| differing_spans(s, a, b)).collect();
-        tracing::info!(%ns, bits, compared = spans.len(), differing = next.len(), "repair level");
-        spans = next;
+        let mut level = Level::default();
+        for (s, (a, b)) in spans.iter().zip(a.iter().zip(&b)) {
+            level.compare(s, a, b);
+        }
+        tracing::info!(%ns, bits, spans = spans.len(), pieces = level.pieces, differing_pieces = level.differing, differing_spans = level.next.len(), "repair level");
+        spans = level.next;
         if bits <= fine || spans.is_empty() {
             break;
         }
-        bits -= LEVEL_STEP;
+        // Levels below, and the document lists after the finest.
+        let left = (bits - fine) / LEVEL_STEP + 1;
+        let steps = steps_down(level.pieces, level.differing, left);
+        if steps == left {
+            break;
+        }
+        bits -= steps * LEVEL_STEP;
     }
-    source.forget(source_scan).await;
-    target.forget(target_scan).await;
     out.spans_listed = spans.len();
+    // The scans are let go while the first lists are read (a round trip of the link saved).
+    let mut scans = Some((source_scan, target_scan));
 
     while !spans.is_empty() {
         let listed = Instant::now();
-        let (a, b) = tokio::try_join!(source.list(ns, &spans), target.list(target_ns, &spans))?;
+        let forget = async {
+            if let Some((s, t)) = scans.take() {
+                tokio::join!(source.forget(s), target.forget(t));
+            }
+        };
+        let (lists, ()) = tokio::join!(async { tokio::try_join!(source.list(ns, &spans), target.list(target_ns, &spans)) }, forget);
+        let (a, b) = lists?;
         let list_ms = listed.elapsed().as_millis() as u64;
         let found = fixes(&a, &b);
         let differing = found.missing.len() + found.differing.len() + found.extra.len();
@@ -221,32 +237,53 @@ async fn repair_collection(source: &Side, target: &Side, applier: &Applier, ns: 
         }
         let put: Vec<Bson> = found.missing.iter().chain(&found.differing).cloned().collect();
         let fetched = Instant::now();
-        let docs = source.fetch(ns, &put).await?;
+        let on_target: Vec<Bson> = put.iter().chain(&found.extra).cloned().collect();
+        let (docs, current) = tokio::try_join!(source.fetch(ns, &put), applier.current(target_ns, &on_target))?;
         let fetch_ms = fetched.elapsed().as_millis() as u64;
         let applying = Instant::now();
-        let applied = applier.apply(target_ns, &put, docs, &found.extra).await?;
+        let applied = applier.apply(target_ns, &put, docs, &found.extra, current).await?;
         let apply_ms = applying.elapsed().as_millis() as u64;
         tracing::info!(%ns, pass = out.passes, differing, written = applied.writes(), list_ms, fetch_ms, apply_ms, "repair pass");
         out.applied.add(applied);
-        spans = touched(&spans, &found);
+        spans = touched(spans, &found);
         tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
         // Written (or changed meanwhile) spans again, by two numbers a span: only those
         // that still differ are listed once more.
+        let checking = Instant::now();
         let (a, b) = tokio::try_join!(source.span_digests(ns, &spans), target.span_digests(target_ns, &spans))?;
+        let written = spans.len();
         spans = spans.into_iter().zip(a.iter().zip(&b)).filter(|(_, (a, b))| a != b).map(|(s, _)| s).collect();
+        tracing::info!(%ns, pass = out.passes, written_spans = written, still_differing = spans.len(), ms = checking.elapsed().as_millis() as u64, "repair re-check");
     }
     out.equal = true;
     Ok(out)
 }
 
-/// The spans holding any `_id` repair wrote or found different.
-fn touched(spans: &[Span], found: &Fixes) -> Vec<Span> {
-    let ids: Vec<&Bson> = found.missing.iter().chain(&found.differing).chain(&found.extra).collect();
+/// The spans holding any `_id` repair wrote or found different (`spans` sorted and
+/// disjoint, as the levels leave them).
+fn touched(spans: Vec<Span>, found: &Fixes) -> Vec<Span> {
+    let mut ids: Vec<&Bson> = found.missing.iter().chain(&found.differing).chain(&found.extra).collect();
+    ids.sort_by(|a, b| compare(a, b));
+    // Each span holds the `_id`s from the first at or after its start, while below its end.
     spans
-        .iter()
+        .into_iter()
         .filter(|s| {
-            ids.iter().any(|id| (matches!(s.lo, Bson::MinKey) || compare(id, &s.lo).is_ge()) && (matches!(s.hi, Bson::MaxKey) || compare(id, &s.hi).is_lt()))
+            let first = if matches!(s.lo, Bson::MinKey) { 0 } else { ids.partition_point(|id| compare(id, &s.lo).is_lt()) };
+            ids.get(first).is_some_and(|id| matches!(s.hi, Bson::MaxKey) || compare(id, &s.hi).is_lt())
         })
-        .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_keeps_the_spans_holding_a_fix() {
+        let span = |lo: Bson, hi: Bson| Span { lo, hi };
+        let spans = vec![span(Bson::MinKey, Bson::Int32(10)), span(Bson::Int32(10), Bson::Int32(20)), span(Bson::Int32(30), Bson::Int32(40)), span(Bson::Int32(50), Bson::MaxKey)];
+        let found = Fixes { missing: vec![Bson::Int32(35)], differing: vec![Bson::Int32(3)], extra: vec![Bson::Int32(25), Bson::Int32(99)] };
+        assert_eq!(touched(spans.clone(), &found), vec![spans[0].clone(), spans[2].clone(), spans[3].clone()]);
+        assert!(touched(spans, &Fixes::default()).is_empty());
+    }
 }

@@ -21,6 +21,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::side::{decode_spans, encode_chunk_lists, Local};
+use super::squeeze;
 use crate::config::Config;
 use crate::event::Namespace;
 use crate::source::SourceConfig;
@@ -66,12 +67,25 @@ async fn answer(State(peer): State<Peer>, Path(op): Path<String>, headers: Heade
             return (StatusCode::UNAUTHORIZED, format!("bearer token required (the one in {TOKEN_VAR})\n")).into_response();
         }
     }
+    let marked = |name: header::HeaderName| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|e| e.trim() == squeeze::ZSTD));
+    let body = if marked(header::CONTENT_ENCODING) {
+        match squeeze::unsqueeze(&body, super::side::MAX_BODY_BYTES) {
+            Ok(plain) => Bytes::from(plain),
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("the request's zstd body cannot be read: {e}\n")).into_response(),
+        }
+    } else {
+        body
+    };
     let request: Document = match bson::from_slice(&body) {
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("the request is not a BSON document: {e}\n")).into_response(),
     };
     match dispatch(&peer, &op, &request).await {
         Ok(reply) => match bson::to_vec(&reply) {
+            Ok(bytes) if marked(header::ACCEPT_ENCODING) => match squeeze::squeeze(bytes) {
+                (packed, true) => ([(header::CONTENT_TYPE, "application/bson"), (header::CONTENT_ENCODING, squeeze::ZSTD)], packed).into_response(),
+                (plain, false) => ([(header::CONTENT_TYPE, "application/bson")], plain).into_response(),
+            },
             Ok(bytes) => ([(header::CONTENT_TYPE, "application/bson")], bytes).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}\n")).into_response(),
         },

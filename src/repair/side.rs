@@ -16,8 +16,9 @@ use anyhow::Context;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 
-use super::digest::{coarsen, document_hash, span_digests, Chunk, Chunker, Span};
+use super::digest::{coarsen, document_hash, raw_id_hash, span_digests, Chunk, Chunker, Span};
 use super::range::span_filter;
+use super::squeeze;
 use crate::bson_order::compare;
 use crate::event::Namespace;
 use crate::flavor::Flavor;
@@ -31,10 +32,14 @@ const IN_FLIGHT: usize = 4;
 /// Spans per request to a digest service (chunk lists, document lists, span digests):
 /// a few round trips for thousands of spans, and answers well under 16 MiB.
 const SPANS_PER_REQUEST: usize = 1024;
+/// `_id`s per `find` of documents to copy (one `$in` each).
+const FETCH_GROUP: usize = 256;
 /// Scans a side keeps (the newest ones); a repair holds one at a time per side.
 const SCANS_KEPT: usize = 8;
 /// Largest reply of documents (BSON caps a document at 16 MiB).
 pub const MAX_REPLY_BYTES: usize = 12 * 1024 * 1024;
+/// Largest body either end of the digest service reads (plain, after decompression).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// A scan's handle, given back by `scan` and named in `chunks`.
 pub type ScanId = i64;
@@ -73,8 +78,12 @@ impl Local {
         let mut cursor = self.collection(ns).find(doc! {}).sort(doc! {"_id": 1}).batch_size(10_000).await.with_context(|| format!("cannot read {ns}"))?;
         let mut chunker = Chunker::new(Bson::MinKey, bits);
         let (mut count, mut bytes) = (0u64, 0u64);
-        while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
-            chunker.push(&id_of(&d), document_hash(&d));
+        // Each document is read where the cursor holds it (no copy) and its `_id` becomes
+        // a `Bson` only where it starts a chunk: most of a scan's CPU was those two.
+        while cursor.advance().await.with_context(|| format!("reading {ns}"))? {
+            let d = cursor.current();
+            let id = d.get("_id").ok().flatten().unwrap_or(bson::RawBsonRef::Null);
+            chunker.push_hashed(raw_id_hash(id), || Bson::try_from(id).unwrap_or(Bson::Null), document_hash(d));
             count += 1;
             bytes += d.as_bytes().len() as u64;
         }
@@ -129,25 +138,31 @@ impl Local {
     /// The documents with these `_id`s (those still there), up to `MAX_REPLY_BYTES`;
     /// also how many of `ids` that answer covers (the rest: ask again).
     pub async fn fetch(&self, ns: &Namespace, ids: &[Bson]) -> anyhow::Result<(Vec<RawDocumentBuf>, usize)> {
-        let mut docs = Vec::new();
-        let mut bytes = 0usize;
-        let mut covered = 0;
-        for group in ids.chunks(256) {
-            let mut cursor = self.collection(ns).find(doc! {"_id": {"$in": group.to_vec()}}).await.with_context(|| format!("cannot read {ns}"))?;
-            let mut found = Vec::new();
-            while let Some(d) = cursor.try_next().await.with_context(|| format!("reading {ns}"))? {
-                found.push(d);
+        let (mut docs, mut bytes, mut covered) = (Vec::new(), 0usize, 0usize);
+        // Rounds of `IN_FLIGHT` queries at once, so the answer stops near its cap.
+        for round in ids.chunks(FETCH_GROUP * IN_FLIGHT) {
+            let groups: Vec<&[Bson]> = round.chunks(FETCH_GROUP).collect();
+            let queries: Vec<_> = groups.iter().map(|group| Box::pin(self.fetch_group(ns, group))).collect();
+            let found = in_flight(queries.into_iter()).await?;
+            for (group, found) in groups.iter().zip(found) {
+                let size: usize = found.iter().map(|d| d.as_bytes().len()).sum();
+                if covered > 0 && bytes + size > MAX_REPLY_BYTES {
+                    self.bytes_read.fetch_add(bytes as u64, AtomicOrdering::Relaxed);
+                    return Ok((docs, covered));
+                }
+                bytes += size;
+                covered += group.len();
+                docs.extend(found);
             }
-            let size: usize = found.iter().map(|d| d.as_bytes().len()).sum();
-            if covered > 0 && bytes + size > MAX_REPLY_BYTES {
-                break;
-            }
-            bytes += size;
-            covered += group.len();
-            docs.extend(found);
         }
         self.bytes_read.fetch_add(bytes as u64, AtomicOrdering::Relaxed);
         Ok((docs, covered))
+    }
+
+    /// One `find` of up to `FETCH_GROUP` `_id`s.
+    async fn fetch_group(&self, ns: &Namespace, group: &[Bson]) -> anyhow::Result<Vec<RawDocumentBuf>> {
+        let cursor = self.collection(ns).find(doc! {"_id": {"$in": group.to_vec()}}).await.with_context(|| format!("cannot read {ns}"))?;
+        cursor.try_collect().await.with_context(|| format!("reading {ns}"))
     }
 }
 
@@ -192,16 +207,21 @@ impl Remote {
 
     fn call_blocking(&self, op: &str, body: &Document) -> anyhow::Result<Document> {
         let url = format!("{}/repair/v1/{op}", self.url);
-        let bytes = bson::to_vec(body).context("encoding a digest request")?;
+        let (bytes, squeezed) = squeeze::squeeze(bson::to_vec(body).context("encoding a digest request")?);
         self.bytes_sent.fetch_add(bytes.len() as u64, AtomicOrdering::Relaxed);
-        let mut request = self.agent.post(&url).header("content-type", "application/bson");
+        let mut request = self.agent.post(&url).header("content-type", "application/bson").header("accept-encoding", squeeze::ZSTD);
+        if squeezed {
+            request = request.header("content-encoding", squeeze::ZSTD);
+        }
         if let Some(t) = &self.token {
             request = request.header("authorization", &format!("Bearer {t}"));
         }
         let mut reply = request.send(&bytes[..]).with_context(|| format!("cannot reach the digest service at {} (is `docrepl digests` running there?)", self.url))?;
         let status = reply.status();
-        let body = reply.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec().with_context(|| format!("reading the digest service's answer to {op}"))?;
+        let packed = reply.headers().get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == squeeze::ZSTD);
+        let body = reply.body_mut().with_config().limit(MAX_BODY_BYTES as u64).read_to_vec().with_context(|| format!("reading the digest service's answer to {op}"))?;
         self.bytes_received.fetch_add(body.len() as u64, AtomicOrdering::Relaxed);
+        let body = if packed { squeeze::unsqueeze(&body, MAX_BODY_BYTES).with_context(|| format!("the digest service's compressed answer to {op} cannot be read"))? } else { body };
         if !status.is_success() {
             anyhow::bail!("the digest service at {} refused {op}: {} {}", self.url, status.as_u16(), String::from_utf8_lossy(&body).trim());
         }
