@@ -26,13 +26,15 @@ use crate::event::Namespace;
 
 mod apply;
 pub mod digest;
+mod levels;
 pub mod peer;
 pub mod range;
 pub mod side;
 mod squeeze;
 
 use apply::{Applied, Applier};
-use digest::{fine_bits, fixes, steps_down, top_bits, Fixes, Level, Span, LEVEL_STEP};
+use digest::{fixes, Fixes, Level, Span};
+use levels::{fine_bits, steps_down, top_bits, LEVEL_STEP};
 use side::{Local, Remote, Side};
 
 pub use apply::REPAIRED;

@@ -1,8 +1,9 @@
 //! `docrepl digests`: the service that reads a cluster for a `repair` in another region.
 //! It runs next to the cluster (the config's `[source]`), answers `repair`'s questions
 //! (`namespaces`, `count`, `scan`, `chunks`, `forget`, `list`, `fetch`) over HTTP with
-//! BSON bodies, so `_id`s keep their exact types, and sends only digests, `_id` lists of
-//! differing spans and the documents asked for. Every request needs the bearer token
+//! BSON bodies (zstd-compressed when the repair asks: see `squeeze`), so `_id`s keep their
+//! exact types, and sends only digests, `_id` lists of differing spans and the documents
+//! asked for. Every request needs the bearer token
 //! (`DOCREPL_DIGESTS_TOKEN`), which the service refuses to start without unless it
 //! listens on loopback only: it hands out the cluster's documents.
 

@@ -9,7 +9,7 @@
 //! those, so narrowing a difference down reads nothing again until the document lists.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -190,12 +190,14 @@ pub struct Remote {
     /// Bytes of requests and replies: what crossed the link.
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// The service has answered zstd-compressed, so it reads compressed requests too.
+    peer_squeezes: AtomicBool,
 }
 
 impl Remote {
     pub fn new(url: &str, token: Option<String>) -> Remote {
         let agent = ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(3600))).http_status_as_error(false).build().new_agent();
-        Remote { url: url.trim_end_matches('/').to_string(), token, agent, bytes_sent: AtomicU64::new(0), bytes_received: AtomicU64::new(0) }
+        Remote { url: url.trim_end_matches('/').to_string(), token, agent, bytes_sent: AtomicU64::new(0), bytes_received: AtomicU64::new(0), peer_squeezes: AtomicBool::new(false) }
     }
 
     /// One request: a BSON document to `/repair/v1/<op>`, a BSON document back.
@@ -207,7 +209,10 @@ impl Remote {
 
     fn call_blocking(&self, op: &str, body: &Document) -> anyhow::Result<Document> {
         let url = format!("{}/repair/v1/{op}", self.url);
-        let (bytes, squeezed) = squeeze::squeeze(bson::to_vec(body).context("encoding a digest request")?);
+        let plain = bson::to_vec(body).context("encoding a digest request")?;
+        // Requests are compressed once the service has answered compressed (a service of an
+        // older build reads plain BSON only).
+        let (bytes, squeezed) = if self.peer_squeezes.load(AtomicOrdering::Relaxed) { squeeze::squeeze(plain) } else { (plain, false) };
         self.bytes_sent.fetch_add(bytes.len() as u64, AtomicOrdering::Relaxed);
         let mut request = self.agent.post(&url).header("content-type", "application/bson").header("accept-encoding", squeeze::ZSTD);
         if squeezed {
@@ -221,6 +226,9 @@ impl Remote {
         let packed = reply.headers().get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == squeeze::ZSTD);
         let body = reply.body_mut().with_config().limit(MAX_BODY_BYTES as u64).read_to_vec().with_context(|| format!("reading the digest service's answer to {op}"))?;
         self.bytes_received.fetch_add(body.len() as u64, AtomicOrdering::Relaxed);
+        if packed {
+            self.peer_squeezes.store(true, AtomicOrdering::Relaxed);
+        }
         let body = if packed { squeeze::unsqueeze(&body, MAX_BODY_BYTES).with_context(|| format!("the digest service's compressed answer to {op} cannot be read"))? } else { body };
         if !status.is_success() {
             anyhow::bail!("the digest service at {} refused {op}: {} {}", self.url, status.as_u16(), String::from_utf8_lossy(&body).trim());

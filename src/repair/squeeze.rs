@@ -2,9 +2,10 @@
 //! part of a repair, and the full copy it is measured against crosses it compressed (the
 //! producer's batches, `kafka.compression`, lz4 by default), so repair's chunk lists,
 //! `_id` lists and documents do too (zstd: smaller, and fast enough at its lowest level).
-//! A side asks for it with `Accept-Encoding: zstd` and marks what it sends with
-//! `Content-Encoding: zstd`; a body without the mark is plain BSON, so a service and a
-//! repair of different builds still understand each other.
+//! A repair asks for it with `Accept-Encoding: zstd`, and compresses its own requests
+//! (marked `Content-Encoding: zstd`) once the service has answered so; a body without
+//! the mark is plain BSON, so a service and a repair of different builds still
+//! understand each other.
 
 use std::io::Read;
 
