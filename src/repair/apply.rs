@@ -11,7 +11,7 @@ use anyhow::Context;
 use bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 use futures::TryStreamExt;
 
-use super::side::id_of;
+use super::side::{id_of, in_flight, FETCH_GROUP};
 use crate::event::Namespace;
 
 /// Where kept versions go, in the repaired side's state database.
@@ -21,8 +21,6 @@ pub const REPAIRED: &str = "repaired";
 const KEEP_BOTH_UNDER: usize = 15 * 1024 * 1024;
 /// Statements per write command: far under the server's limits and its 16 MiB.
 const STATEMENTS_PER_COMMAND: usize = 500;
-/// Write commands (and reads of the repaired side's versions) in flight at once.
-const WRITES_IN_FLIGHT: usize = 4;
 
 /// What one batch of fixes did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +76,8 @@ impl Applier {
     /// The repaired side's versions of these `_id`s (those it has): what `apply` keeps
     /// before it writes. Read while the source's versions are fetched (a few queries at once).
     pub async fn current(&self, ns: &Namespace, ids: &[Bson]) -> anyhow::Result<Current> {
-        use futures::StreamExt;
         let coll = self.target.database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
-        let reads = ids.chunks(256).map(|group| {
+        let reads = ids.chunks(FETCH_GROUP).map(|group| {
             let coll = coll.clone();
             let filter = doc! {"_id": {"$in": group.to_vec()}};
             async move {
@@ -88,14 +85,8 @@ impl Applier {
                 cursor.try_collect::<Vec<RawDocumentBuf>>().await.with_context(|| format!("reading {ns}"))
             }
         });
-        let groups: Vec<anyhow::Result<Vec<RawDocumentBuf>>> = futures::stream::iter(reads).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
-        let mut out = HashMap::new();
-        for group in groups {
-            for d in group? {
-                out.insert(id_key(&id_of(&d)), d);
-            }
-        }
-        Ok(Current(out))
+        let found = in_flight(reads).await?.into_iter().flatten().map(|d| (id_key(&id_of(&d)), d));
+        Ok(Current(found.collect()))
     }
 
     /// Writes `sources` (the source's versions of the `_id`s to put; an `_id` in `put`
@@ -142,7 +133,7 @@ impl Applier {
         let keeps = keep.chunks(STATEMENTS_PER_COMMAND).map(|group| async move {
             self.kept.insert_many(group).await.with_context(|| format!("cannot keep the versions repair replaces on {ns}; nothing of them was changed")).map(|_| ())
         });
-        all_of(keeps).await?;
+        in_flight(keeps).await?;
         out.bytes = replacements.iter().map(|d| d.as_bytes().len() as u64).sum();
         let db = self.target.database(&ns.db);
         let mut commands: Vec<RawDocumentBuf> = Vec::new();
@@ -177,7 +168,7 @@ impl Applier {
                 refuse_write_errors(ns, &reply)
             }
         });
-        all_of(writes).await?;
+        in_flight(writes).await?;
         Ok(out)
     }
 
@@ -202,16 +193,6 @@ impl Applier {
         }
         Ok(rec)
     }
-}
-
-/// Runs the writes a few at once; the first error, if any.
-async fn all_of<F: std::future::Future<Output = anyhow::Result<()>>>(writes: impl Iterator<Item = F>) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let mut running = futures::stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT);
-    while let Some(done) = running.next().await {
-        done?;
-    }
-    Ok(())
 }
 
 /// An `_id`'s exact bytes, as a map key (`Bson` is not `Hash`).

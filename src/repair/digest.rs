@@ -3,9 +3,10 @@
 //! find on their own. An `_id` starts a chunk at level `bits` when the low `bits` bits of
 //! its hash are zero (a content-defined boundary, as in rsync or a Merkle search tree), so
 //! the two sides scan at the same time, with no list of boundaries sent between them, and a
-//! document missing on one side moves no boundary but its own. Level `b + 2`
+//! document missing on one side moves no boundary but its own. Level `b + LEVEL_STEP`
 //! boundaries are a subset of level `b`'s, so a span between two common boundaries of a
-//! coarse level splits into about 4 chunks of the next (which levels are visited: `levels`). Pure: no I/O, tested here.
+//! coarse level splits into about 4 chunks of the next (which levels a repair visits: see
+//! `levels`). Pure: no I/O, tested here.
 
 use std::cmp::Ordering;
 
@@ -169,16 +170,6 @@ impl Span {
     }
 }
 
-/// The sub-spans of `span` where the two sides' chunk lists (of the same level, both
-/// starting at `span.lo`) differ. Boundaries both sides have cut the span into pieces;
-/// a piece holding one chunk on each side is equal when count and digest are, and a piece
-/// with a boundary on one side only differs (that `_id` exists on one side only).
-pub fn differing_spans(span: &Span, a: &[Chunk], b: &[Chunk]) -> Vec<Span> {
-    let mut level = Level::default();
-    level.compare(span, a, b);
-    level.next
-}
-
 /// One level's comparison over many spans: the spans to narrow next, and how many pieces
 /// were compared and differed (what `steps_down` judges the next level by).
 #[derive(Debug, Default)]
@@ -189,7 +180,11 @@ pub struct Level {
 }
 
 impl Level {
-    /// Adds one span's comparison (spans in `_id` order), as `differing_spans` tells it.
+    /// Adds the sub-spans of `span` (spans come in `_id` order) where the two sides' chunk
+    /// lists (of the same level, both starting at `span.lo`) differ. Boundaries both sides
+    /// have cut the span into pieces; a piece holding one chunk on each side is equal when
+    /// count and digest are, and a piece with a boundary on one side only differs (that
+    /// `_id` exists on one side only).
     pub fn compare(&mut self, span: &Span, a: &[Chunk], b: &[Chunk]) {
         // (index in a, index in b) of each boundary both have, in order.
         let mut common: Vec<(usize, usize)> = Vec::new();
@@ -290,6 +285,13 @@ mod tests {
     use super::*;
     use bson::rawdoc;
     use proptest::prelude::*;
+
+    /// One span's `Level::compare`: the sub-spans that differ.
+    fn differing_spans(span: &Span, a: &[Chunk], b: &[Chunk]) -> Vec<Span> {
+        let mut level = Level::default();
+        level.compare(span, a, b);
+        level.next
+    }
 
     fn chunks(ids: &[(i64, u64)], span: &Span, bits: u32) -> Vec<Chunk> {
         let mut c = Chunker::new(span.lo.clone(), bits);

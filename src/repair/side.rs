@@ -33,7 +33,7 @@ const IN_FLIGHT: usize = 4;
 /// a few round trips for thousands of spans, and answers well under 16 MiB.
 const SPANS_PER_REQUEST: usize = 1024;
 /// `_id`s per `find` of documents to copy (one `$in` each).
-const FETCH_GROUP: usize = 256;
+pub(super) const FETCH_GROUP: usize = 256;
 /// Scans a side keeps (the newest ones); a repair holds one at a time per side.
 const SCANS_KEPT: usize = 8;
 /// Largest reply of documents (BSON caps a document at 16 MiB).
@@ -359,10 +359,11 @@ impl Side {
     }
 }
 
-/// Runs the requests `IN_FLIGHT` at a time; their answers in order.
-async fn in_flight<T, F: std::future::Future<Output = anyhow::Result<T>>>(requests: impl Iterator<Item = F>) -> anyhow::Result<Vec<T>> {
+/// Runs the requests `IN_FLIGHT` at a time; their answers in order, or the first error
+/// (no request starts after it).
+pub(super) async fn in_flight<T, F: std::future::Future<Output = anyhow::Result<T>>>(requests: impl Iterator<Item = F>) -> anyhow::Result<Vec<T>> {
     use futures::StreamExt;
-    futures::stream::iter(requests).buffered(IN_FLIGHT).collect::<Vec<_>>().await.into_iter().collect()
+    futures::stream::iter(requests).buffered(IN_FLIGHT).try_collect().await
 }
 
 pub fn encode_spans(spans: &[Span]) -> Vec<Bson> {
