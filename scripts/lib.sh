@@ -25,6 +25,9 @@ MONGOD_BIN="$DOCREPL_CACHE/mongod-$MONGOD_VERSION/bin/mongod"
 # Apache Kafka, the broker users run: its jars from Maven Central (scripts/kafka/pom.xml).
 KAFKA_VERSION=4.1.1
 KAFKA_LIBS="$DOCREPL_CACHE/kafka-$KAFKA_VERSION/libs"
+# AWS's MSK IAM signer for Java and the AWS SDK it brings (tests/msk_iam.rs only).
+MSK_IAM_VERSION=2.4.0
+MSK_IAM_LIBS="$DOCREPL_CACHE/aws-msk-iam-auth-$MSK_IAM_VERSION/libs"
 PYTHON_VENV="$DOCREPL_CACHE/venv"
 PY="$PYTHON_VENV/bin/python"
 

@@ -90,6 +90,33 @@ authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:ANONYMOUS"
   fi
+  # DOCREPL_KAFKA_IAM_JAAS (with DOCREPL_KAFKA_TLS_DIR): a SASL_SSL listener taking
+  # OAUTHBEARER tokens on the node's port + 7, checked by the class
+  # DOCREPL_KAFKA_IAM_VALIDATOR (on DOCREPL_KAFKA_EXTRA_CLASSPATH) configured with these
+  # JAAS options (the broker's own login, which no client sees, is Kafka's unsecured
+  # one): tests/msk_iam.rs's stand-in for MSK's IAM listener. Sessions must
+  # re-authenticate within their token's life, as on MSK (KIP-368).
+  if [ -n "${DOCREPL_KAFKA_IAM_JAAS:-}" ] && [ -n "${DOCREPL_KAFKA_TLS_DIR:-}" ]; then
+    listeners+=",IAM://127.0.0.1:$((port + 7))"
+    advertised+=",IAM://127.0.0.1:$((port + 7))"
+    protocols+=",IAM:SASL_SSL"
+    secure="$secure
+listener.name.iam.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.iam.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker" $DOCREPL_KAFKA_IAM_JAAS;
+listener.name.iam.oauthbearer.sasl.server.callback.handler.class=${DOCREPL_KAFKA_IAM_VALIDATOR:?set DOCREPL_KAFKA_IAM_VALIDATOR}
+listener.name.iam.oauthbearer.connections.max.reauth.ms=${DOCREPL_KAFKA_IAM_REAUTH_MS:-900000}
+listener.name.iam.ssl.keystore.type=PKCS12
+listener.name.iam.ssl.keystore.location=$DOCREPL_KAFKA_TLS_DIR/broker.p12
+listener.name.iam.ssl.keystore.password=${DOCREPL_KAFKA_KEYSTORE_PASSWORD:-}
+listener.name.iam.ssl.key.password=${DOCREPL_KAFKA_KEYSTORE_PASSWORD:-}"
+    secure="${secure/super.users=User:ANONYMOUS/super.users=User:ANONYMOUS${DOCREPL_KAFKA_IAM_SUPER_USERS:+;$DOCREPL_KAFKA_IAM_SUPER_USERS}}"
+  fi
+  # DOCREPL_KAFKA_CREATE_TOPIC_POLICY: a CreateTopicPolicy class (on
+  # DOCREPL_KAFKA_EXTRA_CLASSPATH) that judges every CreateTopics, as a managed cluster's.
+  if [ -n "${DOCREPL_KAFKA_CREATE_TOPIC_POLICY:-}" ]; then
+    secure="$secure
+create.topic.policy.class.name=$DOCREPL_KAFKA_CREATE_TOPIC_POLICY"
+  fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=$node
@@ -134,7 +161,8 @@ PROPS
 java_bin() { if [ -n "${JAVA_HOME:-}" ]; then echo "$JAVA_HOME/bin/java"; else echo java; fi; }
 
 kafka_java() { # main-class args... (one of Kafka's tools, with the cached jars)
-  "$(java_bin)" -Dlog4j2.configurationFile="$DOCREPL_DATA/broker/log4j2.properties" -cp "$KAFKA_LIBS/*" "$@"
+  # The extra class path too: formatting the log dir loads the classes the config names.
+  "$(java_bin)" -Dlog4j2.configurationFile="$DOCREPL_DATA/broker/log4j2.properties" -cp "$KAFKA_LIBS/*${DOCREPL_KAFKA_EXTRA_CLASSPATH:+:$DOCREPL_KAFKA_EXTRA_CLASSPATH}" "$@"
 }
 
 start_broker_node() { # node cluster_size
@@ -160,7 +188,7 @@ start_broker_node() { # node cluster_size
   # kill -9 reaches the broker itself.
   (exec nohup "$(java_bin)" -Xms512m -Xmx"${DOCREPL_KAFKA_HEAP:-1g}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$DOCREPL_DATA/broker/log4j2.properties" \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" >>"$dir/broker.log" 2>&1 </dev/null) &
+    -cp "$KAFKA_LIBS/*${DOCREPL_KAFKA_EXTRA_CLASSPATH:+:$DOCREPL_KAFKA_EXTRA_CLASSPATH}" kafka.Kafka "$dir/server.properties" >>"$dir/broker.log" 2>&1 </dev/null) &
   echo $! >"$pidf"
 }
 

@@ -48,4 +48,18 @@ if [ ! -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then
   mv "$tmp/libs" "$KAFKA_LIBS"
   rm -rf "$tmp"
 fi
-log "tools ready in $DOCREPL_CACHE (mongod $MONGOD_VERSION, Apache Kafka $KAFKA_VERSION)"
+if [ ! -f "$MSK_IAM_LIBS/aws-msk-iam-auth-$MSK_IAM_VERSION.jar" ]; then
+  log "fetching AWS's MSK IAM signer $MSK_IAM_VERSION (for tests/msk_iam.rs) with Maven into $MSK_IAM_LIBS"
+  tmp="$(mktemp -d)"
+  mvn -q -B -f "$DOCREPL_ROOT/scripts/msk-iam/pom.xml" -Dmsk.iam.version="$MSK_IAM_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
+    >"$DOCREPL_CACHE/logs/msk-iam-fetch.log" 2>&1 || die "fetching the MSK IAM signer failed: see $DOCREPL_CACHE/logs/msk-iam-fetch.log"
+  # Kafka's own slf4j 2 comes first on the broker's class path; an older one beside it
+  # would only warn.
+  rm -f "$tmp"/libs/slf4j-api-1.*.jar
+  mkdir -p "$(dirname "$MSK_IAM_LIBS")"
+  rm -rf "$MSK_IAM_LIBS"
+  mv "$tmp/libs" "$MSK_IAM_LIBS"
+  rm -rf "$tmp"
+fi
+log "tools ready in $DOCREPL_CACHE (mongod $MONGOD_VERSION, Apache Kafka $KAFKA_VERSION, aws-msk-iam-auth $MSK_IAM_VERSION)"

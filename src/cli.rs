@@ -220,6 +220,14 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::logging::init(&config.log);
+    // Before any Kafka client: a missing AWS identity or region is a setting to fix.
+    let uses_kafka = matches!(cli.command, Command::Source(_) | Command::Sink(_) | Command::Run(_) | Command::Cutover(_));
+    if uses_kafka {
+        if let Err(e) = crate::kafka::msk_iam::install(&config.kafka) {
+            eprintln!("docrepl: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match cli.command {
         Command::Source(_) => serve(|shutdown| async move {
             let board = StatusBoard::new("source");

@@ -162,6 +162,15 @@ impl Config {
         lines.push(format!("bootstrap_servers = {:?}", self.kafka.bootstrap_servers));
         lines.push(format!("topic_prefix = {:?}", self.kafka.topic_prefix));
         lines.push(format!("partitions = {}", self.kafka.partitions));
+        if self.kafka.auth == crate::kafka::KafkaAuth::MskIam {
+            // No secret here: credentials come from the AWS chain, never from this file.
+            lines.push("auth = \"msk_iam\"".to_string());
+            let region = self.kafka.aws_region.clone().or_else(|| crate::kafka::msk_iam::token::region_of_brokers(&self.kafka.bootstrap_servers).ok().flatten());
+            lines.push(region.map_or("# aws_region: from the AWS default region chain".to_string(), |r| format!("aws_region = {r:?}")));
+            if let Some(arn) = &self.kafka.aws_role_arn {
+                lines.push(format!("aws_role_arn = {arn:?}"));
+            }
+        }
         for (k, v) in crate::redact::redact_properties(&self.kafka.properties) {
             lines.push(format!("properties.{k:?} = {v:?}"));
         }

@@ -153,3 +153,92 @@ fn unreachable_peers_at_start_fail_with_a_clear_message() {
     assert!(code != 0 && err.contains("127.0.0.1:1") && err.to_lowercase().contains("broker"), "exit {code}: {err}");
     assert!(secs < 60.0, "took {secs} s");
 }
+
+/// The environment of a process with no AWS identity at all: no keys, no profile files,
+/// no instance metadata (it would be tried at 169.254.169.254), no container credentials.
+fn without_aws_identity(command: &mut Command, home: &std::path::Path) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("HOME", home)
+        .env("AWS_CONFIG_FILE", home.join("no-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+const MSK_IAM: &str = "[kafka]\nauth = \"msk_iam\"\naws_region = \"us-east-1\"\naws_role_arn = \"arn:aws:iam::123456789012:role/docrepl-source\"";
+
+#[test]
+fn msk_iam_is_checked_and_printed() {
+    let text = GOOD.replace("[kafka]", MSK_IAM).replace("127.0.0.1:19092", "b-1.orders.abc123.c2.kafka.us-east-1.amazonaws.com:9098");
+    let (code, err, out) = check("source", &text, &[("DOCREPL_KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "keypw")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("auth = \"msk_iam\"") && out.contains("aws_region = \"us-east-1\""), "{out}");
+    assert!(!out.contains("keypw"), "{out}");
+
+    // The region of the token must be the brokers'.
+    let other = text.replace("aws_region = \"us-east-1\"", "aws_region = \"eu-west-1\"");
+    let (code, err, _) = check("source", &other, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("kafka.aws_region") && err.contains("\"us-east-1\""), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    for (from, to, key) in [
+        ("aws_region = \"us-east-1\"", "aws_region = \"us-east\"", "kafka.aws_region"),
+        ("arn:aws:iam::123456789012:role/docrepl-source", "docrepl-source", "kafka.aws_role_arn"),
+        ("auth = \"msk_iam\"", "auth = \"properties\"", "kafka.aws_region"),
+        ("auth = \"msk_iam\"", "auth = \"msk_iam\"\nproperties = { \"sasl.mechanism\" = \"SCRAM-SHA-512\" }", "sasl.mechanism"),
+    ] {
+        let (code, err, _) = check("source", &text.replace(from, to), &[]);
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(err.contains(key), "{to}: {err}");
+    }
+}
+
+#[test]
+fn msk_serverless_limits_are_checked_before_the_start() {
+    let serverless = GOOD.replace("127.0.0.1:19092", "boot-abcd1234.c1.kafka-serverless.eu-west-1.amazonaws.com:9098");
+    let (code, err, _) = check("source", &serverless, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("kafka.auth") && err.contains("MSK Serverless"), "{err}");
+
+    let iam = serverless.replace("[kafka]", "[kafka]\nauth = \"msk_iam\"");
+    let (code, out, _) = check("source", &iam, &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, err, _) = check("source", &iam.replace("[kafka]", "[kafka]\nmax_message_bytes = 8388608"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("kafka.max_message_bytes") && err.contains("at most 8323072"), "{err}");
+    let (code, err, _) = check("source", &iam.replace("[kafka]", "[kafka]\nmax_message_bytes = 8323072"), &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn msk_iam_without_credentials_or_region_stops_the_start() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docrepl.toml");
+    let run = |text: &str, env: &[(&str, &str)]| {
+        std::fs::write(&path, text).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_docrepl"));
+        command.args(["source", "--config"]).arg(&path);
+        without_aws_identity(&mut command, home.path());
+        command.envs(env.iter().copied());
+        let out = command.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let text = GOOD.replace("[kafka]", "[kafka]\nauth = \"msk_iam\"\naws_region = \"us-east-1\"");
+    let (code, err) = run(&text, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no AWS credentials found") && err.contains("AWS_PROFILE"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("docrepl:")).count(), 1, "{err}");
+
+    // Credentials, but no region anywhere: not in the config, the brokers' names, or AWS_REGION.
+    let keys = [("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")];
+    let (code, err) = run(&text.replace("aws_region = \"us-east-1\"", ""), &keys);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("kafka.aws_region is not set"), "{err}");
+    assert!(!err.contains("not-a-real-secret"), "{err}");
+}

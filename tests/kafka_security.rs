@@ -17,16 +17,6 @@ use common::Setup;
 const PASSWORD: &str = "s3cret-Scram-pw";
 const KEYSTORE_PASSWORD: &str = "keystore-pw";
 
-/// The broker's PKCS#12 keystore from the test CA's server certificate.
-fn keystore(dir: &Path) {
-    let out = Command::new("openssl")
-        .args(["pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-out", "broker.p12", "-passout", &format!("pass:{KEYSTORE_PASSWORD}")])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A second CA that signed nothing the broker has.
 fn stranger_ca(dir: &Path) -> std::path::PathBuf {
     let other = dir.join("other");
@@ -83,7 +73,7 @@ fn assert_no_secret(what: &str, log: &str) {
 async fn scram_over_tls_with_only_the_needed_acls_and_each_refusal_said() {
     let certs = tempfile::tempdir().unwrap();
     let (ca, _) = common::make_certificates(certs.path());
-    keystore(certs.path());
+    common::broker_keystore(certs.path(), KEYSTORE_PASSWORD);
     let tls_dir = certs.path().to_string_lossy().into_owned();
     let users = format!("docrepl:{PASSWORD} partial:{PASSWORD}");
     let cluster = KafkaCluster::start_with(

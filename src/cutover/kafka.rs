@@ -17,7 +17,7 @@ pub type Offsets = BTreeMap<(String, i32), i64>;
 
 /// Reads ends and committed offsets of the sink's topics.
 pub struct Progress {
-    consumer: BaseConsumer,
+    consumer: std::sync::Arc<BaseConsumer<crate::kafka::KafkaContext>>,
     /// Every partition of every topic the sink reads.
     partitions: TopicPartitionList,
 }
@@ -39,8 +39,7 @@ impl Progress {
                 }
             }
         }
-        let consumer: BaseConsumer = crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms)
-            .create()
+        let consumer = crate::kafka::context::request_consumer(&crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms))
             .context("cannot create the Kafka consumer that reads the group's offsets")?;
         Ok(Progress { consumer, partitions })
     }
@@ -106,8 +105,7 @@ impl Progress {
             return Ok(true);
         }
         let sink = config.sink.as_ref().context("cutover needs the [sink] section")?;
-        let reader: BaseConsumer = crate::kafka::consumer_config(&config.kafka, &format!("{}-cutover-reader", sink.group_id), sink.session_timeout_ms)
-            .create()
+        let reader = crate::kafka::context::request_consumer(&crate::kafka::consumer_config(&config.kafka, &format!("{}-cutover-reader", sink.group_id), sink.session_timeout_ms))
             .context("cannot create the Kafka consumer that reads the newest messages")?;
         reader.assign(&wanted)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(15);

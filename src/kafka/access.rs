@@ -22,13 +22,15 @@ pub struct AccessRefused(pub String);
 #[derive(Default)]
 pub struct AccessWatch {
     user: Option<String>,
+    /// The region of `kafka.auth = "msk_iam"` tokens, named in a refusal.
+    iam_region: Option<String>,
     refused: Mutex<Option<AccessRefused>>,
 }
 
 impl AccessWatch {
     /// `user`: the SASL user name the client presents, named in the refusal.
-    pub fn new(user: Option<String>) -> Self {
-        AccessWatch { user, refused: Mutex::new(None) }
+    pub fn new(user: Option<String>, iam_region: Option<String>) -> Self {
+        AccessWatch { user, iam_region, refused: Mutex::new(None) }
     }
 
     pub fn refused(&self) -> Option<AccessRefused> {
@@ -37,8 +39,12 @@ impl AccessWatch {
 }
 
 impl ClientContext for AccessWatch {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::kafka::msk_iam::oauth_token()
+    }
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(refusal) = refusal(error.rdkafka_error_code(), reason, self.user.as_deref()) {
+        if let Some(refusal) = refusal(error.rdkafka_error_code(), reason, self.user.as_deref(), self.iam_region.as_deref()) {
             if let Ok(mut r) = self.refused.lock() {
                 *r = Some(refusal);
             }
@@ -58,7 +64,8 @@ impl rdkafka::producer::ProducerContext for AccessWatch {
 /// for up to `within`. `None` when it answers or fails for another reason.
 pub fn diagnose(kafka: &super::KafkaConfig, within: std::time::Duration) -> Option<AccessRefused> {
     use rdkafka::producer::{BaseProducer, Producer};
-    let watch = AccessWatch::new(kafka.properties.get("sasl.username").cloned());
+    let iam_region = (kafka.auth == super::KafkaAuth::MskIam).then(|| super::msk_iam::installed_region().unwrap_or_default());
+    let watch = AccessWatch::new(kafka.properties.get("sasl.username").cloned(), iam_region);
     let probe: BaseProducer<AccessWatch> = super::base_client_config(kafka).create_with_context(watch).ok()?;
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
@@ -74,9 +81,14 @@ pub fn diagnose(kafka: &super::KafkaConfig, within: std::time::Duration) -> Opti
 }
 
 /// What a librdkafka error means for the operator when it is an access refusal.
-pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str, user: Option<&str>) -> Option<AccessRefused> {
+/// `iam_region`: set when docrepl presents MSK IAM tokens (signed for that region).
+pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str, user: Option<&str>, iam_region: Option<&str>) -> Option<AccessRefused> {
     let who = user.map(|u| format!(" of user {u:?}")).unwrap_or_default();
     let text = match code {
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) if iam_region.is_some() => format!(
+            "the broker refused docrepl's MSK IAM token ({reason}): check that kafka.aws_region ({}) is the cluster's region, that the cluster has IAM access control on, and that the IAM identity may kafka-cluster:Connect (README, Running on AWS)",
+            iam_region.unwrap_or_default()
+        ),
         Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => format!(
             "the broker refused the SASL credentials{who} ({reason}): check kafka.properties \"sasl.username\" and \"sasl.password\" (or DOCREPL_KAFKA__PROPERTIES__SASL_PASSWORD) and \"sasl.mechanism\""
         ),
@@ -101,7 +113,7 @@ pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str, user: Option<&str>)
 pub fn acl_refusal_of(error: &KafkaError, user: Option<&str>) -> Option<AccessRefused> {
     use RDKafkaErrorCode::*;
     match error.rdkafka_error_code() {
-        code @ Some(TopicAuthorizationFailed | GroupAuthorizationFailed | ClusterAuthorizationFailed) => refusal(code, &error.to_string(), user),
+        code @ Some(TopicAuthorizationFailed | GroupAuthorizationFailed | ClusterAuthorizationFailed) => refusal(code, &error.to_string(), user, None),
         _ => None,
     }
 }
@@ -117,12 +129,14 @@ mod tests {
 
     #[test]
     fn credentials_certificates_and_acls_are_told_apart() {
-        let auth = refusal(Some(RDKafkaErrorCode::Authentication), "SASL authentication error: Authentication failed", Some("docrepl")).unwrap();
+        let auth = refusal(Some(RDKafkaErrorCode::Authentication), "SASL authentication error: Authentication failed", Some("docrepl"), None).unwrap();
         assert!(auth.0.contains("SASL credentials of user \"docrepl\"") && auth.0.contains("sasl.password"), "{auth}");
-        let tls = refusal(Some(RDKafkaErrorCode::SSL), "SSL handshake failed: certificate verify failed", None).unwrap();
+        let tls = refusal(Some(RDKafkaErrorCode::SSL), "SSL handshake failed: certificate verify failed", None, None).unwrap();
         assert!(tls.0.contains("not trusted") && tls.0.contains("ssl.ca.location"), "{tls}");
-        let acl = refusal(Some(RDKafkaErrorCode::GroupAuthorizationFailed), "Broker: Group authorization failed", Some("u")).unwrap();
+        let acl = refusal(Some(RDKafkaErrorCode::GroupAuthorizationFailed), "Broker: Group authorization failed", Some("u"), None).unwrap();
         assert!(acl.0.contains("ACL"), "{acl}");
-        assert_eq!(refusal(Some(RDKafkaErrorCode::BrokerTransportFailure), "Connection refused", None), None);
+        let iam = refusal(Some(RDKafkaErrorCode::Authentication), "SASL authentication error: Access denied", None, Some("us-east-1")).unwrap();
+        assert!(iam.0.contains("MSK IAM token") && iam.0.contains("kafka.aws_region (us-east-1)"), "{iam}");
+        assert_eq!(refusal(Some(RDKafkaErrorCode::BrokerTransportFailure), "Connection refused", None, None), None);
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::access::AccessRefused;
@@ -29,7 +28,7 @@ pub enum TopicError {
 /// A handle on the cluster's admin API.
 #[derive(Clone)]
 pub struct TopicAdmin {
-    client: Arc<AdminClient<DefaultClientContext>>,
+    client: Arc<AdminClient<super::KafkaContext>>,
     servers: String,
     /// To diagnose a failed request (see `access::diagnose`).
     kafka: KafkaConfig,
@@ -37,11 +36,13 @@ pub struct TopicAdmin {
 
 impl TopicAdmin {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, TopicError> {
-        let client = base_client_config(kafka).create().map_err(|e| TopicError::Unreachable {
+        let client = base_client_config(kafka).create_with_context(super::KafkaContext).map_err(|e| TopicError::Unreachable {
             servers: kafka.bootstrap_servers.clone(),
             message: e.to_string(),
         })?;
-        Ok(TopicAdmin { client: Arc::new(client), servers: kafka.bootstrap_servers.clone(), kafka: kafka.clone() })
+        let client = Arc::new(client);
+        super::msk_iam::keep_token_fresh(&client);
+        Ok(TopicAdmin { client, servers: kafka.bootstrap_servers.clone(), kafka: kafka.clone() })
     }
 
     /// True when the broker answers a metadata request.
@@ -117,7 +118,7 @@ impl TopicAdmin {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((name, code)) => {
-                        if let Some(source) = super::access::refusal(Some(code), &format!("CreateTopics {name}: {code}"), None) {
+                        if let Some(source) = super::access::refusal(Some(code), &format!("CreateTopics {name}: {code}"), None, None) {
                             return Err(TopicError::Access { servers: self.servers.clone(), source });
                         }
                         return Err(TopicError::Create { message: create_refusal(code, partitions, replication, configs), topic: name });

@@ -44,6 +44,24 @@ pub struct KafkaConfig {
     /// a silent member loses them, and must be at least `sink.session_timeout_ms`).
     #[serde(default)]
     pub group_protocol: GroupProtocol,
+    /// How docrepl authenticates to the cluster: `properties` (default: as
+    /// `kafka.properties` say, e.g. SASL/SCRAM or mTLS) or `msk_iam` (Amazon MSK's IAM
+    /// access control: SASL_SSL with OAUTHBEARER tokens signed with the AWS default
+    /// credential chain; the only way into MSK Serverless).
+    #[serde(default)]
+    pub auth: KafkaAuth,
+    /// `msk_iam`: the cluster's region. Default: the region in MSK broker names of
+    /// `bootstrap_servers`, else the AWS default region chain (`AWS_REGION`, profile).
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    /// `msk_iam`: an IAM role to assume (STS AssumeRole) with the default chain's
+    /// credentials, e.g. one in the cluster's account.
+    #[serde(default)]
+    pub aws_role_arn: Option<String>,
+    /// `msk_iam`: the session name of the assumed role (default `docrepl`), seen in
+    /// CloudTrail.
+    #[serde(default)]
+    pub aws_role_session_name: Option<String>,
     /// librdkafka properties passed through to every client (security.protocol, sasl.*,
     /// ssl.*, ...). They win over docrepl's defaults. Numbers and booleans are taken as
     /// their text (`"linger.ms" = 5` and `DOCREPL_KAFKA__PROPERTIES__LINGER_MS=5` work).
@@ -80,6 +98,15 @@ impl Compression {
     }
 }
 
+/// How docrepl authenticates to the cluster (see `KafkaConfig::auth`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaAuth {
+    #[default]
+    Properties,
+    MskIam,
+}
+
 /// Kafka's consumer group protocols (see `KafkaConfig::group_protocol`).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +124,11 @@ pub enum TopicPer {
     Collection,
     Database,
 }
+
+/// What the dead-letter topic takes beyond `max_message_bytes`: the headers that say why.
+const DEAD_LETTER_HEADROOM: usize = 65_536;
+/// MSK Serverless's largest `max.message.bytes`.
+const SERVERLESS_MAX_MESSAGE_BYTES: usize = 8_388_608;
 
 fn default_prefix() -> String {
     "docrepl".into()
@@ -146,6 +178,71 @@ impl KafkaConfig {
         if self.max_message_bytes > 100 * 1024 * 1024 {
             return Err(ConfigError::invalid("kafka.max_message_bytes", "must be at most 104857600 (100 MiB)"));
         }
+        self.validate_auth()
+    }
+
+    /// The `msk_iam` settings: only with it, well-formed, and agreeing with the brokers;
+    /// and MSK Serverless's fixed limits (AWS's "Configuration properties for MSK
+    /// Serverless clusters"): IAM access control only, `max.message.bytes` at most 8 MiB
+    /// (docrepl sets no other topic setting, and Serverless would refuse most).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        use super::msk_iam::token::{looks_like_region, region_of_brokers};
+        if self.bootstrap_servers.to_ascii_lowercase().contains(".kafka-serverless.") {
+            if self.auth != KafkaAuth::MskIam {
+                return Err(ConfigError::invalid("kafka.auth", "the bootstrap servers are MSK Serverless, which takes only IAM access control: set kafka.auth = \"msk_iam\""));
+            }
+            let dead_letters = self.max_message_bytes + DEAD_LETTER_HEADROOM;
+            if dead_letters > SERVERLESS_MAX_MESSAGE_BYTES {
+                return Err(ConfigError::invalid(
+                    "kafka.max_message_bytes",
+                    format!(
+                        "is {}, but MSK Serverless topics take at most {SERVERLESS_MAX_MESSAGE_BYTES} bytes (8 MiB) and the dead-letter topic needs {DEAD_LETTER_HEADROOM} more for its headers: set at most {}",
+                        self.max_message_bytes,
+                        SERVERLESS_MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM
+                    ),
+                ));
+            }
+        }
+        let aws_keys = [("kafka.aws_region", &self.aws_region), ("kafka.aws_role_arn", &self.aws_role_arn), ("kafka.aws_role_session_name", &self.aws_role_session_name)];
+        if self.auth != KafkaAuth::MskIam {
+            if let Some((key, _)) = aws_keys.iter().find(|(_, v)| v.is_some()) {
+                return Err(ConfigError::invalid(*key, "is used only with kafka.auth = \"msk_iam\": set that too, or remove this key"));
+            }
+            return Ok(());
+        }
+        if let Some(mechanism) = self.properties.get("sasl.mechanism").filter(|m| !m.eq_ignore_ascii_case("OAUTHBEARER")) {
+            return Err(ConfigError::invalid(
+                "kafka.properties.\"sasl.mechanism\"",
+                format!("is {mechanism:?}, but kafka.auth = \"msk_iam\" authenticates with OAUTHBEARER: remove the property (or kafka.auth)"),
+            ));
+        }
+        if let Some(protocol) = self.properties.get("security.protocol").filter(|p| !p.to_ascii_uppercase().starts_with("SASL_")) {
+            return Err(ConfigError::invalid(
+                "kafka.properties.\"security.protocol\"",
+                format!("is {protocol:?}, but kafka.auth = \"msk_iam\" needs SASL_SSL (MSK's IAM listeners, port 9098, or 9198 over public access): remove the property"),
+            ));
+        }
+        let brokers = region_of_brokers(&self.bootstrap_servers).map_err(|regions| {
+            ConfigError::invalid("kafka.bootstrap_servers", format!("names MSK brokers in several regions ({}): one cluster lives in one region", regions.join(", ")))
+        })?;
+        if let Some(region) = &self.aws_region {
+            if !looks_like_region(region) {
+                return Err(ConfigError::invalid("kafka.aws_region", format!("{region:?} is not an AWS region name (expected e.g. \"us-east-1\")")));
+            }
+            if let Some(theirs) = brokers.filter(|b| b != region) {
+                return Err(ConfigError::invalid(
+                    "kafka.aws_region",
+                    format!("is {region:?} but the bootstrap servers are MSK brokers in {theirs:?}: MSK refuses a token signed for another region; set kafka.aws_region = {theirs:?} (or leave it out)"),
+                ));
+            }
+        }
+        if let Some(arn) = &self.aws_role_arn {
+            let parts: Vec<&str> = arn.splitn(6, ':').collect();
+            let well_formed = parts.len() == 6 && parts[0] == "arn" && parts[1].starts_with("aws") && parts[2] == "iam" && parts[4].len() == 12 && parts[4].chars().all(|c| c.is_ascii_digit()) && parts[5].starts_with("role/");
+            if !well_formed {
+                return Err(ConfigError::invalid("kafka.aws_role_arn", format!("{arn:?} is not an IAM role ARN (expected arn:aws:iam::<12-digit account>:role/<name>)")));
+            }
+        }
         Ok(())
     }
 
@@ -153,7 +250,7 @@ impl KafkaConfig {
     /// the collection topics plus the headers that say why (a broker's default, often 1
     /// MB, would refuse the very messages that need to go there).
     pub fn dead_letter_topic_configs(&self) -> Vec<(&'static str, String)> {
-        vec![("max.message.bytes", (self.max_message_bytes + 65_536).to_string())]
+        vec![("max.message.bytes", (self.max_message_bytes + DEAD_LETTER_HEADROOM).to_string())]
     }
 
     /// `<prefix>.<database>.<collection>`, or `<prefix>.<database>` with `topic_per =

@@ -19,7 +19,13 @@ pub type AckProducer = ThreadedProducer<AckContext>;
 /// Routes each delivery report to the queue its record names.
 pub struct AckContext;
 
-impl ClientContext for AckContext {}
+/// Answers the token refresh of `kafka.auth = "msk_iam"` (see `kafka::context`).
+impl ClientContext for AckContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::kafka::msk_iam::oauth_token()
+    }
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = Box<Ticket>;

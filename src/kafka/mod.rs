@@ -4,11 +4,14 @@
 pub mod access;
 pub mod admin;
 mod config;
+pub mod context;
 pub mod delivery;
+pub mod msk_iam;
 pub mod partitioner;
 
 pub use access::AccessRefused;
-pub use config::{Compression, GroupProtocol, KafkaConfig, TopicPer};
+pub use config::{Compression, GroupProtocol, KafkaAuth, KafkaConfig, TopicPer};
+pub use context::KafkaContext;
 
 use rdkafka::ClientConfig;
 
@@ -33,6 +36,12 @@ fn client_config(kafka: &KafkaConfig, defaults: Vec<(&str, String)>) -> ClientCo
     cc.set("reconnect.backoff.max.ms", "1000");
     // Topics are created deliberately (with the configured partition count), never by accident.
     cc.set("allow.auto.create.topics", "false");
+    if kafka.auth == KafkaAuth::MskIam {
+        // MSK's IAM listeners: TLS (the system's CAs trust MSK's certificates) and the
+        // tokens of `msk_iam`. Operator properties (ssl.ca.location, ...) still apply.
+        cc.set("security.protocol", "SASL_SSL");
+        cc.set("sasl.mechanism", "OAUTHBEARER");
+    }
     for (k, v) in defaults {
         cc.set(k, v);
     }

@@ -31,13 +31,13 @@ pub enum Progress {
 
 /// Reads the group's progress on a topic.
 pub struct TopicProgress {
-    consumer: Mutex<BaseConsumer>,
+    consumer: Mutex<std::sync::Arc<BaseConsumer<crate::kafka::KafkaContext>>>,
 }
 
 impl TopicProgress {
     /// `config`: the sink's consumer settings (its `group.id` names whose commits count).
     pub fn new(config: &rdkafka::ClientConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: BaseConsumer = config.clone().set("enable.auto.commit", "false").set("auto.offset.reset", "earliest").create()?;
+        let consumer = crate::kafka::context::request_consumer(config.clone().set("enable.auto.commit", "false").set("auto.offset.reset", "earliest"))?;
         Ok(TopicProgress { consumer: Mutex::new(consumer) })
     }
 
@@ -76,7 +76,7 @@ impl TopicProgress {
     }
 
     /// The source `ts_ms` of the event at `offset` of partition `p`, if it tells one.
-    fn source_time_at(&self, consumer: &BaseConsumer, topic: &str, p: i32, offset: i64) -> Result<Option<i64>, String> {
+    fn source_time_at(&self, consumer: &BaseConsumer<crate::kafka::KafkaContext>, topic: &str, p: i32, offset: i64) -> Result<Option<i64>, String> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Offset(offset)).map_err(|e| e.to_string())?;
         consumer.assign(&tpl).map_err(|e| e.to_string())?;

@@ -23,12 +23,12 @@ pub struct DeadLetter<'a> {
 
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<crate::kafka::KafkaContext>,
     topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: FutureProducer<crate::kafka::KafkaContext>, topic: String) -> Self {
         DeadLetters { producer, topic }
     }
 

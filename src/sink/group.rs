@@ -73,7 +73,13 @@ pub struct GroupContext {
     consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
 }
 
-impl ClientContext for GroupContext {}
+/// Answers the token refresh of `kafka.auth = "msk_iam"` (see `kafka::context`).
+impl ClientContext for GroupContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::kafka::msk_iam::oauth_token()
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

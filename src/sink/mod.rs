@@ -59,8 +59,8 @@ pub async fn run(
         let board = board.clone();
         tokio::spawn(crate::health::watch(client.clone(), admin, move |c| board.set_connectivity(Side::Sink, c), shutdown.clone()));
     }
-    let producer: FutureProducer =
-        crate::kafka::producer_config(&config.kafka).create().context("cannot create the dead-letter producer")?;
+    let producer: FutureProducer<crate::kafka::KafkaContext> =
+        crate::kafka::producer_config(&config.kafka).create_with_context(crate::kafka::KafkaContext).context("cannot create the dead-letter producer")?;
     let writer = writer::Writer::new(client, &sink.write_concern, sink.write_timeout_ms, sink.write_time_limit(), sink.write_deadline());
     let consumer_config = crate::kafka::consumer_config(&config.kafka, &sink.group_id, sink.session_timeout_ms);
     let progress = conflicts::TopicProgress::new(&consumer_config).context("cannot create the Kafka consumer that reads the group's progress")?;

@@ -70,6 +70,8 @@ pub struct Setup {
     pub kafka_extra: String,
     /// `kafka.bootstrap_servers`: the suite's broker unless a test runs its own cluster.
     pub bootstrap: String,
+    /// Environment variables of the docrepl processes it starts.
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -84,6 +86,7 @@ impl Setup {
             sink_extra: String::new(),
             kafka_extra: String::new(),
             bootstrap: broker(),
+            env: Vec::new(),
         }
     }
 
@@ -166,6 +169,7 @@ listen = "127.0.0.1:0"
             .arg(config)
             .args(args)
             .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -336,10 +340,21 @@ pub fn is_control_message(m: &rdkafka::message::OwnedMessage) -> bool {
 pub async fn consume(
     topic: &str,
     within: Duration,
+    done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    consume_from(&broker(), topic, within, done).await
+}
+
+/// `consume` from the cluster at `bootstrap` (a test's own).
+pub async fn consume_from(
+    bootstrap: &str,
+    topic: &str,
+    within: Duration,
     mut done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
 ) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let kafka = kafka_config("unused", 8);
+    let mut kafka = kafka_config("unused", 8);
+    kafka.bootstrap_servers = bootstrap.to_string();
     let consumer: StreamConsumer = docrepl::kafka::consumer_config(&kafka, &unique("reader"), 6000)
         .set("auto.offset.reset", "earliest")
         .set("topic.metadata.refresh.interval.ms", "1000")
@@ -526,6 +541,17 @@ pub async fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, Stri
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// A broker's PKCS#12 keystore `broker.p12` in `dir`, from `make_certificates`' server
+/// certificate.
+pub fn broker_keystore(dir: &Path, password: &str) {
+    let out = Command::new("openssl")
+        .args(["pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-out", "broker.p12", "-passout", &format!("pass:{password}")])
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it, made with openssl.
