@@ -219,6 +219,11 @@ pub fn run(cli: Cli) -> ExitCode {
         println!("config OK: {}\n{}", args.config.display(), config.redacted_toml());
         return ExitCode::SUCCESS;
     }
+    let mut config = config;
+    if let Err(e) = config.add_passwords(|p| std::fs::read_to_string(p), |v| std::env::var(v).ok()) {
+        eprintln!("docrepl: {e}");
+        return ExitCode::from(2);
+    }
     crate::logging::init(&config.log);
     // Before any Kafka client: a missing AWS identity or region is a setting to fix.
     let uses_kafka = matches!(cli.command, Command::Source(_) | Command::Sink(_) | Command::Run(_) | Command::Cutover(_));

@@ -88,6 +88,26 @@ impl Config {
         Self::from_toml_str(&text, path, std::env::vars(), role)
     }
 
+    /// Puts the passwords of `password_file` / `password_env` into the source's and the
+    /// sink's URIs (see `crate::secrets`). Not part of `load`: `--check` runs where the
+    /// secrets are not mounted.
+    pub fn add_passwords(
+        &mut self,
+        read_file: impl Fn(&Path) -> std::io::Result<String> + Copy,
+        read_env: impl Fn(&str) -> Option<String> + Copy,
+    ) -> Result<(), ConfigError> {
+        use crate::secrets::{with_password, PasswordFrom};
+        if let Some(s) = &mut self.source {
+            let from = PasswordFrom { section: "source", file: s.password_file.as_ref(), env: s.password_env.as_deref() };
+            s.uri = with_password(&s.uri, from, read_file, read_env)?;
+        }
+        if let Some(s) = &mut self.sink {
+            let from = PasswordFrom { section: "sink", file: s.password_file.as_ref(), env: s.password_env.as_deref() };
+            s.uri = with_password(&s.uri, from, read_file, read_env)?;
+        }
+        Ok(())
+    }
+
     /// The pure part of [`Config::load`]: text + environment → validated config.
     pub fn from_toml_str(
         text: &str,
@@ -146,6 +166,7 @@ impl Config {
         if let Some(s) = &self.source {
             lines.push("[source]".to_string());
             lines.push(format!("uri = {:?}", redact_uri(&s.uri)));
+            lines.extend(password_lines(s.password_file.as_ref(), s.password_env.as_deref()));
             if let Some(db) = &s.database {
                 lines.push(format!("database = {db:?}"));
             } else {
@@ -156,6 +177,7 @@ impl Config {
         if let Some(s) = &self.sink {
             lines.push("[sink]".to_string());
             lines.push(format!("uri = {:?}", redact_uri(&s.uri)));
+            lines.extend(password_lines(s.password_file.as_ref(), s.password_env.as_deref()));
             lines.push(format!("group_id = {:?}", s.group_id));
         }
         lines.push("[kafka]".to_string());
@@ -178,6 +200,18 @@ impl Config {
         lines.push(format!("listen = {:?}", self.http.listen));
         lines.join("\n")
     }
+}
+
+/// Where a password comes from (never the password).
+fn password_lines(file: Option<&PathBuf>, env: Option<&str>) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(file) = file {
+        lines.push(format!("password_file = {:?}", file.display().to_string()));
+    }
+    if let Some(env) = env {
+        lines.push(format!("password_env = {env:?}"));
+    }
+    lines
 }
 
 /// Applies `DOCREPL_<SECTION>__<KEY>` variables on top of the parsed file.

@@ -26,6 +26,7 @@ pub mod pacer;
 pub mod parts;
 pub mod redact;
 pub mod repair;
+pub mod secrets;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -57,6 +57,14 @@ pub async fn connect_with_pool(uri: &str, key: &str, flavor: Flavor, pool: Optio
     Ok(client)
 }
 
+/// Reads that must see every write before them: the initial copy and the change streams
+/// (Amazon DocumentDB 3.6 and 4.0 serve change streams only on the primary, and ask for
+/// this read preference on `watch`). A URI's `readPreference` still applies to the rest
+/// (verify's and repair's scans).
+pub fn primary() -> mongodb::options::SelectionCriteria {
+    mongodb::options::SelectionCriteria::ReadPreference(mongodb::options::ReadPreference::Primary)
+}
+
 /// The replica set name (`hello.setName`), or an error saying change streams need one.
 pub async fn replica_set_name(client: &mongodb::Client, key: &str) -> Result<String, ConnectError> {
     let hello = client.database("admin").run_command(doc! {"hello": 1}).await.map_err(|e| {

@@ -14,6 +14,13 @@ use crate::flavor::{Flavor, FlavorSetting};
 pub struct SinkConfig {
     /// Connection string of the target cluster.
     pub uri: String,
+    /// A file holding the password of the URI's user (a mounted Kubernetes secret), read
+    /// at start; the URI then names the user only. Not with `password_env`.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// An environment variable holding that password (set from a secret).
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// What the target cluster is: `auto` (from its host names), `mongodb` or `documentdb`.
     #[serde(default)]
     pub flavor: FlavorSetting,

@@ -10,6 +10,13 @@ use crate::flavor::{Flavor, FlavorSetting};
 pub struct SourceConfig {
     /// Connection string of the source cluster (DocumentDB: add `tls=true&tlsCAFile=…&retryWrites=false`).
     pub uri: String,
+    /// A file holding the password of the URI's user (a mounted Kubernetes secret), read
+    /// at start; the URI then names the user only. Not with `password_env`.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// An environment variable holding that password (set from a secret).
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// What the source cluster is: `auto` (from its host names), `mongodb` or
     /// `documentdb`. Decides the change-stream pipeline and error handling (see `flavor`).
     #[serde(default)]

@@ -48,7 +48,9 @@ impl Reader {
                 doc! {}
             }
         };
-        let mut find = coll.find(filter).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size);
+        // The primary, whatever the URI's readPreference: a replica behind the copy's start
+        // would miss writes made just before it, which the stream (from that start) skips.
+        let mut find = coll.find(filter).sort(doc! {"_id": 1}).batch_size(self.ctx.config.copy_batch_size).selection_criteria(crate::mongo::primary());
         if after.is_some() {
             find = find.hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
         }

@@ -89,7 +89,7 @@ pub async fn stream_level(client: &mongodb::Client, src: &SourceConfig, db: &str
         StreamLevel::Auto => {}
     }
     // The scope filter alone: the pipeline's own stages have their own fallback.
-    let refusal = match client.database(db).watch().pipeline([Scope::of(src, db).match_stage()]).await {
+    let refusal = match client.database(db).watch().pipeline([Scope::of(src, db).match_stage()]).selection_criteria(crate::mongo::primary()).await {
         Ok(_) => return Ok(Level::Database("source.stream_level = \"auto\": the server opened a database stream".into())),
         Err(e) => match classify_error(&e, flavor) {
             StreamFailure::NotEnabled | StreamFailure::LostOrNotEnabled | StreamFailure::UnsupportedPipeline => e,

@@ -190,13 +190,13 @@ impl Reader {
         match &self.reads {
             Reads::Collection(route) => {
                 let coll = self.ctx.client.database(&route.origin.ns.db).collection::<RawDocumentBuf>(&route.origin.ns.coll);
-                configured(coll.watch().pipeline(stages), from_position, token, start_at, expanded).await
+                configured(coll.watch().pipeline(stages).selection_criteria(crate::mongo::primary()), from_position, token, start_at, expanded).await
             }
             Reads::Database { db, scope, .. } => {
                 let mut pipeline = vec![scope.match_stage()];
                 pipeline.extend(stages);
                 let database = self.ctx.client.database(db);
-                configured(database.watch().pipeline(pipeline), from_position, token, start_at, expanded).await.map(ChangeStream::with_type)
+                configured(database.watch().pipeline(pipeline).selection_criteria(crate::mongo::primary()), from_position, token, start_at, expanded).await.map(ChangeStream::with_type)
             }
         }
     }
