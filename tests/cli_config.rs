@@ -242,3 +242,22 @@ fn msk_iam_without_credentials_or_region_stops_the_start() {
     assert!(err.contains("kafka.aws_region is not set"), "{err}");
     assert!(!err.contains("not-a-real-secret"), "{err}");
 }
+
+#[test]
+fn a_password_file_that_cannot_be_read_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-secret");
+    let text = GOOD.replacen("uri = \"mongodb://127.0.0.1:27117", "uri = \"mongodb://docrepl@127.0.0.1:27117", 1).replacen(
+        "database = \"app\"",
+        &format!("password_file = {:?}\ndatabase = \"app\"", missing.display().to_string()),
+        1,
+    );
+    // --check names where the password comes from without reading it.
+    let (code, err, out) = check("source", &text, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("password_file = "), "{out}");
+    let (code, err, secs) = start("source", &text);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("source.password_file") && err.contains("cannot read"), "{err}");
+    assert!(secs < 10.0, "took {secs} s");
+}
