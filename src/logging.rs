@@ -48,6 +48,12 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The AWS SDK logs each credential it loads at info, access key id included: only its
+    // warnings and errors, whatever the level asked (kafka.auth = "msk_iam").
+    let filter = ["aws_config=warn", "aws_runtime=warn", "aws_smithy_runtime=warn", "aws_sdk_sts=warn"]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),

@@ -178,15 +178,14 @@ impl KafkaConfig {
         if self.max_message_bytes > 100 * 1024 * 1024 {
             return Err(ConfigError::invalid("kafka.max_message_bytes", "must be at most 104857600 (100 MiB)"));
         }
+        self.validate_serverless()?;
         self.validate_auth()
     }
 
-    /// The `msk_iam` settings: only with it, well-formed, and agreeing with the brokers;
-    /// and MSK Serverless's fixed limits (AWS's "Configuration properties for MSK
-    /// Serverless clusters"): IAM access control only, `max.message.bytes` at most 8 MiB
-    /// (docrepl sets no other topic setting, and Serverless would refuse most).
-    fn validate_auth(&self) -> Result<(), ConfigError> {
-        use super::msk_iam::token::{looks_like_region, region_of_brokers};
+    /// MSK Serverless's fixed limits (AWS's "Configuration properties for MSK Serverless
+    /// clusters"): IAM access control only, `max.message.bytes` at most 8 MiB (docrepl sets
+    /// no other topic setting, and Serverless would refuse most).
+    fn validate_serverless(&self) -> Result<(), ConfigError> {
         if self.bootstrap_servers.to_ascii_lowercase().contains(".kafka-serverless.") {
             if self.auth != KafkaAuth::MskIam {
                 return Err(ConfigError::invalid("kafka.auth", "the bootstrap servers are MSK Serverless, which takes only IAM access control: set kafka.auth = \"msk_iam\""));
@@ -203,6 +202,12 @@ impl KafkaConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The `msk_iam` settings: only with it, well-formed, and agreeing with the brokers.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        use super::msk_iam::token::{looks_like_region, region_of_brokers};
         let aws_keys = [("kafka.aws_region", &self.aws_region), ("kafka.aws_role_arn", &self.aws_role_arn), ("kafka.aws_role_session_name", &self.aws_role_session_name)];
         if self.auth != KafkaAuth::MskIam {
             if let Some((key, _)) = aws_keys.iter().find(|(_, v)| v.is_some()) {

@@ -1,7 +1,8 @@
 // MSK Serverless's topic rules as a CreateTopicPolicy for the tests' Apache Kafka (AWS's
 // "Configuration properties for MSK Serverless clusters"): only these topic settings may
 // be given, and max.message.bytes at most 8 MiB. A CreateTopics that breaks them is
-// refused with POLICY_VIOLATION, as Serverless refuses it.
+// refused with POLICY_VIOLATION, as Serverless refuses it. Internal topics are not
+// judged (the consumer offsets topic has settings of its own).
 import java.util.Map;
 import java.util.Set;
 import org.apache.kafka.common.errors.PolicyViolationException;
@@ -15,6 +16,10 @@ public class ServerlessTopicPolicy implements CreateTopicPolicy {
 
     @Override
     public void validate(RequestMetadata request) throws PolicyViolationException {
+        // The broker's own topics (__consumer_offsets, ...) are the cluster's business.
+        if (request.topic().startsWith("__")) {
+            return;
+        }
         for (Map.Entry<String, String> config : request.configs().entrySet()) {
             if (!EDITABLE.contains(config.getKey())) {
                 throw new PolicyViolationException("topic setting " + config.getKey() + " is not configurable");

@@ -11,7 +11,7 @@
 //!
 //! The AWS SDK is async and its HTTP clients belong to the runtime they were made on,
 //! while librdkafka asks from its own threads, some of them tokio's: the credentials are
-//! fetched by one thread with its own runtime (`Credentials thread`), which the callers
+//! fetched by one thread with its own runtime (`serve_credentials`), which the callers
 //! ask and wait for. One per process, started by `install` before any client.
 
 pub mod token;
@@ -46,7 +46,7 @@ pub enum MskIamError {
 pub struct MskIam {
     region: String,
     role: Option<String>,
-    requests: tokio::sync::mpsc::UnboundedSender<mpsc::SyncSender<Result<Credentials, MskIamError>>>,
+    requests: tokio::sync::mpsc::UnboundedSender<Reply>,
 }
 
 static INSTALLED: OnceLock<Arc<MskIam>> = OnceLock::new();
@@ -80,43 +80,19 @@ pub fn installed_region() -> Option<String> {
 impl MskIam {
     fn start(kafka: &KafkaConfig) -> Result<MskIam, MskIamError> {
         let configured = kafka.aws_region.clone().or_else(|| token::region_of_brokers(&kafka.bootstrap_servers).ok().flatten());
-        let (role, session) = (kafka.aws_role_arn.clone(), kafka.aws_role_session_name.clone().unwrap_or_else(|| "docrepl".into()));
-        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<mpsc::SyncSender<Result<Credentials, MskIamError>>>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Option<String>>(1);
-        let role_for_thread = role.clone();
+        let role = kafka.aws_role_arn.clone();
+        let session = kafka.aws_role_session_name.clone().unwrap_or_else(|| "docrepl".into());
+        let (requests, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (ready, region) = mpsc::sync_channel(1);
+        let thread_role = role.clone();
         std::thread::Builder::new()
             .name("aws-credentials".into())
-            .spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                    let _ = ready_tx.send(None);
-                    return;
-                };
-                runtime.block_on(async move {
-                    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                    if let Some(region) = configured {
-                        loader = loader.region(aws_config::Region::new(region));
-                    }
-                    let sdk = loader.load().await;
-                    let region = sdk.region().map(|r| r.to_string());
-                    let provider: Option<SharedCredentialsProvider> = match (&role_for_thread, sdk.credentials_provider()) {
-                        (Some(arn), Some(_)) => Some(SharedCredentialsProvider::new(
-                            aws_config::sts::AssumeRoleProvider::builder(arn.clone()).session_name(session).configure(&sdk).build().await,
-                        )),
-                        (None, provider) => provider,
-                        (Some(_), None) => None,
-                    };
-                    let _ = ready_tx.send(region);
-                    while let Some(reply) = queue.recv().await {
-                        let answer = match &provider {
-                            Some(p) => p.provide_credentials().await.map_err(|e| describe(&e, role_for_thread.as_deref())),
-                            None => Err(MskIamError::NoCredentials("no credential provider".into())),
-                        };
-                        let _ = reply.send(answer);
-                    }
-                });
+            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(serve_credentials(configured, thread_role, session, ready, queue)),
+                Err(_) => drop(ready.send(None)),
             })
             .map_err(|e| MskIamError::Credentials { role: String::new(), message: format!("cannot start the credentials thread: {e}") })?;
-        let region = ready_rx.recv_timeout(FIRST_CREDENTIALS_WITHIN).ok().flatten().ok_or(MskIamError::NoRegion)?;
+        let region = region.recv_timeout(FIRST_CREDENTIALS_WITHIN).ok().flatten().ok_or(MskIamError::NoRegion)?;
         if !token::looks_like_region(&region) {
             return Err(MskIamError::Sign(format!("{region:?} (from the AWS default region chain) is not an AWS region name: set kafka.aws_region")));
         }
@@ -147,6 +123,41 @@ impl MskIam {
         let credentials = self.credentials(CREDENTIALS_WITHIN)?;
         let user_agent = concat!("docrepl/", env!("CARGO_PKG_VERSION"));
         token::sign(&self.region, &credentials, SystemTime::now(), user_agent).map_err(|e| MskIamError::Sign(e.to_string()))
+    }
+}
+
+/// A request for credentials: where to send them.
+type Reply = mpsc::SyncSender<Result<Credentials, MskIamError>>;
+
+/// The credentials thread: loads the AWS configuration (region `configured`, else the
+/// chain's), tells `ready` the region, then answers each request with the chain's (or the
+/// assumed role's) credentials of the moment.
+async fn serve_credentials(
+    configured: Option<String>,
+    role: Option<String>,
+    session: String,
+    ready: mpsc::SyncSender<Option<String>>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Reply>,
+) {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = configured {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    let sdk = loader.load().await;
+    let provider = match (&role, sdk.credentials_provider()) {
+        (Some(arn), Some(_)) => Some(SharedCredentialsProvider::new(
+            aws_config::sts::AssumeRoleProvider::builder(arn.clone()).session_name(session).configure(&sdk).build().await,
+        )),
+        (None, provider) => provider,
+        (Some(_), None) => None,
+    };
+    let _ = ready.send(sdk.region().map(|r| r.to_string()));
+    while let Some(reply) = queue.recv().await {
+        let answer = match &provider {
+            Some(p) => p.provide_credentials().await.map_err(|e| describe(&e, role.as_deref())),
+            None => Err(MskIamError::NoCredentials("no credential provider".into())),
+        };
+        let _ = reply.send(answer);
     }
 }
 
