@@ -8,7 +8,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use bson::{doc, Document};
 use common::kafka_cluster::KafkaCluster;
@@ -58,13 +57,6 @@ fn secure_setup(name: &str, cluster: &KafkaCluster, user: &str, password: &str, 
     setup
 }
 
-/// Starts `docrepl <command>`, which must stop by itself: (exit code, log).
-fn refused_start(setup: &Setup, command: &str) -> (Option<i32>, String) {
-    let mut p = setup.spawn(command, &[]);
-    let code = p.wait_exit(Duration::from_secs(90));
-    (code, p.log_text())
-}
-
 fn assert_no_secret(what: &str, log: &str) {
     assert!(!log.contains(PASSWORD) && !log.contains(KEYSTORE_PASSWORD), "{what} logged a password:\n{log}");
 }
@@ -100,7 +92,7 @@ async fn scram_over_tls_with_only_the_needed_acls_and_each_refusal_said() {
 
     // A wrong password.
     let wrong = secure_setup("scramwrong", &cluster, "docrepl", "not-the-password", &ca);
-    let (code, log) = refused_start(&wrong, "sink");
+    let (code, log) = wrong.run_to_exit("sink");
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("refused the SASL credentials of user \"docrepl\""), "{log}");
     assert!(!log.contains("not-the-password"), "the wrong password was logged:\n{log}");
@@ -108,7 +100,7 @@ async fn scram_over_tls_with_only_the_needed_acls_and_each_refusal_said() {
     // A missing ACL: user partial may use the topics but not the consumer group.
     let partial = secure_setup("scrampartial", &cluster, "partial", PASSWORD, &ca);
     grant(&cluster, "partial", &partial.prefix, &partial.group, false);
-    let (code, log) = refused_start(&partial, "sink");
+    let (code, log) = partial.run_to_exit("sink");
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("ACLs do not allow") && log.contains("Group authorization failed"), "{log}");
     assert_no_secret("the sink without its group ACL", &log);
@@ -116,7 +108,7 @@ async fn scram_over_tls_with_only_the_needed_acls_and_each_refusal_said() {
     // A broker certificate signed by a CA docrepl was not told to trust.
     let stranger = stranger_ca(certs.path());
     let untrusting = secure_setup("scramca", &cluster, "docrepl", PASSWORD, &stranger);
-    let (code, log) = refused_start(&untrusting, "source");
+    let (code, log) = untrusting.run_to_exit("source");
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("TLS certificate is not trusted") && log.contains("ssl.ca.location"), "{log}");
     assert_no_secret("the source with another CA", &log);

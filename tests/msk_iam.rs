@@ -250,19 +250,13 @@ async fn replicates_through_sigv4_checked_tokens_as_credentials_expire() {
     }
 }
 
-/// Starts `docrepl <command>`, which must stop by itself: (exit code, log).
-async fn refused_start(setup: &Setup, command: &str) -> (Option<i32>, String) {
-    let mut p = setup.spawn(command, &[]);
-    tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(90)), p.log_text())).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_of_the_cluster_say_what_to_change() {
     let broker = IamBroker::start(19720);
 
     // A token signed for another region than the cluster's.
     let setup = broker.setup("mskregion", "eu-west-1");
-    let (code, log) = refused_start(&setup, "sink").await;
+    let (code, log) = setup.run_to_exit("sink");
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("refused docrepl's MSK IAM token") && log.contains("kafka.aws_region (eu-west-1)"), "{log}");
     let validations = broker.validations();
@@ -272,7 +266,7 @@ async fn refusals_of_the_cluster_say_what_to_change() {
     // most 8 MiB), which --check cannot see on a cluster not named as Serverless.
     let mut setup = broker.setup("msklimit", REGION);
     setup.kafka_extra = setup.kafka_extra.replacen("auth = ", "max_message_bytes = 9000000\nauth = ", 1);
-    let (code, log) = refused_start(&setup, "source").await;
+    let (code, log) = setup.run_to_exit("source");
     assert!(code.is_some_and(|c| c != 0), "exit {code:?}: {log}");
     assert!(log.contains("refused the topic's settings (max.message.bytes=9065536)") && log.contains("set kafka.max_message_bytes within it"), "{log}");
 }

@@ -159,6 +159,14 @@ listen = "127.0.0.1:0"
         self.spawn_with(command, &self.config(), args)
     }
 
+    /// Starts `docrepl <command>`, which must stop by itself within 90 s (a refused
+    /// start): its exit code and log.
+    pub fn run_to_exit(&self, command: &str) -> (Option<i32>, String) {
+        let mut p = self.spawn(command, &[]);
+        let code = p.wait_exit(Duration::from_secs(90));
+        (code, p.log_text())
+    }
+
     /// Like `spawn`, with a config file the test wrote or edited itself.
     pub fn spawn_with(&self, command: &str, config: &Path, args: &[&str]) -> Proc {
         let log = self.dir.path().join(format!("{command}-{}.log", unique("")));
