@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark on this machine: `scripts/bench.sh [N]` (default 1,000,000).
-# Runs its own services on their own ports (Apache Kafka, one broker) and measures:
+# Runs its own services on their own ports (Apache Kafka, one broker) and measures, first,
+# job for job beside the Kafka Connect pipeline (scripts/bench_jobs.sh): the initial copy of
+# N documents, the change-stream catch-up of N inserts and of N / 10 updates; then:
 #   ceiling   loadgen straight into the target cluster (the fastest these documents go in)
 #   source    docrepl source alone draining an N-document backlog into the topic (8 partitions)
 #   sink      docrepl sink alone applying those N events (8 partitions), then with 1 partition
@@ -13,12 +15,12 @@
 # changes, the initial copy, the live lag and a catch-up of 4 KB text documents, each
 # across an emulated WAN link, a row per
 # job and link setting (LINK_SETTINGS, LINK_N, LIVE_SECS; see that file).
-# BENCH_PHASES="local link" (default: both) picks the parts.
-# Prints the tables and saves them as Markdown (and the local one as JSON) under
+# BENCH_PHASES="jobs local link" (default: all three) picks the parts.
+# Prints the tables and saves them as Markdown (and the jobs and local ones as JSON) under
 # benches/results/.
 set -euo pipefail
 N="${1:-${N:-1000000}}"
-BENCH_PHASES="${BENCH_PHASES:-local link}"
+BENCH_PHASES="${BENCH_PHASES:-jobs local link}"
 # Own ports and data folder: the bench never touches the demo's or the tests' services.
 export DOCREPL_DATA="$(cd "$(dirname "$0")/.." && pwd)/.data/bench"
 export DOCREPL_SOURCE_PORT=28117 DOCREPL_TARGET_PORT=28217 DOCREPL_BROKER_PORT=19192
@@ -61,6 +63,7 @@ target_at_least() { [ "$(count_docs "$TARGET_PORT" bench "$1")" -ge "$2" ]; }
 PY="$PYTHON_VENV/bin/python"
 "$PY" -c 'import sys' # the venv from setup.sh
 . "$DOCREPL_ROOT/scripts/bench_link.sh"
+. "$DOCREPL_ROOT/scripts/bench_jobs.sh"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 md="$DOCREPL_ROOT/benches/results/bench-$N-$stamp.md"
 : >"$md"
@@ -166,6 +169,7 @@ cat >"${md%.md}.json" <<EOF
 EOF
 }
 
-case " $BENCH_PHASES " in *" local "*) local_phases ;; esac
+case " $BENCH_PHASES " in *" jobs "*) jobs_phases >>"$md" ;; esac
+case " $BENCH_PHASES " in *" local "*) [ -s "$md" ] && echo >>"$md"; local_phases ;; esac
 case " $BENCH_PHASES " in *" link "*) [ -s "$md" ] && echo >>"$md"; link_phases >>"$md" ;; esac
 cat "$md"
