@@ -63,3 +63,29 @@ async fn a_topic_limit_lowered_while_running_stops_the_source_until_the_limit_is
     assert_eq!(common::documents(&source, &setup.db, "c").await, common::documents(&target, &setup.db, "c").await, "byte for byte");
     assert_eq!(run.terminate(Duration::from_secs(15)), Some(0), "{}", run.log_text());
 }
+
+/// The sink subscribes by pattern, and librdkafka matches a pattern against the cluster's
+/// topics only when it refreshes its metadata (every 5 s as docrepl sets it): the copy of
+/// a collection whose topic appeared after the sink started waited that long. The sink
+/// now asks for the topic list itself, often, while the cluster is small. Here
+/// librdkafka's refresh is set to 10 minutes, so only the sink's own discovery can bring
+/// the new topic's first document within the minute.
+#[tokio::test]
+async fn a_topic_created_after_the_sink_started_is_found_without_librdkafkas_refresh() {
+    let mut setup = Setup::new("discover");
+    setup.source_extra = "collections = [\"c\"]".into();
+    setup.kafka_extra = "[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"600000\"".into();
+    let mut sink = setup.spawn("sink", &[]);
+    common::eventually(Duration::from_secs(60), "the sink in its group", || async { sink.log_text().contains("sink joined the consumer group") }).await;
+    let source = common::mongo(&common::source_uri()).await;
+    source.database(&setup.db).collection::<Document>("c").insert_one(doc! {"_id": 1, "v": "first"}).await.unwrap();
+    let mut run = setup.spawn("source", &[]);
+    let target = common::mongo(&common::target_uri()).await;
+    let tc = target.database(&setup.db).collection::<Document>("c");
+    common::eventually(Duration::from_secs(60), "the new topic's first document on the target", || async {
+        tc.find_one(doc! {"_id": 1}).await.ok().flatten().is_some()
+    })
+    .await;
+    assert_eq!(run.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(sink.terminate(Duration::from_secs(20)), Some(0));
+}

@@ -368,6 +368,10 @@ pub fn run_member(
     let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     info!(subscription = ?subscription, "sink joined the consumer group");
+    // Only a speed-up: without it librdkafka's own refresh still finds new topics.
+    let _discovery = super::discovery::wanted(&subscription, &consumer_config)
+        .then(|| super::discovery::Discovery::start(Arc::downgrade(&consumer)).inspect_err(|e| warn!("cannot start the topic discovery thread: {e}")).ok())
+        .flatten();
 
     let mut last_commit = Instant::now();
     let mut last_lag = Instant::now() - Duration::from_secs(60);

@@ -5,6 +5,7 @@
 mod config;
 pub mod conflicts;
 pub mod dead_letter;
+mod discovery;
 pub mod errors;
 mod fences;
 pub mod fold;
