@@ -72,20 +72,27 @@ fn token_params(token: &str) -> (url::Url, HashMap<String, String>) {
 fn docrepl_signs_what_aws_java_signer_signs() {
     let java = compile_java();
     let (key, secret, session) = ("AKIDEXAMPLEDOCREPL", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "FwoGZXIvYXdzEXAMPLE//token+=");
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(&java.classpath)
-        .arg(format!("-Daws.accessKeyId={key}"))
-        .arg(format!("-Daws.secretAccessKey={secret}"))
-        .arg(format!("-Daws.sessionToken={session}"))
-        .arg(format!("-Daws.region={REGION}"))
-        .arg("AwsSignerToken")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("java");
-    assert!(out.status.success(), "AwsSignerToken: {}", String::from_utf8_lossy(&out.stderr));
-    let theirs = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string();
-    let (their_url, their_params) = token_params(&theirs);
+    let java_token = || {
+        let out = Command::new("java")
+            .arg("-cp")
+            .arg(&java.classpath)
+            .arg(format!("-Daws.accessKeyId={key}"))
+            .arg(format!("-Daws.secretAccessKey={secret}"))
+            .arg(format!("-Daws.sessionToken={session}"))
+            .arg(format!("-Daws.region={REGION}"))
+            .arg("AwsSignerToken")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("java");
+        assert!(out.status.success(), "AwsSignerToken: {}", String::from_utf8_lossy(&out.stderr));
+        let theirs = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string();
+        token_params(&theirs)
+    };
+    // AWS's Java signer now and then signs `X-Amz-Expires=899` (seen once, in the full
+    // suite of 2026-12-07: its expiry lands a fraction of a second short of 900 s after
+    // the second it puts in X-Amz-Date). MSK takes that too, but a signature over another
+    // query cannot be compared: asked again, it signs the 900 docrepl always signs.
+    let (their_url, their_params) = (0..5).map(|_| java_token()).find(|(_, p)| p["X-Amz-Expires"] == "900").expect("AWS's Java signer never signed X-Amz-Expires=900 in five runs");
 
     // Signed at the second the Java signer signed.
     let date = &their_params["X-Amz-Date"];

@@ -366,3 +366,41 @@ async fn numerically_equal_ids_share_a_partition_and_stay_in_order() {
     assert_eq!(last.get("_id"), Some(&bson::Bson::Double(1.0)));
     assert_eq!(last.get_i32("version").unwrap(), 4);
 }
+
+/// `source.capture_mode = "change_streams"` (Debezium's patch-only mode): update events
+/// carry the patch and `after: null` (the source asks for no lookup), and the sink still
+/// makes the target equal, for every kind of patch: set, unset, a new nested field, an
+/// array truncated by a pipeline update, several updates of one document in one batch,
+/// and a replace (which carries its document).
+#[tokio::test]
+async fn patch_only_updates_reach_an_equal_target() {
+    let mut setup = Setup::new("patches");
+    setup.source_extra = "collections = [\"c\"]\ncapture_mode = \"change_streams\"".into();
+    let client = common::mongo(&common::source_uri()).await;
+    let coll = client.database(&setup.db).collection::<Document>("c");
+    coll.insert_many((0..50).map(|i| doc! {"_id": i, "n": i, "arr": [1, 2, 3, 4], "gone": "soon"})).await.unwrap();
+    let mut run = setup.spawn("run", &[]);
+    common::eventually(Duration::from_secs(60), "the change stream open", || async { run.log_text().contains("streaming changes") }).await;
+    for i in 0..50 {
+        coll.update_one(doc! {"_id": i}, doc! {"$inc": {"n": 100}, "$set": {"sub.x": i}, "$unset": {"gone": ""}}).await.unwrap();
+    }
+    coll.update_one(doc! {"_id": 1}, vec![doc! {"$set": {"arr": {"$slice": ["$arr", 2]}}}]).await.unwrap();
+    coll.update_one(doc! {"_id": 2}, doc! {"$push": {"arr": 5}}).await.unwrap();
+    coll.update_one(doc! {"_id": 2}, doc! {"$set": {"arr.0": "first"}}).await.unwrap();
+    coll.replace_one(doc! {"_id": 3}, doc! {"_id": 3, "replaced": true}).await.unwrap();
+    coll.update_one(doc! {"_id": 3}, doc! {"$set": {"after_replace": 1}}).await.unwrap();
+
+    let topic = setup.topic("c");
+    let msgs = consume(&topic, Duration::from_secs(60), |m| m.iter().filter(|m| json(m).is_some_and(|v| v["op"] == "u")).count() >= 55).await;
+    let updates: Vec<Value> = msgs.iter().filter_map(json).filter(|v| v["op"] == "u").collect();
+    let patches: Vec<&Value> = updates.iter().filter(|v| !v["updateDescription"].is_null()).collect();
+    assert_eq!(patches.len(), 54, "every update but the replace carries its patch");
+    assert!(patches.iter().all(|v| v["after"].is_null()), "no looked-up document in a patch event");
+
+    let (code, out) = common::verify(&setup.config(), 60);
+    assert_eq!(code, Some(0), "{out}\n{}", run.log_text());
+    let target = common::mongo(&common::target_uri()).await;
+    let t = target.database(&setup.db).collection::<Document>("c");
+    assert_eq!(t.find_one(doc! {"_id": 2}).await.unwrap(), Some(doc! {"_id": 2, "n": 102, "arr": ["first", 2, 3, 4, 5], "sub": {"x": 2}}));
+    assert_eq!(run.terminate(Duration::from_secs(20)), Some(0));
+}

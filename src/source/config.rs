@@ -55,6 +55,10 @@ pub struct SourceConfig {
     /// collection. `/status` says which is in use.
     #[serde(default)]
     pub stream_level: StreamLevel,
+    /// What an update event carries, as Debezium's `capture.mode` names it (see
+    /// `CaptureMode`).
+    #[serde(default)]
+    pub capture_mode: CaptureMode,
     /// What to do when the saved resume token is no longer in the change stream history.
     #[serde(default)]
     pub on_history_lost: HistoryLostPolicy,
@@ -162,6 +166,21 @@ pub enum StreamLevel {
     Auto,
     Database,
     Collection,
+}
+
+/// What an update event carries, with Debezium's names for its `capture.mode`.
+/// `change_streams_update_full` (default): the document as it is after the update in
+/// `after` (the server looks it up for each update event: `fullDocument: updateLookup`)
+/// beside the patch in `updateDescription`. `change_streams`: the patch alone, `after`
+/// null: the source cluster does no lookup per update (the largest cost of an update's
+/// replication on a MongoDB source), and the sink applies the patch to the document it
+/// holds. For consumers that need only docrepl's sink, or Debezium's patch events.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    #[default]
+    ChangeStreamsUpdateFull,
+    ChangeStreams,
 }
 
 /// `ignore` (default): reported (log, metric), the target keeps its documents.

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Position, CHECKPOINTS, LEASES};
-pub use config::{validate_db_name, DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED};
+pub use config::{validate_db_name, CaptureMode, DatabaseSelection, DdlPolicy, HistoryLostPolicy, OversizePolicy, SourceConfig, StateStoreConfig, StreamLevel, NEVER_REPLICATED};
 use discovery::Level;
 pub use lease::{Grant, LeaseStore};
 use reader::{Reader, ReaderContext, ReaderError, ReaderExit};

@@ -174,9 +174,12 @@ impl Reader {
         expanded: bool,
     ) -> mongodb::error::Result<ChangeStream<ChangeStreamEvent<RawDocumentBuf>>> {
         /// The same options on a collection's or a database's stream.
-        fn configured<T>(mut watch: mongodb::action::Watch<'_, T>, from_position: bool, token: Option<ResumeToken>, start_at: Option<bson::Timestamp>, expanded: bool) -> mongodb::action::Watch<'_, T> {
+        fn configured<T>(mut watch: mongodb::action::Watch<'_, T>, from_position: bool, lookup: bool, token: Option<ResumeToken>, start_at: Option<bson::Timestamp>, expanded: bool) -> mongodb::action::Watch<'_, T> {
             if from_position {
-                watch = watch.full_document(FullDocumentType::UpdateLookup).batch_size(2000).max_await_time(Duration::from_millis(500));
+                if lookup {
+                    watch = watch.full_document(FullDocumentType::UpdateLookup);
+                }
+                watch = watch.batch_size(2000).max_await_time(Duration::from_millis(500));
             }
             if expanded {
                 watch = watch.show_expanded_events(true);
@@ -187,16 +190,17 @@ impl Reader {
             watch.resume_after(token)
         }
         let from_position = position.is_some();
+        let lookup = self.ctx.config.capture_mode == super::CaptureMode::ChangeStreamsUpdateFull;
         match &self.reads {
             Reads::Collection(route) => {
                 let coll = self.ctx.client.database(&route.origin.ns.db).collection::<RawDocumentBuf>(&route.origin.ns.coll);
-                configured(coll.watch().pipeline(stages).selection_criteria(crate::mongo::primary()), from_position, token, start_at, expanded).await
+                configured(coll.watch().pipeline(stages).selection_criteria(crate::mongo::primary()), from_position, lookup, token, start_at, expanded).await
             }
             Reads::Database { db, scope, .. } => {
                 let mut pipeline = vec![scope.match_stage()];
                 pipeline.extend(stages);
                 let database = self.ctx.client.database(db);
-                configured(database.watch().pipeline(pipeline).selection_criteria(crate::mongo::primary()), from_position, token, start_at, expanded).await.map(ChangeStream::with_type)
+                configured(database.watch().pipeline(pipeline).selection_criteria(crate::mongo::primary()), from_position, lookup, token, start_at, expanded).await.map(ChangeStream::with_type)
             }
         }
     }
