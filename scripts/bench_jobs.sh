@@ -23,8 +23,9 @@
 # KC_MONGO_SINK_VERSION), fetched once into $DOCREPL_CACHE; the Connect worker is Kafka
 # $KAFKA_VERSION's (scripts/kafka-connect/pom.xml). JOB_PEER=0 leaves the peer out.
 # Each docrepl job ends with `docrepl verify` (equal); each peer job with its counts.
-# Tuning experiments: KAFKA_PROPERTIES and KAFKA_COMPRESSION as in scripts/bench_link.sh
-# (docrepl's side only).
+# Tuning experiments: KAFKA_PROPERTIES and KAFKA_COMPRESSION as in scripts/bench_link.sh,
+# JOB_SOURCE_EXTRA for more [source] lines (e.g. `capture_mode = "change_streams"`); all
+# docrepl's side only.
 
 KC_DEBEZIUM_VERSION="${KC_DEBEZIUM_VERSION:-3.6.1.Final}"
 KC_MONGO_SINK_VERSION="${KC_MONGO_SINK_VERSION:-2.0.1}"
@@ -128,6 +129,7 @@ job_config() {
 uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
 database = "bench"
 collections = ["$2"]
+${JOB_SOURCE_EXTRA:-}
 [sink]
 uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
 group_id = "g-$1"
@@ -276,7 +278,7 @@ EOF
   fi
 
   cat <<EOF
-Job for job, N = $N flat documents (int64 \`_id\`s), $(nproc) cores, mongod $MONGOD_VERSION x2, Apache Kafka $KAFKA_VERSION (1 broker), 8 partitions, lz4, all on loopback; same-run ceiling (loadgen into the target) $JOB_CEILING docs/s. docrepl: \`docrepl source\` + \`docrepl sink\`, two processes. Kafka Connect $KAFKA_VERSION: Debezium MongoDB $KC_DEBEZIUM_VERSION + MongoDB sink connector $KC_MONGO_SINK_VERSION in one standalone worker. Times from start to the last document on the target; CPU and RSS of the processes named (the worker's only while the job ran), the broker's and the two mongods' apart.
+Job for job, N = $N flat documents (int64 \`_id\`s), $(nproc) cores, mongod $MONGOD_VERSION x2, Apache Kafka $KAFKA_VERSION (1 broker), 8 partitions, lz4, all on loopback; same-run ceiling (loadgen into the target) $JOB_CEILING docs/s. docrepl: \`docrepl source\` + \`docrepl sink\`, two processes${JOB_SOURCE_EXTRA:+, with \`$JOB_SOURCE_EXTRA\`}.$([ "$JOB_PEER" = 1 ] && echo " Kafka Connect $KAFKA_VERSION: Debezium MongoDB $KC_DEBEZIUM_VERSION + MongoDB sink connector $KC_MONGO_SINK_VERSION in one standalone worker.") Times from start to the last document on the target; CPU and RSS of the processes named (the worker's only while the job ran), the broker's and the two mongods' apart.
 
 | job | tool | docs/s | / ceiling | s | first write (s) | CPU-s per million | broker CPU-s per million | mongod CPU-s per million: source / target | peak RSS MB |
 |---|---|---|---|---|---|---|---|---|---|

@@ -75,9 +75,10 @@ pub fn source_producer_config(kafka: &KafkaConfig) -> ClientConfig {
     defaults.extend(producer_defaults(kafka));
     // The broker's work grows with the record batches it takes, not their size: at 5 ms
     // an initial copy of 1M documents into 8 partitions cost Apache Kafka 17.4-18.1 CPU-s
-    // and ran at 41.8-42.2k docs/s; at 20 ms 10.4-11.2 CPU-s and 56.1-58.4k docs/s
-    // (scripts/bench.sh's jobs, 2 cores shared by everything). A change waits at most
-    // 15 ms more before it leaves.
+    // and ran at 41.8-42.2k docs/s (two runs); at 20 ms 10.4-15.2 CPU-s and 43.2-58.4k
+    // docs/s (five runs; scripts/bench.sh's jobs, 2 cores shared by everything,
+    // benches/results/jobs-tuning-20261207.md). A change waits at most 15 ms more before
+    // it leaves: `"linger.ms" = "5"` in [kafka.properties] for the lowest live lag.
     defaults.push(("linger.ms", "20".to_string()));
     client_config(kafka, defaults)
 }
