@@ -124,27 +124,7 @@ kc_topic() { "$DOCREPL_ROOT/scripts/services.sh" kafka-tool org.apache.kafka.too
 # status port).
 job_config() {
   local http=18281; [ "$3" = sink ] && http=18282
-  cat >"$WORK/job-$1-$3.toml" <<EOF
-[source]
-uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
-database = "bench"
-collections = ["$2"]
-${JOB_SOURCE_EXTRA:-}
-[sink]
-uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
-group_id = "g-$1"
-[kafka]
-bootstrap_servers = "127.0.0.1:$BROKER_PORT"
-topic_prefix = "$1"
-partitions = 8
-compression = "${KAFKA_COMPRESSION:-lz4}"
-[kafka.properties]
-${KAFKA_PROPERTIES:-}
-[http]
-listen = "127.0.0.1:$http"
-[log]
-level = "info"
-EOF
+  bench_config "$WORK/job-$1-$3.toml" bench "$2" "$1" "g-$1" "127.0.0.1:$BROKER_PORT" 8 "$http" "${JOB_SOURCE_EXTRA:-}"
   echo "$WORK/job-$1-$3.toml"
 }
 

@@ -48,26 +48,7 @@ link_config() {
   for side in source sink; do
     if [ "$side" = source ]; then http=18211; else http=18212; fi
     bootstrap=$(bootstrap_for "$side" "$PLACEMENT")
-    cat >"$WORK/$1-$side.toml" <<EOF
-[source]
-uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
-database = "wan"
-collections = ["$2"]
-[sink]
-uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
-group_id = "g-$1"
-[kafka]
-bootstrap_servers = "$bootstrap"
-topic_prefix = "p-$1"
-partitions = $LINK_PARTITIONS
-compression = "${KAFKA_COMPRESSION:-lz4}"
-[kafka.properties]
-${KAFKA_PROPERTIES:-}
-[http]
-listen = "127.0.0.1:$http"
-[log]
-level = "info"
-EOF
+    bench_config "$WORK/$1-$side.toml" wan "$2" "p-$1" "g-$1" "$bootstrap" "$LINK_PARTITIONS" "$http"
   done
 }
 

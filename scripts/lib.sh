@@ -63,6 +63,33 @@ release_build() {
 
 # Helpers of the benchmark scripts.
 now() { date +%s.%N; }
+# bench_config FILE DATABASE COLLECTION PREFIX GROUP BOOTSTRAP PARTITIONS HTTP_PORT [SOURCE_LINES]:
+# writes a docrepl config for one bench pipeline, with the tuning knobs of the bench
+# scripts (KAFKA_COMPRESSION, default lz4; KAFKA_PROPERTIES, TOML lines of
+# [kafka.properties]) and SOURCE_LINES added to [source].
+bench_config() {
+  cat >"$1" <<EOF
+[source]
+uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
+database = "$2"
+collections = ["$3"]
+${9:-}
+[sink]
+uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
+group_id = "$5"
+[kafka]
+bootstrap_servers = "$6"
+topic_prefix = "$4"
+partitions = $7
+compression = "${KAFKA_COMPRESSION:-lz4}"
+[kafka.properties]
+${KAFKA_PROPERTIES:-}
+[http]
+listen = "127.0.0.1:$8"
+[log]
+level = "info"
+EOF
+}
 # wait_for CMD...: polls until CMD succeeds, bounded by 30 minutes.
 wait_for() {
   local deadline=$(( $(date +%s) + 1800 ))

@@ -27,4 +27,6 @@ export DOCREPL_MONGOD_BIN="$MONGOD_BIN"
 export DOCREPL_TEST_BROKER_LINKS="$DOCREPL_BROKER_LINKS"
 export DOCREPL_KAFKA_LIBS="$KAFKA_LIBS" DOCREPL_MSK_IAM_LIBS="$MSK_IAM_LIBS"
 log "broker: Apache Kafka $KAFKA_VERSION (KRaft) on $DOCREPL_TEST_BROKER"
-cargo test --all-targets "$@"
+# Every test binary runs even after one fails (cargo stops at the first by default), so a
+# red run names all that failed: a signer's test failing once hid 11 test binaries' results.
+cargo test --all-targets --no-fail-fast "$@"
