@@ -32,25 +32,10 @@ release_build
 WORK="$DOCREPL_DATA/run"
 mkdir -p "$WORK" "$DOCREPL_ROOT/benches/results"
 
-# config PREFIX PARTITIONS HTTP_PORT GROUP [COLLECTION]
+# config PREFIX PARTITIONS HTTP_PORT GROUP [COLLECTION]: lib.sh's bench_config over
+# bench.COLLECTION (default docs) on the bench's broker.
 config() {
-  cat >"$WORK/$1.toml" <<EOF
-[source]
-uri = "mongodb://127.0.0.1:$SOURCE_PORT/?replicaSet=rs-source"
-database = "bench"
-collections = ["${5:-docs}"]
-[sink]
-uri = "mongodb://127.0.0.1:$TARGET_PORT/?replicaSet=rs-target"
-group_id = "$4"
-[kafka]
-bootstrap_servers = "127.0.0.1:$BROKER_PORT"
-topic_prefix = "$1"
-partitions = $2
-[http]
-listen = "127.0.0.1:$3"
-[log]
-level = "info"
-EOF
+  bench_config "$WORK/$1.toml" bench "${5:-docs}" "$1" "$4" "127.0.0.1:$BROKER_PORT" "$2" "$3"
   echo "$WORK/$1.toml"
 }
 

@@ -136,10 +136,9 @@ services_delta() { python3 -c "import sys; a, b = sys.argv[1].split(), sys.argv[
 reset_peak_rss() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
 # wait_job COLLECTION N [MIN_ID] (database DB_ON_TARGET): "first_write done" times.
 wait_job() { "$PY" "$DOCREPL_ROOT/scripts/job_wait.py" "$TARGET_PORT" "${DB_ON_TARGET:-bench}" "$@" || die "job did not finish: $*"; }
-fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):{sys.argv[2]}}')" "$1" "$2"; }
 
 # docrepl_job NAME PREFIX COLLECTION N [MIN_ID]: starts docrepl source and sink, waits
-# for the job's end, verifies, stops both; a row of figures in JOB_ROW.
+# for the job's end, verifies, stops both; its row in JOB_ROWS and JOB_JSON.
 docrepl_job() {
   local name=$1 prefix=$2 coll=$3 n=$4 min_id=${5:-} src snk b0 t0 times first done s_rss s_cpu k_rss k_cpu b1
   local scfg kcfg
@@ -166,7 +165,7 @@ docrepl_job() {
 }
 
 # peer_job NAME CONNECTOR COLLECTION N [MIN_ID]: resumes (or has just created) the peer's
-# connectors, waits for the job's end, stops them; a row in JOB_ROW.
+# connectors, waits for the job's end, stops them; its row in JOB_ROWS and JOB_JSON.
 peer_job() {
   local name=$1 conn=$2 coll=$3 n=$4 min_id=${5:-} b0 c0 t0 times first done c1 b1 rss
   reset_peak_rss "$KC_PID"
@@ -188,16 +187,17 @@ JOB_ROWS=() JOB_JSON=()
 job_row() {
   local job=$1 tool=$2 t0=$3 first=$4 done=$5 cpu_sum=$6 cpu_text=$7 rss_text=$9 rss_list=${10} bcpu scpu tcpu
   read -r bcpu scpu tcpu <<<"$8"
-  local n secs rate per_m ratio first_s
+  local n secs rate ratio first_s
   case "$job" in "catch-up, updates") n=$((N / 10)) ;; *) n=$N ;; esac
   secs=$(python3 -c "print(f'{$done - $t0:.1f}')")
   rate=$(python3 -c "print(round($n / ($done - $t0)))")
   ratio=$(python3 -c "print(f'{$rate / $JOB_CEILING:.3f}')")
   # The updates' first change on the target is not watched: only their markers are.
   first_s=$(python3 -c "print(f'{$first - $t0:.1f}')"); [ "$job" = "catch-up, updates" ] && first_s="-"
-  per_m() { python3 -c "import re; print(', '.join(f'{w} {float(c) * 1e6 / $n:.1f}' if w else f'{float(c) * 1e6 / $n:.1f}' for w, c in re.findall(r'([a-z]*) ?([0-9.]+)', '''$1''')))"; }
+  # "source 8.6, sink 8.5" (CPU seconds) -> the same per million documents.
+  each_per_million() { python3 -c "import re; print(', '.join(f'{w} {float(c) * 1e6 / $n:.1f}' if w else f'{float(c) * 1e6 / $n:.1f}' for w, c in re.findall(r'([a-z]*) ?([0-9.]+)', '''$1''')))"; }
   local cpu_m total_m broker_m
-  cpu_m=$(per_m "$cpu_text"); total_m=$(python3 -c "print(f'{($cpu_sum) * 1e6 / $n:.1f}')"); broker_m=$(python3 -c "print(f'{$bcpu * 1e6 / $n:.1f}')")
+  cpu_m=$(each_per_million "$cpu_text"); total_m=$(python3 -c "print(f'{($cpu_sum) * 1e6 / $n:.1f}')"); broker_m=$(python3 -c "print(f'{$bcpu * 1e6 / $n:.1f}')")
   local mongod_m; mongod_m=$(python3 -c "print(f'{$scpu * 1e6 / $n:.1f} / {$tcpu * 1e6 / $n:.1f}')")
   log "$job, $tool: $rate docs/s ($secs s; $ratio of the ceiling), first write after $first_s s, CPU-s per million $total_m ($cpu_m; broker $broker_m; mongod source / target $mongod_m), peak RSS MB $rss_text"
   JOB_ROWS+=("| $job | $tool | $rate | $ratio | $secs | $first_s | $total_m ($cpu_m) | $broker_m | $mongod_m | $rss_text |")
